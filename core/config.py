@@ -1,0 +1,190 @@
+"""Frozen settings for binning, the model, the search and a whole run.
+
+Every range check raises `ConfigError` naming the parameter, the allowed range and the
+value given. A run stores its configuration as JSON (`RunConfig.to_dict`) and rebuilds
+it with `RunConfig.from_dict`, so a run file says exactly how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import ConfigError
+
+HUB_KINDS = ("plc", "scada", "hmi", "gateway", "historian", "switch")
+
+
+def _check(name: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(
+            f"invalid setting {name}={value!r}",
+            f"{name} must be {allowed}; got {value!r}.",
+        )
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How raw events and measurements become snapshots.
+
+    Attributes:
+        bin_seconds: width of the base bin in seconds.
+        scales: bin widths as multiples of the base bin; elements are scored and
+            calibrated at each. The first must be 1.
+        timezone: IANA zone used to read timestamps that carry no zone.
+        drop_loopback: drop self-loop events on loopback addresses (127.0.0.0/8, ::1).
+    """
+
+    bin_seconds: int = 60
+    scales: tuple[int, ...] = (1, 4, 16)
+    timezone: str = "UTC"
+    drop_loopback: bool = True
+
+    def __post_init__(self) -> None:
+        _check("bin_seconds", self.bin_seconds,
+               isinstance(self.bin_seconds, int) and self.bin_seconds >= 1,
+               "a whole number of seconds >= 1")
+        scales = tuple(self.scales)
+        object.__setattr__(self, "scales", scales)
+        _check("scales", scales,
+               len(scales) >= 1 and scales[0] == 1
+               and all(isinstance(s, int) and s >= 1 for s in scales)
+               and list(scales) == sorted(set(scales)),
+               "increasing whole numbers starting with 1, such as (1, 4, 16)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Size and training of the temporal graph auto-encoder.
+
+    Attributes:
+        hidden: width of the message-passing and temporal layers.
+        dilations: dilations of the causal temporal convolutions (kernel 3 each).
+        epochs: maximum training epochs; early stopping may end sooner.
+        patience: epochs without improvement of the validation loss before stopping.
+        learning_rate: Adam step size.
+        negatives_per_edge: sampled non-edges per observed edge in a bin.
+        huber_delta: residuals beyond this many standard deviations weigh linearly,
+            so the few anomalies in the reference period do not dominate training.
+        seed: seed of every random draw in training and scoring.
+    """
+
+    hidden: int = 32
+    dilations: tuple[int, ...] = (1, 2, 4, 8)
+    epochs: int = 80
+    patience: int = 10
+    learning_rate: float = 3e-3
+    negatives_per_edge: float = 1.0
+    huber_delta: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dilations", tuple(self.dilations))
+        _check("hidden", self.hidden, 4 <= self.hidden <= 1024, "between 4 and 1024")
+        _check("epochs", self.epochs, 1 <= self.epochs <= 10_000, "between 1 and 10000")
+        _check("patience", self.patience, self.patience >= 1, ">= 1")
+        _check("learning_rate", self.learning_rate,
+               0 < self.learning_rate < 1, "in (0, 1)")
+        _check("negatives_per_edge", self.negatives_per_edge,
+               0 <= self.negatives_per_edge <= 20, "between 0 and 20")
+        _check("huber_delta", self.huber_delta, self.huber_delta > 0, "> 0")
+        _check("dilations", self.dilations,
+               len(self.dilations) >= 1 and all(d >= 1 for d in self.dilations),
+               "one or more whole numbers >= 1")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The subset scan over devices and time intervals.
+
+    Attributes:
+        statistic: "bj" (Berk-Jones) or "hc" (higher criticism).
+        alphas: significance levels the statistic is maximized over.
+        max_interval_bins: longest interval searched, in bins of each scale.
+        connectivity: require incidents to be connected (see `core.localize`).
+        hub_kinds: device kinds that connect two devices one hop apart.
+        min_reference: reference values an element needs for its own calibration;
+            with fewer it falls back to its device kind, then to the whole graph.
+        max_incidents: incidents kept per run, highest score first.
+        null_shifts: circular shifts of the held-out reference windows used to
+            estimate the largest statistic that normal data reaches.
+    """
+
+    statistic: str = "bj"
+    alphas: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.05, 0.1)
+    max_interval_bins: int = 64
+    connectivity: bool = True
+    hub_kinds: tuple[str, ...] = HUB_KINDS
+    min_reference: int = 30
+    max_incidents: int = 50
+    null_shifts: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alphas", tuple(sorted(self.alphas)))
+        object.__setattr__(self, "hub_kinds", tuple(self.hub_kinds))
+        _check("statistic", self.statistic, self.statistic in ("bj", "hc"),
+               '"bj" or "hc"')
+        _check("alphas", self.alphas,
+               len(self.alphas) >= 1 and all(0 < a < 1 for a in self.alphas),
+               "one or more levels in (0, 1)")
+        _check("max_interval_bins", self.max_interval_bins,
+               self.max_interval_bins >= 1, ">= 1")
+        _check("min_reference", self.min_reference, self.min_reference >= 2, ">= 2")
+        _check("max_incidents", self.max_incidents, self.max_incidents >= 1, ">= 1")
+        _check("null_shifts", self.null_shifts, self.null_shifts >= 1, ">= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: which bins train, calibrate and get scored, and with what settings.
+
+    Times are ISO-8601 strings in UTC. Bins before `reference_end` are the reference
+    period (assumed mostly normal): its first `train_share` trains the model and the
+    rest calibrates p-values and the null of the scan. Bins from `score_start` to
+    `score_end` are scored; `None` means right after the reference and to the end.
+    Bins in neither period (a gap between files) are binned but never scored.
+    """
+
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    reference_start: str | None = None
+    reference_end: str | None = None
+    score_start: str | None = None
+    score_end: str | None = None
+    train_share: float = 0.6
+    reference_share: float = 0.6
+
+    def __post_init__(self) -> None:
+        _check("train_share", self.train_share, 0.2 <= self.train_share <= 0.9,
+               "between 0.2 and 0.9")
+        _check("reference_share", self.reference_share,
+               0.1 <= self.reference_share <= 0.95, "between 0.1 and 0.95")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        data = dict(data)
+        parts = {
+            "stream": StreamConfig,
+            "model": ModelConfig,
+            "search": SearchConfig,
+        }
+        for key, kind in parts.items():
+            if key in data and isinstance(data[key], dict):
+                data[key] = _build(kind, data[key])
+        return _build(cls, data)
+
+
+def _build(kind: type, data: dict[str, Any]) -> Any:
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {unknown[0]!r} for {kind.__name__}",
+            f"allowed settings: {', '.join(sorted(names))}",
+        )
+    return kind(**data)
