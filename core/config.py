@@ -34,12 +34,17 @@ class StreamConfig:
             calibrated at each. The first must be 1.
         timezone: IANA zone used to read timestamps that carry no zone.
         drop_loopback: drop self-loop events on loopback addresses (127.0.0.0/8, ::1).
+        max_empty_bins: a stretch of more consecutive bins in which no device has any
+            event or reading is a gap in the data (between two files, say), not plant
+            behaviour: it is neither trained on nor scored, and the model restarts
+            after it.
     """
 
     bin_seconds: int = 60
     scales: tuple[int, ...] = (1, 4, 16)
     timezone: str = "UTC"
     drop_loopback: bool = True
+    max_empty_bins: int = 120
 
     def __post_init__(self) -> None:
         _check("bin_seconds", self.bin_seconds,
@@ -52,6 +57,7 @@ class StreamConfig:
                and all(isinstance(s, int) and s >= 1 for s in scales)
                and list(scales) == sorted(set(scales)),
                "increasing whole numbers starting with 1, such as (1, 4, 16)")
+        _check("max_empty_bins", self.max_empty_bins, self.max_empty_bins >= 1, ">= 1")
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,8 @@ class ModelConfig:
     Attributes:
         hidden: width of the message-passing and temporal layers.
         dilations: dilations of the causal temporal convolutions (kernel 3 each).
+        own_lag: bins between a device's newest own input and the bin it
+            reconstructs, so a spike is not copied forward and a drift not followed.
         epochs: maximum training epochs; early stopping may end sooner.
         patience: epochs without improvement of the validation loss before stopping.
         learning_rate: Adam step size.
@@ -72,8 +80,9 @@ class ModelConfig:
 
     hidden: int = 32
     dilations: tuple[int, ...] = (1, 2, 4, 8)
-    epochs: int = 80
-    patience: int = 10
+    own_lag: int = 5
+    epochs: int = 100
+    patience: int = 8
     learning_rate: float = 3e-3
     negatives_per_edge: float = 1.0
     huber_delta: float = 1.0
@@ -84,6 +93,7 @@ class ModelConfig:
         _check("hidden", self.hidden, 4 <= self.hidden <= 1024, "between 4 and 1024")
         _check("epochs", self.epochs, 1 <= self.epochs <= 10_000, "between 1 and 10000")
         _check("patience", self.patience, self.patience >= 1, ">= 1")
+        _check("own_lag", self.own_lag, 1 <= self.own_lag <= 10_000, "between 1 and 10000")
         _check("learning_rate", self.learning_rate,
                0 < self.learning_rate < 1, "in (0, 1)")
         _check("negatives_per_edge", self.negatives_per_edge,
@@ -109,6 +119,11 @@ class SearchConfig:
         max_incidents: incidents kept per run, highest score first.
         null_shifts: circular shifts of the held-out reference windows used to
             estimate the largest statistic that normal data reaches.
+        member_min_score: statistic a device must reach on its own elements to be
+            reported as a member of a hit (Berk-Jones: about the log of how
+            surprising its share of small p-values is).
+        member_min_share: fraction of the strongest member's own statistic that
+            another device needs to be reported as a member.
     """
 
     statistic: str = "bj"
@@ -119,6 +134,8 @@ class SearchConfig:
     min_reference: int = 30
     max_incidents: int = 50
     null_shifts: int = 8
+    member_min_score: float = 8.0
+    member_min_share: float = 0.25
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alphas", tuple(sorted(self.alphas)))
@@ -133,6 +150,10 @@ class SearchConfig:
         _check("min_reference", self.min_reference, self.min_reference >= 2, ">= 2")
         _check("max_incidents", self.max_incidents, self.max_incidents >= 1, ">= 1")
         _check("null_shifts", self.null_shifts, self.null_shifts >= 1, ">= 1")
+        _check("member_min_score", self.member_min_score, self.member_min_score >= 0,
+               ">= 0")
+        _check("member_min_share", self.member_min_share,
+               0 <= self.member_min_share <= 1, "between 0 and 1")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,155 @@
+"""tgloc dashboard, home page: workspace, run, summary, ranked incidents, new runs.
+
+Start it with `streamlit run app.py`. The `TGLOC_WORKSPACE` environment variable sets
+the workspace folder.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import plots, views
+from core.store import Workspace, incident_statuses
+from pages.common import ui
+
+REPOSITORY = Path(__file__).resolve().parent
+PROGRESS_SECONDS = 1.0
+TABLE_COLUMNS = ["rank", "incident_id", "type", "severity", "score", "start", "end",
+                 "devices", "pairs", "sensors", "status", "summary"]
+
+st.set_page_config(page_title="tgloc", layout="wide")
+
+
+def main() -> None:
+    st.title("tgloc")
+    context = ui.run_sidebar()
+    root = Path(st.session_state.workspace_path).expanduser()
+    pipeline_panel(root)
+    if context is None:
+        ui.no_run_message()
+        return
+
+    summary = ui.load("run_summary", context)
+    st.subheader("Run")
+    st.text(f"{context.run_id}  ·  {context.workspace.root}")
+    first, second, third, fourth = st.columns(4)
+    first.metric("Devices", summary["devices"])
+    second.metric("Bins", summary["bins"])
+    third.metric("Span", _span(summary))
+    fourth.metric("Incidents", summary["incidents"])
+    if summary["start"] is not None:
+        st.caption(
+            f"{summary['start']:%Y-%m-%d %H:%M} to {summary['end']:%Y-%m-%d %H:%M} UTC,"
+            f" bins of {summary['bin_seconds']} s, scales {summary['scales']}"
+        )
+    incident_table(context)
+    with st.expander("Training loss"):
+        st.plotly_chart(plots.loss_figure(ui.load("training_loss", context)))
+
+
+def incident_table(context: ui.RunContext) -> None:
+    """Show the ranked incidents. Selecting a row opens its drill-down."""
+    st.subheader("Incidents, ranked")
+    table = ui.load("incidents", context)
+    if table.empty:
+        st.info("This run found no incident. Open the heatmap to see the evidence.")
+        return
+    statuses = incident_statuses(context.workspace)[["incident_id", "status"]]
+    table = table.merge(statuses, on="incident_id", how="left")
+    table["status"] = table["status"].fillna("new")
+    event = st.dataframe(
+        table[TABLE_COLUMNS],
+        hide_index=True,
+        key="incident_table",
+        on_select="rerun",
+        selection_mode="single-row",
+        column_config={
+            "severity": st.column_config.NumberColumn(format="%.2f"),
+            "score": st.column_config.NumberColumn(format="%.1f"),
+            "start": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+            "end": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+        },
+    )
+    st.caption("Select a row to open its drill-down.")
+    rows = event.selection.rows if event is not None else []
+    if rows:
+        chosen = table.iloc[rows[0]]
+        incident_id = str(chosen["incident_id"])
+        ui.open_incident(context.run_id, incident_id, int(chosen["scale"]))
+
+
+def pipeline_panel(root: Path) -> None:
+    """Offer to start a run as a separate process and follow its progress."""
+    with st.sidebar:
+        st.divider()
+        process: subprocess.Popen | None = st.session_state.get("pipeline")
+        if process is not None:
+            pipeline_progress(root)
+            return
+        if st.button("Run the pipeline", disabled=not root.is_dir()):
+            st.session_state.pipeline = start_pipeline(Workspace(root.resolve()))
+            st.session_state.pop("pipeline_exit", None)
+            st.rerun()
+        code = st.session_state.get("pipeline_exit")
+        if code == 0:
+            st.success("The run finished and is now the latest run.")
+        elif code is not None:
+            st.error(f"The pipeline stopped with exit code {code}.")
+            log_path = root / views.PIPELINE_LOG_FILE
+            if log_path.exists():
+                with st.expander("Pipeline output"):
+                    st.code(log_path.read_text(errors="replace")[-4000:], language=None)
+
+
+@st.fragment(run_every=PROGRESS_SECONDS)
+def pipeline_progress(root: Path) -> None:
+    """Show the last progress record, and rerun the page once the process ends."""
+    process: subprocess.Popen | None = st.session_state.get("pipeline")
+    if process is None:
+        return
+    code = process.poll()
+    if code is None:
+        progress = views.read_progress(root / views.PROGRESS_FILE)
+        stage = progress["stage"] if progress else "starting"
+        fraction = progress["fraction"] if progress else 0.0
+        st.progress(fraction, text=ui.escape_markdown(stage))
+        return
+    st.session_state.pipeline = None
+    st.session_state.pipeline_exit = code
+    if code == 0:
+        # The new run is the latest, so the page drops the run it was showing.
+        st.session_state.pop("run_id", None)
+        st.query_params.pop("run", None)
+    st.rerun()
+
+
+def start_pipeline(workspace: Workspace) -> subprocess.Popen:
+    """Start `core.cli run` on the workspace in its own process, without waiting."""
+    (workspace.root / views.PROGRESS_FILE).unlink(missing_ok=True)
+    log_file = (workspace.root / views.PIPELINE_LOG_FILE).open("wb")
+    try:
+        return subprocess.Popen(
+            views.pipeline_command(workspace),
+            cwd=REPOSITORY,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        log_file.close()
+
+
+def _span(summary: dict) -> str:
+    if summary["start"] is None:
+        return "none"
+    span = pd.Timedelta(summary["end"] - summary["start"])
+    hours = span.total_seconds() / 3600
+    return f"{hours / 24:.1f} d" if hours >= 48 else f"{hours:.1f} h"
+
+
+ui.guard(main)

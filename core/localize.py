@@ -1,0 +1,657 @@
+"""The localization search: from element p-values to incidents.
+
+For every scale, the scan scores every dyadic and half-shifted interval of the scored
+bins with the best device subset found by linear-time subset scanning (`core.scan`).
+What a device contributes in an interval: the p-values of its sensors, of its
+(device, bin) element and of the pairs it takes part in; a pair's p-value counts for
+both of its ends. Counts per device, alpha and bin are kept as prefix sums, so any
+interval's counts are one subtraction.
+
+An interval is a hit when its score exceeds the largest score the same scan reaches on
+held-out reference windows (circularly shifted per device to make more of them). A
+hit's device set must be connected: through a link between two of its devices (a
+training pair, a static link, or a pair with an event in the interval), or through
+one hop across a hub device (by kind, such as a PLC or SCADA server). Hits that
+overlap in time and share a device merge into one incident, whose interval is then
+refined with the prefix sums.
+
+A second pass chooses the reported members: pairs among the incident's devices with
+p-values at most alpha; pairs leaving the set with such p-values name the incident's
+targets (the hosts a scan touched). A device whose only evidence is pairs to a single
+member that itself has evidence of its own becomes a target, not a member.
+
+Known weaknesses: devices are the unit of the statistic, so a pair anomaly between
+two devices that are otherwise busy and normal is diluted by their other elements; an
+anomaly that spans the boundary of the scored period is cut there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+
+from core.config import SearchConfig
+from core.scan import STATISTICS, dyadic_intervals, prefix_scan
+
+log = logging.getLogger(__name__)
+
+INTERVAL_BATCH = 2048
+PROCESS_KINDS = ("sensor",)
+
+
+@dataclass
+class ScaleElements:
+    """P-values of one scale, in long form.
+
+    Attributes:
+        scale: bin width in base bins.
+        num_bins: bins at this scale.
+        elements: columns kind, device_idx, peer_idx (-1 unless a pair), bin, p_value.
+        runs: (start, stop) ranges of bins that are scanned.
+    """
+
+    scale: int
+    num_bins: int
+    elements: pd.DataFrame
+    runs: list[tuple[int, int]]
+
+
+@dataclass
+class Evidence:
+    """Prefix sums per device: counts [T+1, N, A] and totals [T+1, N]."""
+
+    counts: np.ndarray
+    totals: np.ndarray
+
+    def interval(self, start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.counts[stop] - self.counts[start], self.totals[stop] - self.totals[start]
+
+
+@dataclass
+class Hit:
+    scale: int
+    start: int
+    stop: int
+    alpha: float
+    score: float
+    threshold: float
+    devices: list[int]
+
+
+@dataclass
+class Incident:
+    """A localized anomaly, in base bins [start, stop)."""
+
+    start: int
+    stop: int
+    scale: int
+    alpha: float
+    score: float
+    threshold: float
+    devices: list[int]
+    hits: list[Hit] = field(default_factory=list)
+
+
+def build_evidence(
+    elements: pd.DataFrame, num_devices: int, num_bins: int, alphas: tuple[float, ...],
+) -> Evidence:
+    """Count elements and elements with p <= alpha per device and bin, as prefix sums.
+
+    A pair element counts for both of its ends.
+
+    NOTE: the prefix sums are dense over devices and bins; plants beyond a few
+    thousand devices and bins need them over active bins only.
+    """
+    counts = np.zeros((num_bins + 1, num_devices, len(alphas)), dtype=np.int32)
+    totals = np.zeros((num_bins + 1, num_devices), dtype=np.int32)
+    if len(elements):
+        bins = elements["bin"].to_numpy() + 1
+        p = elements["p_value"].to_numpy()
+        for column in ("device_idx", "peer_idx"):
+            device = elements[column].to_numpy()
+            keep = device >= 0
+            np.add.at(totals, (bins[keep], device[keep]), 1)
+            for a, alpha in enumerate(alphas):
+                chosen = keep & (p <= alpha)
+                np.add.at(counts[..., a], (bins[chosen], device[chosen]), 1)
+    return Evidence(np.cumsum(counts, axis=0), np.cumsum(totals, axis=0))
+
+
+def scan_intervals(
+    evidence: Evidence, runs: list[tuple[int, int]], config: SearchConfig,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Scan every dyadic interval inside `runs` without the connectivity constraint.
+
+    Returns:
+        intervals: shape [I, 2]; best: shape [I] (max over alpha);
+        alpha_index: shape [I]; members: list of device index arrays, one per interval
+        (as an object array).
+    """
+    pieces = [dyadic_intervals(a, b, config.max_interval_bins) for a, b in runs]
+    intervals = np.concatenate(pieces) if pieces else np.zeros((0, 2), dtype=np.int64)
+    best = np.zeros(len(intervals))
+    alpha_index = np.zeros(len(intervals), dtype=np.int64)
+    members = np.empty(len(intervals), dtype=object)
+    for begin in range(0, len(intervals), INTERVAL_BATCH):
+        chunk = intervals[begin : begin + INTERVAL_BATCH]
+        counts, totals = evidence.interval(chunk[:, 0], chunk[:, 1])
+        scores, size, order = prefix_scan(counts, totals, config.alphas, config.statistic)
+        a = scores.argmax(axis=1)
+        rows = np.arange(len(chunk))
+        best[begin : begin + len(chunk)] = scores[rows, a]
+        alpha_index[begin : begin + len(chunk)] = a
+        for row in range(len(chunk)):
+            k = size[row, a[row]]
+            members[begin + row] = order[row, a[row], :k]
+    return intervals, best, alpha_index, members
+
+
+def null_thresholds(
+    evidence_by_shift: list[Evidence], runs: list[tuple[int, int]], config: SearchConfig,
+) -> tuple[dict[int, float], list[float]]:
+    """Largest null scan score per interval length, and each replicate's maximum.
+
+    A long interval sums many elements, so a slight miscalibration that is harmless
+    for one element grows with its length; each length therefore gets its own
+    threshold, and a one-bin spike competes only with one-bin null intervals.
+    """
+    by_length: dict[int, float] = {}
+    maxima = []
+    for evidence in evidence_by_shift:
+        intervals, best, _, _ = scan_intervals(evidence, runs, config)
+        maxima.append(float(best.max()) if len(best) else 0.0)
+        lengths = intervals[:, 1] - intervals[:, 0]
+        for length in np.unique(lengths):
+            value = float(best[lengths == length].max())
+            by_length[int(length)] = max(by_length.get(int(length), 0.0), value)
+    return by_length, maxima
+
+
+def threshold_for(thresholds: dict[int, float], length: int) -> float:
+    """The null threshold of `length`, or of the longest null length below it."""
+    if not thresholds:
+        return float("inf")
+    if length in thresholds:
+        return thresholds[length]
+    shorter = [k for k in thresholds if k <= length]
+    key = max(shorter) if shorter else min(thresholds)
+    return max(v for k, v in thresholds.items() if k <= key) if shorter else thresholds[key]
+
+
+def shift_per_device(
+    elements: pd.DataFrame, start: int, stop: int, rng: np.random.Generator,
+) -> pd.DataFrame:
+    """Circularly shift each device's elements inside [start, stop) by a random offset.
+
+    Elements of one device keep their alignment, so within-device correlation in
+    time survives while coincidences across devices are broken. A pair moves with its
+    source device.
+    """
+    length = stop - start
+    if length <= 1 or elements.empty:
+        return elements
+    devices = elements["device_idx"].to_numpy()
+    offsets = rng.integers(0, length, size=int(devices.max()) + 1)
+    shifted = elements.copy()
+    shifted["bin"] = start + (elements["bin"].to_numpy() - start + offsets[devices]) % length
+    return shifted
+
+
+def adjacency(
+    num_devices: int, links: np.ndarray, kinds: np.ndarray, hub_kinds: tuple[str, ...],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Undirected adjacency (bool [N, N]) of `links`, and the hub flags (bool [N])."""
+    matrix = np.zeros((num_devices, num_devices), dtype=bool)
+    if len(links):
+        matrix[links[:, 0], links[:, 1]] = True
+        matrix[links[:, 1], links[:, 0]] = True
+    np.fill_diagonal(matrix, False)
+    hubs = np.isin(kinds, hub_kinds)
+    return matrix, hubs
+
+
+def components(members: np.ndarray, matrix: np.ndarray, hubs: np.ndarray) -> list[np.ndarray]:
+    """Connected components of `members`: linked directly, or both linked to a hub."""
+    members = np.asarray(members)
+    if len(members) == 0:
+        return []
+    direct = matrix[np.ix_(members, members)]
+    via_hub = (matrix[members][:, hubs].astype(np.int32) @ matrix[hubs][:, members].astype(np.int32)) > 0
+    linked = direct | via_hub
+    seen = np.zeros(len(members), dtype=bool)
+    result = []
+    for root in range(len(members)):
+        if seen[root]:
+            continue
+        stack, group = [root], []
+        seen[root] = True
+        while stack:
+            node = stack.pop()
+            group.append(node)
+            for other in np.flatnonzero(linked[node] & ~seen):
+                seen[other] = True
+                stack.append(other)
+        result.append(members[np.sort(group)])
+    return result
+
+
+def connected_best(
+    counts: np.ndarray, totals: np.ndarray, alpha: float, members: np.ndarray,
+    matrix: np.ndarray, hubs: np.ndarray, statistic: str,
+) -> tuple[float, np.ndarray]:
+    """Best connected subset near the unconstrained optimum `members`.
+
+    Each component of `members` is rescanned on its own devices (prefix search); a
+    result that is still disconnected is split again. The best connected set then
+    grows greedily by adjacent devices while that raises the score.
+
+    Args:
+        counts: shape [N], elements with p <= alpha per device in the interval.
+        totals: shape [N], elements per device in the interval.
+    """
+    function = STATISTICS[statistic]
+
+    def score(subset: np.ndarray) -> float:
+        return float(function(counts[subset].sum(), totals[subset].sum(), alpha))
+
+    def prefix_best(candidates: np.ndarray) -> np.ndarray:
+        priority = counts[candidates] / np.maximum(totals[candidates], 1)
+        ranked = candidates[np.argsort(-priority, kind="stable")]
+        values = function(np.cumsum(counts[ranked]), np.cumsum(totals[ranked]), alpha)
+        return ranked[: int(values.argmax()) + 1]
+
+    best_value, best_set = 0.0, np.zeros(0, dtype=np.int64)
+    queue = components(members, matrix, hubs)
+    for _ in range(4):
+        next_queue = []
+        for component in queue:
+            chosen = prefix_best(component)
+            parts = components(chosen, matrix, hubs)
+            if len(parts) == 1:
+                value = score(chosen)
+                if value > best_value:
+                    best_value, best_set = value, np.sort(chosen)
+            else:
+                next_queue.extend(parts)
+                for part in parts:
+                    value = score(part)
+                    if value > best_value:
+                        best_value, best_set = value, np.sort(part)
+        if not next_queue:
+            break
+        queue = next_queue
+
+    # Grow by neighbours (direct, or sharing a hub) while the score rises.
+    while len(best_set):
+        linked = matrix[best_set].any(axis=0)
+        linked |= (matrix[best_set][:, hubs].any(axis=0) @ matrix[hubs]) > 0 if hubs.any() else False
+        linked[best_set] = False
+        linked &= totals > 0
+        candidates = np.flatnonzero(linked)
+        if len(candidates) == 0:
+            break
+        values = np.array([score(np.append(best_set, c)) for c in candidates])
+        if values.max() <= best_value + 1e-9:
+            break
+        pick = candidates[int(values.argmax())]
+        best_value, best_set = float(values.max()), np.sort(np.append(best_set, pick))
+    return best_value, best_set
+
+
+def find_hits(
+    scale_elements: ScaleElements, thresholds: dict[int, float], num_devices: int,
+    links: np.ndarray, kinds: np.ndarray, config: SearchConfig,
+) -> list[Hit]:
+    """Scan one scale and return the connected hits above their length's threshold."""
+    evidence = build_evidence(scale_elements.elements, num_devices,
+                              scale_elements.num_bins, config.alphas)
+    intervals, best, alpha_index, members = scan_intervals(evidence, scale_elements.runs, config)
+    limit = np.array([threshold_for(thresholds, int(b - a)) for a, b in intervals])
+    candidates = np.flatnonzero(best > limit)
+    matrix, hubs = adjacency(num_devices, links, kinds, config.hub_kinds)
+    hits = []
+    ratio = best[candidates] / limit[candidates]
+    for row in candidates[np.argsort(-ratio)][: 50 * config.max_incidents]:
+        start, stop = intervals[row]
+        threshold = float(limit[row])
+        a = int(alpha_index[row])
+        counts, totals = evidence.interval(np.array([start]), np.array([stop]))
+        chosen = members[row]
+        if config.connectivity:
+            value, chosen = connected_best(counts[0, :, a], totals[0], config.alphas[a],
+                                           chosen, matrix, hubs, config.statistic)
+        else:
+            value = float(best[row])
+        if value > threshold and len(chosen):
+            hits.append(Hit(scale_elements.scale, int(start), int(stop), config.alphas[a],
+                            value, threshold, [int(d) for d in chosen]))
+    return hits
+
+
+def element_hits(
+    scale_elements: ScaleElements, p_limit: float, threshold_note: float | None = None,
+) -> list[Hit]:
+    """Hits of single elements whose p-value is below `p_limit`.
+
+    A set statistic caps what one element adds (Berk-Jones gives at most
+    log(1/alpha) per element), so a one-sample spike on a device with a handful of
+    elements cannot outscore the correlated bursts of a busy hub. An element whose
+    p-value is below a family-wise limit is an incident on its own.
+    """
+    chosen = scale_elements.elements[scale_elements.elements["p_value"] < p_limit]
+    threshold = -np.log10(p_limit)
+    hits = []
+    for row in chosen.itertuples(index=False):
+        devices = [int(row.device_idx)]
+        if int(row.peer_idx) >= 0:
+            devices.append(int(row.peer_idx))
+        score = -np.log10(max(float(row.p_value), 1e-300))
+        hits.append(Hit(scale_elements.scale, int(row.bin), int(row.bin) + 1,
+                        float(p_limit), score, threshold, devices))
+    return hits
+
+
+def merge_hits(hits: list[Hit], max_incidents: int) -> list[Incident]:
+    """Merge hits (already in base bins) into incidents.
+
+    Hits are taken strongest first (score over its threshold). A hit that overlaps
+    or touches an incident in time and shares a device is absorbed; it widens the
+    incident's span only when all its devices are already members, so a long weak
+    hit that covers two anomalies does not chain them into one.
+    """
+    ordered = sorted(hits, key=lambda h: (-(h.score / max(h.threshold, 1e-9)), h.start))
+    incidents: list[Incident] = []
+    for hit in ordered:
+        target = None
+        for incident in incidents:
+            near = hit.start <= incident.stop and incident.start <= hit.stop
+            if near and set(hit.devices) & set(incident.devices):
+                target = incident
+                break
+        if target is None:
+            if len(incidents) >= max_incidents:
+                continue
+            incidents.append(Incident(hit.start, hit.stop, hit.scale, hit.alpha, hit.score,
+                                      hit.threshold, list(hit.devices), [hit]))
+            continue
+        target.hits.append(hit)
+        if set(hit.devices) <= set(target.devices):
+            target.start = min(target.start, hit.start)
+            target.stop = max(target.stop, hit.stop)
+    return incidents
+
+
+def refine_interval(
+    evidence: Evidence, devices: list[int], alpha_index: int, alpha: float,
+    lower: int, upper: int, statistic: str,
+) -> tuple[int, int, float]:
+    """Best [start, stop) inside [lower, upper) for a fixed device set and alpha."""
+    function = STATISTICS[statistic]
+    chosen = np.asarray(devices)
+    counts = evidence.counts[lower : upper + 1, chosen, alpha_index].sum(axis=1).astype(np.float64)
+    totals = evidence.totals[lower : upper + 1, chosen].sum(axis=1).astype(np.float64)
+    starts, stops = np.triu_indices(len(counts), k=1)
+    values = function(counts[stops] - counts[starts], totals[stops] - totals[starts], alpha)
+    if len(values) == 0:
+        return lower, upper, 0.0
+    pick = int(values.argmax())
+    return lower + int(starts[pick]), lower + int(stops[pick]), float(values[pick])
+
+
+def incident_id(devices: list[str], start: pd.Timestamp) -> str:
+    """Stable id from the sorted device names and the start time."""
+    text = "\x1f".join(sorted(devices)) + "\x1e" + start.isoformat()
+    return "inc-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+
+
+@dataclass
+class ScaleState:
+    """The scan's view of one scale while incidents are taken out one by one.
+
+    Attributes:
+        counts: shape [T, N, A], per bin (not cumulative).
+        totals: shape [T, N], per bin.
+        thresholds: null threshold per interval length.
+        singleton_limits: p-value limit of a single element, per element kind.
+    """
+
+    scale: int
+    elements: pd.DataFrame
+    active: np.ndarray
+    counts: np.ndarray
+    totals: np.ndarray
+    runs: list[tuple[int, int]]
+    thresholds: dict[int, float]
+    singleton_limits: dict[str, float]
+
+    @classmethod
+    def build(
+        cls, scale_elements: ScaleElements, num_devices: int, alphas: tuple[float, ...],
+        thresholds: dict[int, float], singleton_limits: dict[str, float],
+    ) -> "ScaleState":
+        evidence = build_evidence(scale_elements.elements, num_devices,
+                                  scale_elements.num_bins, alphas)
+        return cls(
+            scale=scale_elements.scale,
+            elements=scale_elements.elements.reset_index(drop=True),
+            active=np.ones(len(scale_elements.elements), dtype=bool),
+            counts=np.diff(evidence.counts, axis=0),
+            totals=np.diff(evidence.totals, axis=0),
+            runs=scale_elements.runs,
+            thresholds=thresholds,
+            singleton_limits=singleton_limits,
+        )
+
+    def evidence(self) -> Evidence:
+        zero_counts = np.zeros((1,) + self.counts.shape[1:], dtype=np.int64)
+        zero_totals = np.zeros((1,) + self.totals.shape[1:], dtype=np.int64)
+        return Evidence(
+            np.concatenate([zero_counts, np.cumsum(self.counts, axis=0)]),
+            np.concatenate([zero_totals, np.cumsum(self.totals, axis=0)]),
+        )
+
+    def targets(self, devices: list[int], start: int, stop: int, alpha: float) -> list[int]:
+        """Devices outside `devices` that share a pair with p <= alpha with them in
+        bins [start, stop) of this scale: the hosts a scan touched."""
+        frame = self.elements[self.active]
+        frame = frame[(frame["kind"] == "pair") & (frame["bin"] >= start)
+                      & (frame["bin"] < stop) & (frame["p_value"] <= alpha)]
+        src_in = frame["device_idx"].isin(devices)
+        dst_in = frame["peer_idx"].isin(devices)
+        others = pd.concat([frame.loc[src_in & ~dst_in, "peer_idx"],
+                            frame.loc[dst_in & ~src_in, "device_idx"]])
+        return sorted(int(d) for d in others.unique())
+
+    def remove(self, devices: list[int], start: int, stop: int, alphas) -> None:
+        """Take out every element touching `devices` in base bins [start, stop)."""
+        lower = start // self.scale
+        upper = -(-stop // self.scale)
+        frame = self.elements
+        bins = frame["bin"].to_numpy()
+        touching = (frame["device_idx"].isin(devices) | frame["peer_idx"].isin(devices)).to_numpy()
+        chosen = self.active & touching & (bins >= lower) & (bins < upper)
+        if not chosen.any():
+            return
+        rows = frame[chosen]
+        p = rows["p_value"].to_numpy()
+        row_bins = rows["bin"].to_numpy()
+        for column in ("device_idx", "peer_idx"):
+            device = rows[column].to_numpy()
+            keep = device >= 0
+            np.subtract.at(self.totals, (row_bins[keep], device[keep]), 1)
+            for a, alpha in enumerate(alphas):
+                hit = keep & (p <= alpha)
+                np.subtract.at(self.counts[..., a], (row_bins[hit], device[hit]), 1)
+        self.active &= ~chosen
+
+
+def singleton_limits(
+    null_elements: pd.DataFrame, scored_elements: pd.DataFrame, level: float = 0.05,
+) -> dict[str, float]:
+    """P-value below which one element alone is an incident, per element kind.
+
+    The limit is the p-value that a scored period of this size crosses by chance
+    with probability `level`. It is read off the null elements: the upper tail of
+    -log10(p) is fitted with a generalized Pareto (method of moments, shape >= 0)
+    and extrapolated to `level` over the number of scored elements, so a calibration
+    that is overconfident in its extreme tail raises the limit accordingly.
+    """
+    limits = {}
+    for kind, scored in scored_elements.groupby("kind"):
+        null = null_elements.loc[null_elements["kind"] == kind, "p_value"].to_numpy()
+        target = level / max(len(scored), 1)
+        if len(null) < 100:
+            limits[kind] = target
+            continue
+        values = np.sort(-np.log10(np.clip(null, 1e-300, 1.0)))[::-1]
+        top = max(20, min(500, len(values) // 20))
+        base = values[top]
+        excess = values[:top] - base
+        mean, variance = excess.mean(), excess.var()
+        exceed_share = top / len(values)
+        wanted = target / exceed_share
+        if not (variance > 0 and mean > 0) or wanted >= 1:
+            limits[kind] = min(target, 10 ** -values[0])
+            continue
+        shape = float(np.clip(0.5 * (1 - mean ** 2 / variance), 0.0, 0.5))
+        sigma = 0.5 * mean * (mean ** 2 / variance + 1)
+        if shape < 1e-6:
+            height = -sigma * np.log(wanted)
+        else:
+            height = sigma / shape * (wanted ** -shape - 1)
+        limits[kind] = float(min(target, 10 ** -(base + height)))
+    return limits
+
+
+def prune_members(
+    members: np.ndarray, counts: np.ndarray, totals: np.ndarray, alpha: float,
+    config: SearchConfig,
+) -> np.ndarray:
+    """Keep the members whose own statistic reaches `config.member_min_score` and
+    `config.member_min_share` of the strongest member's, and whose share of p-values
+    at most alpha is at least twice alpha.
+
+    The optimal set of a long interval also takes devices whose share of small
+    p-values is only a little above alpha by chance; they raise the score a little
+    (a lot, for a busy hub with hundreds of elements) and would be reported as
+    members. Neighbours of a strongly abnormal device also pick up a fraction of its
+    deviation through their reconstruction, and the relative floor drops them. The
+    strongest member is always kept.
+    """
+    members = np.asarray(members)
+    if len(members) <= 1:
+        return members
+    function = STATISTICS[config.statistic]
+    own = function(counts[members], totals[members], alpha)
+    share = counts[members] / np.maximum(totals[members], 1)
+    strong = own >= max(config.member_min_score, config.member_min_share * own.max())
+    kept = members[strong & (share >= 2 * alpha)]
+    return kept if len(kept) else members[[int(own.argmax())]]
+
+
+def best_hit(
+    state: ScaleState, matrix: np.ndarray, hubs: np.ndarray, config: SearchConfig,
+    candidates: int = 64,
+) -> tuple[float, Hit] | None:
+    """The strongest remaining hit of one scale, as (score / threshold, hit)."""
+    evidence = state.evidence()
+    longest = max(state.thresholds, default=0)
+    intervals, best, alpha_index, members = scan_intervals(
+        evidence, state.runs, replace(config, max_interval_bins=min(config.max_interval_bins, longest)))
+    result: tuple[float, Hit] | None = None
+    if len(intervals) and longest:
+        limit = np.array([threshold_for(state.thresholds, int(b - a)) for a, b in intervals])
+        ratio = best / limit
+        for row in np.argsort(-ratio)[:candidates]:
+            if ratio[row] <= 1:
+                break
+            start, stop = intervals[row]
+            a = int(alpha_index[row])
+            counts, totals = evidence.interval(np.array([start]), np.array([stop]))
+            chosen = members[row]
+            value = float(best[row])
+            if config.connectivity:
+                value, chosen = connected_best(counts[0, :, a], totals[0], config.alphas[a],
+                                               chosen, matrix, hubs, config.statistic)
+            chosen = prune_members(chosen, counts[0, :, a], totals[0], config.alphas[a],
+                                   config)
+            function = STATISTICS[config.statistic]
+            value = float(function(counts[0, chosen, a].sum(), totals[0, chosen].sum(),
+                                   config.alphas[a]))
+            connected_ratio = value / limit[row]
+            if connected_ratio > 1 and len(chosen) and (
+                    result is None or connected_ratio > result[0]):
+                result = (connected_ratio, Hit(state.scale, int(start), int(stop),
+                                               config.alphas[a], value, float(limit[row]),
+                                               [int(d) for d in chosen]))
+
+    live = state.elements[state.active]
+    for kind, limit_p in state.singleton_limits.items():
+        rows = live[(live["kind"] == kind) & (live["p_value"] < limit_p)]
+        if rows.empty:
+            continue
+        row = rows.loc[rows["p_value"].idxmin()]
+        threshold = -np.log10(limit_p)
+        score = -np.log10(max(float(row["p_value"]), 1e-300))
+        ratio = score / threshold
+        if result is None or ratio > result[0]:
+            devices = [int(row["device_idx"])]
+            if int(row["peer_idx"]) >= 0:
+                devices.append(int(row["peer_idx"]))
+            result = (ratio, Hit(state.scale, int(row["bin"]), int(row["bin"]) + 1,
+                                 float(limit_p), score, threshold, devices))
+    return result
+
+
+def detect(
+    states: list[ScaleState], num_devices: int, num_bins: int, links: np.ndarray,
+    kinds: np.ndarray, config: SearchConfig,
+) -> list[Incident]:
+    """Take incidents out strongest first, across every scale.
+
+    Each round finds the strongest hit of any scale (relative to its threshold),
+    refines its interval, records it, and removes every element of its devices in
+    that interval from every scale before the next round. Two anomalies that share
+    a time window therefore become two incidents, and the many weaker intervals
+    that contain a strong anomaly do not become incidents of their own.
+    """
+    matrix, hubs = adjacency(num_devices, links, kinds, config.hub_kinds)
+    incidents: list[Incident] = []
+    while len(incidents) < config.max_incidents:
+        found = [(r, s, h) for s in states if (x := best_hit(s, matrix, hubs, config))
+                 for r, h in [x]]
+        if not found:
+            break
+        ratio, state, hit = max(found, key=lambda item: item[0])
+        start, stop, alpha = _refine(state, hit, config)
+        base_start = start * state.scale
+        base_stop = min(stop * state.scale, num_bins)
+        incidents.append(Incident(base_start, base_stop, state.scale, alpha, hit.score,
+                                  hit.threshold, hit.devices, [hit]))
+        reached = hit.devices + state.targets(hit.devices, start, stop, alpha)
+        for other in states:
+            other.remove(reached, base_start, base_stop, config.alphas)
+    return incidents
+
+
+def _refine(state: ScaleState, hit: Hit, config: SearchConfig) -> tuple[int, int, float]:
+    """Best interval of the hit's devices within one hit length on either side."""
+    length = hit.stop - hit.start
+    run = next(((a, b) for a, b in state.runs if a <= hit.start < b), (hit.start, hit.stop))
+    lower = max(run[0], hit.start - length)
+    upper = min(run[1], hit.stop + length)
+    evidence = state.evidence()
+    best = (hit.start, hit.stop, 0.0, hit.alpha)
+    single = hit.alpha not in config.alphas
+    for a, alpha in enumerate(config.alphas):
+        if (not single and alpha != hit.alpha) or (single and alpha > 1e-3):
+            continue
+        start, stop, value = refine_interval(evidence, hit.devices, a, alpha, lower, upper,
+                                             config.statistic)
+        if value > best[2]:
+            best = (start, stop, value, alpha)
+    return best[0], best[1], best[3]

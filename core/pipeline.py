@@ -1,0 +1,566 @@
+"""One run over a workspace: snapshots, training, scoring, localization, publishing.
+
+Each stage is a function of `core` that can be called without Streamlit; the CLI and
+the dashboard are two thin front ends over `run_pipeline`. The run reads what it
+needs from the store, closes it, computes, and publishes its own file by atomic
+rename (`core.store.publish_run`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from core import localize, scoring, store, train
+from core.config import RunConfig
+from core.errors import DataError
+from core.snapshots import MICROS, Snapshots, build_snapshots
+from core.stages import StageTimer
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+NULL_FOLDS = 4
+VERSIONED = ("torch", "torch-geometric", "duckdb", "numpy", "pandas", "scipy")
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    path: str
+    incidents: pd.DataFrame
+    members: pd.DataFrame
+    timer: StageTimer
+    info: dict
+
+
+def run_pipeline(
+    workspace: store.Workspace,
+    config: RunConfig | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+    timer: StageTimer | None = None,
+) -> RunResult:
+    """Bin, train, score, localize and publish one run of `workspace`.
+
+    Args:
+        workspace: a workspace whose store holds events or measurements.
+        config: run settings; the defaults suit one-minute polling data.
+        run_id: the run's name; a UTC timestamp by default.
+        progress: called with (stage, fraction done) as the run advances.
+        timer: records each stage's time and peak memory.
+
+    Raises:
+        DataError: the store cannot support a run (no data, one device, too few bins).
+    """
+    config = config or RunConfig()
+    timer = timer or StageTimer()
+    report = progress or (lambda stage, fraction: None)
+    run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("run-%Y%m%dT%H%M%S%fZ")
+    workspace.run_path(run_id)
+    seed = config.model.seed
+    rng = np.random.default_rng(seed)
+
+    report("snapshots", 0.0)
+    with timer.stage("snapshots"):
+        snapshots = build_snapshots(workspace.store_path, config.stream.bin_seconds)
+        periods, segments = assign_periods(snapshots, config)
+    train_bins = np.flatnonzero(periods == "train")
+    if not (periods == "score").any():
+        raise DataError("no bins to score",
+                        "Shorten the reference period or load data after it.")
+
+    report("training", 0.0)
+    with timer.stage("training"):
+        prepared = train.prepare(snapshots, train_bins, segments)
+        fitted = train.fit(prepared, snapshots, train_bins, config.model, progress)
+        checkpoint = train.checkpoint_bytes(fitted.model, prepared, config.model)
+
+    report("scoring", 0.0)
+    with timer.stage("scoring"):
+        x_hat, pair_hat, candidates, _ = scoring.reconstruct(fitted.model, prepared, snapshots)
+        families = scoring.families(snapshots, prepared, x_hat, pair_hat, candidates, train_bins)
+        scored = score_scales(families, periods, config, rng)
+
+    report("localization", 0.0)
+    with timer.stage("localization"):
+        incidents, members, thresholds, null_rows = localize_run(
+            snapshots, scored, periods, prepared, config, rng, report)
+
+    report("publishing", 0.0)
+    with timer.stage("publishing"):
+        info = run_info(workspace, run_id, config, snapshots, periods, checkpoint,
+                        fitted, prepared, thresholds)
+        tables = run_tables(snapshots, periods, scored, incidents, members, fitted,
+                            null_rows, checkpoint, config)
+        path = store.publish_run(workspace, run_id, tables, info)
+    report("done", 1.0)
+    return RunResult(run_id, str(path), incidents, members, timer, info)
+
+
+def assign_periods(snapshots: Snapshots, config: RunConfig) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Label each base bin train, calibration, score, gap or none.
+
+    Returns:
+        periods: shape [T], str.
+        segments: (start, stop) runs of bins that are not gaps.
+    """
+    num_bins = snapshots.num_bins
+    active = snapshots.active.any(axis=1)
+    gap = np.zeros(num_bins, dtype=bool)
+    for start, stop in _runs(~active):
+        if stop - start > config.stream.max_empty_bins:
+            gap[start:stop] = True
+    segments = _runs(~gap)
+
+    width = snapshots.bin_seconds * MICROS
+    starts = snapshots.origin_us + np.arange(num_bins, dtype=np.int64) * width
+    usable = np.flatnonzero(~gap)
+
+    def micros(text: str | None) -> int | None:
+        if text is None:
+            return None
+        stamp = pd.Timestamp(text)
+        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+        return int(stamp.value // 1000)
+
+    reference = np.zeros(num_bins, dtype=bool)
+    if config.reference_end is not None:
+        reference = starts < micros(config.reference_end)
+        if config.reference_start is not None:
+            reference &= starts >= micros(config.reference_start)
+        reference &= ~gap
+    else:
+        reference[usable[: int(len(usable) * config.reference_share)]] = True
+    reference_bins = np.flatnonzero(reference)
+    if len(reference_bins) < 16:
+        raise DataError(
+            f"the reference period has {len(reference_bins)} bins; at least 16 are needed",
+            "Set an earlier reference start or a later reference end.",
+        )
+
+    periods = np.full(num_bins, "none", dtype=object)
+    periods[gap] = "gap"
+    cut = int(len(reference_bins) * config.train_share)
+    periods[reference_bins[:cut]] = "train"
+    periods[reference_bins[cut:]] = "calibration"
+
+    score_from = micros(config.score_start)
+    score_to = micros(config.score_end)
+    score = ~gap & ~reference
+    score &= starts > starts[reference_bins[-1]] if score_from is None else starts >= score_from
+    if score_to is not None:
+        score &= starts < score_to
+    periods[score] = "score"
+    return periods.astype(str), segments
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """Return the (start, stop) ranges where `flags` is True."""
+    padded = np.concatenate([[False], flags, [False]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+@dataclass
+class Scored:
+    """Per scale: the scaled families, their coarse periods and p-values."""
+
+    scale: int
+    periods: np.ndarray
+    families: list[scoring.ScaledFamily]
+    null_families: list[np.ndarray]
+    fallback: list[dict]
+
+
+def score_scales(
+    families: list[scoring.Family], periods: np.ndarray, config: RunConfig,
+    rng: np.random.Generator,
+) -> list[Scored]:
+    """Aggregate each family to every scale and compute its p-values.
+
+    Score-period p-values are calibrated on all calibration bins. For the null of
+    the scan the calibration bins are cut into `NULL_FOLDS` consecutive folds, and
+    each fold is calibrated on the others, so the null covers the whole calibration
+    period with out-of-sample p-values.
+    """
+    result = []
+    for scale in config.stream.scales:
+        coarse = scoring.coarse_periods(periods, scale)
+        calibration = np.flatnonzero(coarse == "calibration")
+        target = np.flatnonzero(coarse == "score")
+        folds = np.array_split(calibration, NULL_FOLDS)
+        scaled_families, nulls, fallback = [], [], []
+        for family in families:
+            scaled = scoring.aggregate(family, scale)
+            p, level, counts = scoring.calibrate(
+                scaled, calibration, target, config.search.min_reference, rng)
+            null_p = np.full(scaled.score.shape, np.nan)
+            for fold in folds:
+                if len(fold) == 0:
+                    continue
+                rest = np.setdiff1d(calibration, fold)
+                fold_p, _, _ = scoring.calibrate(
+                    scaled, rest, fold, config.search.min_reference, rng)
+                null_p[fold] = fold_p[fold]
+            p, null_p = scoring.recalibrate(p, null_p)
+            scaled.p_value = p
+            scaled.calibration = level
+            scaled_families.append(scaled)
+            nulls.append(null_p)
+            for name, number in counts.items():
+                fallback.append({"kind": family.kind, "scale": scale, "level": name,
+                                 "elements": number})
+        result.append(Scored(scale, coarse, scaled_families, nulls, fallback))
+    return result
+
+
+def long_elements(families: list[scoring.ScaledFamily], p_arrays: list[np.ndarray]) -> pd.DataFrame:
+    """Long form (kind, device_idx, peer_idx, bin, p_value) of the finite p-values."""
+    frames = []
+    for family, p in zip(families, p_arrays):
+        bins, columns = np.nonzero(~np.isnan(p))
+        if len(bins) == 0:
+            continue
+        frames.append(pd.DataFrame({
+            "kind": family.kind,
+            "column": columns,
+            "device_idx": family.ids["device_idx"].to_numpy()[columns],
+            "peer_idx": family.ids["peer_idx"].to_numpy()[columns],
+            "bin": bins,
+            "p_value": p[bins, columns],
+        }))
+    if not frames:
+        return pd.DataFrame({"kind": [], "column": [], "device_idx": [], "peer_idx": [],
+                             "bin": [], "p_value": []})
+    return pd.concat(frames, ignore_index=True)
+
+
+def localize_run(
+    snapshots: Snapshots, scored: list[Scored], periods: np.ndarray,
+    prepared: train.Prepared, config: RunConfig, rng: np.random.Generator,
+    report: Progress,
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, dict], list[dict]]:
+    """Set each scale's null thresholds, take the incidents out and describe them."""
+    search = config.search
+    num_devices = snapshots.num_devices
+    kinds = snapshots.devices["kind"].astype(str).to_numpy()
+    links = np.concatenate([snapshots.pairs, snapshots.links]) if len(snapshots.links) else snapshots.pairs
+
+    thresholds: dict[int, dict] = {}
+    null_rows: list[dict] = []
+    states: list[localize.ScaleState] = []
+    for position, item in enumerate(scored):
+        scale = item.scale
+        elements = long_elements(item.families, [f.p_value for f in item.families])
+        null_elements = long_elements(item.families, item.null_families)
+        null_runs = _runs(item.periods == "calibration")
+        replicates = []
+        for shift in range(search.null_shifts):
+            shifted = null_elements
+            if shift:
+                for start, stop in null_runs:
+                    inside = (shifted["bin"] >= start) & (shifted["bin"] < stop)
+                    part = localize.shift_per_device(shifted[inside], start, stop, rng)
+                    shifted = pd.concat([shifted[~inside], part])
+            replicates.append(localize.build_evidence(
+                shifted, num_devices, len(item.periods), search.alphas))
+        by_length, maxima = localize.null_thresholds(replicates, null_runs, search)
+        limits = localize.singleton_limits(null_elements, elements)
+        thresholds[scale] = {"by_length": by_length, "singleton_p": limits}
+        null_rows += [{"scale": scale, "shift": i, "max_score": m} for i, m in enumerate(maxima)]
+        runs = _runs(item.periods == "score")
+        # Only lengths the null windows can hold get a threshold; longer intervals
+        # are not scanned at this scale (a coarser scale covers them).
+        longest = max((b - a for a, b in null_runs), default=0)
+        by_length = {k: v for k, v in by_length.items() if 2 * k <= max(longest, 2)}
+        thresholds[scale]["by_length"] = by_length
+        states.append(localize.ScaleState.build(
+            localize.ScaleElements(scale, len(item.periods), elements, runs),
+            num_devices, search.alphas, by_length, limits))
+        log.info("scale %d: null thresholds %s, singleton limits %s", scale,
+                 {k: round(v, 1) for k, v in by_length.items()}, limits)
+        report("localization", 0.5 * (position + 1) / len(scored))
+
+    incidents = localize.detect(states, num_devices, snapshots.num_bins, links, kinds, search)
+    report("localization", 1.0)
+    by_scale = {state.scale: state.elements for state in states}
+    families = {item.scale: item.families for item in scored}
+    table, members = describe_incidents(snapshots, incidents, by_scale, families)
+    return table, members, thresholds, null_rows
+
+
+def describe_incidents(
+    snapshots: Snapshots, incidents: list[localize.Incident],
+    by_scale: dict[int, pd.DataFrame], families: dict[int, list[scoring.ScaledFamily]],
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Choose each incident's members and describe it in one sentence."""
+    names = snapshots.devices["device"].astype(str).to_numpy()
+    criticality = snapshots.devices["criticality"].to_numpy(dtype=float)
+    rows, member_rows = [], []
+    for incident in incidents:
+        scale = incident.scale
+        elements = by_scale[scale]
+        start = incident.start // scale
+        stop = -(-incident.stop // scale)
+        inside = elements[(elements["bin"] >= start) & (elements["bin"] < stop)]
+        chosen = choose_members(inside, incident.devices, incident.alpha)
+        device_set = chosen["devices"]
+
+        begin = snapshots.bin_start(incident.start)[0]
+        end = snapshots.bin_start(incident.stop)[0]
+        identifier = localize.incident_id([names[d] for d in device_set], begin)
+        kind = incident_type(chosen["significant"], device_set)
+        ratio = incident.score / max(incident.threshold, 1e-9)
+        significance = 1.0 - np.exp(-2.0 * max(ratio - 1.0, 0.0))
+        weight = 1.0 if kind == "both" else 0.9
+        severity = 100 * significance * (0.5 + 0.5 * criticality[device_set].max()) * weight
+        rows.append({
+            "incident_id": identifier, "start": begin, "end": end, "type": kind,
+            "score": incident.score, "threshold": incident.threshold,
+            "alpha": incident.alpha, "scale": scale, "severity": round(float(severity), 1),
+            "summary": summarize(kind, [names[d] for d in device_set],
+                                 len(chosen["targets"]["target"].unique()),
+                                 len(chosen["sensors"]["column"].unique()), begin, end),
+        })
+        member_rows += member_table(identifier, chosen, names, families[scale])
+
+    table = pd.DataFrame(rows, columns=[
+        "incident_id", "start", "end", "type", "score", "threshold", "alpha", "scale",
+        "severity", "summary"])
+    if len(table):
+        table = table.sort_values(["severity", "score"], ascending=False, kind="stable")
+        table = table.drop_duplicates("incident_id").reset_index(drop=True)
+        table.insert(1, "rank", np.arange(1, len(table) + 1))
+    else:
+        table.insert(1, "rank", pd.Series(dtype="int64"))
+    members = pd.DataFrame(member_rows, columns=[
+        "incident_id", "role", "device", "peer", "sensor", "evidence", "p_value"])
+    members = members[members["incident_id"].isin(table["incident_id"])]
+    members = members.drop_duplicates(["incident_id", "role", "device", "peer", "sensor"])
+    return table, members.reset_index(drop=True)
+
+
+def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float) -> dict:
+    """Second pass: members, pairs, targets and sensors of an incident.
+
+    A device whose only significant elements are pairs with a single peer is a
+    target of that peer, not a member, when the peer has significant elements of
+    its own or significant pairs with three or more devices (the centre of a scan).
+    """
+    significant = inside[inside["p_value"] <= alpha]
+    members = set(devices)
+    pairs = significant[significant["kind"] == "pair"]
+    own = significant[significant["kind"] != "pair"]
+    has_own = set(own["device_idx"].tolist())
+
+    peers: dict[int, set[int]] = {}
+    for src, dst in zip(pairs["device_idx"], pairs["peer_idx"]):
+        peers.setdefault(int(src), set()).add(int(dst))
+        peers.setdefault(int(dst), set()).add(int(src))
+
+    demoted = set()
+    for device in sorted(members):
+        linked = peers.get(device, set())
+        if len(linked) != 1:
+            continue
+        (peer,) = linked
+        if peer not in members or peer in demoted:
+            continue
+        centre = len(peers.get(peer, set())) >= 3
+        if centre or (device not in has_own and peer in has_own):
+            demoted.add(device)
+    kept = sorted(members - demoted) or sorted(members)
+
+    in_set = set(kept)
+    src_in = pairs["device_idx"].isin(in_set)
+    dst_in = pairs["peer_idx"].isin(in_set)
+    internal = pairs[src_in & dst_in]
+    leaving = pairs[src_in ^ dst_in]
+    outside = np.where(src_in[src_in ^ dst_in], leaving["peer_idx"], leaving["device_idx"])
+    targets = leaving.assign(target=outside)
+    sensors = own[(own["kind"] == "sensor") & own["device_idx"].isin(in_set)]
+    return {
+        "devices": kept,
+        "pairs": internal,
+        "targets": targets,
+        "sensors": sensors,
+        "significant": significant[significant["device_idx"].isin(in_set)
+                                   | significant["peer_idx"].isin(in_set)],
+        "inside": inside,
+    }
+
+
+def incident_type(significant: pd.DataFrame, devices: list[int]) -> str:
+    """"process" when at least 80% of the evidence is sensors, "communication" when at
+    most 20% is, "both" otherwise."""
+    if significant.empty:
+        return "communication"
+    share = float((significant["kind"] == "sensor").mean())
+    if share >= 0.8:
+        return "process"
+    if share <= 0.2:
+        return "communication"
+    return "both"
+
+
+def summarize(kind: str, devices: list[str], targets: int, sensors: int,
+              begin: pd.Timestamp, end: pd.Timestamp) -> str:
+    """One plain sentence: what happened, where and when."""
+    shown = ", ".join(devices[:3]) + (f" and {len(devices) - 3} more" if len(devices) > 3 else "")
+    text = (f"{kind.capitalize()} anomaly on {shown} from "
+            f"{begin:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC")
+    details = []
+    if sensors:
+        details.append(f"{sensors} abnormal sensor reading{'s' if sensors != 1 else ''}")
+    if targets:
+        details.append(f"links to {targets} target device{'s' if targets != 1 else ''}")
+    return text + (" with " + " and ".join(details) if details else "") + "."
+
+
+def member_table(identifier: str, chosen: dict, names: np.ndarray,
+                 families: list[scoring.ScaledFamily]) -> list[dict]:
+    """Rows of incident_members: one per device, pair, target and sensor."""
+    inside = chosen["inside"]
+    rows = []
+
+    def strength(frame: pd.DataFrame) -> tuple[float, float]:
+        p = float(frame["p_value"].min()) if len(frame) else 1.0
+        return -np.log10(max(p, 1e-300)), p
+
+    for device in chosen["devices"]:
+        touching = inside[(inside["device_idx"] == device) | (inside["peer_idx"] == device)]
+        evidence, p = strength(touching)
+        rows.append({"incident_id": identifier, "role": "device", "device": names[device],
+                     "peer": None, "sensor": None, "evidence": evidence, "p_value": p})
+    for (src, dst), group in chosen["pairs"].groupby(["device_idx", "peer_idx"]):
+        evidence, p = strength(group)
+        rows.append({"incident_id": identifier, "role": "pair", "device": names[src],
+                     "peer": names[dst], "sensor": None, "evidence": evidence, "p_value": p})
+    for target, group in chosen["targets"].groupby("target"):
+        evidence, p = strength(group)
+        rows.append({"incident_id": identifier, "role": "target", "device": names[target],
+                     "peer": None, "sensor": None, "evidence": evidence, "p_value": p})
+    sensor_family = next((f for f in families if f.kind == "sensor"), None)
+    if sensor_family is not None:
+        for column, group in chosen["sensors"].groupby("column"):
+            evidence, p = strength(group)
+            ids = sensor_family.ids.iloc[int(column)]
+            rows.append({"incident_id": identifier, "role": "sensor",
+                         "device": str(ids["device"]), "peer": None,
+                         "sensor": str(ids["sensor"]), "evidence": evidence, "p_value": p})
+    return rows
+
+
+def run_info(workspace, run_id, config, snapshots, periods, checkpoint, fitted,
+             prepared, thresholds) -> dict:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    period_spans = {}
+    for name in ("train", "calibration", "score", "gap"):
+        chosen = np.flatnonzero(periods == name)
+        if len(chosen):
+            period_spans[name] = {
+                "bins": int(len(chosen)),
+                "start": snapshots.bin_start(chosen[0])[0].isoformat(),
+                "end": snapshots.bin_start(chosen[-1] + 1)[0].isoformat(),
+            }
+    return {
+        "run_id": run_id,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "config": config.to_dict(),
+        "origin": pd.Timestamp(snapshots.origin_us, unit="us", tz="UTC").isoformat(),
+        "origin_us": snapshots.origin_us,
+        "bin_seconds": snapshots.bin_seconds,
+        "num_bins": snapshots.num_bins,
+        "num_devices": snapshots.num_devices,
+        "periods": period_spans,
+        "model_checksum": train.checksum(checkpoint),
+        "best_epoch": fitted.best_epoch,
+        "versions": versions,
+        "thresholds": {
+            str(scale): {
+                "by_length": {str(k): v for k, v in value["by_length"].items()},
+                "singleton_p": value["singleton_p"],
+            }
+            for scale, value in thresholds.items()
+        },
+        "constant_in_training": [list(pair) for pair in prepared.constant],
+        "workspace": str(workspace.root),
+    }
+
+
+def run_tables(snapshots, periods, scored, incidents, members, fitted, null_rows,
+               checkpoint, config) -> dict[str, pd.DataFrame]:
+    devices = snapshots.devices.copy()
+    bins = []
+    elements = []
+    for item in scored:
+        scale = item.scale
+        starts = snapshots.bin_start(np.arange(len(item.periods)) * scale)
+        ends = snapshots.bin_start(np.minimum((np.arange(len(item.periods)) + 1) * scale,
+                                              snapshots.num_bins))
+        bins.append(pd.DataFrame({"scale": scale, "bin": np.arange(len(item.periods)),
+                                  "start": starts, "end": ends, "period": item.periods}))
+        for family, null_p in zip(item.families, item.null_families):
+            p = np.where(np.isnan(family.p_value), null_p, family.p_value)
+            t, j = np.nonzero(~np.isnan(p))
+            if len(t) == 0:
+                continue
+            ids = family.ids
+            observed = family.observed[t, j]
+            expected = family.expected[t, j]
+            elements.append(pd.DataFrame({
+                "kind": family.kind,
+                "device": ids["device"].to_numpy()[j],
+                "peer": ids["peer"].to_numpy()[j],
+                "sensor": ids["sensor"].to_numpy()[j],
+                "scale": scale, "bin": t,
+                "observed": observed, "expected": expected,
+                "residual": observed - expected,
+                "score": family.score[t, j],
+                "p_value": p[t, j],
+                "calibration": family.calibration[j].astype(str),
+            }))
+    element_table = pd.concat(elements, ignore_index=True) if elements else pd.DataFrame()
+    evidence = device_evidence(element_table)
+    fallback = pd.DataFrame([row for item in scored for row in item.fallback])
+    return {
+        "devices": devices,
+        "sensors": snapshots.sensors[["device", "sensor", "slot"]],
+        "bins": pd.concat(bins, ignore_index=True),
+        "elements": element_table,
+        "device_evidence": evidence,
+        "incidents": incidents,
+        "incident_members": members,
+        "training_loss": pd.DataFrame(fitted.history),
+        "calibration_fallback": fallback,
+        "null_scan": pd.DataFrame(null_rows),
+        "model_checkpoint": pd.DataFrame({"name": ["model"], "data": [checkpoint]}),
+    }
+
+
+def device_evidence(elements: pd.DataFrame) -> pd.DataFrame:
+    """Per (device, scale, bin): -log10 of the smallest p-value of the device's
+    elements (a pair counts for both ends) and how many elements it has."""
+    if elements.empty:
+        return pd.DataFrame(columns=["device", "scale", "bin", "evidence", "min_p", "elements"])
+    ends = [elements[["device", "scale", "bin", "p_value"]]]
+    pairs = elements[elements["kind"] == "pair"]
+    ends.append(pairs[["peer", "scale", "bin", "p_value"]].rename(columns={"peer": "device"}))
+    stacked = pd.concat(ends, ignore_index=True)
+    grouped = stacked.groupby(["device", "scale", "bin"], sort=False)["p_value"]
+    table = grouped.agg(min_p="min", elements="size").reset_index()
+    table["evidence"] = -np.log10(table["min_p"].clip(lower=1e-300))
+    return table[["device", "scale", "bin", "evidence", "min_p", "elements"]]

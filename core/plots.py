@@ -1,0 +1,364 @@
+"""Plotly figures for the dashboard, built from what `core.views` returns.
+
+Plotly renders a subset of HTML (`<b>`, `<br>`, `<a href>`) in tick labels, hover text
+and annotations, so every data string passes through `escape_label` before it becomes
+a label. Figures only draw; they read no files and import no Streamlit.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+if TYPE_CHECKING:
+    from core.views import HeatmapMatrix
+
+MAX_MARKERS = 4000
+ROW_HEIGHT = 22
+INCIDENT_COLOR = "#1f4e9c"
+MEMBER_COLOR = "#c0392b"
+TARGET_COLOR = "#e67e22"
+CONTEXT_COLOR = "#95a5a6"
+OBSERVED_COLOR = "#1f4e9c"
+EXPECTED_COLOR = "#7f8c8d"
+COLORSCALE = "YlOrRd"
+
+
+def escape_label(text: object) -> str:
+    """Return `text` with `&`, `<` and `>` escaped, so Plotly shows it literally."""
+    return (
+        str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    )
+
+
+def heatmap_figure(
+    matrix: HeatmapMatrix,
+    member_cells: pd.DataFrame,
+    incidents: pd.DataFrame,
+    max_markers: int = MAX_MARKERS,
+) -> go.Figure:
+    """Draw devices x time evidence with incidents outlined and a click layer.
+
+    Streamlit 1.67 returns an empty selection for a click on a `Heatmap` trace, so a
+    `Scatter` of light square markers sits over the cells. Each marker carries
+    customdata `[device, column start, column end, incident id or ""]`.
+
+    The y axis is numeric (row index) with device names as tick text: category
+    positions would be misread when a device is named like a number, such as "3".
+
+    Args:
+        matrix: a `core.views.HeatmapMatrix`.
+        member_cells: (incident_id, start, end, device) rows from
+            `core.views.member_cells`.
+        incidents: the run's incidents from `core.views.incidents`.
+        max_markers: most click markers; beyond it only incident cells and the
+            strongest cells get one.
+    """
+    if matrix.empty:
+        return _empty_figure("No evidence in this window.")
+
+    figure = go.Figure()
+    rows = np.arange(len(matrix.devices))
+    edges = list(matrix.starts) + [matrix.ends[-1]]
+    figure.add_trace(go.Heatmap(
+        z=matrix.evidence,
+        x=edges,
+        y=rows,
+        colorscale=COLORSCALE,
+        zmin=0.0,
+        zmax=max(4.0, float(np.nanmax(matrix.evidence, initial=0.0))),
+        colorbar={"title": {"text": "evidence<br>-log10 p", "side": "right"}},
+        hovertemplate="%{x}<br>evidence %{z:.2f}<extra></extra>",
+        hoverongaps=False,
+        name="evidence",
+    ))
+
+    incident_of = _cell_incidents(matrix, member_cells)
+    figure.add_trace(_click_layer(matrix, incident_of, max_markers))
+    for shape, label in _incident_outlines(matrix, member_cells, incidents):
+        figure.add_shape(shape)
+        if label is not None:
+            figure.add_annotation(label)
+
+    figure.update_layout(
+        height=max(320, 120 + ROW_HEIGHT * len(matrix.devices)),
+        margin={"l": 10, "r": 10, "t": 40, "b": 40},
+        xaxis={"title": "time (UTC)", "type": "date"},
+        yaxis={
+            "tickmode": "array",
+            "tickvals": rows.tolist(),
+            "ticktext": [escape_label(d) for d in matrix.devices],
+            "autorange": "reversed",
+            "showgrid": False,
+            "zeroline": False,
+        },
+        showlegend=False,
+        clickmode="event+select",
+        dragmode="zoom",
+    )
+    return figure
+
+
+def subgraph_figure(members: pd.DataFrame, edges: pd.DataFrame) -> go.Figure:
+    """Draw an incident's devices and pairs with their one-hop context.
+
+    Member devices and pairs are red, targets orange, context grey. Nodes sit on a
+    circle, members first, so the figure stays readable without a layout engine.
+
+    Args:
+        members: rows of `core.views.incident_members`.
+        edges: rows of `core.views.context_edges` (src, dst, evidence, weight).
+    """
+    member_devices = _unique(members.loc[members["role"].isin(
+        ["device", "sensor"]), "device"])
+    pairs = members.loc[members["role"] == "pair", ["device", "peer"]]
+    member_pairs = {(s, d) for s, d in zip(pairs["device"], pairs["peer"])}
+    member_devices += [d for d in _unique(list(pairs["device"]) + list(pairs["peer"]))
+                       if d not in member_devices]
+    targets = [d for d in _unique(members.loc[members["role"] == "target", "device"])
+               if d not in member_devices]
+    context = [d for d in _unique(list(edges["src"]) + list(edges["dst"]))
+               if d not in member_devices and d not in targets]
+    nodes = member_devices + targets + context
+    if not nodes:
+        return _empty_figure("This incident lists no devices.")
+    position = _circle(nodes)
+
+    figure = go.Figure()
+    all_pairs = list(zip(edges["src"], edges["dst"]))
+    all_pairs += [p for p in member_pairs if p not in set(all_pairs)]
+    for src, dst in all_pairs:
+        if src not in position or dst not in position:
+            continue
+        flagged = (src, dst) in member_pairs
+        figure.add_annotation(
+            x=position[dst][0], y=position[dst][1],
+            ax=position[src][0], ay=position[src][1],
+            xref="x", yref="y", axref="x", ayref="y",
+            showarrow=True, arrowhead=3, arrowsize=1.2, standoff=14, startstandoff=14,
+            arrowwidth=3 if flagged else 1,
+            arrowcolor=MEMBER_COLOR if flagged else CONTEXT_COLOR,
+            text="",
+        )
+
+    groups = (
+        ("abnormal device", member_devices, MEMBER_COLOR),
+        ("target", targets, TARGET_COLOR),
+        ("context", context, CONTEXT_COLOR),
+    )
+    for name, group, color in groups:
+        if not group:
+            continue
+        figure.add_trace(go.Scatter(
+            x=[position[d][0] for d in group],
+            y=[position[d][1] for d in group],
+            mode="markers+text",
+            marker={"size": 22, "color": color, "line": {"width": 1, "color": "#333"}},
+            text=[escape_label(d) for d in group],
+            # Labels point away from the centre, where the arrows run.
+            textposition=[
+                "top center" if position[d][1] >= 0 else "bottom center" for d in group
+            ],
+            hovertext=[escape_label(d) for d in group],
+            hovertemplate="%{hovertext}<extra>" + name + "</extra>",
+            name=name,
+        ))
+    figure.update_layout(
+        height=460,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        xaxis={"visible": False, "range": [-1.5, 1.5]},
+        yaxis={"visible": False, "range": [-1.4, 1.4], "scaleanchor": "x"},
+        legend={"orientation": "h", "y": -0.02},
+    )
+    return figure
+
+
+def series_figure(
+    series: pd.DataFrame,
+    title: str,
+    y_label: str,
+    start: pd.Timestamp | None = None,
+    end: pd.Timestamp | None = None,
+) -> go.Figure:
+    """Draw observed against expected over time, with the incident interval shaded.
+
+    Args:
+        series: rows of `core.views.sensor_series` or `core.views.pair_series`.
+        title: figure title (escaped here).
+        y_label: y axis title, such as the unit.
+        start: incident start, shaded with `end` when both are given.
+        end: incident end (exclusive).
+    """
+    if series.empty:
+        return _empty_figure("No values stored for this element.")
+    middle = series["start"] + (series["end"] - series["start"]) / 2
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(
+        x=middle, y=series["expected"], name="expected", mode="lines",
+        line={"color": EXPECTED_COLOR, "dash": "dash"},
+    ))
+    figure.add_trace(go.Scatter(
+        x=middle, y=series["observed"], name="observed", mode="lines+markers",
+        line={"color": OBSERVED_COLOR}, marker={"size": 4},
+        customdata=np.stack([series["p_value"].to_numpy(dtype=float)], axis=-1),
+        hovertemplate="%{y:.3g}<br>p-value %{customdata[0]:.2g}<extra>observed</extra>",
+    ))
+    if start is not None and end is not None:
+        figure.add_vrect(
+            x0=start, x1=end, fillcolor=MEMBER_COLOR, opacity=0.12, line_width=0,
+        )
+    figure.update_layout(
+        title={"text": escape_label(title), "font": {"size": 14}},
+        height=300,
+        margin={"l": 10, "r": 10, "t": 40, "b": 30},
+        xaxis={"title": "time (UTC)"},
+        yaxis={"title": escape_label(y_label)},
+        legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
+    )
+    return figure
+
+
+def loss_figure(loss: pd.DataFrame) -> go.Figure:
+    """Draw training and validation loss per epoch."""
+    if loss.empty:
+        return _empty_figure("The run stored no training loss.")
+    figure = go.Figure()
+    figure.add_trace(go.Scatter(x=loss["epoch"], y=loss["loss"], name="training"))
+    figure.add_trace(go.Scatter(
+        x=loss["epoch"], y=loss["validation_loss"], name="validation",
+        line={"dash": "dash"},
+    ))
+    figure.update_layout(
+        height=260, margin={"l": 10, "r": 10, "t": 20, "b": 30},
+        xaxis={"title": "epoch"}, yaxis={"title": "loss"},
+    )
+    return figure
+
+
+def _empty_figure(message: str) -> go.Figure:
+    figure = go.Figure()
+    figure.add_annotation(text=escape_label(message), showarrow=False,
+                          x=0.5, y=0.5, xref="paper", yref="paper")
+    figure.update_layout(height=200, xaxis={"visible": False},
+                         yaxis={"visible": False})
+    return figure
+
+
+def _unique(values) -> list[str]:
+    seen: dict[str, None] = {}
+    for value in values:
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            seen.setdefault(str(value), None)
+    return list(seen)
+
+
+def _circle(nodes: list[str]) -> dict[str, tuple[float, float]]:
+    angles = np.linspace(0.0, 2.0 * np.pi, num=len(nodes), endpoint=False)
+    return {
+        node: (float(np.cos(a + np.pi / 2)), float(np.sin(a + np.pi / 2)))
+        for node, a in zip(nodes, angles)
+    }
+
+
+def _cell_incidents(matrix: HeatmapMatrix, member_cells: pd.DataFrame) -> np.ndarray:
+    """Return the incident id flagged at each cell ("" where none), highest rank wins.
+
+    `member_cells` arrives in any order, so later rows never overwrite a cell that
+    an earlier (better ranked) incident already claimed.
+    """
+    labels = np.full(matrix.evidence.shape, "", dtype=object)
+    row_of = {device: i for i, device in enumerate(matrix.devices)}
+    for cell in member_cells.itertuples(index=False):
+        row = row_of.get(cell.device)
+        if row is None:
+            continue
+        begin = pd.Timestamp(cell.start).tz_convert("UTC")
+        finish = pd.Timestamp(cell.end).tz_convert("UTC")
+        columns = np.flatnonzero((matrix.ends > begin) & (matrix.starts < finish))
+        free = columns[labels[row, columns] == ""]
+        labels[row, free] = cell.incident_id
+    return labels
+
+
+def _click_layer(
+    matrix: HeatmapMatrix, incident_of: np.ndarray, max_markers: int
+) -> go.Scatter:
+    rows, columns = np.nonzero(~np.isnan(matrix.evidence))
+    values = matrix.evidence[rows, columns]
+    if len(rows) > max_markers:
+        in_incident = incident_of[rows, columns] != ""
+        order = np.lexsort((-values, ~in_incident))[:max_markers]
+        rows, columns, values = rows[order], columns[order], values[order]
+
+    starts = matrix.starts[columns]
+    ends = matrix.ends[columns]
+    middle = starts + (ends - starts) / 2
+    devices = [matrix.devices[r] for r in rows]
+    incident_ids = [str(incident_of[r, c]) for r, c in zip(rows, columns)]
+    customdata = [
+        [device, s.isoformat(), e.isoformat(), incident_id]
+        for device, s, e, incident_id in zip(devices, starts, ends, incident_ids)
+    ]
+    hovertext = [
+        f"{escape_label(device)}<br>{s:%Y-%m-%d %H:%M} to {e:%H:%M} UTC"
+        f"<br>evidence {value:.2f}"
+        + (f"<br>incident {escape_label(incident_id)}" if incident_id else "")
+        for device, s, e, value, incident_id in zip(
+            devices, starts, ends, values, incident_ids)
+    ]
+    return go.Scatter(
+        x=middle,
+        y=rows,
+        mode="markers",
+        marker={"symbol": "square", "size": 12, "color": "rgba(255,255,255,0.06)",
+                "line": {"width": 0}},
+        customdata=customdata,
+        hovertext=hovertext,
+        hovertemplate="%{hovertext}<extra></extra>",
+        name="cells",
+    )
+
+
+def _incident_outlines(
+    matrix: HeatmapMatrix, member_cells: pd.DataFrame, incidents: pd.DataFrame
+):
+    """Yield a rectangle per run of adjacent member rows, labelled once per incident."""
+    row_of = {device: i for i, device in enumerate(matrix.devices)}
+    window_start, window_end = matrix.starts[0], matrix.ends[-1]
+    for incident in incidents.itertuples(index=False):
+        start = max(pd.Timestamp(incident.start).tz_convert("UTC"), window_start)
+        end = min(pd.Timestamp(incident.end).tz_convert("UTC"), window_end)
+        if start >= end:
+            continue
+        devices = member_cells.loc[
+            member_cells["incident_id"] == incident.incident_id, "device"]
+        rows = sorted({row_of[d] for d in devices if d in row_of})
+        for index, block in enumerate(_runs(rows)):
+            shape = {
+                "type": "rect", "xref": "x", "yref": "y",
+                "x0": start, "x1": end, "y0": block[0] - 0.5, "y1": block[-1] + 0.5,
+                "line": {"color": INCIDENT_COLOR, "width": 2},
+                "fillcolor": "rgba(0,0,0,0)",
+            }
+            label = None if index else {
+                "x": start, "y": block[0] - 0.5, "xref": "x", "yref": "y",
+                "text": escape_label(incident.incident_id),
+                "showarrow": False, "xanchor": "left", "yanchor": "bottom",
+                "font": {"color": INCIDENT_COLOR, "size": 11},
+                "bgcolor": "rgba(255,255,255,0.8)",
+            }
+            yield shape, label
+
+
+def _runs(rows: list[int]) -> list[list[int]]:
+    blocks: list[list[int]] = []
+    for row in rows:
+        if blocks and row == blocks[-1][-1] + 1:
+            blocks[-1].append(row)
+        else:
+            blocks.append([row])
+    return blocks

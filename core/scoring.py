@@ -1,0 +1,454 @@
+"""Residuals per element, aggregated to every scale, and their p-values.
+
+An element is one scored unit at one scale: a (device, bin) for its communication
+features, a (device, sensor, bin), or a (pair, bin). Its residual is observed minus
+expected; its score is the largest absolute standardized residual among its features
+(higher is more anomalous), so a one-sample spike that moves only the bin minimum is
+not averaged away by the other features. At a coarse scale of k base bins an element's residual is the mean of
+its base residuals, so a small but steady deviation (a drift) adds up while noise
+averages out.
+
+A p-value says where a score falls among the same element's scores on held-out
+reference bins (the calibration bins): the body of that distribution is empirical with
+random tie-breaking; above its 90th percentile the tail is a generalized Pareto fit
+(method of moments), so a score far beyond anything seen gets a p-value far below
+1/(n+1). Elements with fewer than `min_reference` reference scores fall back to the
+pool of their device kind, then to the whole family; the run records which.
+
+Known weaknesses: calibration assumes the reference period is mostly normal and
+stationary; regimes (time of day, operating modes) widen the reference distribution
+and cost power.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from core.model import TemporalGraphAutoEncoder
+from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, Snapshots
+from core.train import Prepared, encode_segments
+
+log = logging.getLogger(__name__)
+
+TAIL_QUANTILE = 0.9
+MIN_TAIL = 15
+P_FLOOR = 1e-12
+PERIODS = ("train", "calibration", "score", "gap")
+
+
+@dataclass
+class Family:
+    """Base-bin residuals of one kind of element.
+
+    Attributes:
+        kind: "device", "sensor" or "pair".
+        ids: one row per element column: device, peer, sensor, device_idx, peer_idx
+            (-1 where not a pair) and group (the kind used for fallback pooling).
+        residual: shape [T, J, D], standardized residuals, 0 where unobserved.
+        weight: shape [T, J, D], 1.0 where the feature is observed.
+        exists: shape [T, J], bool, the element exists in the bin.
+        observed, expected: shape [T, J], display values in the element's units.
+    """
+
+    kind: str
+    ids: pd.DataFrame
+    residual: np.ndarray
+    weight: np.ndarray
+    exists: np.ndarray
+    observed: np.ndarray
+    expected: np.ndarray
+
+
+@dataclass
+class ScaledFamily:
+    """A family aggregated to one scale, with scores and (later) p-values."""
+
+    kind: str
+    scale: int
+    ids: pd.DataFrame
+    score: np.ndarray
+    exists: np.ndarray
+    observed: np.ndarray
+    expected: np.ndarray
+    p_value: np.ndarray | None = None
+    calibration: np.ndarray | None = None
+
+
+def reconstruct(
+    model: TemporalGraphAutoEncoder, prepared: Prepared, snapshots: Snapshots,
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame, np.ndarray]:
+    """Run the trained model over every bin.
+
+    Returns:
+        x_hat: shape [T, N, F], standardized reconstruction.
+        pair_hat: shape [T, P, 2], (link probability, predicted log1p events) of
+            every candidate pair.
+        candidates: the candidate pairs (src_idx, dst_idx, reference flag, column of
+            `snapshots.pairs` or -1).
+        z: shape [T, N, H], the latent.
+    """
+    num_devices = snapshots.num_devices
+    candidates = candidate_pairs(snapshots, prepared)
+    with torch.no_grad():
+        z = encode_segments(model, prepared)
+        x_hat = model.decode_nodes(z).numpy()
+        num_bins = z.shape[0]
+        pair_hat = np.zeros((num_bins, len(candidates), 2), dtype=np.float32)
+        src = torch.tensor(candidates["src_idx"].to_numpy(), dtype=torch.long)
+        dst = torch.tensor(candidates["dst_idx"].to_numpy(), dtype=torch.long)
+        for t in range(num_bins):
+            if len(candidates) == 0:
+                break
+            out = model.decode_pairs(z, torch.full_like(src, t), src, dst)
+            pair_hat[t, :, 0] = torch.sigmoid(out[:, 0]).numpy()
+            pair_hat[t, :, 1] = out[:, 1].clamp_min(0).numpy()
+    log.info("reconstructed %d bins x %d devices, %d candidate pairs",
+             x_hat.shape[0], num_devices, len(candidates))
+    return x_hat, pair_hat, candidates, z.numpy()
+
+
+def candidate_pairs(snapshots: Snapshots, prepared: Prepared) -> pd.DataFrame:
+    """Every pair with an event in some bin, flagged when it is a reference pair."""
+    num_devices = snapshots.num_devices
+    codes = snapshots.pairs[:, 0] * num_devices + snapshots.pairs[:, 1]
+    reference = set((prepared.reference_pairs[:, 0] * num_devices
+                     + prepared.reference_pairs[:, 1]).tolist())
+    return pd.DataFrame({
+        "src_idx": snapshots.pairs[:, 0],
+        "dst_idx": snapshots.pairs[:, 1],
+        "reference": [int(c) in reference for c in codes],
+        "column": np.arange(len(codes)),
+    })
+
+
+def families(
+    snapshots: Snapshots, prepared: Prepared, x_hat: np.ndarray,
+    pair_hat: np.ndarray, candidates: pd.DataFrame, train_bins: np.ndarray,
+) -> list[Family]:
+    """Build the device, sensor and pair families of base-bin residuals."""
+    x = prepared.x.numpy()
+    mask = prepared.mask.numpy()
+    devices = snapshots.devices
+    kinds = devices["kind"].astype(str).to_numpy()
+    names = devices["device"].astype(str).to_numpy()
+    in_train = np.zeros(snapshots.num_bins, dtype=bool)
+    in_train[train_bins] = True
+    result = []
+
+    # Devices: communication features, for devices that ever send or receive.
+    comm = slice(0, len(COMM_FEATURES))
+    talks = snapshots.comm[..., 0:2].sum(axis=-1) > 0
+    has_traffic = talks.any(axis=0)
+    talked_in_train = talks[in_train].any(axis=0)
+    columns = np.flatnonzero(has_traffic)
+    if len(columns):
+        exists = talks[:, columns] | talked_in_train[columns][None, :]
+        center = prepared.center[columns, comm][None]
+        scale = prepared.scale[columns, comm][None]
+        observed_raw = np.expm1(snapshots.comm[:, columns, 0:2]).sum(-1)
+        expected_log = x_hat[:, columns, comm] * scale + center
+        expected_raw = np.expm1(np.clip(expected_log[..., 0:2], 0, 30)).sum(-1)
+        result.append(Family(
+            kind="device",
+            ids=pd.DataFrame({"device": names[columns], "peer": None, "sensor": None,
+                              "device_idx": columns, "peer_idx": -1,
+                              "group": kinds[columns]}),
+            residual=(x[:, columns, comm] - x_hat[:, columns, comm]) * exists[..., None],
+            weight=np.broadcast_to(exists[..., None], exists.shape + (len(COMM_FEATURES),)).astype(np.float32),
+            exists=exists,
+            observed=observed_raw,
+            expected=expected_raw,
+        ))
+
+    # Sensors: each sensor's six features, where it reported in training or now.
+    sensors = snapshots.sensors
+    if len(sensors):
+        width = len(SENSOR_FEATURES)
+        starts = len(COMM_FEATURES) + width * sensors["slot"].to_numpy()
+        device_idx = sensors["device_idx"].to_numpy()
+        gather = starts[:, None] + np.arange(width)[None, :]
+        xs = x[:, device_idx[:, None], gather]
+        hats = x_hat[:, device_idx[:, None], gather]
+        ms = mask[:, device_idx[:, None], gather]
+        reported = snapshots.sensor_values[..., 4] > 0
+        exists = reported | reported[in_train].any(axis=0)[None, :]
+        ms = ms * exists[..., None]
+        # The score reads the value features (mean, min, max, time since change);
+        # the count only where a bin has no reading, and never the within-bin
+        # standard deviation of two or three samples, whose noise would swamp them.
+        ms[..., SENSOR_FEATURES.index("std")] = 0.0
+        ms[..., SENSOR_FEATURES.index("count")] *= ~reported
+        mean_scale = prepared.scale[device_idx, starts]
+        mean_center = prepared.center[device_idx, starts]
+        result.append(Family(
+            kind="sensor",
+            ids=pd.DataFrame({"device": sensors["device"].astype(str).to_numpy(),
+                              "peer": None,
+                              "sensor": sensors["sensor"].astype(str).to_numpy(),
+                              "device_idx": device_idx, "peer_idx": -1,
+                              "group": kinds[device_idx]}),
+            residual=(xs - hats) * ms,
+            weight=ms,
+            exists=exists,
+            observed=snapshots.sensor_values[..., 0],
+            expected=hats[..., 0] * mean_scale[None] + mean_center[None],
+        ))
+
+    # Pairs: reference pairs in every bin after both ends appeared, other pairs in
+    # the bins where they carry events. A polling link's count per bin is discrete
+    # (2 or 3 events a minute), and a continuous model expectation would rank equal
+    # counts by the model's own noise; so a reference pair is scored against its
+    # median count in the training bins. The pair decoder gives the expectation of
+    # every other pair (how likely a link that the reference never saw is).
+    if len(candidates):
+        columns = candidates["column"].to_numpy()
+        events = snapshots.pair_events[:, columns]
+        observed_log = np.log1p(events)
+        model_log = pair_hat[..., 0] * pair_hat[..., 1]
+        is_reference = candidates["reference"].to_numpy()
+        median = np.median(events[train_bins], axis=0) if len(train_bins) else 0 * columns
+        expected_log = np.where(is_reference[None, :], np.log1p(median)[None, :], model_log)
+        src = candidates["src_idx"].to_numpy()
+        dst = candidates["dst_idx"].to_numpy()
+        first = snapshots.devices["first_bin"].to_numpy()
+        started = np.arange(snapshots.num_bins)[:, None] >= np.maximum(first[src], first[dst])[None, :]
+        exists = (events > 0) | (is_reference[None, :] & started)
+        residual = (observed_log - expected_log) * exists
+        result.append(Family(
+            kind="pair",
+            ids=pd.DataFrame({"device": names[src], "peer": names[dst], "sensor": None,
+                              "device_idx": src, "peer_idx": dst,
+                              "group": kinds[src], "novel": ~is_reference}),
+            residual=residual[..., None].astype(np.float32),
+            weight=exists[..., None].astype(np.float32),
+            exists=exists,
+            observed=events,
+            expected=np.expm1(expected_log),
+        ))
+    return result
+
+
+def aggregate(family: Family, scale: int) -> ScaledFamily:
+    """Aggregate base-bin residuals to bins of `scale` base bins and score them.
+
+    The score of a coarse element is the largest absolute mean residual among its
+    observed features; higher is more anomalous.
+    """
+    num_bins = family.residual.shape[0]
+    coarse = -(-num_bins // scale)
+    pad = coarse * scale - num_bins
+
+    def fold(array: np.ndarray) -> np.ndarray:
+        if pad:
+            widths = [(0, pad)] + [(0, 0)] * (array.ndim - 1)
+            array = np.pad(array, widths)
+        return array.reshape((coarse, scale) + array.shape[1:]).sum(axis=1)
+
+    weight = fold(family.weight.astype(np.float64))
+    mean_residual = fold(family.residual.astype(np.float64) * family.weight) / np.maximum(weight, 1)
+    observed_features = weight > 0
+    counts = observed_features.sum(-1)
+    score = (np.abs(mean_residual) * observed_features).max(-1)
+    exists = fold(family.exists.astype(np.int64)) > 0
+    exists &= counts > 0
+    bins_in = np.maximum(fold(family.exists.astype(np.float64)), 1)
+    observed = fold(np.nan_to_num(family.observed.astype(np.float64)) * family.exists) / bins_in
+    expected = fold(np.nan_to_num(family.expected.astype(np.float64)) * family.exists) / bins_in
+    return ScaledFamily(family.kind, scale, family.ids, score, exists, observed, expected)
+
+
+def coarse_periods(periods: np.ndarray, scale: int) -> np.ndarray:
+    """Return the period of each coarse bin: the shared period of its base bins,
+    or "mixed" where they differ."""
+    num_bins = len(periods)
+    coarse = -(-num_bins // scale)
+    padded = np.concatenate([periods, np.repeat(periods[-1:], coarse * scale - num_bins)])
+    blocks = padded.reshape(coarse, scale)
+    same = (blocks == blocks[:, :1]).all(axis=1)
+    return np.where(same, blocks[:, 0], "mixed")
+
+
+def calibrate(
+    scaled: ScaledFamily, reference_bins: np.ndarray, target_bins: np.ndarray,
+    min_reference: int, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Compute p-values of the elements in `target_bins` against `reference_bins`.
+
+    Returns:
+        p_value: shape [T_scale, J], NaN outside `target_bins` or where the element
+            does not exist.
+        level: shape [J], "element", "kind" or "graph": the calibration used.
+        counts: elements per calibration level.
+    """
+    score, exists = scaled.score, scaled.exists
+    p_value = np.full(score.shape, np.nan)
+    level = np.empty(score.shape[1], dtype=object)
+    reference = score[reference_bins]
+    reference_exists = exists[reference_bins]
+
+    groups = scaled.ids["group"].to_numpy()
+    novel = scaled.ids["novel"].to_numpy() if "novel" in scaled.ids else np.zeros(len(groups), bool)
+    novelty = _novelty_rates(scaled, reference_bins, groups, novel)
+    own_values = [reference[reference_exists[:, j], j] for j in range(score.shape[1])]
+    pools: dict[str, np.ndarray] = {}
+    whole = np.sort(reference[reference_exists])
+    for column in range(score.shape[1]):
+        group = groups[column]
+        if group not in pools:
+            chosen = groups == group
+            pools[group] = np.sort(reference[:, chosen][reference_exists[:, chosen]])
+        own = own_values[column]
+        if len(own) >= min_reference:
+            pool, level[column] = np.sort(own), "element"
+        elif len(pools[group]) >= min_reference:
+            pool, level[column] = pools[group], "kind"
+        else:
+            pool, level[column] = whole, "graph"
+        tail = pools[group] if len(pools[group]) >= min_reference else whole
+        targets = target_bins[exists[target_bins, column]]
+        if len(targets) == 0:
+            continue
+        if novel[column]:
+            # A pair the training bins never saw: as surprising as novelty was in
+            # the reference bins for senders of this kind (randomized, so exact).
+            level[column] = "novelty"
+            p_value[targets, column] = novelty[groups[column]] * rng.random(len(targets))
+            continue
+        p_value[targets, column] = tail_pvalues(pool, score[targets, column], rng, tail)
+    counts = {name: int((level == name).sum())
+              for name in ("element", "kind", "graph", "novelty")}
+    return p_value, level, counts
+
+
+def _novelty_rates(scaled, reference_bins, groups, novel) -> dict[str, float]:
+    """Per sender kind: (novel pair occurrences + 1) / (bins x senders + 1) in the
+    reference bins, the chance that a sender of that kind uses a pair the training
+    bins never saw."""
+    rates = {}
+    senders = scaled.ids.groupby("group")["device_idx"].nunique()
+    for group in np.unique(groups):
+        chosen = novel & (groups == group)
+        occurrences = int(scaled.exists[np.ix_(reference_bins, np.flatnonzero(chosen))].sum()) \
+            if chosen.any() and len(reference_bins) else 0
+        opportunities = len(reference_bins) * int(senders.get(group, 1))
+        rates[group] = (occurrences + 1) / (opportunities + 1)
+    return rates
+
+
+def _gpd_survival(excess: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+    """Survival of a generalized Pareto fitted to `excess` by the method of moments,
+    at `y` >= 0; None when the excesses cannot support a fit."""
+    if len(excess) < MIN_TAIL:
+        return None
+    mean, variance = excess.mean(), excess.var()
+    if not (variance > 0 and mean > 0):
+        return None
+    # A negative shape bounds the tail and would give p = 0 beyond the fitted
+    # endpoint; clipping at 0 keeps at least an exponential tail.
+    shape = float(np.clip(0.5 * (1 - mean ** 2 / variance), 0.0, 0.5))
+    sigma = 0.5 * mean * (mean ** 2 / variance + 1)
+    scaled = np.maximum(y, 0) / sigma
+    if shape < 1e-6:
+        return np.exp(-scaled)
+    return (1 + shape * scaled) ** (-1 / shape)
+
+
+def tail_pvalues(
+    reference: np.ndarray, scores: np.ndarray, rng: np.random.Generator,
+    pooled: np.ndarray | None = None,
+) -> np.ndarray:
+    """Upper-tail p-values of `scores` among sorted `reference` scores.
+
+    The body is empirical, (greater + U * (equal + 1)) / (n + 1) with U uniform, so
+    ties (empty bins, constant signals) give uniform p-values. Beyond the largest
+    reference score the tail is a generalized Pareto fit to the exceedances over the
+    90th percentile. An element with too few distinct exceedances (a polling count
+    that only ever reads 5, 6 or 7) borrows the tail of its kind's pooled scores
+    (`pooled`, sorted): its p-value beyond its own maximum is 1 / (n + 1) times how
+    much rarer the score is than that maximum among the pooled scores.
+    """
+    n = len(reference)
+    if n == 0:
+        return np.ones_like(scores, dtype=np.float64)
+    left = np.searchsorted(reference, scores, side="left")
+    right = np.searchsorted(reference, scores, side="right")
+    greater = n - right
+    equal = right - left
+    p = (greater + rng.random(len(scores)) * (equal + 1)) / (n + 1)
+
+    beyond = scores > reference[-1]
+    if not beyond.any():
+        return np.clip(p, P_FLOOR, 1.0)
+    threshold = reference[int(TAIL_QUANTILE * (n - 1))]
+    excess = reference[reference > threshold] - threshold
+    survival = _gpd_survival(excess, scores[beyond] - threshold)
+    if survival is not None:
+        p[beyond] = len(excess) / (n + 1) * survival
+    elif pooled is not None and len(pooled) >= MIN_TAIL:
+        p[beyond] = _pooled_ratio(pooled, reference[-1], scores[beyond]) / (n + 1)
+    return np.clip(p, P_FLOOR, 1.0)
+
+
+def _pooled_ratio(pooled: np.ndarray, own_max: float, scores: np.ndarray) -> np.ndarray:
+    """P(pooled > score) / P(pooled > own_max): empirical inside the pool, with a
+    generalized Pareto tail beyond its 90th percentile."""
+    m = len(pooled)
+
+    def survival(values: np.ndarray) -> np.ndarray:
+        empirical = (m - np.searchsorted(pooled, values, side="right") + 0.5) / (m + 1)
+        threshold = pooled[int(TAIL_QUANTILE * (m - 1))]
+        excess = pooled[pooled > threshold] - threshold
+        above = values > threshold
+        fitted = _gpd_survival(excess, values[above] - threshold)
+        if fitted is not None:
+            empirical[above] = len(excess) / (m + 1) * fitted
+        return np.maximum(empirical, 1e-300)
+
+    at_max = survival(np.array([own_max]))[0]
+    return np.clip(survival(scores) / at_max, 0.0, 1.0)
+
+
+def recalibrate(p_value: np.ndarray, null_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map p-values through the distribution of held-out null p-values of the same
+    family and scale.
+
+    Element calibration assumes each element's reference is exchangeable with its
+    future; a process excursion beyond the reference range breaks that, and the
+    element p-values of normal bins then reach 1e-7 far more often than 1e-7 of the
+    time. The null p-values (calibration bins scored out of sample) show how often:
+    a p-value p becomes the share of null p-values at most p, with a generalized
+    Pareto tail on -log10(p) beyond the smallest null p-value. On the null itself the
+    result is uniform by construction.
+
+    Returns:
+        The recalibrated score-period and null p-values (NaN stays NaN).
+    """
+    null = null_p[~np.isnan(null_p)]
+    if len(null) < 100:
+        return p_value, null_p
+    depth = np.sort(-np.log10(np.clip(null, 1e-300, 1.0)))
+    count = len(depth)
+    top = max(MIN_TAIL, min(500, count // 20))
+    base = depth[count - top - 1]
+    excess = depth[count - top:] - base
+
+    def mapped(values: np.ndarray) -> np.ndarray:
+        result = values.copy()
+        finite = ~np.isnan(values)
+        y = -np.log10(np.clip(values[finite], 1e-300, 1.0))
+        deeper = count - np.searchsorted(depth, y, side="left")
+        share = (deeper + 1) / (count + 1)
+        above = y > base
+        survival = _gpd_survival(excess, y[above] - base)
+        if survival is not None:
+            share[above] = np.minimum(share[above], top / (count + 1) * survival
+                                      + (y[above] <= depth[-1]) * share[above])
+        result[finite] = np.clip(np.minimum(share, 1.0), P_FLOOR, 1.0)
+        return result
+
+    return mapped(p_value), mapped(null_p)

@@ -1,0 +1,475 @@
+"""Fitting the auto-encoder on the reference period, and checkpoints.
+
+`prepare` turns snapshots into standardized tensors whose statistics come from the
+training bins only. `fit` trains with early stopping on the last part of the training
+bins. Robustness to the few anomalies a reference period contains comes from the
+Huber loss: residuals beyond `huber_delta` standard deviations weigh linearly.
+
+Checkpoints hold tensors, numbers and strings only and load with
+`torch.load(weights_only=True)`, so opening a model file never unpickles arbitrary
+objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from core.config import ModelConfig
+from core.errors import DataError
+from core.model import TemporalGraphAutoEncoder
+from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, Snapshots
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, float], None]
+MAX_PAIR_ROWS = 200_000
+VALIDATION_SHARE = 0.15
+STD_FLOOR = 1e-6
+INPUT_CLIP = 6.0
+
+
+@dataclass
+class Prepared:
+    """Standardized model inputs for every bin of a run.
+
+    Attributes:
+        x: shape [T, N, F], standardized, 0 where masked.
+        mask: shape [T, N, F], 1.0 where observed.
+        kind: shape [N] long, device kind ids.
+        kinds: the kind vocabulary.
+        edge_index: shape [2, E] long, symmetric structural graph, no self-loops.
+        edge_weight: shape [E], finite and > 0.
+        slots: max sensors per device, S; F = 6 + 6 * S.
+        center, scale: shape [N, F], the standardization (x = (raw - center) / scale).
+        constant: (device, sensor) pairs constant in the training bins.
+        reference_pairs: shape [P, 2], pairs with an event in a training bin.
+        segments: (start, stop) bin ranges encoded independently (gaps split them).
+    """
+
+    x: Tensor
+    mask: Tensor
+    kind: Tensor
+    kinds: list[str]
+    edge_index: Tensor
+    edge_weight: Tensor
+    slots: int
+    center: np.ndarray
+    scale: np.ndarray
+    constant: list[tuple[str, str]]
+    reference_pairs: np.ndarray
+    segments: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def num_features(self) -> int:
+        return self.x.shape[-1]
+
+
+def feature_names(slots: int) -> list[str]:
+    names = [f"comm.{name}" for name in COMM_FEATURES]
+    for slot in range(slots):
+        names += [f"sensor{slot}.{name}" for name in SENSOR_FEATURES]
+    return names
+
+
+def prepare(
+    snapshots: Snapshots, train_bins: np.ndarray, segments: list[tuple[int, int]],
+    kinds: list[str] | None = None,
+) -> Prepared:
+    """Build standardized tensors, with statistics from `train_bins` only.
+
+    Args:
+        snapshots: the binned run.
+        train_bins: shape [B] long, bins whose statistics standardize every bin.
+        segments: bin ranges to encode separately, such as the files of a data set
+            that are months apart.
+        kinds: a fixed kind vocabulary (from a checkpoint); built from the run if None.
+    """
+    num_bins, num_devices = snapshots.num_bins, snapshots.num_devices
+    if num_devices < 2:
+        names = ", ".join(snapshots.devices["device"].astype(str)) or "none"
+        raise DataError(
+            f"need at least 2 devices to train a graph model (found {num_devices}: {names})",
+            "Load events or measurements of two or more devices.",
+        )
+    sensors = snapshots.sensors
+    slots = int(sensors.groupby("device_idx").size().max()) if len(sensors) else 0
+    width = len(COMM_FEATURES) + len(SENSOR_FEATURES) * slots
+
+    raw = np.zeros((num_bins, num_devices, width), dtype=np.float64)
+    mask = np.zeros_like(raw, dtype=np.float32)
+    raw[..., : len(COMM_FEATURES)] = snapshots.comm
+    mask[..., : len(COMM_FEATURES)] = 1.0
+    columns = _sensor_columns(sensors)
+    values = snapshots.sensor_values.astype(np.float64)
+    for row, (device_idx, start) in enumerate(columns):
+        block = values[:, row, :]
+        observed = ~np.isnan(block)
+        raw[:, device_idx, start : start + len(SENSOR_FEATURES)] = np.where(observed, block, 0.0)
+        mask[:, device_idx, start : start + len(SENSOR_FEATURES)] = observed
+
+    center, scale, constant = _standardization(raw, mask, train_bins, sensors, columns)
+    # Clipped, so one wild sensor cannot drive its neighbours' reconstruction far
+    # outside anything seen in training.
+    x = np.where(mask > 0, np.clip((raw - center) / scale, -INPUT_CLIP, INPUT_CLIP), 0.0)
+    if not np.isfinite(x).all():
+        raise DataError("non-finite model input after standardization",
+                        "Check the sensor values of the training bins.")
+
+    if kinds is None:
+        kinds = sorted(snapshots.devices["kind"].astype(str).unique())
+    lookup = {name: position for position, name in enumerate(kinds)}
+    unknown = len(kinds)
+    kind = np.array([lookup.get(k, unknown) for k in snapshots.devices["kind"].astype(str)])
+    if (kind == unknown).any():
+        kinds = kinds + ["unknown-kind"]
+
+    in_train = np.zeros(num_bins, dtype=bool)
+    in_train[train_bins] = True
+    reference = snapshots.pair_events[in_train].sum(axis=0) > 0
+    reference_pairs = snapshots.pairs[reference]
+    edge_index, edge_weight = _structural_graph(snapshots, reference, in_train)
+
+    return Prepared(
+        x=torch.tensor(x, dtype=torch.float32), mask=torch.tensor(mask),
+        kind=torch.tensor(kind, dtype=torch.long), kinds=list(kinds),
+        edge_index=edge_index, edge_weight=edge_weight, slots=slots,
+        center=center.astype(np.float32), scale=scale.astype(np.float32),
+        constant=constant, reference_pairs=reference_pairs, segments=list(segments),
+    )
+
+
+def _sensor_columns(sensors) -> list[tuple[int, int]]:
+    return [
+        (int(d), len(COMM_FEATURES) + len(SENSOR_FEATURES) * int(s))
+        for d, s in zip(sensors["device_idx"], sensors["slot"])
+    ]
+
+
+def _standardization(raw, mask, train_bins, sensors, columns):
+    """Centre and scale per feature column: communication features share one scale
+    per feature across devices; each sensor is scaled by its own training spread."""
+    num_devices, width = raw.shape[1], raw.shape[2]
+    center = np.zeros((num_devices, width))
+    scale = np.ones((num_devices, width))
+    train = raw[train_bins]
+    train_mask = mask[train_bins] > 0
+
+    for feature in range(len(COMM_FEATURES)):
+        values = train[..., feature]
+        center[:, feature] = values.mean()
+        scale[:, feature] = max(values.std(), STD_FLOOR)
+
+    constant = []
+    for row, (device_idx, start) in enumerate(columns):
+        block = train[:, device_idx, start : start + len(SENSOR_FEATURES)]
+        seen = train_mask[:, device_idx, start]
+        means = block[seen, 0]
+        if len(means) == 0 or means.std() < STD_FLOOR:
+            constant.append((str(sensors["device"].iloc[row]), str(sensors["sensor"].iloc[row])))
+            level = means.mean() if len(means) else 0.0
+            spread = 1.0
+        else:
+            level, spread = means.mean(), means.std()
+        for offset, name in enumerate(SENSOR_FEATURES):
+            column = start + offset
+            if name in ("mean", "min", "max"):
+                center[device_idx, column], scale[device_idx, column] = level, spread
+            elif name == "std":
+                center[device_idx, column], scale[device_idx, column] = 0.0, spread
+            else:
+                values = block[seen, offset] if name == "stale" else block[:, offset]
+                center[device_idx, column] = values.mean() if len(values) else 0.0
+                scale[device_idx, column] = max(values.std() if len(values) else 1.0, 0.1)
+    return center, scale, constant
+
+
+def _structural_graph(
+    snapshots: Snapshots, reference: np.ndarray, in_train: np.ndarray,
+) -> tuple[Tensor, Tensor]:
+    """Symmetric graph of the training pairs and static links, weighted by the mean
+    log1p event count of the pair in the training bins (static links count 1)."""
+    num_devices = snapshots.num_devices
+    mean_events = snapshots.pair_events[in_train].mean(axis=0) if in_train.any() else 0
+    weights: dict[tuple[int, int], float] = {}
+    for (src, dst), weight in zip(snapshots.pairs[reference],
+                                  np.log1p(np.asarray(mean_events)[reference] if np.ndim(mean_events) else [])):
+        if src == dst:
+            continue
+        key = (min(src, dst), max(src, dst))
+        weights[key] = weights.get(key, 0.0) + float(weight)
+    for src, dst in snapshots.links:
+        if src != dst:
+            key = (min(src, dst), max(src, dst))
+            weights[key] = max(weights.get(key, 0.0), 1.0)
+    if not weights:
+        return torch.zeros((2, 0), dtype=torch.long), torch.zeros(0)
+    keys = np.array(list(weights), dtype=np.int64)
+    values = np.array(list(weights.values()), dtype=np.float32)
+    values = np.clip(values, 0.05, None)
+    src = np.concatenate([keys[:, 0], keys[:, 1]])
+    dst = np.concatenate([keys[:, 1], keys[:, 0]])
+    edge_index = torch.tensor(np.stack([src, dst]), dtype=torch.long)
+    edge_weight = torch.tensor(np.concatenate([values, values]))
+    assert torch.isfinite(edge_weight).all() and (edge_weight > 0).all()
+    assert int(edge_index.max()) < num_devices
+    return edge_index, edge_weight
+
+
+def build_model(prepared: Prepared, config: ModelConfig) -> TemporalGraphAutoEncoder:
+    return TemporalGraphAutoEncoder(
+        prepared.num_features, len(prepared.kinds), config.hidden, config.dilations,
+        config.own_lag,
+    )
+
+
+def encode_segments(
+    model: TemporalGraphAutoEncoder, prepared: Prepared, bins: slice | None = None,
+) -> Tensor:
+    """Encode every segment separately and return z, shape [T, N, H]."""
+    num_bins = prepared.x.shape[0]
+    pieces = []
+    z = None
+    for start, stop in prepared.segments:
+        piece = model.encode(
+            prepared.x[start:stop], prepared.mask[start:stop], prepared.kind,
+            prepared.edge_index, prepared.edge_weight,
+        )
+        pieces.append((start, stop, piece))
+    hidden = pieces[0][2].shape[-1]
+    z = torch.zeros(num_bins, prepared.x.shape[1], hidden)
+    for start, stop, piece in pieces:
+        z[start:stop] = piece
+    return z
+
+
+@dataclass
+class TrainResult:
+    model: TemporalGraphAutoEncoder
+    history: list[dict[str, float]]
+    best_epoch: int
+
+
+def fit(
+    prepared: Prepared,
+    snapshots: Snapshots,
+    train_bins: np.ndarray,
+    config: ModelConfig,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train on `train_bins`, stopping early on the last share of them.
+
+    Each epoch steps once per window of `WINDOW_BINS` bins; a window is encoded with
+    the bins before it that the temporal convolutions reach, so its first bins see
+    the same context as in scoring. Logs one line per epoch (epoch, loss, validation
+    loss, seconds).
+    """
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    train_bins = np.sort(np.asarray(train_bins))
+    if len(train_bins) < 8:
+        raise DataError(
+            f"too few training bins ({len(train_bins)}); at least 8 are needed",
+            "Lengthen the reference period or shorten the bin.",
+        )
+    split = int(len(train_bins) * (1 - VALIDATION_SHARE))
+    fit_bins, validation_bins = train_bins[:split], train_bins[split:]
+    reach = 2 * sum(config.dilations) + config.own_lag
+    windows = _windows(fit_bins, prepared.segments, reach)
+    validation_windows = _windows(validation_bins, prepared.segments, reach, size=10**9)
+
+    model = build_model(prepared, config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=1e-5)
+    pair_rows = _pair_rows(prepared, snapshots, train_bins, config, rng)
+
+    history: list[dict[str, float]] = []
+    best, best_state, best_epoch, waited = float("inf"), None, 0, 0
+    for epoch in range(1, config.epochs + 1):
+        began = time.perf_counter()
+        model.train()
+        losses = []
+        for position in rng.permutation(len(windows)):
+            optimizer.zero_grad()
+            loss = _window_loss(model, prepared, windows[position], pair_rows, config)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            losses.append(float(loss.item()))
+
+        model.eval()
+        with torch.no_grad():
+            validation = float(np.mean([
+                _window_loss(model, prepared, window, pair_rows, config).item()
+                for window in validation_windows
+            ]))
+        seconds = time.perf_counter() - began
+        mean_loss = float(np.mean(losses))
+        history.append({"epoch": epoch, "loss": mean_loss,
+                        "validation_loss": validation, "seconds": seconds})
+        log.info("epoch %d loss %.4f validation %.4f %.2fs", epoch, mean_loss,
+                 validation, seconds)
+        if not np.isfinite(mean_loss):
+            raise DataError(f"training loss is not finite at epoch {epoch}",
+                            "Check the input features for extreme values.")
+        if progress is not None:
+            progress("training", epoch / config.epochs)
+        if validation < best - 1e-4:
+            best, best_epoch, waited = validation, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= config.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return TrainResult(model=model, history=history, best_epoch=best_epoch)
+
+
+WINDOW_BINS = 128
+
+
+def _windows(
+    bins: np.ndarray, segments: list[tuple[int, int]], reach: int, size: int = WINDOW_BINS,
+) -> list[tuple[int, int, int]]:
+    """Split sorted `bins` into (context start, first bin, stop) windows that stay
+    inside one segment; the context reaches `reach` bins back where available."""
+    windows = []
+    for seg_start, seg_stop in segments:
+        inside = bins[(bins >= seg_start) & (bins < seg_stop)]
+        if len(inside) == 0:
+            continue
+        breaks = np.flatnonzero(np.diff(inside) > 1) + 1
+        for run in np.split(inside, breaks):
+            for first in range(int(run[0]), int(run[-1]) + 1, size):
+                stop = min(first + size, int(run[-1]) + 1)
+                windows.append((max(seg_start, first - reach), first, stop))
+    return windows
+
+
+def _window_loss(model, prepared, window, pair_rows, config) -> Tensor:
+    context, first, stop = window
+    z = model.encode(
+        prepared.x[context:stop], prepared.mask[context:stop], prepared.kind,
+        prepared.edge_index, prepared.edge_weight,
+    )
+    return _loss(model, z, prepared, np.arange(first, stop) - context, pair_rows,
+                 context, config)
+
+
+def _pair_rows(prepared, snapshots, train_bins, config, rng) -> dict[str, Tensor]:
+    """Candidate pairs of the training bins: every reference pair in every bin, plus
+    sampled non-edges (pairs with no event in that bin and not in the reference)."""
+    num_devices = snapshots.num_devices
+    reference_codes = set((prepared.reference_pairs[:, 0] * num_devices
+                           + prepared.reference_pairs[:, 1]).tolist())
+    pair_position = {int(s) * num_devices + int(d): i
+                     for i, (s, d) in enumerate(snapshots.pairs)}
+    reference = prepared.reference_pairs
+    bins = np.repeat(train_bins, len(reference))
+    src = np.tile(reference[:, 0], len(train_bins))
+    dst = np.tile(reference[:, 1], len(train_bins))
+    columns = np.array([pair_position[int(s) * num_devices + int(d)] for s, d in reference],
+                       dtype=np.int64)
+    counts = snapshots.pair_events[train_bins][:, columns].reshape(-1) if len(columns) else np.zeros(0)
+
+    possible = num_devices * (num_devices - 1) - len(reference_codes - {
+        d * num_devices + d for d in range(num_devices)})
+    wanted = int(config.negatives_per_edge * max(1, (counts > 0).sum()))
+    if possible <= 0 or wanted == 0:
+        log.warning("0 negative pairs available in the training bins; negative term skipped")
+        negative = (np.zeros(0, np.int64),) * 3
+    else:
+        draw = min(wanted, MAX_PAIR_ROWS)
+        nb = rng.choice(train_bins, size=draw)
+        ns = rng.integers(0, num_devices, size=draw)
+        nd = rng.integers(0, num_devices, size=draw)
+        codes = ns * num_devices + nd
+        keep = (ns != nd) & ~np.isin(codes, list(reference_codes))
+        observed = np.zeros(draw, dtype=bool)
+        for i in np.flatnonzero(keep):
+            position = pair_position.get(int(codes[i]))
+            observed[i] = position is not None and snapshots.pair_events[nb[i], position] > 0
+        keep &= ~observed
+        negative = (nb[keep], ns[keep], nd[keep])
+        if keep.sum() == 0:
+            log.warning("0 negative pairs available in the training bins; negative term skipped")
+
+    all_bins = np.concatenate([bins, negative[0]])
+    all_src = np.concatenate([src, negative[1]])
+    all_dst = np.concatenate([dst, negative[2]])
+    all_counts = np.concatenate([counts, np.zeros(len(negative[0]))])
+    if len(all_bins) > MAX_PAIR_ROWS:
+        pick = rng.choice(len(all_bins), MAX_PAIR_ROWS, replace=False)
+        all_bins, all_src, all_dst, all_counts = (a[pick] for a in
+                                                  (all_bins, all_src, all_dst, all_counts))
+    return {
+        "bins": torch.tensor(all_bins, dtype=torch.long),
+        "src": torch.tensor(all_src, dtype=torch.long),
+        "dst": torch.tensor(all_dst, dtype=torch.long),
+        "target": torch.tensor(np.log1p(all_counts), dtype=torch.float32),
+    }
+
+
+def _loss(model, z, prepared, local_bins, pair_rows, offset, config) -> Tensor:
+    local = torch.as_tensor(local_bins, dtype=torch.long)
+    x_hat = model.decode_nodes(z[local])
+    x = prepared.x[local + offset]
+    mask = prepared.mask[local + offset]
+    node = nn.functional.huber_loss(x_hat * mask, x * mask, reduction="sum",
+                                    delta=config.huber_delta)
+    node = node / mask.sum().clamp_min(1.0)
+
+    bins = pair_rows["bins"] - offset
+    chosen = torch.isin(bins, local)
+    if not bool(chosen.any()):
+        return node
+    out = model.decode_pairs(z, bins[chosen], pair_rows["src"][chosen], pair_rows["dst"][chosen])
+    target = pair_rows["target"][chosen]
+    exists = (target > 0).float()
+    link = nn.functional.binary_cross_entropy_with_logits(out[:, 0], exists)
+    weight = nn.functional.huber_loss(out[:, 1] * exists, target * exists, reduction="sum",
+                                      delta=config.huber_delta) / exists.sum().clamp_min(1.0)
+    return node + 0.5 * link + 0.5 * weight
+
+
+def checkpoint_bytes(model: TemporalGraphAutoEncoder, prepared: Prepared,
+                     config: ModelConfig) -> bytes:
+    """Serialize weights and the settings needed to rebuild the model."""
+    payload = {
+        "state": model.state_dict(),
+        "num_features": prepared.num_features,
+        "kinds": list(prepared.kinds),
+        "hidden": config.hidden,
+        "dilations": list(config.dilations),
+        "own_lag": config.own_lag,
+        "center": torch.tensor(prepared.center),
+        "scale": torch.tensor(prepared.scale),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(data: bytes) -> tuple[TemporalGraphAutoEncoder, dict]:
+    """Rebuild a model from `checkpoint_bytes` output without unpickling objects."""
+    payload = torch.load(io.BytesIO(data), weights_only=True)
+    model = TemporalGraphAutoEncoder(
+        int(payload["num_features"]), len(payload["kinds"]), int(payload["hidden"]),
+        tuple(int(d) for d in payload["dilations"]), int(payload["own_lag"]),
+    )
+    model.load_state_dict(payload["state"])
+    model.eval()
+    return model, payload
+
+
+def checksum(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,554 @@
+"""Read-only queries behind the dashboard, one hardened DuckDB connection per call.
+
+Every function here opens the run file read-only with external access off and the
+configuration locked, binds its parameters, returns plain pandas or Python values and
+closes the file. The database does the aggregation (re-binning, ranking, paging), so a
+page receives at most what a screen can show. A run file held by a writer raises
+`StoreBusyError` after a short retry, and a file that cannot be read raises
+`DataError`.
+Nothing here imports Streamlit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+from core.errors import DataError, RunNotFoundError, TglocError
+from core.store import Workspace, connect
+
+MAX_HEATMAP_ROWS = 200
+MAX_HEATMAP_COLUMNS = 1000
+MAX_CONTEXT_EDGES = 60
+PROGRESS_FILE = ".progress.jsonl"
+PIPELINE_LOG_FILE = ".pipeline.log"
+PROGRESS_TAIL_BYTES = 4096
+
+RUN_COUNTS_SQL = """
+SELECT
+    (SELECT count(*) FROM devices) AS devices,
+    (SELECT count(*) FROM bins WHERE scale = 1) AS bins,
+    (SELECT min(start) FROM bins WHERE scale = 1) AS start,
+    (SELECT max("end") FROM bins WHERE scale = 1) AS "end",
+    (SELECT count(*) FROM incidents) AS incidents
+"""
+
+# Bins in the window are numbered by position, and `factor` consecutive bins share one
+# column, so a long window never sends more than `max_cols` columns. Rows are ranked
+# by their peak evidence in the window, with devices without evidence last.
+HEATMAP_SQL = """
+WITH span AS (
+    SELECT bin, start, "end",
+           row_number() OVER (ORDER BY bin) - 1 AS position,
+           count(*) OVER () AS total
+    FROM bins
+    WHERE scale = $scale
+      AND "end" > coalesce(CAST($start AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ)
+      AND start < coalesce(CAST($end AS TIMESTAMPTZ), 'infinity'::TIMESTAMPTZ)
+),
+columns AS (
+    SELECT bin, start, "end",
+           position // greatest(1, CAST(ceil(total / $max_cols) AS BIGINT)) AS col
+    FROM span
+),
+chosen AS (
+    SELECT device FROM devices
+    WHERE ($kinds IS NULL OR list_contains($kinds, kind))
+      AND ($zones IS NULL OR list_contains($zones, zone))
+),
+windowed AS (
+    SELECT e.device, c.col, e.evidence
+    FROM device_evidence e
+    JOIN columns c ON c.bin = e.bin
+    WHERE e.scale = $scale
+),
+ranked AS (
+    SELECT c.device, max(w.evidence) AS peak,
+           row_number() OVER (ORDER BY max(w.evidence) DESC NULLS LAST, c.device) - 1
+               AS row,
+           count(*) OVER () AS total_rows
+    FROM chosen c
+    LEFT JOIN windowed w ON w.device = c.device
+    GROUP BY c.device
+)
+SELECT r.row, r.device, r.peak, r.total_rows, w.col, max(w.evidence) AS evidence
+FROM ranked r
+LEFT JOIN windowed w ON w.device = r.device
+WHERE r.row >= $offset AND r.row < $offset + $max_rows
+GROUP BY r.row, r.device, r.peak, r.total_rows, w.col
+ORDER BY r.row, w.col
+"""
+
+HEATMAP_COLUMNS_SQL = """
+WITH span AS (
+    SELECT bin, start, "end",
+           row_number() OVER (ORDER BY bin) - 1 AS position,
+           count(*) OVER () AS total
+    FROM bins
+    WHERE scale = $scale
+      AND "end" > coalesce(CAST($start AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ)
+      AND start < coalesce(CAST($end AS TIMESTAMPTZ), 'infinity'::TIMESTAMPTZ)
+)
+SELECT position // greatest(1, CAST(ceil(total / $max_cols) AS BIGINT)) AS col,
+       min(start) AS start, max("end") AS "end", count(*) AS bins
+FROM span
+GROUP BY col
+ORDER BY col
+"""
+
+INCIDENTS_SQL = """
+SELECT i.incident_id, i.rank, i.type, i.severity, i.score, i.threshold, i.alpha,
+       i.scale, i.start, i."end", i.summary,
+       count(DISTINCT m.device) FILTER (WHERE m.role = 'device') AS devices,
+       count(*) FILTER (WHERE m.role = 'pair') AS pairs,
+       count(*) FILTER (WHERE m.role = 'sensor') AS sensors
+FROM incidents i
+LEFT JOIN incident_members m USING (incident_id)
+GROUP BY ALL
+ORDER BY i.rank, i.incident_id
+"""
+
+MEMBERS_SQL = """
+SELECT role, device, peer, sensor, evidence, p_value
+FROM incident_members
+WHERE incident_id = $incident
+ORDER BY CASE role WHEN 'device' THEN 0 WHEN 'pair' THEN 1 WHEN 'target' THEN 2
+         ELSE 3 END, evidence DESC NULLS LAST, device, peer, sensor
+"""
+
+MEMBER_CELLS_SQL = """
+SELECT DISTINCT i.rank, i.incident_id, i.start, i."end", d.device
+FROM incidents i
+JOIN incident_members m USING (incident_id),
+     unnest([m.device, CASE WHEN m.role = 'pair' THEN m.peer END]) AS d(device)
+WHERE m.role IN ('device', 'sensor', 'pair') AND d.device IS NOT NULL
+ORDER BY i.rank, i.incident_id, d.device
+"""
+
+SENSOR_SERIES_SQL = """
+SELECT b.start, b."end", e.observed, e.expected, e.residual, e.p_value
+FROM elements e
+JOIN bins b ON b.scale = e.scale AND b.bin = e.bin
+WHERE e.kind = 'sensor' AND e.device = $device AND e.sensor = $sensor
+  AND e.scale = $scale
+  AND b."end" > coalesce(CAST($start AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ)
+  AND b.start < coalesce(CAST($end AS TIMESTAMPTZ), 'infinity'::TIMESTAMPTZ)
+ORDER BY b.start
+"""
+
+PAIR_SERIES_SQL = """
+SELECT b.start, b."end", e.observed, e.expected, e.residual, e.p_value
+FROM elements e
+JOIN bins b ON b.scale = e.scale AND b.bin = e.bin
+WHERE e.kind = 'pair' AND e.device = $src AND e.peer = $dst AND e.scale = $scale
+  AND b."end" > coalesce(CAST($start AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ)
+  AND b.start < coalesce(CAST($end AS TIMESTAMPTZ), 'infinity'::TIMESTAMPTZ)
+ORDER BY b.start
+"""
+
+# Pairs touching a member device during the incident, strongest evidence first.
+CONTEXT_EDGES_SQL = """
+SELECT e.device AS src, e.peer AS dst, max(-log10(greatest(e.p_value, 1e-300)))
+       AS evidence, avg(e.observed) AS weight
+FROM elements e
+JOIN bins b ON b.scale = e.scale AND b.bin = e.bin
+WHERE e.kind = 'pair' AND e.scale = $scale
+  AND (list_contains($devices, e.device) OR list_contains($devices, e.peer))
+  AND b."end" > $start AND b.start < $end
+GROUP BY e.device, e.peer
+ORDER BY evidence DESC, src, dst
+LIMIT $limit
+"""
+
+
+@dataclass(frozen=True)
+class HeatmapMatrix:
+    """Device evidence on a devices x time grid, aggregated by the database.
+
+    Attributes:
+        devices: device names in row order (highest peak evidence first).
+        peaks: peak evidence of each row in the window, NaN when it has none.
+        evidence: shape [num_rows, num_columns], the maximum of -log10(min p-value)
+            over the bins a cell covers (higher is more anomalous). NaN where the run
+            stored no evidence.
+        starts: start of each column (UTC).
+        ends: end of each column (UTC).
+        factor: bins of the chosen scale per column (1 when not re-binned).
+        total_rows: devices that match the filters, of which this page shows some.
+        offset: index of the first row shown among `total_rows`.
+    """
+
+    devices: list[str]
+    peaks: np.ndarray
+    evidence: np.ndarray
+    starts: pd.DatetimeIndex
+    ends: pd.DatetimeIndex
+    factor: int
+    total_rows: int
+    offset: int
+
+    @property
+    def empty(self) -> bool:
+        return not self.devices or len(self.starts) == 0
+
+
+def list_runs(workspace: Workspace) -> list[str]:
+    """Return the published run ids, newest first."""
+    return list(reversed(workspace.list_runs()))
+
+
+def run_version(workspace: Workspace, run_id: str) -> int:
+    """Return the run file's modification time in ns, which changes on republish."""
+    path = workspace.run_path(workspace.resolve_run(run_id))
+    return path.stat().st_mtime_ns
+
+
+def run_summary(workspace: Workspace, run_id: str) -> dict[str, Any]:
+    """Summarize a run: sizes, time span, scales and incident count.
+
+    Returns:
+        A dict with `run_id`, `devices`, `bins` (base bins), `start` and `end` (UTC
+        timestamps or None), `incidents`, `scales`, `bin_seconds` and `created`.
+    """
+    counts = _frame(workspace, run_id, RUN_COUNTS_SQL).iloc[0]
+    info = run_info(workspace, run_id)
+    stream = info.get("config", {}).get("stream", {})
+    return {
+        "run_id": run_id,
+        "devices": int(counts["devices"]),
+        "bins": int(counts["bins"]),
+        "start": _timestamp(counts["start"]),
+        "end": _timestamp(counts["end"]),
+        "incidents": int(counts["incidents"]),
+        "scales": scales(workspace, run_id),
+        "bin_seconds": stream.get("bin_seconds"),
+        "created": info.get("created"),
+    }
+
+
+def run_info(workspace: Workspace, run_id: str) -> dict[str, Any]:
+    """Return the run's `run_info` table as a dict of decoded JSON values."""
+    frame = _frame(workspace, run_id, "SELECT key, value FROM run_info")
+    info: dict[str, Any] = {}
+    for key, value in zip(frame["key"], frame["value"]):
+        try:
+            info[key] = json.loads(value)
+        except (TypeError, json.JSONDecodeError):
+            info[key] = value
+    return info
+
+
+def scales(workspace: Workspace, run_id: str) -> list[int]:
+    """Return the scales that have bins in the run, finest first."""
+    frame = _frame(workspace, run_id, "SELECT DISTINCT scale FROM bins ORDER BY scale")
+    return [int(s) for s in frame["scale"]]
+
+
+def device_filters(workspace: Workspace, run_id: str) -> dict[str, list[str]]:
+    """Return the distinct device kinds and zones, for the heatmap filters."""
+    frame = _frame(workspace, run_id, "SELECT kind, zone FROM devices")
+    return {
+        "kinds": sorted(frame["kind"].dropna().unique().tolist()),
+        "zones": sorted(frame["zone"].dropna().unique().tolist()),
+    }
+
+
+def heatmap_matrix(
+    workspace: Workspace,
+    run_id: str,
+    scale: int,
+    start: pd.Timestamp | None = None,
+    end: pd.Timestamp | None = None,
+    max_rows: int = MAX_HEATMAP_ROWS,
+    max_cols: int = MAX_HEATMAP_COLUMNS,
+    offset: int = 0,
+    kinds: Sequence[str] | None = None,
+    zones: Sequence[str] | None = None,
+) -> HeatmapMatrix:
+    """Aggregate device evidence into a devices x time grid for one scale.
+
+    Bins overlapping [start, end) are kept. When more than `max_cols` remain,
+    consecutive bins merge into one column holding their maximum evidence. Rows are
+    devices sorted by peak evidence in the window (higher is more anomalous); the
+    page shows rows `offset` to `offset + max_rows`.
+
+    Args:
+        scale: bin width as a multiple of the base bin.
+        start: first instant shown (UTC); None for the run's start.
+        end: end of the window (UTC, exclusive); None for the run's end.
+        max_rows: most device rows returned.
+        max_cols: most time columns returned.
+        offset: rows to skip, for paging through devices.
+        kinds: keep only devices of these kinds; None keeps all.
+        zones: keep only devices in these zones; None keeps all.
+
+    Raises:
+        ValueError: `max_rows` or `max_cols` is below 1, or `offset` is negative.
+    """
+    if max_rows < 1 or max_cols < 1 or offset < 0:
+        raise ValueError(
+            f"invalid heatmap size: max_rows={max_rows} and max_cols={max_cols} "
+            f"must be >= 1 and offset={offset} must be >= 0"
+        )
+    window = {
+        "scale": int(scale),
+        "start": _bound(start),
+        "end": _bound(end),
+        "max_cols": int(max_cols),
+    }
+    cells_params = {
+        **window,
+        "max_rows": int(max_rows),
+        "offset": int(offset),
+        "kinds": list(kinds) if kinds else None,
+        "zones": list(zones) if zones else None,
+    }
+    with _connect(workspace, run_id) as con:
+        cells = _execute(con, HEATMAP_SQL, cells_params)
+        columns = _execute(con, HEATMAP_COLUMNS_SQL, window)
+    return _assemble_matrix(cells, columns, offset)
+
+
+def incidents(workspace: Workspace, run_id: str) -> pd.DataFrame:
+    """Return the run's incidents ranked, with member counts per role.
+
+    Columns: incident_id, rank, type, severity, score, threshold, alpha, scale,
+    start, end, summary, devices, pairs, sensors. Severity and score: higher is more
+    anomalous.
+    """
+    return _frame(workspace, run_id, INCIDENTS_SQL)
+
+
+def incident(workspace: Workspace, run_id: str, incident_id: str) -> dict[str, Any]:
+    """Return one incident's row as a dict.
+
+    Raises:
+        RunNotFoundError: the run has no incident with this id.
+    """
+    frame = _frame(
+        workspace, run_id, "SELECT * FROM incidents WHERE incident_id = $incident",
+        {"incident": incident_id},
+    )
+    if frame.empty:
+        raise RunNotFoundError(
+            f"incident {incident_id!r} not found in run {run_id!r}",
+            "Pick an incident from the list on the home page or the heatmap.",
+        )
+    return frame.iloc[0].to_dict()
+
+
+def incident_members(
+    workspace: Workspace, run_id: str, incident_id: str
+) -> pd.DataFrame:
+    """Return an incident's members exactly as the run stores them.
+
+    Columns: role (device, pair, target, sensor), device, peer, sensor, evidence
+    (higher is more anomalous) and p_value. Rows are ordered by role, then evidence.
+    """
+    return _frame(workspace, run_id, MEMBERS_SQL, {"incident": incident_id})
+
+
+def member_cells(workspace: Workspace, run_id: str) -> pd.DataFrame:
+    """Return (rank, incident_id, start, end, device) for each device an incident flags.
+
+    A pair contributes both its ends; targets are left out because they are
+    touched, not abnormal.
+    """
+    return _frame(workspace, run_id, MEMBER_CELLS_SQL)
+
+
+def sensor_series(
+    workspace: Workspace,
+    run_id: str,
+    device: str,
+    sensor: str,
+    scale: int = 1,
+    start: pd.Timestamp | None = None,
+    end: pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """Return one sensor's observed bin mean and its expected value over time.
+
+    Columns: start, end, observed, expected, residual (observed minus expected) and
+    p_value (small is surprising).
+    """
+    params = {"device": device, "sensor": sensor, "scale": int(scale),
+              "start": _bound(start), "end": _bound(end)}
+    return _frame(workspace, run_id, SENSOR_SERIES_SQL, params)
+
+
+def pair_series(
+    workspace: Workspace,
+    run_id: str,
+    src: str,
+    dst: str,
+    scale: int = 1,
+    start: pd.Timestamp | None = None,
+    end: pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """Return one directed pair's observed and expected weight over time.
+
+    Columns: start, end, observed, expected, residual and p_value.
+    """
+    params = {"src": src, "dst": dst, "scale": int(scale),
+              "start": _bound(start), "end": _bound(end)}
+    return _frame(workspace, run_id, PAIR_SERIES_SQL, params)
+
+
+def context_edges(
+    workspace: Workspace,
+    run_id: str,
+    incident_id: str,
+    limit: int = MAX_CONTEXT_EDGES,
+) -> pd.DataFrame:
+    """Return the pairs within one hop of an incident's devices during it.
+
+    Columns: src, dst, evidence (peak -log10 p-value, higher is more anomalous) and
+    weight (mean observed weight). At most `limit` pairs, strongest first.
+
+    NOTE: only pairs the run stored as elements appear; a large run that keeps only
+    elements with small p-values shows fewer quiet neighbours.
+    """
+    row = incident(workspace, run_id, incident_id)
+    members = incident_members(workspace, run_id, incident_id)
+    devices = sorted(
+        set(members["device"].dropna()) | set(members["peer"].dropna())
+    )
+    params = {"scale": int(row["scale"]), "devices": devices,
+              "start": row["start"], "end": row["end"], "limit": int(limit)}
+    return _frame(workspace, run_id, CONTEXT_EDGES_SQL, params)
+
+
+def training_loss(workspace: Workspace, run_id: str) -> pd.DataFrame:
+    """Return the loss per epoch (columns epoch, loss, validation_loss, seconds)."""
+    return _frame(workspace, run_id, "SELECT * FROM training_loss ORDER BY epoch")
+
+
+def page_count(total_rows: int, rows_per_page: int = MAX_HEATMAP_ROWS) -> int:
+    """Return how many heatmap pages `total_rows` devices need (at least 1)."""
+    return max(1, math.ceil(total_rows / max(1, rows_per_page)))
+
+
+def pipeline_command(workspace: Workspace) -> list[str]:
+    """Return the command line that runs the pipeline on `workspace` with progress."""
+    return [
+        sys.executable, "-m", "core.cli", "run",
+        "--workspace", str(workspace.root),
+        "--progress-file", str(workspace.root / PROGRESS_FILE),
+    ]
+
+
+def read_progress(path: str | Path) -> dict[str, Any] | None:
+    """Return the last complete progress record of a running pipeline, if any.
+
+    The pipeline appends one JSON object per line, `{"stage": str, "fraction":
+    float}`. A line still being written, or a record of another shape, is skipped.
+
+    Returns:
+        `{"stage": str, "fraction": float in [0, 1]}`, or None when the file is
+        missing or holds no valid record yet.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - PROGRESS_TAIL_BYTES))
+            tail = handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    for line in reversed(tail.splitlines()):
+        try:
+            record = json.loads(line)
+            stage = str(record["stage"])
+            fraction = float(record["fraction"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if math.isfinite(fraction):
+            return {"stage": stage, "fraction": min(1.0, max(0.0, fraction))}
+    return None
+
+
+def _connect(workspace: Workspace, run_id: str):
+    path = workspace.run_path(workspace.resolve_run(run_id))
+    return connect(path, read_only=True, hardened=True)
+
+
+def _execute(
+    con: duckdb.DuckDBPyConnection, sql: str, params: dict[str, Any] | None = None
+) -> pd.DataFrame:
+    try:
+        return con.execute(sql, params or {}).df()
+    except duckdb.Error as exc:
+        raise DataError(
+            "the run file cannot be read",
+            f"It may come from an older or newer tgloc. DuckDB said: {exc}",
+        ) from exc
+
+
+def _frame(
+    workspace: Workspace,
+    run_id: str,
+    sql: str,
+    params: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    try:
+        with _connect(workspace, run_id) as con:
+            return _execute(con, sql, params)
+    except TglocError:
+        raise
+    except duckdb.Error as exc:
+        raise DataError(
+            f"run {run_id!r} cannot be opened",
+            f"The file may be damaged or still being written. DuckDB said: {exc}",
+        ) from exc
+
+
+def _bound(value: Any) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _timestamp(value: Any) -> pd.Timestamp | None:
+    if value is None or pd.isna(value):
+        return None
+    return _bound(value)
+
+
+def _assemble_matrix(
+    cells: pd.DataFrame, columns: pd.DataFrame, offset: int
+) -> HeatmapMatrix:
+    rows = cells.drop_duplicates("row").sort_values("row")
+    devices = rows["device"].tolist()
+    row_position = {int(r): i for i, r in enumerate(rows["row"])}
+    evidence = np.full((len(devices), len(columns)), np.nan)
+
+    placed = cells.dropna(subset=["col", "evidence"])
+    if not placed.empty:
+        row_index = placed["row"].map(row_position).to_numpy(dtype=int)
+        col_index = placed["col"].to_numpy(dtype=int)
+        evidence[row_index, col_index] = placed["evidence"].to_numpy(dtype=float)
+
+    bins_per_column = int(columns["bins"].max()) if not columns.empty else 1
+    total_rows = int(cells["total_rows"].iloc[0]) if not cells.empty else 0
+    return HeatmapMatrix(
+        devices=devices,
+        peaks=rows["peak"].to_numpy(dtype=float),
+        evidence=evidence,
+        starts=pd.DatetimeIndex(columns["start"]).tz_convert("UTC"),
+        ends=pd.DatetimeIndex(columns["end"]).tz_convert("UTC"),
+        factor=max(1, bins_per_column),
+        total_rows=total_rows,
+        offset=offset,
+    )
+

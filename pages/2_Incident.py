@@ -1,0 +1,168 @@
+"""Drill-down of one incident, chosen by the `run` and `incident` query parameters."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import plots
+from core.store import STATUSES, incident_statuses, set_incident_status
+from pages.common import ui
+
+st.set_page_config(page_title="tgloc · Incident", layout="wide")
+
+MAX_SERIES = 12
+CONTEXT_WINDOWS = 3
+MIN_CONTEXT_BINS = 30
+TYPE_PHRASES = {
+    "process": "process",
+    "communication": "communication",
+    "both": "process and communication",
+}
+
+
+def main() -> None:
+    st.title("Incident")
+    context = ui.run_sidebar()
+    if context is None:
+        ui.no_run_message()
+        return
+
+    incidents = ui.load("incidents", context)
+    incident_id = st.query_params.get("incident")
+    if incidents.empty:
+        st.info("This run found no incident. Open the heatmap to see the evidence.")
+        return
+    if incident_id not in set(incidents["incident_id"]):
+        if incident_id:
+            st.warning("This run has no incident with the id in the address:")
+            st.text(incident_id)
+        st.info("Pick an incident here, on the home page or on the heatmap.")
+        _picker(context, incidents)
+        return
+
+    row = ui.load("incident", context, incident_id)
+    members = ui.load("incident_members", context, incident_id)
+    st.subheader(f"#{row['rank']}  ·  {ui.escape_markdown(incident_id)}")
+    st.text(_summary_sentence(row, members))
+    if row.get("summary"):
+        st.text(row["summary"])
+    _status_form(context, incident_id)
+
+    st.subheader("Members")
+    number_formats = {
+        "p_value": st.column_config.NumberColumn(format="%.2e"),
+        "evidence": st.column_config.NumberColumn(format="%.2f"),
+    }
+    st.dataframe(members, hide_index=True, key="members", column_config=number_formats)
+
+    st.subheader("Subgraph and one-hop context")
+    edges = ui.load("context_edges", context, incident_id)
+    st.plotly_chart(plots.subgraph_figure(members, edges), key="subgraph")
+    targets = members.loc[members["role"] == "target", "device"].dropna().tolist()
+    if targets:
+        st.caption("Targets (touched by the incident, outside it):")
+        st.text("\n".join(targets))
+
+    scale = _chart_scale(context, row)
+    window = _context_window(context, row, scale)
+    _sensor_charts(context, row, members, window, scale)
+    _pair_charts(context, row, members, window, scale)
+
+
+def _summary_sentence(row: dict, members: pd.DataFrame) -> str:
+    counts = members["role"].value_counts()
+    start, end = pd.Timestamp(row["start"]), pd.Timestamp(row["end"])
+    minutes = (end - start).total_seconds() / 60
+    kind = TYPE_PHRASES.get(row["type"], str(row["type"]))
+    return (
+        f"A {kind} incident from {start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC "
+        f"({minutes:.0f} min) involving {_count(counts, 'device')}, "
+        f"{_count(counts, 'pair')} and {_count(counts, 'sensor')}, touching "
+        f"{_count(counts, 'target')}. Score {row['score']:.1f} against a threshold "
+        f"of {row['threshold']:.1f} at level {row['alpha']:.0e}. Severity "
+        f"{row['severity']:.2f} (higher is more urgent)."
+    )
+
+
+def _count(counts: pd.Series, role: str) -> str:
+    number = int(counts.get(role, 0))
+    return f"{number} {role}" + ("" if number == 1 else "s")
+
+
+def _chart_scale(context: ui.RunContext, row: dict) -> int:
+    """Return the `scale` query parameter when the run has it, else the incident's."""
+    requested = st.query_params.get("scale", "")
+    scales = ui.load("scales", context)
+    if requested.isdigit() and int(requested) in scales:
+        return int(requested)
+    return int(row["scale"])
+
+
+def _context_window(context: ui.RunContext, row: dict, scale: int):
+    summary = ui.load("run_summary", context)
+    start, end = pd.Timestamp(row["start"]), pd.Timestamp(row["end"])
+    base = pd.Timedelta(seconds=(summary["bin_seconds"] or 60) * scale)
+    pad = max(CONTEXT_WINDOWS * (end - start), MIN_CONTEXT_BINS * base)
+    return max(start - pad, summary["start"]), min(end + pad, summary["end"])
+
+
+def _sensor_charts(context, row, members, window, scale: int) -> None:
+    sensors = members.loc[members["role"] == "sensor", ["device", "sensor"]]
+    sensors = sensors.drop_duplicates()
+    if sensors.empty:
+        return
+    st.subheader("Sensors against their expected value")
+    _too_many(len(sensors))
+    for device, sensor in sensors.head(MAX_SERIES).itertuples(index=False):
+        series = ui.load("sensor_series", context, device, sensor, scale, *window)
+        title = f"{device} · {sensor}"
+        st.plotly_chart(plots.series_figure(series, title, "bin mean", row["start"],
+                                            row["end"]))
+
+
+def _pair_charts(context, row, members, window, scale: int) -> None:
+    pairs = members.loc[members["role"] == "pair", ["device", "peer"]].drop_duplicates()
+    if pairs.empty:
+        return
+    st.subheader("Pair weights over time")
+    _too_many(len(pairs))
+    for src, dst in pairs.head(MAX_SERIES).itertuples(index=False):
+        series = ui.load("pair_series", context, src, dst, scale, *window)
+        title = f"{src} → {dst}"
+        st.plotly_chart(plots.series_figure(series, title, "weight", row["start"],
+                                            row["end"]))
+
+
+def _too_many(count: int) -> None:
+    if count > MAX_SERIES:
+        st.caption(f"Showing the {MAX_SERIES} strongest of {count}.")
+
+
+def _status_form(context: ui.RunContext, incident_id: str) -> None:
+    stored = incident_statuses(context.workspace)
+    stored = stored[stored["incident_id"] == incident_id]
+    current = stored.iloc[0].to_dict() if not stored.empty else {}
+    with st.expander(f"Status: {current.get('status', 'new')}"):
+        with st.form("status"):
+            status = st.selectbox("Status", STATUSES,
+                                  index=STATUSES.index(current.get("status", "new")))
+            owner = st.text_input("Owner", value=current.get("owner") or "")
+            notes = st.text_area("Notes", value=current.get("notes") or "")
+            if st.form_submit_button("Save"):
+                set_incident_status(context.workspace, incident_id, status,
+                                    owner or None, notes or None)
+                st.success("Saved.")
+
+
+def _picker(context: ui.RunContext, incidents: pd.DataFrame) -> None:
+    labels = {
+        row.incident_id: f"#{row.rank}  {row.incident_id}  ({row.type})"
+        for row in incidents.itertuples(index=False)
+    }
+    chosen = st.selectbox("Incident", list(labels), format_func=labels.get)
+    if st.button("Open", key="open_incident"):
+        ui.open_incident(context.run_id, chosen)
+
+
+ui.guard(main)

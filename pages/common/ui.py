@@ -1,0 +1,189 @@
+"""Sidebar, cached view calls and error display shared by every dashboard page.
+
+The run and incident a page shows live in the URL (`?run=...&incident=...&scale=...`),
+so a view can be shared by its address. The workspace path comes from the
+`TGLOC_WORKSPACE` environment variable and can be changed in the sidebar.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from core import views
+from core.errors import TglocError
+from core.store import Workspace
+
+log = logging.getLogger(__name__)
+
+WORKSPACE_ENV = "TGLOC_WORKSPACE"
+DEFAULT_WORKSPACE = "./workspace"
+CACHE_SECONDS = 3600
+CACHE_ENTRIES = 256
+INCIDENT_PAGE = "pages/2_Incident.py"
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~:$])")
+
+# Views a page may call through `load`; each takes (workspace, run_id, ...).
+CACHED_VIEWS: dict[str, Callable[..., Any]] = {
+    "run_summary": views.run_summary,
+    "run_info": views.run_info,
+    "scales": views.scales,
+    "device_filters": views.device_filters,
+    "heatmap_matrix": views.heatmap_matrix,
+    "incidents": views.incidents,
+    "incident": views.incident,
+    "incident_members": views.incident_members,
+    "member_cells": views.member_cells,
+    "sensor_series": views.sensor_series,
+    "pair_series": views.pair_series,
+    "context_edges": views.context_edges,
+    "training_loss": views.training_loss,
+}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The workspace and run a page shows, with the run file's version stamp."""
+
+    workspace: Workspace
+    run_id: str
+    version: int
+
+
+def escape_markdown(text: object) -> str:
+    """Return `text` with Markdown punctuation escaped, so Streamlit shows it as is."""
+    return MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
+
+
+def show_error(error: TglocError) -> None:
+    """Show an error's headline, its detail in an expander and a retry button."""
+    st.error(escape_markdown(error.headline))
+    if error.detail:
+        with st.expander("Details"):
+            st.text(error.detail)
+    st.button("Retry", key="retry_after_error")
+
+
+def guard(body: Callable[[], None]) -> None:
+    """Run a page body, turning errors into messages instead of tracebacks."""
+    try:
+        body()
+    except TglocError as error:
+        show_error(error)
+    except Exception as error:
+        log.exception("dashboard page failed")
+        st.error("This view failed unexpectedly. The server log has the traceback.")
+        with st.expander("Details"):
+            st.text(f"{type(error).__name__}: {error}")
+
+
+def workspace_path() -> Path:
+    """Render the workspace field in the sidebar and return the chosen folder."""
+    if "workspace_path" not in st.session_state:
+        default = os.environ.get(WORKSPACE_ENV, DEFAULT_WORKSPACE)
+        st.session_state.workspace_path = default
+    # A widget's state is dropped when a page that lacks it runs, so the value is
+    # kept under a plain key and copied into the widget before it renders.
+    st.session_state.workspace_widget = st.session_state.workspace_path
+    st.sidebar.text_input(
+        "Workspace folder",
+        key="workspace_widget",
+        on_change=_remember_workspace,
+        help=f"Folder with store.duckdb and runs/. Default: ${WORKSPACE_ENV} or "
+        f"{DEFAULT_WORKSPACE}.",
+    )
+    return Path(st.session_state.workspace_path).expanduser()
+
+
+def run_sidebar() -> RunContext | None:
+    """Render the workspace and run choosers; return the chosen run or None.
+
+    The run comes from the `run` query parameter when it names a published run,
+    then from this session's last choice, then the latest run. When there is no run,
+    the sidebar shows what to do next and None is returned.
+    """
+    root = workspace_path()
+    if not root.is_dir():
+        st.sidebar.warning("This folder does not exist yet.")
+        return None
+    workspace = Workspace(root.resolve())
+    runs = views.list_runs(workspace)
+    if not runs:
+        st.sidebar.info("No published run in this workspace yet.")
+        return None
+
+    requested = st.query_params.get("run") or st.session_state.get("run_id")
+    run_id = requested if requested in runs else runs[0]
+    st.session_state.run_id = run_id
+    st.session_state.run_widget = run_id
+    st.sidebar.selectbox(
+        "Run", runs, key="run_widget", on_change=_remember_run,
+        help="Published runs, newest first.",
+    )
+    st.query_params["run"] = run_id
+    return RunContext(workspace, run_id, views.run_version(workspace, run_id))
+
+
+def load(view: str, context: RunContext, *args: Any, **kwargs: Any) -> Any:
+    """Call a `core.views` function for the context's run, cached by its arguments."""
+    frozen = tuple(sorted((k, _freeze(v)) for k, v in kwargs.items()))
+    return _cached_view(
+        view, str(context.workspace.root), context.run_id, context.version,
+        tuple(_freeze(a) for a in args), frozen,
+    )
+
+
+def open_incident(run_id: str, incident_id: str, scale: int | None = None) -> None:
+    """Switch to the drill-down page for one incident, with its ids in the URL."""
+    params = {"run": run_id, "incident": incident_id}
+    if scale is not None:
+        params["scale"] = str(scale)
+    st.switch_page(INCIDENT_PAGE, query_params=params)
+
+
+def no_run_message() -> None:
+    """Explain how to get a first run into the workspace."""
+    st.info(
+        "No run yet: run `tgloc demo` to load the sample plant and analyse it, or "
+        "import files and start a run from the home page."
+    )
+
+
+@st.cache_data(ttl=CACHE_SECONDS, max_entries=CACHE_ENTRIES, show_spinner=False)
+def _cached_view(
+    view: str,
+    root: str,
+    run_id: str,
+    version: int,
+    args: tuple[Any, ...],
+    kwargs: tuple[tuple[str, Any], ...],
+) -> Any:
+    # `version` is part of the cache key only: a republished run gets a new one.
+    function = CACHED_VIEWS[view]
+    return function(Workspace(Path(root)), run_id, *args, **dict(kwargs))
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | set):
+        return tuple(value)
+    return value
+
+
+def _remember_workspace() -> None:
+    st.session_state.workspace_path = st.session_state.workspace_widget
+    st.session_state.pop("run_id", None)
+    st.query_params.pop("run", None)
+    st.query_params.pop("incident", None)
+
+
+def _remember_run() -> None:
+    st.session_state.run_id = st.session_state.run_widget
+    st.query_params["run"] = st.session_state.run_widget
+    st.query_params.pop("incident", None)

@@ -1,0 +1,159 @@
+"""Dashboard queries in core.views, checked against the run file read directly."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+from fixture_run import INCIDENTS, NUM_BINS
+
+from core import plots, views
+from core.errors import RunNotFoundError, StoreBusyError, TglocError
+from core.store import Workspace
+
+# Holds a write connection on a DuckDB file until killed.
+HOLD_LOCK = """
+import sys, time, duckdb
+con = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def _read(workspace, run_id, sql, params=()):
+    with duckdb.connect(str(workspace.run_path(run_id)), read_only=True) as con:
+        return con.execute(sql, list(params)).df()
+
+
+def test_run_summary_counts(workspace, run_id):
+    summary = views.run_summary(workspace, run_id)
+    incidents = _read(workspace, run_id, "SELECT count(*) AS n FROM incidents")
+    assert summary["incidents"] == int(incidents["n"].iloc[0])
+    assert summary["devices"] == 12
+    assert summary["bins"] == NUM_BINS
+    assert summary["scales"] == [1, 4]
+    assert summary["end"] - summary["start"] == pd.Timedelta(minutes=NUM_BINS)
+
+
+def test_heatmap_rows_sorted_by_peak(workspace, run_id):
+    matrix = views.heatmap_matrix(workspace, run_id, 1)
+    peaks = np.nanmax(matrix.evidence, axis=1)
+    assert matrix.evidence.shape == (12, NUM_BINS)
+    assert matrix.factor == 1
+    assert list(peaks) == sorted(peaks, reverse=True)
+    np.testing.assert_allclose(peaks, matrix.peaks)
+
+
+def test_heatmap_rebins_with_max(workspace, run_id):
+    full = views.heatmap_matrix(workspace, run_id, 1)
+    coarse = views.heatmap_matrix(workspace, run_id, 1, max_cols=7)
+    assert coarse.factor == 18
+    assert coarse.evidence.shape == (12, 7)
+    assert coarse.devices == full.devices
+    for column in range(7):
+        block = full.evidence[:, column * 18:(column + 1) * 18]
+        np.testing.assert_allclose(coarse.evidence[:, column], block.max(axis=1))
+
+
+def test_heatmap_pages_rows(workspace, run_id):
+    full = views.heatmap_matrix(workspace, run_id, 1)
+    page = views.heatmap_matrix(workspace, run_id, 1, max_rows=5, offset=5)
+    assert page.total_rows == 12
+    assert page.devices == full.devices[5:10]
+    assert views.page_count(12, 5) == 3
+
+
+def test_heatmap_time_window_and_filter(workspace, run_id):
+    start = pd.Timestamp("2026-03-01T01:00:00Z")
+    end = pd.Timestamp("2026-03-01T01:30:00Z")
+    matrix = views.heatmap_matrix(workspace, run_id, 4, start, end, kinds=["plc"])
+    assert matrix.starts[0] == start
+    assert matrix.ends[-1] == pd.Timestamp("2026-03-01T01:32:00Z")
+    assert len(matrix.starts) == 8
+    kinds = _read(workspace, run_id, "SELECT device FROM devices WHERE kind = 'plc'")
+    assert sorted(matrix.devices) == sorted(kinds["device"])
+
+
+def test_incident_members_match_run_file(workspace, run_id):
+    for planted in INCIDENTS:
+        incident_id = planted["incident_id"]
+        members = views.incident_members(workspace, run_id, incident_id)
+        stored = _read(workspace, run_id,
+                       "SELECT * FROM incident_members WHERE incident_id = ?",
+                       [incident_id])
+        assert len(members) == len(stored)
+        devices = members.loc[members["role"] == "device", "device"]
+        assert sorted(devices) == sorted(planted["devices"])
+
+
+def test_unknown_incident_raises(workspace, run_id):
+    with pytest.raises(RunNotFoundError):
+        views.incident(workspace, run_id, "no-such-incident")
+
+
+def test_series_cover_incident(workspace, run_id):
+    planted = INCIDENTS[1]
+    src, dst = planted["pairs"][0]
+    series = views.pair_series(workspace, run_id, src, dst, 1)
+    assert len(series) == NUM_BINS
+    inside = series.iloc[planted["first"]:planted["last"] + 1]
+    assert (inside["p_value"] < 1e-3).all()
+    sensor = views.sensor_series(workspace, run_id, "pump-04", "temperature", 4)
+    assert len(sensor) == NUM_BINS // 4
+
+
+def test_bound_parameters_take_text_literally(workspace, run_id):
+    hostile = "x' OR 1=1 --"
+    assert views.incident_members(workspace, run_id, hostile).empty
+    assert views.sensor_series(workspace, run_id, hostile, hostile).empty
+
+
+def test_read_progress_takes_last_valid_line(tmp_path):
+    path = tmp_path / "progress.jsonl"
+    assert views.read_progress(path) is None
+    lines = [json.dumps({"stage": "binning", "fraction": 0.2}),
+             json.dumps({"stage": "training", "fraction": 0.55}), '{"stage": "sc']
+    path.write_text("\n".join(lines))
+    assert views.read_progress(path) == {"stage": "training", "fraction": 0.55}
+
+
+def test_heatmap_figure_click_layer(workspace, run_id):
+    matrix = views.heatmap_matrix(workspace, run_id, 1)
+    cells = views.member_cells(workspace, run_id)
+    figure = plots.heatmap_figure(matrix, cells, views.incidents(workspace, run_id))
+    heatmap, markers = figure.data
+    assert heatmap.type == "heatmap"
+    assert markers.type == "scatter"
+    assert len(markers.customdata) == 12 * NUM_BINS
+    flagged = {row[3] for row in markers.customdata if row[3]}
+    assert flagged == {planted["incident_id"] for planted in INCIDENTS}
+    assert "&lt;b&gt;plc-07&lt;/b&gt;" in figure.layout.yaxis.ticktext
+    assert len(figure.layout.shapes) >= len(INCIDENTS)
+
+
+def test_busy_run_file_raises_store_busy(workspace, run_id):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(workspace.run_path(run_id))],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreBusyError) as caught:
+            views.run_summary(workspace, run_id)
+        assert "busy" in caught.value.headline
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_damaged_run_file_raises_data_error(tmp_path):
+    workspace = Workspace.create(tmp_path / "damaged")
+    workspace.run_path("broken").write_bytes(b"not a database")
+    with pytest.raises(TglocError) as caught:
+        views.run_summary(workspace, "broken")
+    assert "broken" in caught.value.headline
