@@ -155,7 +155,7 @@ class ProgressPrinter:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from core import pipeline, synth
+    from core import evaluate, pipeline, synth
 
     timer = StageTimer()
     workspace = store.Workspace.create(args.workspace)
@@ -174,10 +174,15 @@ def command_demo(args: argparse.Namespace) -> int:
         print(report.summary())
 
     result = pipeline.run_pipeline(workspace, demo_config(), progress=progress, timer=timer)
-    print(f"\nrun {result.run_id}: {len(result.incidents)} incidents "
-          f"({len(plant.truth)} anomalies planted)")
+    match = evaluate.match_incidents(result.incidents, result.members, plant.truth)
+    print(f"\nrun {result.run_id}: {len(result.incidents)} incidents; "
+          f"{match.found} of {len(plant.truth)} planted anomalies found, "
+          f"{len(match.unmatched)} incidents match none")
     for row in result.incidents.itertuples():
         print(f"  {row.incident_id}  {row.type:<13} severity {row.severity:5.1f}  {row.summary}")
+    for row in match.truth.itertuples():
+        found = row.incident_id or "not found"
+        print(f"  planted {row.kind:<14} -> {found}")
     print("\n" + timer.table())
     if args.no_serve:
         return 0

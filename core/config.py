@@ -124,6 +124,8 @@ class SearchConfig:
             surprising its share of small p-values is).
         member_min_share: fraction of the strongest member's own statistic that
             another device needs to be reported as a member.
+        member_min_magnitude: fraction of the largest element score (of the same
+            kind) among a hit's members that a member's own largest score needs.
     """
 
     statistic: str = "bj"
@@ -135,7 +137,8 @@ class SearchConfig:
     max_incidents: int = 50
     null_shifts: int = 8
     member_min_score: float = 8.0
-    member_min_share: float = 0.25
+    member_min_share: float = 0.5
+    member_min_magnitude: float = 0.3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alphas", tuple(sorted(self.alphas)))

@@ -454,6 +454,27 @@ class ScaleState:
             np.concatenate([zero_totals, np.cumsum(self.totals, axis=0)]),
         )
 
+    def dominant(self, devices: list[int], start: int, stop: int, alpha: float,
+                 share: float) -> list[int]:
+        """Members whose largest element score reaches `share` of the largest score
+        of the same element kind among the members, in bins [start, stop).
+
+        A sensor that drifts by four standard deviations moves the reconstruction
+        of its neighbours by a fraction of that; their residuals are significant
+        but small, and they are not reported as members.
+        """
+        frame = self.elements[self.active]
+        frame = frame[(frame["bin"] >= start) & (frame["bin"] < stop)
+                      & (frame["p_value"] <= alpha) & (frame["kind"] != "pair")
+                      & frame["device_idx"].isin(devices)]
+        if frame.empty or len(devices) <= 1:
+            return list(devices)
+        strongest = frame.groupby(["kind", "device_idx"])["score"].max()
+        ratio = strongest / strongest.groupby(level="kind").transform("max")
+        best = ratio.groupby(level="device_idx").max()
+        kept = [d for d in devices if d not in best.index or best[d] >= share]
+        return kept or [int(best.idxmax())]
+
     def targets(self, devices: list[int], start: int, stop: int, alpha: float) -> list[int]:
         """Devices outside `devices` that share a pair with p <= alpha with them in
         bins [start, stop) of this scale: the hosts a scan touched."""
@@ -632,10 +653,33 @@ def detect(
         base_stop = min(stop * state.scale, num_bins)
         incidents.append(Incident(base_start, base_stop, state.scale, alpha, hit.score,
                                   hit.threshold, hit.devices, [hit]))
-        reached = hit.devices + state.targets(hit.devices, start, stop, alpha)
+        devices = state.dominant(hit.devices, start, stop, alpha, config.member_min_magnitude)
+        absorbed = _absorb(incidents[:-1], devices, base_start, base_stop, matrix, hubs)
+        if absorbed is not None:
+            incidents.pop()
+            absorbed.devices = sorted(set(absorbed.devices) | set(devices))
+            absorbed.hits.append(hit)
+        else:
+            incidents[-1].devices = devices
+        reached = devices + state.targets(devices, start, stop, alpha)
         for other in states:
             other.remove(reached, base_start, base_stop, config.alphas)
     return incidents
+
+
+def _absorb(
+    incidents: list[Incident], devices: list[int], start: int, stop: int,
+    matrix: np.ndarray, hubs: np.ndarray,
+) -> Incident | None:
+    """The incident a new hit belongs to: one that overlaps it in time and whose
+    devices are linked to the hit's (directly or across one hub)."""
+    for incident in incidents:
+        if not (start < incident.stop and incident.start < stop):
+            continue
+        together = np.array(sorted(set(incident.devices) | set(devices)))
+        if len(components(together, matrix, hubs)) == 1:
+            return incident
+    return None
 
 
 def _refine(state: ScaleState, hit: Hit, config: SearchConfig) -> tuple[int, int, float]:

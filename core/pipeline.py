@@ -236,10 +236,11 @@ def long_elements(families: list[scoring.ScaledFamily], p_arrays: list[np.ndarra
             "peer_idx": family.ids["peer_idx"].to_numpy()[columns],
             "bin": bins,
             "p_value": p[bins, columns],
+            "score": family.score[bins, columns],
         }))
     if not frames:
         return pd.DataFrame({"kind": [], "column": [], "device_idx": [], "peer_idx": [],
-                             "bin": [], "p_value": []})
+                             "bin": [], "p_value": [], "score": []})
     return pd.concat(frames, ignore_index=True)
 
 

@@ -18,7 +18,16 @@ if TYPE_CHECKING:
     from core.views import HeatmapMatrix
 
 MAX_MARKERS = 4000
+# Plotly.js 3.8 (bundled with Streamlit 1.67) treats every marker of size 6 or less
+# within 3 px of a click as equally close and picks the last drawn of them. Markers
+# of that size, at most this many per row, stay more than 3 px apart and so are hit
+# exactly on any plot wider than 400 px.
+MAX_CLICK_COLUMNS = 120
+CLICK_MARKER_SIZE = 6
 ROW_HEIGHT = 22
+NODE_SPACING = 24
+TRAINING_PERIOD = "train"
+TRAINING_COLOR = "#d5d9e0"
 INCIDENT_COLOR = "#1f4e9c"
 MEMBER_COLOR = "#c0392b"
 TARGET_COLOR = "#e67e22"
@@ -39,13 +48,18 @@ def heatmap_figure(
     matrix: HeatmapMatrix,
     member_cells: pd.DataFrame,
     incidents: pd.DataFrame,
+    periods: pd.DataFrame | None = None,
     max_markers: int = MAX_MARKERS,
+    max_click_columns: int = MAX_CLICK_COLUMNS,
 ) -> go.Figure:
     """Draw devices x time evidence with incidents outlined and a click layer.
 
     Streamlit 1.67 returns an empty selection for a click on a `Heatmap` trace, so a
-    `Scatter` of light square markers sits over the cells. Each marker carries
-    customdata `[device, column start, column end, incident id or ""]`.
+    `Scatter` of light square markers sits over the cells. Each marker covers one
+    column, or a group of adjacent columns when there are more than
+    `max_click_columns`, and carries customdata `[device, group start, group end,
+    incident id or ""]`. A click between markers prefers an incident's marker,
+    because those are drawn last and Plotly picks the last marker in reach.
 
     The y axis is numeric (row index) with device names as tick text: category
     positions would be misread when a device is named like a number, such as "3".
@@ -55,8 +69,11 @@ def heatmap_figure(
         member_cells: (incident_id, start, end, device) rows from
             `core.views.member_cells`.
         incidents: the run's incidents from `core.views.incidents`.
+        periods: (period, start, end) rows from `core.views.periods`. The training
+            period, which has no evidence, is shaded and labelled.
         max_markers: most click markers; beyond it only incident cells and the
             strongest cells get one.
+        max_click_columns: most click markers per row.
     """
     if matrix.empty:
         return _empty_figure("No evidence in this window.")
@@ -77,8 +94,9 @@ def heatmap_figure(
         name="evidence",
     ))
 
-    incident_of = _cell_incidents(matrix, member_cells)
-    figure.add_trace(_click_layer(matrix, incident_of, max_markers))
+    figure.add_trace(_click_layer(matrix, member_cells, max_markers, max_click_columns))
+    if periods is not None:
+        _shade_training(figure, periods, matrix.starts[0], matrix.ends[-1])
     for shape, label in _incident_outlines(matrix, member_cells, incidents):
         figure.add_shape(shape)
         if label is not None:
@@ -87,7 +105,8 @@ def heatmap_figure(
     figure.update_layout(
         height=max(320, 120 + ROW_HEIGHT * len(matrix.devices)),
         margin={"l": 10, "r": 10, "t": 40, "b": 40},
-        xaxis={"title": "time (UTC)", "type": "date"},
+        # An explicit range, because the markers' padding would widen the axis.
+        xaxis={"title": "time (UTC)", "type": "date", "range": [edges[0], edges[-1]]},
         yaxis={
             "tickmode": "array",
             "tickvals": rows.tolist(),
@@ -160,17 +179,16 @@ def subgraph_figure(members: pd.DataFrame, edges: pd.DataFrame) -> go.Figure:
             marker={"size": 22, "color": color, "line": {"width": 1, "color": "#333"}},
             text=[escape_label(d) for d in group],
             # Labels point away from the centre, where the arrows run.
-            textposition=[
-                "top center" if position[d][1] >= 0 else "bottom center" for d in group
-            ],
+            textposition=[_outward(position[d]) for d in group],
             hovertext=[escape_label(d) for d in group],
             hovertemplate="%{hovertext}<extra>" + name + "</extra>",
             name=name,
         ))
     figure.update_layout(
-        height=460,
+        # A taller figure spreads many nodes far enough apart for their labels.
+        height=int(np.clip(NODE_SPACING * len(nodes), 460, 900)),
         margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        xaxis={"visible": False, "range": [-1.5, 1.5]},
+        xaxis={"visible": False, "range": [-1.6, 1.6]},
         yaxis={"visible": False, "range": [-1.4, 1.4], "scaleanchor": "x"},
         legend={"orientation": "h", "y": -0.02},
     )
@@ -256,6 +274,15 @@ def _unique(values) -> list[str]:
     return list(seen)
 
 
+def _outward(point: tuple[float, float]) -> str:
+    """Return the Plotly text position that points away from the circle's centre."""
+    x, y = point
+    if abs(x) < 0.4:
+        return "top center" if y >= 0 else "bottom center"
+    vertical = "top" if y > 0.4 else "bottom" if y < -0.4 else "middle"
+    return f"{vertical} {'right' if x > 0 else 'left'}"
+
+
 def _circle(nodes: list[str]) -> dict[str, tuple[float, float]]:
     angles = np.linspace(0.0, 2.0 * np.pi, num=len(nodes), endpoint=False)
     return {
@@ -264,38 +291,66 @@ def _circle(nodes: list[str]) -> dict[str, tuple[float, float]]:
     }
 
 
-def _cell_incidents(matrix: HeatmapMatrix, member_cells: pd.DataFrame) -> np.ndarray:
+def _cell_incidents(
+    devices: list[str],
+    starts: pd.DatetimeIndex,
+    ends: pd.DatetimeIndex,
+    member_cells: pd.DataFrame,
+) -> np.ndarray:
     """Return the incident id flagged at each cell ("" where none), highest rank wins.
 
-    `member_cells` arrives in any order, so later rows never overwrite a cell that
-    an earlier (better ranked) incident already claimed.
+    `member_cells` arrives ranked best first (`core.views.member_cells`), so later
+    rows never overwrite a cell that an earlier incident already claimed.
     """
-    labels = np.full(matrix.evidence.shape, "", dtype=object)
-    row_of = {device: i for i, device in enumerate(matrix.devices)}
+    labels = np.full((len(devices), len(starts)), "", dtype=object)
+    row_of = {device: i for i, device in enumerate(devices)}
     for cell in member_cells.itertuples(index=False):
         row = row_of.get(cell.device)
         if row is None:
             continue
         begin = pd.Timestamp(cell.start).tz_convert("UTC")
         finish = pd.Timestamp(cell.end).tz_convert("UTC")
-        columns = np.flatnonzero((matrix.ends > begin) & (matrix.starts < finish))
+        columns = np.flatnonzero((ends > begin) & (starts < finish))
         free = columns[labels[row, columns] == ""]
         labels[row, free] = cell.incident_id
     return labels
 
 
-def _click_layer(
-    matrix: HeatmapMatrix, incident_of: np.ndarray, max_markers: int
-) -> go.Scatter:
-    rows, columns = np.nonzero(~np.isnan(matrix.evidence))
-    values = matrix.evidence[rows, columns]
-    if len(rows) > max_markers:
-        in_incident = incident_of[rows, columns] != ""
-        order = np.lexsort((-values, ~in_incident))[:max_markers]
-        rows, columns, values = rows[order], columns[order], values[order]
+def _click_groups(
+    matrix: HeatmapMatrix, max_click_columns: int
+) -> tuple[np.ndarray, pd.DatetimeIndex, pd.DatetimeIndex]:
+    """Merge adjacent columns into at most `max_click_columns` groups.
 
-    starts = matrix.starts[columns]
-    ends = matrix.ends[columns]
+    Returns:
+        The maximum evidence per row and group (NaN where no column has any), and
+        each group's start and end.
+    """
+    columns = len(matrix.starts)
+    size = max(1, math.ceil(columns / max(1, max_click_columns)))
+    firsts = np.arange(0, columns, size)
+    lasts = np.minimum(firsts + size, columns) - 1
+    evidence = np.fmax.reduceat(matrix.evidence, firsts, axis=1)
+    return evidence, matrix.starts[firsts], matrix.ends[lasts]
+
+
+def _click_layer(
+    matrix: HeatmapMatrix,
+    member_cells: pd.DataFrame,
+    max_markers: int,
+    max_click_columns: int,
+) -> go.Scatter:
+    evidence, group_starts, group_ends = _click_groups(matrix, max_click_columns)
+    incident_of = _cell_incidents(matrix.devices, group_starts, group_ends, member_cells)
+    rows, columns = np.nonzero(~np.isnan(evidence))
+    values = evidence[rows, columns]
+    # Keep incident markers, then the strongest others, and draw them in reverse so
+    # that the last marker in reach of a click is the most relevant one.
+    order = np.lexsort((-values, incident_of[rows, columns] == ""))[:max_markers]
+    order = order[::-1]
+    rows, columns, values = rows[order], columns[order], values[order]
+
+    starts = group_starts[columns]
+    ends = group_ends[columns]
     middle = starts + (ends - starts) / 2
     devices = [matrix.devices[r] for r in rows]
     incident_ids = [str(incident_of[r, c]) for r, c in zip(rows, columns)]
@@ -314,13 +369,39 @@ def _click_layer(
         x=middle,
         y=rows,
         mode="markers",
-        marker={"symbol": "square", "size": 12, "color": "rgba(255,255,255,0.06)",
+        marker={"symbol": "square", "size": CLICK_MARKER_SIZE,
+                "color": "rgba(255,255,255,0.06)",
                 "line": {"width": 0}},
         customdata=customdata,
         hovertext=hovertext,
         hovertemplate="%{hovertext}<extra></extra>",
         name="cells",
     )
+
+
+def _shade_training(
+    figure: go.Figure,
+    periods: pd.DataFrame,
+    window_start: pd.Timestamp,
+    window_end: pd.Timestamp,
+) -> None:
+    """Shade the training period, where the run stores no evidence, and label it."""
+    training = periods[periods["period"] == TRAINING_PERIOD]
+    for index, period in enumerate(training.itertuples(index=False)):
+        start = max(pd.Timestamp(period.start).tz_convert("UTC"), window_start)
+        end = min(pd.Timestamp(period.end).tz_convert("UTC"), window_end)
+        if start >= end:
+            continue
+        figure.add_vrect(
+            x0=start, x1=end, fillcolor=TRAINING_COLOR, opacity=0.5, line_width=0,
+            layer="below",
+        )
+        if index == 0:
+            figure.add_annotation(
+                x=start + (end - start) / 2, y=0.5, xref="x", yref="paper",
+                text="training period:<br>no evidence", showarrow=False,
+                font={"color": "#4a5260", "size": 12},
+            )
 
 
 def _incident_outlines(

@@ -185,6 +185,13 @@ def families(
         ms[..., SENSOR_FEATURES.index("count")] *= ~reported
         mean_scale = prepared.scale[device_idx, starts]
         mean_center = prepared.center[device_idx, starts]
+        # The within-bin range residual, (max - min) observed minus expected, sees a
+        # one-sample spike even while the model misjudges the level of the whole bin.
+        at_min, at_max = SENSOR_FEATURES.index("min"), SENSOR_FEATURES.index("max")
+        spread = (xs[..., at_max] - xs[..., at_min]) - (hats[..., at_max] - hats[..., at_min])
+        spread_weight = ms[..., at_max] * ms[..., at_min]
+        residual = np.concatenate([(xs - hats) * ms, (spread * spread_weight)[..., None]], -1)
+        weight = np.concatenate([ms, spread_weight[..., None]], -1)
         result.append(Family(
             kind="sensor",
             ids=pd.DataFrame({"device": sensors["device"].astype(str).to_numpy(),
@@ -192,8 +199,8 @@ def families(
                               "sensor": sensors["sensor"].astype(str).to_numpy(),
                               "device_idx": device_idx, "peer_idx": -1,
                               "group": kinds[device_idx]}),
-            residual=(xs - hats) * ms,
-            weight=ms,
+            residual=residual,
+            weight=weight,
             exists=exists,
             observed=snapshots.sensor_values[..., 0],
             expected=hats[..., 0] * mean_scale[None] + mean_center[None],

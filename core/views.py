@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ MAX_CONTEXT_EDGES = 60
 PROGRESS_FILE = ".progress.jsonl"
 PIPELINE_LOG_FILE = ".pipeline.log"
 PROGRESS_TAIL_BYTES = 4096
+RUN_ARGS_ENV = "TGLOC_RUN_ARGS"
 
 RUN_COUNTS_SQL = """
 SELECT
@@ -132,6 +135,20 @@ JOIN incident_members m USING (incident_id),
      unnest([m.device, CASE WHEN m.role = 'pair' THEN m.peer END]) AS d(device)
 WHERE m.role IN ('device', 'sensor', 'pair') AND d.device IS NOT NULL
 ORDER BY i.rank, i.incident_id, d.device
+"""
+
+# Consecutive base bins of one period form one interval ("gaps and islands").
+PERIODS_SQL = """
+WITH base AS (
+    SELECT bin, start, "end", period,
+           bin - row_number() OVER (PARTITION BY period ORDER BY bin) AS island
+    FROM bins
+    WHERE scale = (SELECT min(scale) FROM bins)
+)
+SELECT period, min(start) AS start, max("end") AS "end"
+FROM base
+GROUP BY period, island
+ORDER BY start
 """
 
 SENSOR_SERIES_SQL = """
@@ -366,6 +383,14 @@ def member_cells(workspace: Workspace, run_id: str) -> pd.DataFrame:
     return _frame(workspace, run_id, MEMBER_CELLS_SQL)
 
 
+def periods(workspace: Workspace, run_id: str) -> pd.DataFrame:
+    """Return the run's periods (train, calibration, score) as base-bin intervals.
+
+    Columns: period, start and end (UTC, end exclusive), ordered by start.
+    """
+    return _frame(workspace, run_id, PERIODS_SQL)
+
+
 def sensor_series(
     workspace: Workspace,
     run_id: str,
@@ -438,11 +463,17 @@ def page_count(total_rows: int, rows_per_page: int = MAX_HEATMAP_ROWS) -> int:
 
 
 def pipeline_command(workspace: Workspace) -> list[str]:
-    """Return the command line that runs the pipeline on `workspace` with progress."""
+    """Return the command line that runs the pipeline on `workspace` with progress.
+
+    The `TGLOC_RUN_ARGS` environment variable, split like a shell line, appends
+    further `tgloc run` options, for example `--epochs 10` for a quick run.
+    """
+    extra = shlex.split(os.environ.get(RUN_ARGS_ENV, ""))
     return [
         sys.executable, "-m", "core.cli", "run",
         "--workspace", str(workspace.root),
         "--progress-file", str(workspace.root / PROGRESS_FILE),
+        *extra,
     ]
 
 

@@ -51,7 +51,8 @@ def main() -> None:
     if matrix.factor > 1:
         st.caption(f"Each column is the maximum over {matrix.factor} bins.")
 
-    figure = plots.heatmap_figure(matrix, ui.load("member_cells", context), in_window)
+    figure = plots.heatmap_figure(matrix, ui.load("member_cells", context), in_window,
+                                  periods=ui.load("periods", context))
     event = st.plotly_chart(figure, key="heatmap", on_select="rerun",
                             selection_mode="points", config={"displaylogo": False})
     st.caption("Outlined: incidents. Click a cell to open the incident that covers it.")

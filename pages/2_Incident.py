@@ -12,6 +12,7 @@ from pages.common import ui
 st.set_page_config(page_title="tgloc · Incident", layout="wide")
 
 MAX_SERIES = 12
+MAX_TARGET_LINES = 10
 CONTEXT_WINDOWS = 3
 MIN_CONTEXT_BINS = 30
 TYPE_PHRASES = {
@@ -60,7 +61,10 @@ def main() -> None:
     edges = ui.load("context_edges", context, incident_id)
     st.plotly_chart(plots.subgraph_figure(members, edges), key="subgraph")
     targets = members.loc[members["role"] == "target", "device"].dropna().tolist()
-    if targets:
+    if len(targets) > MAX_TARGET_LINES:
+        with st.expander(f"{len(targets)} targets (touched by the incident, outside it)"):
+            st.text("\n".join(targets))
+    elif targets:
         st.caption("Targets (touched by the incident, outside it):")
         st.text("\n".join(targets))
 

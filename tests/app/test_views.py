@@ -157,3 +157,49 @@ def test_damaged_run_file_raises_data_error(tmp_path):
     with pytest.raises(TglocError) as caught:
         views.run_summary(workspace, "broken")
     assert "broken" in caught.value.headline
+
+
+def test_pipeline_command_appends_run_args(tmp_path, monkeypatch):
+    workspace = Workspace.create(tmp_path / "ws")
+    monkeypatch.delenv(views.RUN_ARGS_ENV, raising=False)
+    plain = views.pipeline_command(workspace)
+    assert plain[1:4] == ["-m", "core.cli", "run"]
+    monkeypatch.setenv(views.RUN_ARGS_ENV, "--epochs 5 --run-id 'quick run'")
+    extended = views.pipeline_command(workspace)
+    assert extended[:len(plain)] == plain
+    assert extended[len(plain):] == ["--epochs", "5", "--run-id", "quick run"]
+
+
+def test_periods_are_base_bin_intervals(workspace, run_id):
+    frame = views.periods(workspace, run_id)
+    assert list(frame["period"]) == ["train", "calibration", "score"]
+    assert frame["start"].iloc[0] == _read(
+        workspace, run_id, "SELECT min(start) AS s FROM bins")["s"].iloc[0]
+    assert (frame["end"].iloc[:-1].to_numpy() == frame["start"].iloc[1:].to_numpy()).all()
+
+
+def test_click_layer_groups_many_columns():
+    columns = 600
+    origin = pd.Timestamp("2026-01-01", tz="UTC")
+    starts = pd.DatetimeIndex([origin + pd.Timedelta(minutes=i) for i in range(columns)])
+    evidence = np.ones((2, columns))
+    evidence[1, :300] = np.nan
+    matrix = views.HeatmapMatrix(
+        devices=["a", "b"], peaks=np.array([1.0, 1.0]), evidence=evidence,
+        starts=starts, ends=starts + pd.Timedelta(minutes=1), factor=1,
+        total_rows=2, offset=0,
+    )
+    cells = pd.DataFrame([{"rank": 1, "incident_id": "inc-1", "device": "b",
+                           "start": origin + pd.Timedelta(minutes=400),
+                           "end": origin + pd.Timedelta(minutes=410)}])
+    incidents = pd.DataFrame([{"incident_id": "inc-1", "start": cells["start"][0],
+                               "end": cells["end"][0]}])
+    figure = plots.heatmap_figure(matrix, cells, incidents, max_click_columns=120)
+    markers = figure.data[1]
+    # Row a has 120 groups of 5 columns; row b only the 60 groups with evidence.
+    assert len(markers.customdata) == 120 + 60
+    flagged = [row for row in markers.customdata if row[3] == "inc-1"]
+    assert len(flagged) == 2
+    # Incident markers are drawn last, so they win a click between markers.
+    assert markers.customdata[-1][3] == "inc-1"
+    assert markers.marker.size == plots.CLICK_MARKER_SIZE

@@ -1,0 +1,103 @@
+"""The dashboard pages under AppTest on a run that the real pipeline published."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+from conftest import REPOSITORY
+from streamlit.testing.v1 import AppTest
+
+TIMEOUT = 60
+EMPTY_RUN_TEXT = "This run found no incident"
+
+
+def _query(workspace, sql: str, params: list | None = None) -> list[tuple]:
+    path = workspace.run_path(workspace.latest_run())
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+def _incident_count(workspace) -> int:
+    return _query(workspace, "SELECT count(*) FROM incidents")[0][0]
+
+
+def _first_incident(workspace) -> str | None:
+    rows = _query(
+        workspace, "SELECT incident_id FROM incidents ORDER BY rank, incident_id LIMIT 1"
+    )
+    return rows[0][0] if rows else None
+
+
+def _member_devices(workspace, incident_id: str) -> list[str]:
+    rows = _query(
+        workspace,
+        "SELECT device FROM incident_members WHERE incident_id = ? AND role = 'device'",
+        [incident_id],
+    )
+    return sorted(device for (device,) in rows)
+
+
+def _member_count(workspace, incident_id: str) -> int:
+    rows = _query(
+        workspace, "SELECT count(*) FROM incident_members WHERE incident_id = ?",
+        [incident_id],
+    )
+    return rows[0][0]
+
+
+def _metric(app: AppTest, label: str) -> str:
+    values = [m.value for m in app.metric if m.label == label]
+    assert values, f"no metric labelled {label!r}"
+    return values[0]
+
+
+@pytest.fixture
+def app(pipeline_workspace, monkeypatch) -> AppTest:
+    monkeypatch.setenv("TGLOC_WORKSPACE", str(pipeline_workspace.root))
+    monkeypatch.chdir(REPOSITORY)
+    return AppTest.from_file(str(REPOSITORY / "app.py"), default_timeout=TIMEOUT)
+
+
+def test_home_incident_count_matches_run(app, pipeline_workspace):
+    app.run()
+    assert not app.exception
+    assert not app.error
+    count = _incident_count(pipeline_workspace)
+    assert _metric(app, "Incidents") == str(count)
+    assert app.query_params["run"] == pipeline_workspace.latest_run()
+    if count == 0:
+        assert any(EMPTY_RUN_TEXT in info.value for info in app.info)
+        return
+    table = app.dataframe[0].value
+    assert len(table) == count
+    assert table["incident_id"].iloc[0] == _first_incident(pipeline_workspace)
+
+
+def test_heatmap_incident_count_matches_run(app, pipeline_workspace):
+    app.run()
+    app.switch_page("pages/1_Heatmap.py").run()
+    assert not app.exception
+    assert not app.error
+    count = _incident_count(pipeline_workspace)
+    assert _metric(app, "Incidents") == str(count)
+    # The time range starts as the whole run, so every incident is in the window.
+    assert _metric(app, "In this window") == str(count)
+    assert app.get("plotly_chart")
+
+
+def test_drilldown_lists_first_incident_devices(app, pipeline_workspace):
+    run_id = pipeline_workspace.latest_run()
+    incident_id = _first_incident(pipeline_workspace)
+    app.query_params["run"] = run_id
+    app.query_params["incident"] = incident_id or "none"
+    app.run()
+    app.switch_page("pages/2_Incident.py").run()
+    assert not app.exception
+    assert not app.error
+    if incident_id is None:
+        assert any(EMPTY_RUN_TEXT in info.value for info in app.info)
+        return
+    members = app.dataframe[0].value
+    shown = sorted(members.loc[members["role"] == "device", "device"])
+    assert shown == _member_devices(pipeline_workspace, incident_id)
+    assert len(members) == _member_count(pipeline_workspace, incident_id)

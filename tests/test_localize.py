@@ -1,0 +1,162 @@
+"""Tests for core.localize on hand-built element tables and small graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.config import SearchConfig
+from core.localize import (
+    ScaleElements,
+    ScaleState,
+    adjacency,
+    build_evidence,
+    components,
+    connected_best,
+    detect,
+    singleton_limits,
+)
+from core.scan import berk_jones
+
+ALPHAS = (0.01, 0.1)
+
+
+def _elements(rows: list[tuple[str, int, int, int, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["kind", "device_idx", "peer_idx", "bin", "p_value"])
+
+
+def test_build_evidence_counts_pair_for_both_ends():
+    elements = _elements([
+        ("pair", 0, 2, 1, 0.001),
+        ("sensor", 1, -1, 1, 0.05),
+        ("device", 0, -1, 2, 0.5),
+    ])
+
+    evidence = build_evidence(elements, num_devices=3, num_bins=3, alphas=ALPHAS)
+    counts, totals = evidence.interval(np.array([1]), np.array([2]))
+
+    assert evidence.counts.shape == (4, 3, 2)
+    assert evidence.totals.shape == (4, 3)
+    assert totals[0].tolist() == [1, 1, 1]
+    assert counts[0, :, 0].tolist() == [1, 0, 1]
+    assert counts[0, :, 1].tolist() == [1, 1, 1]
+    assert evidence.totals[-1].tolist() == [2, 1, 1]
+
+
+def test_build_evidence_empty_elements():
+    evidence = build_evidence(_elements([]), num_devices=2, num_bins=4, alphas=ALPHAS)
+
+    assert evidence.counts.shape == (5, 2, 2)
+    assert evidence.counts.sum() == 0
+    assert evidence.totals.sum() == 0
+
+
+def test_components_join_through_hub():
+    # Devices 0 and 1 both link to device 3 and to nothing else.
+    links = np.array([[0, 3], [1, 3]])
+    members = np.array([0, 1, 2])
+
+    matrix, hubs = adjacency(4, links, np.array(["rtu", "rtu", "rtu", "plc"]), ("plc",))
+    joined = components(members, matrix, hubs)
+    matrix, hubs = adjacency(4, links, np.array(["rtu", "rtu", "rtu", "rtu"]), ("plc",))
+    apart = components(members, matrix, hubs)
+
+    assert [part.tolist() for part in joined] == [[0, 1], [2]]
+    assert [part.tolist() for part in apart] == [[0], [1], [2]]
+
+
+def test_components_direct_link():
+    matrix, hubs = adjacency(3, np.array([[2, 0]]), np.array(["a", "b", "c"]), ())
+
+    parts = components(np.array([0, 1, 2]), matrix, hubs)
+
+    assert [part.tolist() for part in parts] == [[0, 2], [1]]
+
+
+def test_connected_best_prefers_star_over_decoy():
+    # A star 0-{1,2,3}, a linked decoy pair 4-5, and a quiet neighbour 6 of 0.
+    links = np.array([[0, 1], [0, 2], [0, 3], [4, 5], [0, 6]])
+    matrix, hubs = adjacency(7, links, np.array(["x"] * 7), ())
+    counts = np.array([8.0, 8.0, 8.0, 8.0, 9.0, 9.0, 0.0])
+    totals = np.full(7, 10.0)
+    members = np.array([0, 1, 2, 3, 4, 5])
+    alpha = 0.05
+
+    value, chosen = connected_best(counts, totals, alpha, members, matrix, hubs, "bj")
+
+    assert chosen.tolist() == [0, 1, 2, 3]
+    assert value == pytest.approx(float(berk_jones(32, 40, alpha)), rel=1e-12)
+    assert value > float(berk_jones(18, 20, alpha))
+
+
+def test_connected_best_grows_by_neighbour():
+    # The unconstrained optimum misses device 2, which still raises the score.
+    links = np.array([[0, 1], [1, 2]])
+    matrix, hubs = adjacency(3, links, np.array(["x"] * 3), ())
+    counts = np.array([10.0, 10.0, 6.0])
+    totals = np.full(3, 10.0)
+
+    value, chosen = connected_best(counts, totals, 0.01, np.array([0, 1]), matrix, hubs,
+                                   "bj")
+
+    assert chosen.tolist() == [0, 1, 2]
+    assert value == pytest.approx(float(berk_jones(26, 30, 0.01)), rel=1e-12)
+
+
+def test_singleton_limits_small_null():
+    null = _elements([("sensor", 0, -1, b, 0.5) for b in range(50)])
+    scored = _elements([("sensor", 0, -1, b, 0.5) for b in range(40)]
+                       + [("pair", 0, 1, b, 0.5) for b in range(10)])
+
+    limits = singleton_limits(null, scored, level=0.05)
+
+    assert limits["sensor"] == pytest.approx(0.05 / 40)
+    assert limits["pair"] == pytest.approx(0.05 / 10)
+    assert set(limits) == {"sensor", "pair"}
+
+
+def _planted_state() -> ScaleState:
+    """Build 4 devices with 3 elements each per bin over 32 bins and p-values in
+    [0.2, 1], except p = 1e-5 on every element of device 2 in bins 10 to 14."""
+    rng = np.random.default_rng(4)
+    rows = []
+    for t in range(32):
+        for device in range(4):
+            for _ in range(3):
+                p = 1e-5 if device == 2 and 10 <= t < 15 else rng.uniform(0.2, 1.0)
+                rows.append(("sensor", device, -1, t, p))
+    scale_elements = ScaleElements(scale=1, num_bins=32, elements=_elements(rows),
+                                   runs=[(0, 32)])
+    thresholds = {length: 15.0 for length in (1, 2, 4, 8, 16, 32)}
+    return ScaleState.build(scale_elements, 4, SearchConfig().alphas, thresholds,
+                            {"sensor": 1e-12})
+
+
+def test_detect_planted_device_interval():
+    state = _planted_state()
+    config = SearchConfig(max_incidents=5)
+    links = np.array([[0, 1], [1, 2], [2, 3]])
+    kinds = np.array(["rtu", "plc", "rtu", "rtu"])
+
+    incidents = detect([state], num_devices=4, num_bins=32, links=links, kinds=kinds,
+                       config=config)
+
+    assert len(incidents) == 1
+    incident = incidents[0]
+    assert incident.devices == [2]
+    assert incident.start == 10
+    assert incident.stop == 15
+    assert incident.alpha == 1e-5
+    assert incident.score > incident.threshold
+
+
+def test_detect_nothing_below_threshold():
+    state = _planted_state()
+    state.thresholds = {length: 1e6 for length in state.thresholds}
+    config = SearchConfig(max_incidents=5)
+
+    incidents = detect([state], num_devices=4, num_bins=32, links=np.zeros((0, 2), int),
+                       kinds=np.array(["rtu"] * 4), config=config)
+
+    assert incidents == []

@@ -1,0 +1,159 @@
+"""Tests for core.scoring: tail p-values, coarse periods and aggregation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from core.scoring import P_FLOOR, Family, aggregate, coarse_periods, tail_pvalues
+
+
+def test_tail_pvalues_uniform_on_null():
+    rng = np.random.default_rng(12)
+    reference = np.sort(rng.standard_normal(20_000))
+    scores = rng.standard_normal(2_000)
+
+    p = tail_pvalues(reference, scores, rng)
+
+    assert p.shape == (2_000,)
+    assert (p > 0).all()
+    assert (p <= 1).all()
+    assert stats.kstest(p, "uniform").pvalue > 0.01
+
+
+def test_tail_pvalues_far_beyond_reference():
+    rng = np.random.default_rng(5)
+    reference = np.sort(rng.standard_normal(1_000))
+    n = len(reference)
+
+    p = tail_pvalues(reference, np.array([reference[-1] + 50.0]), rng)
+
+    assert p[0] < 1 / (n + 1)
+    assert p[0] > 0
+    assert p[0] >= P_FLOOR
+
+
+def test_tail_pvalues_ordered_beyond_reference():
+    rng = np.random.default_rng(6)
+    reference = np.sort(rng.exponential(size=2_000))
+    top = reference[-1]
+
+    p = tail_pvalues(reference, np.array([top + 0.5, top + 2.0, top + 5.0]), rng)
+
+    assert p[0] > p[1]
+    assert p[1] > p[2]
+    assert p[0] < 1 / (len(reference) + 1)
+
+
+def test_tail_pvalues_ties_spread():
+    rng = np.random.default_rng(9)
+    reference = np.zeros(100)
+
+    p = tail_pvalues(reference, np.zeros(5_000), rng)
+
+    assert (p > 0).all()
+    assert (p <= 1).all()
+    assert p.min() < 0.01
+    assert p.max() > 0.99
+    assert stats.kstest(p, "uniform").pvalue > 0.01
+
+
+def test_tail_pvalues_empty_reference():
+    rng = np.random.default_rng(0)
+
+    p = tail_pvalues(np.zeros(0), np.array([0.0, 3.0]), rng)
+
+    assert p.tolist() == [1.0, 1.0]
+
+
+def test_tail_pvalues_empirical_body():
+    # 3 of the 10 reference values lie above 6.5 and none equals it, so the
+    # randomized p-value (3 + U) / 11 falls in [3/11, 4/11).
+    rng = np.random.default_rng(0)
+    reference = np.arange(10, dtype=np.float64)
+
+    p = tail_pvalues(reference, np.full(200, 6.5), rng)
+
+    assert p.min() >= 3 / 11
+    assert p.max() < 4 / 11
+    assert p.max() - p.min() > 0.5 / 11
+
+
+def test_coarse_periods_marks_mixed():
+    periods = np.array(["train"] * 5 + ["calibration"] * 3 + ["score"] * 2)
+
+    coarse = coarse_periods(periods, 4)
+
+    assert coarse.tolist() == ["train", "mixed", "score"]
+
+
+def test_coarse_periods_scale_one_unchanged():
+    periods = np.array(["train", "calibration", "score"])
+
+    assert coarse_periods(periods, 1).tolist() == ["train", "calibration", "score"]
+
+
+def test_coarse_periods_pads_last_block():
+    periods = np.array(["train"] * 4 + ["score"] * 2)
+
+    assert coarse_periods(periods, 4).tolist() == ["train", "score"]
+
+
+def _family() -> Family:
+    """One sensor over 8 base bins with two features. Unobserved entries hold 99, so a
+    mask that leaks shows up in the means."""
+    residual = np.zeros((8, 1, 2), dtype=np.float32)
+    weight = np.zeros((8, 1, 2), dtype=np.float32)
+    residual[:4, 0, 0] = [1.0, 2.0, 3.0, 4.0]
+    weight[:4, 0, 0] = 1.0
+    residual[:4, 0, 1] = [-6.0, 99.0, -2.0, 99.0]
+    weight[:4, 0, 1] = [1.0, 0.0, 1.0, 0.0]
+    residual[4:, 0, 0] = [0.5, 99.0, 99.0, 99.0]
+    weight[4:, 0, 0] = [1.0, 0.0, 0.0, 0.0]
+    residual[4:, 0, 1] = 99.0
+    exists = np.array([[True]] * 5 + [[False]] * 3)
+    observed = np.arange(8, dtype=np.float64)[:, None]
+    expected = np.full((8, 1), 10.0)
+    ids = pd.DataFrame({"device": ["P1"], "peer": [None], "sensor": ["FIT101"],
+                        "device_idx": [0], "peer_idx": [-1], "group": ["plc"]})
+    return Family("sensor", ids, residual, weight, exists, observed, expected)
+
+
+def test_aggregate_scale_four_mean_residuals():
+    family = _family()
+    # Bin 0: feature 0 mean (1+2+3+4)/4 = 2.5, feature 1 mean (-6-2)/2 = -4.
+    # Bin 1: feature 0 mean 0.5 from its one observed bin, feature 1 unobserved.
+    expected_score = [4.0, 0.5]
+
+    scaled = aggregate(family, 4)
+
+    assert scaled.kind == "sensor"
+    assert scaled.scale == 4
+    assert scaled.score.shape == (2, 1)
+    np.testing.assert_allclose(scaled.score[:, 0], expected_score, rtol=1e-12)
+    assert scaled.exists[:, 0].tolist() == [True, True]
+    np.testing.assert_allclose(scaled.observed[:, 0], [1.5, 4.0], rtol=1e-12)
+    np.testing.assert_allclose(scaled.expected[:, 0], [10.0, 10.0], rtol=1e-12)
+
+
+def test_aggregate_scale_one_scores():
+    family = _family()
+
+    scaled = aggregate(family, 1)
+
+    expected = [6.0, 2.0, 3.0, 4.0, 0.5, 0.0, 0.0, 0.0]
+    np.testing.assert_allclose(scaled.score[:, 0], expected, rtol=1e-12)
+    assert scaled.exists[:, 0].tolist() == [True] * 5 + [False] * 3
+
+
+def test_aggregate_pads_partial_bin():
+    family = _family()
+
+    scaled = aggregate(family, 3)
+
+    # Bins [0,3), [3,6), [6,8): feature 0 means 2, (4+0.5)/2, none observed.
+    assert scaled.score.shape == (3, 1)
+    np.testing.assert_allclose(scaled.score[:, 0], [max(2.0, 4.0), 2.25, 0.0], rtol=1e-12)
+    assert scaled.exists[:, 0].tolist() == [True, True, False]
