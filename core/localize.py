@@ -2,27 +2,29 @@
 
 For every scale, the scan scores every dyadic and half-shifted interval of the scored
 bins with the best device subset found by linear-time subset scanning (`core.scan`).
-What a device contributes in an interval: the p-values of its sensors, of its
-(device, bin) element and of the pairs it takes part in; a pair's p-value counts for
-both of its ends. Counts per device, alpha and bin are kept as prefix sums, so any
-interval's counts are one subtraction.
+A device contributes the p-values of its sensors, of its (device, bin) element and of
+the pairs it takes part in. A pair's p-value counts for both of its ends. Counts per
+device, alpha and bin are kept as prefix sums, so any interval's counts are one
+subtraction.
 
-An interval is a hit when its score exceeds the largest score the same scan reaches on
-held-out reference windows (circularly shifted per device to make more of them). A
-hit's device set must be connected: through a link between two of its devices (a
-training pair, a static link, or a pair with an event in the interval), or through
-one hop across a hub device (by kind, such as a PLC or SCADA server). Hits that
-overlap in time and share a device merge into one incident, whose interval is then
-refined with the prefix sums.
+An interval is a hit when its score exceeds the largest score the same scan reaches
+on held-out reference windows of the same length (circularly shifted per device to
+make more of them). A single element is a hit on its own when its p-value is below a
+family-wise limit read off the null. A hit's device set must be connected: through a
+link between two of its devices (a training pair, a static link, or a pair with an
+event in the interval), or through one hop across a hub device (by kind, such as a
+PLC or SCADA server).
 
-A second pass chooses the reported members: pairs among the incident's devices with
-p-values at most alpha; pairs leaving the set with such p-values name the incident's
-targets (the hosts a scan touched). A device whose only evidence is pairs to a single
-member that itself has evidence of its own becomes a target, not a member.
+`detect` takes incidents out strongest first: it records the best hit of any scale,
+refines its interval with the prefix sums, and removes every element of its devices
+and of the hosts it touched in that interval before the next round. A hit that
+overlaps an earlier incident and is linked to it joins that incident.
 
 Known weaknesses: devices are the unit of the statistic, so a pair anomaly between
-two devices that are otherwise busy and normal is diluted by their other elements; an
-anomaly that spans the boundary of the scored period is cut there.
+two devices that are otherwise busy and normal is diluted by their other elements;
+a process anomaly also moves its neighbours' reconstruction a little, and a strong
+one can pull them into its incident; an anomaly that spans the boundary of the
+scored period is cut there.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from core.scan import STATISTICS, dyadic_intervals, prefix_scan
 log = logging.getLogger(__name__)
 
 INTERVAL_BATCH = 2048
-PROCESS_KINDS = ("sensor",)
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Incident:
     threshold: float
     devices: list[int]
     hits: list[Hit] = field(default_factory=list)
+    process: bool = False
 
 
 def build_evidence(
@@ -172,7 +174,7 @@ def null_thresholds(
 
 
 def threshold_for(thresholds: dict[int, float], length: int) -> float:
-    """The null threshold of `length`, or of the longest null length below it."""
+    """Return the null threshold of `length`, or of the longest null length below it."""
     if not thresholds:
         return float("inf")
     if length in thresholds:
@@ -302,89 +304,6 @@ def connected_best(
     return best_value, best_set
 
 
-def find_hits(
-    scale_elements: ScaleElements, thresholds: dict[int, float], num_devices: int,
-    links: np.ndarray, kinds: np.ndarray, config: SearchConfig,
-) -> list[Hit]:
-    """Scan one scale and return the connected hits above their length's threshold."""
-    evidence = build_evidence(scale_elements.elements, num_devices,
-                              scale_elements.num_bins, config.alphas)
-    intervals, best, alpha_index, members = scan_intervals(evidence, scale_elements.runs, config)
-    limit = np.array([threshold_for(thresholds, int(b - a)) for a, b in intervals])
-    candidates = np.flatnonzero(best > limit)
-    matrix, hubs = adjacency(num_devices, links, kinds, config.hub_kinds)
-    hits = []
-    ratio = best[candidates] / limit[candidates]
-    for row in candidates[np.argsort(-ratio)][: 50 * config.max_incidents]:
-        start, stop = intervals[row]
-        threshold = float(limit[row])
-        a = int(alpha_index[row])
-        counts, totals = evidence.interval(np.array([start]), np.array([stop]))
-        chosen = members[row]
-        if config.connectivity:
-            value, chosen = connected_best(counts[0, :, a], totals[0], config.alphas[a],
-                                           chosen, matrix, hubs, config.statistic)
-        else:
-            value = float(best[row])
-        if value > threshold and len(chosen):
-            hits.append(Hit(scale_elements.scale, int(start), int(stop), config.alphas[a],
-                            value, threshold, [int(d) for d in chosen]))
-    return hits
-
-
-def element_hits(
-    scale_elements: ScaleElements, p_limit: float, threshold_note: float | None = None,
-) -> list[Hit]:
-    """Hits of single elements whose p-value is below `p_limit`.
-
-    A set statistic caps what one element adds (Berk-Jones gives at most
-    log(1/alpha) per element), so a one-sample spike on a device with a handful of
-    elements cannot outscore the correlated bursts of a busy hub. An element whose
-    p-value is below a family-wise limit is an incident on its own.
-    """
-    chosen = scale_elements.elements[scale_elements.elements["p_value"] < p_limit]
-    threshold = -np.log10(p_limit)
-    hits = []
-    for row in chosen.itertuples(index=False):
-        devices = [int(row.device_idx)]
-        if int(row.peer_idx) >= 0:
-            devices.append(int(row.peer_idx))
-        score = -np.log10(max(float(row.p_value), 1e-300))
-        hits.append(Hit(scale_elements.scale, int(row.bin), int(row.bin) + 1,
-                        float(p_limit), score, threshold, devices))
-    return hits
-
-
-def merge_hits(hits: list[Hit], max_incidents: int) -> list[Incident]:
-    """Merge hits (already in base bins) into incidents.
-
-    Hits are taken strongest first (score over its threshold). A hit that overlaps
-    or touches an incident in time and shares a device is absorbed; it widens the
-    incident's span only when all its devices are already members, so a long weak
-    hit that covers two anomalies does not chain them into one.
-    """
-    ordered = sorted(hits, key=lambda h: (-(h.score / max(h.threshold, 1e-9)), h.start))
-    incidents: list[Incident] = []
-    for hit in ordered:
-        target = None
-        for incident in incidents:
-            near = hit.start <= incident.stop and incident.start <= hit.stop
-            if near and set(hit.devices) & set(incident.devices):
-                target = incident
-                break
-        if target is None:
-            if len(incidents) >= max_incidents:
-                continue
-            incidents.append(Incident(hit.start, hit.stop, hit.scale, hit.alpha, hit.score,
-                                      hit.threshold, list(hit.devices), [hit]))
-            continue
-        target.hits.append(hit)
-        if set(hit.devices) <= set(target.devices):
-            target.start = min(target.start, hit.start)
-            target.stop = max(target.stop, hit.stop)
-    return incidents
-
-
 def refine_interval(
     evidence: Evidence, devices: list[int], alpha_index: int, alpha: float,
     lower: int, upper: int, statistic: str,
@@ -472,8 +391,22 @@ class ScaleState:
         strongest = frame.groupby(["kind", "device_idx"])["score"].max()
         ratio = strongest / strongest.groupby(level="kind").transform("max")
         best = ratio.groupby(level="device_idx").max()
-        kept = [d for d in devices if d not in best.index or best[d] >= share]
+        # The same floor on significance: -log10 of the device's smallest p-value
+        # against the strongest member's, so a coincidental reading on a device
+        # that a scan touched does not join the scanner.
+        depth = -np.log10(frame.groupby("device_idx")["p_value"].min().clip(lower=1e-300))
+        depth = depth / depth.max()
+        kept = [d for d in devices
+                if d not in best.index or (best[d] >= share and depth[d] >= share)]
         return kept or [int(best.idxmax())]
+
+    def is_process(self, devices: list[int], start: int, stop: int, alpha: float) -> bool:
+        """Return whether most significant elements of `devices` in [start, stop) are
+        sensor elements."""
+        frame = self.elements[self.active]
+        frame = frame[(frame["bin"] >= start) & (frame["bin"] < stop)
+                      & (frame["p_value"] <= alpha) & frame["device_idx"].isin(devices)]
+        return bool(len(frame)) and bool(frame["kind"].str.startswith("sensor").mean() >= 0.5)
 
     def targets(self, devices: list[int], start: int, stop: int, alpha: float) -> list[int]:
         """Devices outside `devices` that share a pair with p <= alpha with them in
@@ -578,7 +511,7 @@ def best_hit(
     state: ScaleState, matrix: np.ndarray, hubs: np.ndarray, config: SearchConfig,
     candidates: int = 64,
 ) -> tuple[float, Hit] | None:
-    """The strongest remaining hit of one scale, as (score / threshold, hit)."""
+    """Return the strongest remaining hit of one scale, as (score / threshold, hit)."""
     evidence = state.evidence()
     longest = max(state.thresholds, default=0)
     intervals, best, alpha_index, members = scan_intervals(
@@ -654,7 +587,10 @@ def detect(
         incidents.append(Incident(base_start, base_stop, state.scale, alpha, hit.score,
                                   hit.threshold, hit.devices, [hit]))
         devices = state.dominant(hit.devices, start, stop, alpha, config.member_min_magnitude)
-        absorbed = _absorb(incidents[:-1], devices, base_start, base_stop, matrix, hubs)
+        process = state.is_process(devices, start, stop, alpha)
+        incidents[-1].process = process
+        absorbed = _absorb(incidents[:-1], devices, base_start, base_stop, matrix,
+                           hubs if process else np.zeros_like(hubs), process)
         if absorbed is not None:
             incidents.pop()
             absorbed.devices = sorted(set(absorbed.devices) | set(devices))
@@ -669,12 +605,16 @@ def detect(
 
 def _absorb(
     incidents: list[Incident], devices: list[int], start: int, stop: int,
-    matrix: np.ndarray, hubs: np.ndarray,
+    matrix: np.ndarray, hubs: np.ndarray, process: bool,
 ) -> Incident | None:
     """The incident a new hit belongs to: one that overlaps it in time and whose
-    devices are linked to the hit's (directly or across one hub)."""
+    devices are linked to the hit's. Process hits also join across one hub (the
+    field devices of one PLC share a process); communication hits only through a
+    direct link, so two workstations that both talk to a SCADA server stay apart."""
     for incident in incidents:
         if not (start < incident.stop and incident.start < stop):
+            continue
+        if incident.process != process:
             continue
         together = np.array(sorted(set(incident.devices) | set(devices)))
         if len(components(together, matrix, hubs)) == 1:

@@ -12,8 +12,8 @@ sensors relate to its neighbours' (a gain of either sign, an offset). The first 
 own features and the weighted mean of its neighbours' messages. The second round sends
 p's pre-activation to each neighbour n with n's own message taken out again (a
 leave-one-out mean), so two hops never carry n's current value back to n. The
-temporal layer sees the neighbour context up to t and the device's own inputs shifted
-by one bin.
+temporal layer reads the neighbour context up to t and the device's own inputs up to
+t - own_lag.
 
 Decoders: one MLP reconstructs each device's bin features; one MLP scores each ordered
 pair (logit of "a link exists in this bin" and its log1p event count). Non-edges are

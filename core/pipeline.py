@@ -387,7 +387,7 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float) -> di
     leaving = pairs[src_in ^ dst_in]
     outside = np.where(src_in[src_in ^ dst_in], leaving["peer_idx"], leaving["device_idx"])
     targets = leaving.assign(target=outside)
-    sensors = own[(own["kind"] == "sensor") & own["device_idx"].isin(in_set)]
+    sensors = own[own["kind"].str.startswith("sensor") & own["device_idx"].isin(in_set)]
     return {
         "devices": kept,
         "pairs": internal,
@@ -404,7 +404,7 @@ def incident_type(significant: pd.DataFrame, devices: list[int]) -> str:
     most 20% is, "both" otherwise."""
     if significant.empty:
         return "communication"
-    share = float((significant["kind"] == "sensor").mean())
+    share = float(significant["kind"].str.startswith("sensor").mean())
     if share >= 0.8:
         return "process"
     if share <= 0.2:

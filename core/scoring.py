@@ -206,6 +206,25 @@ def families(
             expected=hats[..., 0] * mean_scale[None] + mean_center[None],
         ))
 
+        # The within-bin range of each sensor, against its median range in the
+        # training bins: a one-sample spike widens it whatever the model expects of
+        # the bin's level, while a slow excursion of the whole process does not.
+        ranges = (snapshots.sensor_values[..., at_max] - snapshots.sensor_values[..., at_min])
+        ranges = ranges / mean_scale[None]
+        enough = (snapshots.sensor_values[..., 4] >= 2) & exists
+        train_ranges = np.where(enough[train_bins], ranges[train_bins], np.nan)
+        typical = np.nan_to_num(np.nanmedian(train_ranges, axis=0)) if len(train_bins) else 0.0
+        widening = np.where(enough, np.clip(np.nan_to_num(ranges) - typical, 0, None), 0.0)
+        result.append(Family(
+            kind="sensor_range",
+            ids=result[-1].ids.copy(),
+            residual=widening[..., None].astype(np.float32),
+            weight=enough[..., None].astype(np.float32),
+            exists=enough,
+            observed=np.where(enough, ranges, np.nan) * mean_scale[None],
+            expected=np.broadcast_to(typical * mean_scale, ranges.shape).copy(),
+        ))
+
     # Pairs: reference pairs in every bin after both ends appeared, other pairs in
     # the bins where they carry events. A polling link's count per bin is discrete
     # (2 or 3 events a minute), and a continuous model expectation would rank equal
