@@ -45,10 +45,9 @@ SELECT
     (SELECT count(*) FROM incidents) AS incidents
 """
 
-# Bins in the window are numbered by position, and `factor` consecutive bins share one
-# column, so a long window never sends more than `max_cols` columns. Rows are ranked
-# by their peak evidence in the window, with devices without evidence last.
-HEATMAP_SQL = """
+# The window's bins numbered by position; shared by the heatmap queries below. Only
+# module constants are joined into SQL text, never input.
+SPAN_CTE = """
 WITH span AS (
     SELECT bin, start, "end",
            row_number() OVER (ORDER BY bin) - 1 AS position,
@@ -57,7 +56,13 @@ WITH span AS (
     WHERE scale = $scale
       AND "end" > coalesce(CAST($start AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ)
       AND start < coalesce(CAST($end AS TIMESTAMPTZ), 'infinity'::TIMESTAMPTZ)
-),
+)
+"""
+
+# Bins in the window are numbered by position, and `factor` consecutive bins share one
+# column, so a long window never sends more than `max_cols` columns. Rows are ranked
+# by their peak evidence in the window, with devices without evidence last.
+HEATMAP_SQL = SPAN_CTE + """,
 columns AS (
     SELECT bin, start, "end",
            position // greatest(1, CAST(ceil(total / $max_cols) AS BIGINT)) AS col
@@ -91,16 +96,7 @@ GROUP BY r.row, r.device, r.peak, r.total_rows, w.col
 ORDER BY r.row, w.col
 """
 
-HEATMAP_COLUMNS_SQL = """
-WITH span AS (
-    SELECT bin, start, "end",
-           row_number() OVER (ORDER BY bin) - 1 AS position,
-           count(*) OVER () AS total
-    FROM bins
-    WHERE scale = $scale
-      AND "end" > coalesce(CAST($start AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ)
-      AND start < coalesce(CAST($end AS TIMESTAMPTZ), 'infinity'::TIMESTAMPTZ)
-)
+HEATMAP_COLUMNS_SQL = SPAN_CTE + """
 SELECT position // greatest(1, CAST(ceil(total / $max_cols) AS BIGINT)) AS col,
        min(start) AS start, max("end") AS "end", count(*) AS bins
 FROM span
