@@ -194,6 +194,9 @@ def _click_incident_marker(page, incident_id: str) -> None:
     )
     assert index >= 0, f"no heatmap marker carries incident {incident_id}"
     point = page.locator(".js-plotly-plot .scatterlayer path.point").nth(index)
+    # A mouse click outside the viewport does nothing; the incident's row may be
+    # below the fold when its device ranks low by peak evidence.
+    point.scroll_into_view_if_needed()
     box = point.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
 
