@@ -400,8 +400,8 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float) -> di
 
 
 def incident_type(significant: pd.DataFrame, devices: list[int]) -> str:
-    """"process" when at least 80% of the evidence is sensors, "communication" when at
-    most 20% is, "both" otherwise."""
+    """Return "process" when at least 80% of the significant elements are sensor
+    elements, "communication" when at most 20% are, and "both" otherwise."""
     if significant.empty:
         return "communication"
     share = float(significant["kind"].str.startswith("sensor").mean())
