@@ -28,8 +28,7 @@ TABLES = ("events", "measurements", "devices", "links", "ground_truth",
 
 
 def _data_folder() -> Path | None:
-    default = Path("/work/shared/data")
-    root = os.environ.get("TGLOC_DATA") or (str(default) if default.is_dir() else "")
+    root = os.environ.get("TGLOC_DATA", "")
     return Path(root) if root else None
 
 
