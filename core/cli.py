@@ -313,8 +313,10 @@ def incident_records(workspace: store.Workspace, run_id: str) -> tuple[list[dict
 
 
 def write_csv(records: list[dict]) -> None:
-    """One row per incident; list fields joined by ';' and cells that a spreadsheet
-    would read as a formula prefixed with a quote."""
+    """Write one CSV row per incident to standard output.
+
+    List fields are joined by ';', and a cell that a spreadsheet would read as a
+    formula is prefixed with a quote."""
     import csv
 
     fields = ["id", "rank", "start", "end", "type", "score", "threshold", "severity",

@@ -2,7 +2,7 @@
 
 Every range check raises `ConfigError` naming the parameter, the allowed range and the
 value given. A run stores its configuration as JSON (`RunConfig.to_dict`) and rebuilds
-it with `RunConfig.from_dict`, so a run file says exactly how it was made.
+it with `RunConfig.from_dict`, so a run file records exactly how it was made.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _check(name: str, value: Any, ok: bool, allowed: str) -> None:
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """How raw events and measurements become snapshots.
+    """Settings that turn raw events and measurements into snapshots.
 
     Attributes:
         bin_seconds: width of the base bin in seconds.

@@ -30,7 +30,7 @@ class DataError(TglocError):
 
 
 class StoreBusyError(TglocError):
-    """Another process holds the DuckDB file; retry after it finishes."""
+    """Another process has the DuckDB file locked. Retry after it finishes."""
 
 
 class RunNotFoundError(TglocError):

@@ -158,7 +158,7 @@ def null_thresholds(
     """Largest null scan score per interval length, and each replicate's maximum.
 
     A long interval sums many elements, so a slight miscalibration that is harmless
-    for one element grows with its length; each length therefore gets its own
+    for one element grows with its length. Each length therefore gets its own
     threshold, and a one-bin spike competes only with one-bin null intervals.
     """
     by_length: dict[int, float] = {}
@@ -379,8 +379,8 @@ class ScaleState:
         of the same element kind among the members, in bins [start, stop).
 
         A sensor that drifts by four standard deviations moves the reconstruction
-        of its neighbours by a fraction of that; their residuals are significant
-        but small, and they are not reported as members.
+        of its neighbours by a fraction of that. Their residuals are significant
+        but small, so they are not reported as members.
         """
         frame = self.elements[self.active]
         frame = frame[(frame["bin"] >= start) & (frame["bin"] < stop)
@@ -490,9 +490,9 @@ def prune_members(
     at most alpha is at least twice alpha.
 
     The optimal set of a long interval also takes devices whose share of small
-    p-values is only a little above alpha by chance; they raise the score a little
-    (a lot, for a busy hub with hundreds of elements) and would be reported as
-    members. Neighbours of a strongly abnormal device also pick up a fraction of its
+    p-values is only a little above alpha by chance. They raise the score a little
+    (a lot, for a busy hub with hundreds of elements) and would otherwise be
+    reported as members. Neighbours of a strongly abnormal device also pick up a fraction of its
     deviation through their reconstruction, and the relative floor drops them. The
     strongest member is always kept.
     """
@@ -608,9 +608,10 @@ def _absorb(
     matrix: np.ndarray, hubs: np.ndarray, process: bool,
 ) -> Incident | None:
     """The incident a new hit belongs to: one that overlaps it in time and whose
-    devices are linked to the hit's. Process hits also join across one hub (the
-    field devices of one PLC share a process); communication hits only through a
-    direct link, so two workstations that both talk to a SCADA server stay apart."""
+    devices are linked to the hit's. Process hits also join across one hub, because
+    the field devices of one PLC share a process. Communication hits join only
+    through a direct link, so two workstations that both talk to a SCADA server
+    stay apart."""
     for incident in incidents:
         if not (start < incident.stop and incident.start < stop):
             continue

@@ -51,7 +51,7 @@ def run_pipeline(
     """Bin, train, score, localize and publish one run of `workspace`.
 
     Args:
-        workspace: a workspace whose store holds events or measurements.
+        workspace: a workspace whose store contains events or measurements.
         config: run settings; the defaults suit one-minute polling data.
         run_id: the run's name; a UTC timestamp by default.
         progress: called with (stage, fraction done) as the run advances.
@@ -353,8 +353,9 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float) -> di
     """Second pass: members, pairs, targets and sensors of an incident.
 
     A device whose only significant elements are pairs with a single peer is a
-    target of that peer, not a member, when the peer has significant elements of
-    its own or significant pairs with three or more devices (the centre of a scan).
+    target of that peer, not a member. This applies when the peer has significant
+    elements of its own, or significant pairs with three or more devices (the
+    centre of a scan).
     """
     significant = inside[inside["p_value"] <= alpha]
     members = set(devices)
@@ -414,7 +415,7 @@ def incident_type(significant: pd.DataFrame, devices: list[int]) -> str:
 
 def summarize(kind: str, devices: list[str], targets: int, sensors: int,
               begin: pd.Timestamp, end: pd.Timestamp) -> str:
-    """One plain sentence: what happened, where and when."""
+    """Return one plain sentence: what happened, where and when."""
     shown = ", ".join(devices[:3]) + (f" and {len(devices) - 3} more" if len(devices) > 3 else "")
     text = (f"{kind.capitalize()} anomaly on {shown} from "
             f"{begin:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC")

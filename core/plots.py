@@ -279,8 +279,13 @@ def _outward(point: tuple[float, float]) -> str:
     x, y = point
     if abs(x) < 0.4:
         return "top center" if y >= 0 else "bottom center"
-    vertical = "top" if y > 0.4 else "bottom" if y < -0.4 else "middle"
-    return f"{vertical} {'right' if x > 0 else 'left'}"
+    vertical = "middle"
+    if y > 0.4:
+        vertical = "top"
+    elif y < -0.4:
+        vertical = "bottom"
+    horizontal = "right" if x > 0 else "left"
+    return f"{vertical} {horizontal}"
 
 
 def _circle(nodes: list[str]) -> dict[str, tuple[float, float]]:

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 TAIL_QUANTILE = 0.9
 MIN_TAIL = 15
 P_FLOOR = 1e-12
-PERIODS = ("train", "calibration", "score", "gap")
 
 
 @dataclass
@@ -113,7 +112,8 @@ def reconstruct(
 
 
 def candidate_pairs(snapshots: Snapshots, prepared: Prepared) -> pd.DataFrame:
-    """Every pair with an event in some bin, flagged when it is a reference pair."""
+    """Return every pair with an event in some bin, flagged when it is a reference
+    pair."""
     num_devices = snapshots.num_devices
     codes = snapshots.pairs[:, 0] * num_devices + snapshots.pairs[:, 1]
     reference = set((prepared.reference_pairs[:, 0] * num_devices
@@ -178,14 +178,15 @@ def families(
         reported = snapshots.sensor_values[..., 4] > 0
         exists = reported | reported[in_train].any(axis=0)[None, :]
         ms = ms * exists[..., None]
-        # The score reads the value features (mean, min, max, time since change);
-        # the count only where a bin has no reading, and never the within-bin
-        # standard deviation of two or three samples, whose noise would swamp them.
+        # The score reads the value features (mean, min, max, time since change).
+        # It reads the count only where a bin has no reading, and never the
+        # within-bin standard deviation of two or three samples, whose noise would
+        # swamp the others.
         ms[..., SENSOR_FEATURES.index("std")] = 0.0
         ms[..., SENSOR_FEATURES.index("count")] *= ~reported
         mean_scale = prepared.scale[device_idx, starts]
         mean_center = prepared.center[device_idx, starts]
-        # The within-bin range residual, (max - min) observed minus expected, sees a
+        # The within-bin range residual, (max - min) observed minus expected, shows a
         # one-sample spike even while the model misjudges the level of the whole bin.
         at_min, at_max = SENSOR_FEATURES.index("min"), SENSOR_FEATURES.index("max")
         spread = (xs[..., at_max] - xs[..., at_min]) - (hats[..., at_max] - hats[..., at_min])
@@ -228,7 +229,7 @@ def families(
     # Pairs: reference pairs in every bin after both ends appeared, other pairs in
     # the bins where they carry events. A polling link's count per bin is discrete
     # (2 or 3 events a minute), and a continuous model expectation would rank equal
-    # counts by the model's own noise; so a reference pair is scored against its
+    # counts by the model's own noise. So a reference pair is scored against its
     # median count in the training bins. The pair decoder gives the expectation of
     # every other pair (how likely a link that the reference never saw is).
     if len(candidates):
@@ -444,9 +445,8 @@ def recalibrate(p_value: np.ndarray, null_p: np.ndarray) -> tuple[np.ndarray, np
     family and scale.
 
     Element calibration assumes each element's reference is exchangeable with its
-    future; a process excursion beyond the reference range breaks that, and the
-    element p-values of normal bins then reach 1e-7 far more often than 1e-7 of the
-    time. The null p-values (calibration bins scored out of sample) show how often:
+    future. A process excursion beyond the reference range breaks that, and then the
+    element p-values of normal bins reach 1e-7 far more often than 1e-7 of the time. The null p-values (calibration bins scored out of sample) show how often:
     a p-value p becomes the share of null p-values at most p, with a generalized
     Pareto tail on -log10(p) beyond the smallest null p-value. On the null itself the
     result is uniform by construction.

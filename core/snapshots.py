@@ -120,7 +120,7 @@ def data_span(store_path: str | os.PathLike) -> tuple[int, int]:
         lo, hi = con.execute(SPAN_SQL).fetchone()
     if lo is None:
         raise DataError(
-            "the store holds no events and no measurements",
+            "the store contains no events and no measurements",
             "Load data with `tgloc ingest` or build the sample plant with `tgloc demo`.",
         )
     return int(lo), int(hi)
@@ -178,7 +178,7 @@ def build_snapshots(
         stop_us: end of the last bin (exclusive); by default after the last timestamp.
 
     Raises:
-        DataError: the store holds no data.
+        DataError: the store contains no data.
     """
     first_us, last_us = data_span(store_path)
     if origin_us is None:

@@ -135,7 +135,7 @@ SAMPLE_SECONDS = 30.0
 SAMPLE_JITTER_SECONDS = 1.0
 GRID_SECONDS = 10.0
 # A production cycle of a few hours repeats several times inside the reference period,
-# so the reference sees the whole operating range.
+# so the reference covers the whole operating range.
 CYCLE_SECONDS = (1.5 * 3600.0, 3 * 3600.0)
 OU_SECONDS = (600.0, 1200.0)
 JITTER_SHARE = 0.03

@@ -219,7 +219,8 @@ def _structural_graph(
     dst = np.concatenate([keys[:, 1], keys[:, 0]])
     edge_index = torch.tensor(np.stack([src, dst]), dtype=torch.long)
     edge_weight = torch.tensor(np.concatenate([values, values]))
-    assert torch.isfinite(edge_weight).all() and (edge_weight > 0).all()
+    assert torch.isfinite(edge_weight).all()
+    assert (edge_weight > 0).all()
     assert int(edge_index.max()) < num_devices
     return edge_index, edge_weight
 
@@ -231,13 +232,17 @@ def build_model(prepared: Prepared, config: ModelConfig) -> TemporalGraphAutoEnc
     )
 
 
-def encode_segments(
-    model: TemporalGraphAutoEncoder, prepared: Prepared, bins: slice | None = None,
-) -> Tensor:
-    """Encode every segment separately and return z, shape [T, N, H]."""
+def encode_segments(model: TemporalGraphAutoEncoder, prepared: Prepared) -> Tensor:
+    """Encode every segment separately and return z, shape [T, N, H].
+
+    Raises:
+        DataError: `prepared` has no segment (every bin is a gap).
+    """
+    if not prepared.segments:
+        raise DataError("no bins to encode: every bin lies in a gap of the data",
+                        "Load data covering the reference and scored periods.")
     num_bins = prepared.x.shape[0]
     pieces = []
-    z = None
     for start, stop in prepared.segments:
         piece = model.encode(
             prepared.x[start:stop], prepared.mask[start:stop], prepared.kind,
@@ -267,9 +272,9 @@ def fit(
 ) -> TrainResult:
     """Train on `train_bins`, stopping early on the last share of them.
 
-    Each epoch steps once per window of `WINDOW_BINS` bins; a window is encoded with
-    the bins before it that the temporal convolutions reach, so its first bins see
-    the same context as in scoring. Logs one line per epoch (epoch, loss, validation
+    Each epoch steps once per window of `WINDOW_BINS` bins. A window is encoded with
+    the bins before it that the temporal layers reach, so its first bins get the
+    same context as in scoring. Logs one line per epoch (epoch, loss, validation
     loss, seconds).
     """
     torch.manual_seed(config.seed)
