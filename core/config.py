@@ -75,6 +75,11 @@ class ModelConfig:
         negatives_per_edge: sampled non-edges per observed edge in a bin.
         huber_delta: residuals beyond this many standard deviations weigh linearly,
             so the few anomalies in the reference period do not dominate training.
+        hide_share: share of devices whose sensor inputs are hidden over a random
+            stretch of each training window (the loss still reads them), so the model
+            learns to reconstruct a device from its context alone. Localization
+            hides suspect devices this way to tell a faulty device from a neighbour
+            whose reconstruction it moved.
         seed: seed of every random draw in training and scoring.
     """
 
@@ -86,6 +91,7 @@ class ModelConfig:
     learning_rate: float = 3e-3
     negatives_per_edge: float = 1.0
     huber_delta: float = 1.0
+    hide_share: float = 0.15
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -98,6 +104,7 @@ class ModelConfig:
                0 < self.learning_rate < 1, "in (0, 1)")
         _check("negatives_per_edge", self.negatives_per_edge,
                0 <= self.negatives_per_edge <= 20, "between 0 and 20")
+        _check("hide_share", self.hide_share, 0 <= self.hide_share < 1, "in [0, 1)")
         _check("huber_delta", self.huber_delta, self.huber_delta > 0, "> 0")
         _check("dilations", self.dilations,
                len(self.dilations) >= 1 and all(d >= 1 for d in self.dilations),

@@ -8,7 +8,7 @@ class only, instead of raising.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -18,11 +18,13 @@ MATCH_JACCARD = 0.5
 
 @dataclass
 class Match:
-    """Per labelled anomaly: the matched incident (or None) and the Jaccard index;
-    plus the incidents that match no anomaly."""
+    """Per labelled anomaly: the best matching incident (or None) and its Jaccard
+    index; the incidents that match no anomaly; and the repeats, incidents that match
+    an anomaly whose best match is another incident (a second piece of one drift)."""
 
     truth: pd.DataFrame
     unmatched: list[str]
+    repeats: list[str] = field(default_factory=list)
 
     @property
     def found(self) -> int:
@@ -40,6 +42,9 @@ def match_incidents(
 ) -> Match:
     """Match each labelled anomaly to the overlapping incident of highest Jaccard.
 
+    An incident that matches some anomaly but is not its best match is a repeat, not
+    an unmatched incident.
+
     Args:
         incidents: columns incident_id, start, end (UTC, end exclusive).
         members: columns incident_id, role, device (role "device" rows are used).
@@ -49,6 +54,7 @@ def match_incidents(
                .groupby("incident_id")["device"].apply(set).to_dict())
     rows = []
     used: set[str] = set()
+    matching: set[str] = set()
     for anomaly in truth.itertuples(index=False):
         labelled = set(anomaly.devices)
         best_id, best_score = None, 0.0
@@ -56,14 +62,18 @@ def match_incidents(
             if not (incident.start < anomaly.end and anomaly.start < incident.end):
                 continue
             score = jaccard(devices.get(incident.incident_id, set()), labelled)
+            if score >= threshold:
+                matching.add(incident.incident_id)
             if score >= threshold and score > best_score:
                 best_id, best_score = incident.incident_id, score
         if best_id is not None:
             used.add(best_id)
         rows.append({"anomaly_id": anomaly.anomaly_id, "kind": anomaly.kind,
                      "incident_id": best_id, "jaccard": best_score})
-    unmatched = [i for i in incidents["incident_id"] if i not in used]
-    return Match(pd.DataFrame(rows), unmatched)
+    identifiers = incidents["incident_id"].tolist()
+    unmatched = [i for i in identifiers if i not in matching]
+    repeats = [i for i in identifiers if i in matching and i not in used]
+    return Match(pd.DataFrame(rows), unmatched, repeats)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> tuple[float | None, str]:

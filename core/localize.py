@@ -581,6 +581,7 @@ def detect(
         if not found:
             break
         ratio, state, hit = max(found, key=lambda item: item[0])
+        hit.devices = _split_in_time(state, hit, config)
         start, stop, alpha = _refine(state, hit, config)
         base_start = start * state.scale
         base_stop = min(stop * state.scale, num_bins)
@@ -621,6 +622,40 @@ def _absorb(
         if len(components(together, matrix, hubs)) == 1:
             return incident
     return None
+
+
+def _split_in_time(state: ScaleState, hit: Hit, config: SearchConfig) -> list[int]:
+    """The hit's devices whose evidence shares a time span with the strongest device.
+
+    A long interval can hold two anomalies that touch one device (a scan and, later,
+    a flood on one of the scanned PLCs), and their sum outscores either alone. Each
+    device's own best interval inside the hit is found; devices are grouped by
+    overlapping intervals, and the group with the highest statistic is kept. The
+    others stay in the scan and are found in a later round.
+    """
+    if len(hit.devices) <= 1 or hit.alpha not in config.alphas:
+        return hit.devices
+    a = config.alphas.index(hit.alpha)
+    function = STATISTICS[config.statistic]
+    evidence = state.evidence()
+    spans = np.array([refine_interval(evidence, [d], a, hit.alpha, hit.start, hit.stop,
+                                      config.statistic)[:2] for d in hit.devices])
+    overlap = (spans[:, None, 0] < spans[None, :, 1]) & (spans[None, :, 0] < spans[:, None, 1])
+    devices = np.asarray(hit.devices)
+    groups = components(np.arange(len(devices)), overlap, np.zeros(len(devices), dtype=bool))
+    if len(groups) == 1:
+        return hit.devices
+
+    def value(group: np.ndarray) -> float:
+        lower, upper = spans[group, 0].min(), spans[group, 1].max()
+        chosen = devices[group]
+        inside_counts = evidence.counts[upper, chosen, a] - evidence.counts[lower, chosen, a]
+        inside_totals = evidence.totals[upper, chosen] - evidence.totals[lower, chosen]
+        return float(function(inside_counts.sum(), inside_totals.sum(), hit.alpha))
+
+    best = max(groups, key=value)
+    hit.score = value(best)
+    return [int(d) for d in devices[best]]
 
 
 def _refine(state: ScaleState, hit: Hit, config: SearchConfig) -> tuple[int, int, float]:

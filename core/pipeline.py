@@ -21,7 +21,7 @@ import pandas as pd
 from core import localize, scoring, store, train
 from core.config import RunConfig
 from core.errors import DataError
-from core.snapshots import MICROS, Snapshots, build_snapshots
+from core.snapshots import COMM_FEATURES, MICROS, SENSOR_FEATURES, Snapshots, build_snapshots
 from core.stages import StageTimer
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def run_pipeline(
     report("localization", 0.0)
     with timer.stage("localization"):
         incidents, members, thresholds, null_rows = localize_run(
-            snapshots, scored, periods, prepared, config, rng, report)
+            snapshots, scored, periods, prepared, config, rng, report, fitted.model)
 
     report("publishing", 0.0)
     with timer.stage("publishing"):
@@ -247,9 +247,13 @@ def long_elements(families: list[scoring.ScaledFamily], p_arrays: list[np.ndarra
 def localize_run(
     snapshots: Snapshots, scored: list[Scored], periods: np.ndarray,
     prepared: train.Prepared, config: RunConfig, rng: np.random.Generator,
-    report: Progress,
+    report: Progress, model=None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[int, dict], list[dict]]:
-    """Set each scale's null thresholds, take the incidents out and describe them."""
+    """Set each scale's null thresholds, take the incidents out and describe them.
+
+    With the trained `model`, the devices of each process incident are checked with
+    their sensor inputs hidden (`explain_away`).
+    """
     search = config.search
     num_devices = snapshots.num_devices
     kinds = snapshots.devices["kind"].astype(str).to_numpy()
@@ -291,11 +295,59 @@ def localize_run(
         report("localization", 0.5 * (position + 1) / len(scored))
 
     incidents = localize.detect(states, num_devices, snapshots.num_bins, links, kinds, search)
+    if model is not None:
+        for incident in incidents:
+            if incident.process and len(incident.devices) > 1:
+                incident.devices = explain_away(model, prepared, snapshots, incident.devices,
+                                                incident.start, incident.stop,
+                                                search.member_min_share)
     report("localization", 1.0)
     by_scale = {state.scale: state.elements for state in states}
     families = {item.scale: item.families for item in scored}
     table, members = describe_incidents(snapshots, incidents, by_scale, families)
     return table, members, thresholds, null_rows
+
+
+def explain_away(
+    model, prepared: train.Prepared, snapshots: Snapshots, devices: list[int],
+    start: int, stop: int, share: float,
+) -> list[int]:
+    """The devices of a process incident whose own readings are abnormal.
+
+    The model reconstructs a device from its neighbours, so a faulty device moves
+    the expected readings of the devices around it, and their residuals can be as
+    large as its own. With the sensor inputs of every device of the incident hidden
+    over its interval, each device is reconstructed from the rest of the plant only:
+    a faulty device still deviates, a neighbour that only looked abnormal no longer
+    does. A device is kept when the largest mean residual of its sensors, over base
+    bins [start, stop), reaches `share` of the largest among the devices. Devices
+    without sensors are kept.
+    """
+    sensors = snapshots.sensors
+    if len(sensors) == 0 or len(devices) <= 1:
+        return devices
+    x_hat = train.hidden_reconstruction(model, prepared, devices, start, stop).numpy()
+    stop = start + x_hat.shape[0]
+    x = prepared.x[start:stop].numpy()
+    mask = prepared.mask[start:stop].numpy()
+    column = (len(COMM_FEATURES) + len(SENSOR_FEATURES) * sensors["slot"].to_numpy()
+              + SENSOR_FEATURES.index("mean"))
+    owner = sensors["device_idx"].to_numpy()
+    strength = {}
+    for device in devices:
+        own = column[owner == device]
+        if len(own) == 0:
+            continue
+        seen = mask[:, device, own]
+        residual = (x[:, device, own] - x_hat[:, device, own]) * seen
+        mean = np.abs(residual.sum(axis=0) / np.maximum(seen.sum(axis=0), 1))
+        strength[device] = float(mean.max())
+    if not strength:
+        return devices
+    top = max(strength.values())
+    kept = [d for d in devices if d not in strength or strength[d] >= share * top]
+    log.info("explain away %s: %s", devices, {d: round(v, 2) for d, v in strength.items()})
+    return kept
 
 
 def describe_incidents(

@@ -36,6 +36,7 @@ from core.train import Prepared, encode_segments
 log = logging.getLogger(__name__)
 
 TAIL_QUANTILE = 0.9
+BODY_SCALE = 0.5
 MIN_TAIL = 15
 P_FLOOR = 1e-12
 
@@ -367,9 +368,10 @@ def _novelty_rates(scaled, reference_bins, groups, novel) -> dict[str, float]:
     return rates
 
 
-def _gpd_survival(excess: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+def _gpd_survival(excess: np.ndarray, y: np.ndarray, min_scale: float = 0.0) -> np.ndarray | None:
     """Survival of a generalized Pareto fitted to `excess` by the method of moments,
-    at `y` >= 0; None when the excesses cannot support a fit."""
+    at `y` >= 0; None when the excesses cannot support a fit. The scale is at least
+    `min_scale`."""
     if len(excess) < MIN_TAIL:
         return None
     mean, variance = excess.mean(), excess.var()
@@ -378,7 +380,7 @@ def _gpd_survival(excess: np.ndarray, y: np.ndarray) -> np.ndarray | None:
     # A negative shape bounds the tail and would give p = 0 beyond the fitted
     # endpoint; clipping at 0 keeps at least an exponential tail.
     shape = float(np.clip(0.5 * (1 - mean ** 2 / variance), 0.0, 0.5))
-    sigma = 0.5 * mean * (mean ** 2 / variance + 1)
+    sigma = max(0.5 * mean * (mean ** 2 / variance + 1), min_scale)
     scaled = np.maximum(y, 0) / sigma
     if shape < 1e-6:
         return np.exp(-scaled)
@@ -394,7 +396,10 @@ def tail_pvalues(
     The body is empirical, (greater + U * (equal + 1)) / (n + 1) with U uniform, so
     ties (empty bins, constant signals) give uniform p-values. Beyond the largest
     reference score the tail is a generalized Pareto fit to the exceedances over the
-    90th percentile. An element with too few distinct exceedances (a polling count
+    90th percentile, with a scale of at least `BODY_SCALE` times the distance from
+    the median to the 90th percentile: a recurring pattern can put a tight cluster of
+    nearly equal scores at the top of the reference, and an exceedance fit to that
+    cluster alone would call a score just beyond it impossible. An element with too few distinct exceedances (a polling count
     that only ever reads 5, 6 or 7) borrows the tail of its kind's pooled scores
     (`pooled`, sorted): its p-value beyond its own maximum is 1 / (n + 1) times how
     much rarer the score is than that maximum among the pooled scores.
@@ -413,7 +418,8 @@ def tail_pvalues(
         return np.clip(p, P_FLOOR, 1.0)
     threshold = reference[int(TAIL_QUANTILE * (n - 1))]
     excess = reference[reference > threshold] - threshold
-    survival = _gpd_survival(excess, scores[beyond] - threshold)
+    body = BODY_SCALE * (threshold - reference[(n - 1) // 2])
+    survival = _gpd_survival(excess, scores[beyond] - threshold, body)
     if survival is not None:
         p[beyond] = len(excess) / (n + 1) * survival
     elif pooled is not None and len(pooled) >= MIN_TAIL:

@@ -303,7 +303,8 @@ def fit(
         losses = []
         for position in rng.permutation(len(windows)):
             optimizer.zero_grad()
-            loss = _window_loss(model, prepared, windows[position], pair_rows, config)
+            hidden = hide_mask(prepared, windows[position], config.hide_share, rng)
+            loss = _window_loss(model, prepared, windows[position], pair_rows, config, hidden)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
@@ -360,11 +361,55 @@ def _windows(
     return windows
 
 
-def _window_loss(model, prepared, window, pair_rows, config) -> Tensor:
+def hide_mask(
+    prepared: Prepared, window: tuple[int, int, int], share: float,
+    rng: np.random.Generator,
+) -> Tensor | None:
+    """Input mask of `window` with the sensor features of a random `share` of the
+    devices hidden over a random stretch of it, or None when nothing is hidden."""
+    context, _, stop = window
+    mask = prepared.mask[context:stop]
+    if share <= 0 or mask.shape[-1] <= len(COMM_FEATURES):
+        return None
+    length, num_devices = stop - context, mask.shape[1]
+    chosen = np.flatnonzero(rng.random(num_devices) < share)
+    if len(chosen) == 0:
+        return None
+    hidden = mask.clone()
+    starts = rng.integers(0, length, size=len(chosen))
+    spans = rng.integers(1, length + 1, size=len(chosen))
+    for device, begin, span in zip(chosen, starts, spans):
+        hidden[begin : begin + span, device, len(COMM_FEATURES):] = 0.0
+    return hidden
+
+
+def hidden_reconstruction(
+    model: TemporalGraphAutoEncoder, prepared: Prepared, devices: list[int],
+    start: int, stop: int,
+) -> Tensor:
+    """Reconstruct bins [start, stop) with the sensor inputs of `devices` hidden there.
+
+    The encoder reads the bins before `start` that its temporal layers reach, from the
+    same segment. Returns x_hat, shape [stop - start, N, F], standardized.
+    """
+    segment = next(((a, b) for a, b in prepared.segments if a <= start < b), (0, stop))
+    reach = 2 * sum(model.encoders[0].dilations) + model.own_lag
+    context = max(segment[0], start - reach)
+    stop = min(stop, segment[1])
+    mask = prepared.mask[context:stop].clone()
+    mask[start - context :, devices, len(COMM_FEATURES):] = 0.0
+    with torch.no_grad():
+        z = model.encode(prepared.x[context:stop], mask, prepared.kind,
+                         prepared.edge_index, prepared.edge_weight)
+        return model.decode_nodes(z[start - context :])
+
+
+def _window_loss(model, prepared, window, pair_rows, config, hidden=None) -> Tensor:
     context, first, stop = window
     z = model.encode(
-        prepared.x[context:stop], prepared.mask[context:stop], prepared.kind,
-        prepared.edge_index, prepared.edge_weight,
+        prepared.x[context:stop],
+        prepared.mask[context:stop] if hidden is None else hidden,
+        prepared.kind, prepared.edge_index, prepared.edge_weight,
     )
     return _loss(model, z, prepared, np.arange(first, stop) - context, pair_rows,
                  context, config)

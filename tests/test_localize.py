@@ -160,3 +160,35 @@ def test_detect_nothing_below_threshold():
                        kinds=np.array(["rtu"] * 4), config=config)
 
     assert incidents == []
+
+
+def test_detect_splits_two_anomalies_sharing_a_device():
+    """Device 0 scans devices 1 and 3-7 in bins 2-4; devices 1 and 2 are abnormal in
+    bins 14-21. The interval over both, with devices 0, 1 and 2, outscores either
+    alone, but they are reported as two incidents."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for t in range(32):
+        for device in range(8):
+            for _ in range(3):
+                abnormal = device in (1, 2) and 14 <= t < 22
+                rows.append(("sensor", device, -1, t, 1e-5 if abnormal else rng.uniform(0.2, 1)))
+        if 2 <= t < 5:
+            rows += [("pair", 0, host, t, 1e-5) for host in (1, 3, 4, 5, 6, 7)]
+    elements = _elements(rows)
+    elements["score"] = -np.log10(elements["p_value"])
+    scale_elements = ScaleElements(scale=1, num_bins=32, elements=elements, runs=[(0, 32)])
+    # Null thresholds grow slowly with the interval length, as on real residuals.
+    thresholds = {2 ** k: 20.0 * 1.1 ** k for k in range(6)}
+    state = ScaleState.build(scale_elements, 8, SearchConfig().alphas, thresholds,
+                             {"sensor": 1e-12, "pair": 1e-12})
+    links = np.array([[0, 1], [1, 2], [1, 3], [1, 4], [1, 5], [1, 6], [1, 7]])
+
+    incidents = detect([state], num_devices=8, num_bins=32, links=links,
+                       kinds=np.array(["ews", "plc", "rtu", "rtu", "rtu", "rtu", "rtu", "rtu"]),
+                       config=SearchConfig(max_incidents=5))
+
+    spans = sorted((i.start, i.stop, i.devices) for i in incidents)
+    assert [(start, stop) for start, stop, _ in spans] == [(2, 5), (14, 22)]
+    assert 0 in spans[0][2] and 2 not in spans[0][2]
+    assert spans[1][2] == [1, 2]

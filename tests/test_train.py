@@ -17,7 +17,16 @@ from core.config import ModelConfig
 from core.errors import DataError
 from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, build_snapshots
 from core.store import Workspace
-from core.train import checkpoint_bytes, fit, load_checkpoint, prepare
+from core.train import (
+    build_model,
+    checkpoint_bytes,
+    encode_segments,
+    fit,
+    hidden_reconstruction,
+    hide_mask,
+    load_checkpoint,
+    prepare,
+)
 
 START = pd.Timestamp("2024-03-01 00:00:00", tz="UTC")
 NUM_BINS = 20
@@ -189,3 +198,50 @@ def test_load_checkpoint_rejects_pickled_object():
     assert isinstance(unsafe["extra"], Smuggled)
     with pytest.raises(pickle.UnpicklingError):
         load_checkpoint(data)
+
+
+def _sensor_plant(tmp_path: Path):
+    """A polls B; A and B each have one sensor, B's a copy of A's, for 2 x NUM_BINS."""
+    rng = np.random.default_rng(1)
+    level = np.cumsum(rng.standard_normal(2 * NUM_BINS))
+    measurements = pd.concat([_sensor_readings("A", "FIT101", level),
+                              _sensor_readings("B", "FIT102", level + 1.0)])
+    workspace = _workspace(tmp_path, _two_way_events(), measurements)
+    snapshots = build_snapshots(workspace.store_path, 60)
+    return snapshots, prepare(snapshots, np.arange(12), _segments(snapshots))
+
+
+def test_hide_mask_hides_sensor_features_only(tmp_path):
+    _, prepared = _sensor_plant(tmp_path)
+    window = (0, 0, NUM_BINS)
+    comm = len(COMM_FEATURES)
+
+    hidden = hide_mask(prepared, window, share=0.99, rng=np.random.default_rng(0))
+
+    assert hide_mask(prepared, window, share=0.0, rng=np.random.default_rng(0)) is None
+    torch.testing.assert_close(hidden[..., :comm], prepared.mask[..., :comm])
+    assert (hidden[..., comm:] <= prepared.mask[..., comm:]).all()
+    # Each device is hidden over one stretch, and all its sensor features with it.
+    for device in range(hidden.shape[1]):
+        gone = (hidden[:, device, comm:] == 0).all(dim=-1) & (prepared.mask[:, device, comm:] > 0).all(dim=-1)
+        assert gone.any()
+        bins = torch.nonzero(gone).flatten()
+        assert (bins[-1] - bins[0] + 1) == len(bins)
+
+
+def test_hidden_reconstruction_ignores_hidden_inputs(tmp_path):
+    _, prepared = _sensor_plant(tmp_path)
+    model = build_model(prepared, TINY)
+    model.eval()
+    sensors = slice(len(COMM_FEATURES), None)
+    before = hidden_reconstruction(model, prepared, [0], 10, NUM_BINS)
+    plain_before = model.decode_nodes(encode_segments(model, prepared)).detach()
+
+    prepared.x[10:, 0, sensors] += 3.0
+    after = hidden_reconstruction(model, prepared, [0], 10, NUM_BINS)
+    plain_after = model.decode_nodes(encode_segments(model, prepared)).detach()
+
+    assert before.shape == (NUM_BINS - 10, 2, prepared.x.shape[-1])
+    torch.testing.assert_close(after, before)
+    # Without hiding, the change reaches the other device's reconstruction.
+    assert not torch.allclose(plain_after[10:, 1], plain_before[10:, 1])
