@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--run", help="run id (default: the latest published run)")
     show.add_argument("--format", choices=("json", "csv"), default="json")
     show.set_defaults(handler=command_incidents)
+
+    evaluation = commands.add_parser(
+        "evaluate", help="score window labels against window scores or predictions")
+    evaluation.add_argument("file", help="CSV with a label column and a score or pred column")
+    evaluation.add_argument("--threshold", type=float,
+                       help="alarm where score >= THRESHOLD (needed without pred)")
+    evaluation.add_argument("--format", choices=("text", "json"), default="text")
+    evaluation.set_defaults(handler=command_evaluate)
     return parser
 
 
@@ -232,8 +240,43 @@ def command_ingest(args: argparse.Namespace) -> int:
         label_column=args.label_column, weight_policy=args.weight_policy,
     )
     for path in args.files:
-        print(ingest.ingest_file(workspace, path, options).summary())
+        report = ingest.ingest_file(workspace, path, options)
+        print(report.summary())
+        print(ingest_details(workspace, report))
     return 0
+
+
+MAX_REJECTED_SHOWN = 10
+TARGET_TABLES = {"events": "events", "measurements": "measurements",
+                 "devices": "devices", "links": "links"}
+
+
+def ingest_details(workspace: store.Workspace, report: ingest.IngestReport) -> str:
+    """Return the stored column types and the first rejected rows of one report.
+
+    Each rejected row names its file line, its data row (line - 1), the column,
+    the value and the reason, so the user can fix the file.
+    """
+    table = TARGET_TABLES[report.target]
+    kinds = store.query(workspace.store_path, f"DESCRIBE {table}")
+    shown = kinds[~kinds["column_name"].isin(["report_id", "line"])]
+    lines = ["  column types: " + ", ".join(
+        f"{name} {kind}" for name, kind in zip(shown["column_name"], shown["column_type"]))]
+    plural = "" if report.rows_rejected == 1 else "s"
+    lines.append(f"  {report.rows_rejected} row{plural} rejected")
+    rejected = store.query(
+        workspace.store_path,
+        'SELECT line, "column", value, reason FROM quarantine WHERE report_id = $id '
+        "ORDER BY line LIMIT $limit",
+        {"id": report.report_id, "limit": MAX_REJECTED_SHOWN},
+    )
+    for row in rejected.itertuples(index=False):
+        lines.append(f"  line {row.line} (row {row.line - 1}), column {row.column}, "
+                     f"value {row.value!r}: {row.reason}")
+    if report.rows_rejected > len(rejected):
+        lines.append(f"  +{report.rows_rejected - len(rejected)} more in the quarantine "
+                     "table")
+    return "\n".join(lines)
 
 
 def command_run(args: argparse.Namespace) -> int:
@@ -275,6 +318,26 @@ def run_config(args: argparse.Namespace) -> RunConfig:
               "search": config.search if isinstance(config.search, SearchConfig) else SearchConfig()}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return RunConfig(**values)
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from core import evaluate
+
+    windows = evaluate.read_windows(args.file)
+    if "pred" not in windows and args.threshold is None:
+        raise TglocError("no alarm threshold for the scores",
+                         "Pass --threshold, or add a pred column of 0 and 1.")
+    report = evaluate.evaluate_windows(
+        windows["label"].to_numpy(),
+        scores=windows["score"].to_numpy() if "score" in windows else None,
+        predictions=windows["pred"].to_numpy() if "pred" in windows else None,
+        threshold=args.threshold,
+    )
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        print(evaluate.format_report(report))
+    return 0
 
 
 def command_incidents(args: argparse.Namespace) -> int:

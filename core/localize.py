@@ -308,7 +308,12 @@ def refine_interval(
     evidence: Evidence, devices: list[int], alpha_index: int, alpha: float,
     lower: int, upper: int, statistic: str,
 ) -> tuple[int, int, float]:
-    """Best [start, stop) inside [lower, upper) for a fixed device set and alpha."""
+    """Best [start, stop) inside [lower, upper) for a fixed device set and alpha.
+
+    Bins in which the devices have no element leave the statistic unchanged, so
+    among intervals with the best value the shortest (then the earliest) is taken.
+    A device that exists in one bin only is thus placed in that bin.
+    """
     function = STATISTICS[statistic]
     chosen = np.asarray(devices)
     counts = evidence.counts[lower : upper + 1, chosen, alpha_index].sum(axis=1).astype(np.float64)
@@ -317,7 +322,9 @@ def refine_interval(
     values = function(counts[stops] - counts[starts], totals[stops] - totals[starts], alpha)
     if len(values) == 0:
         return lower, upper, 0.0
-    pick = int(values.argmax())
+    best = values.max()
+    tied = np.flatnonzero(values >= best - 1e-9 * max(1.0, abs(best)))
+    pick = int(tied[np.argmin(stops[tied] - starts[tied])])
     return lower + int(starts[pick]), lower + int(stops[pick]), float(values[pick])
 
 

@@ -192,7 +192,20 @@ class TemporalGraphAutoEncoder(nn.Module):
         self, x: Tensor, mask: Tensor, kind: Tensor, edge_index: Tensor,
         edge_weight: Tensor,
     ) -> Tensor:
-        """Return the latent z, shape [T, N, C * H]."""
+        """Return the latent z, shape [T, N, C * H].
+
+        Raises:
+            ValueError: an edge weight is not finite or not > 0 (GCN-style
+                normalisation would turn it into NaN), or an edge index is out of
+                range.
+        """
+        if edge_weight.numel() and not bool(
+                (torch.isfinite(edge_weight) & (edge_weight > 0)).all()):
+            raise ValueError("invalid edge_weight: every weight must be finite and > 0")
+        if edge_index.numel() and int(edge_index.max()) >= x.shape[1]:
+            raise ValueError(
+                f"invalid edge_index: max index {int(edge_index.max())} >= "
+                f"{x.shape[1]} devices")
         kinds = nn.functional.one_hot(kind, self.num_kinds).to(x.dtype)
         parts = [
             encoder(x[..., start:stop], mask[..., start:stop], kinds, edge_index, edge_weight)

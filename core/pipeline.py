@@ -71,6 +71,7 @@ def run_pipeline(
     report("snapshots", 0.0)
     with timer.stage("snapshots"):
         snapshots = build_snapshots(workspace.store_path, config.stream.bin_seconds)
+        train.require_devices(snapshots)
         periods, segments = assign_periods(snapshots, config)
     train_bins = np.flatnonzero(periods == "train")
     if not (periods == "score").any():
@@ -100,6 +101,7 @@ def run_pipeline(
                         fitted, prepared, thresholds)
         tables = run_tables(snapshots, periods, scored, incidents, members, fitted,
                             null_rows, checkpoint, config)
+        tables["sensor_flags"] = sensor_flags(snapshots, prepared, train_bins, periods)
         path = store.publish_run(workspace, run_id, tables, info)
     report("done", 1.0)
     return RunResult(run_id, str(path), incidents, members, timer, info)
@@ -560,13 +562,19 @@ def run_tables(snapshots, periods, scored, incidents, members, fitted, null_rows
     devices = snapshots.devices.copy()
     bins = []
     elements = []
+    base_events = snapshots.pair_events.sum(axis=1) if snapshots.pair_events.size else \
+        np.zeros(snapshots.num_bins)
     for item in scored:
         scale = item.scale
         starts = snapshots.bin_start(np.arange(len(item.periods)) * scale)
         ends = snapshots.bin_start(np.minimum((np.arange(len(item.periods)) + 1) * scale,
                                               snapshots.num_bins))
+        events = np.add.reduceat(base_events, np.arange(0, snapshots.num_bins, scale))
+        windows = scoring.window_scores(item.families, events)
         bins.append(pd.DataFrame({"scale": scale, "bin": np.arange(len(item.periods)),
-                                  "start": starts, "end": ends, "period": item.periods}))
+                                  "start": starts, "end": ends, "period": item.periods,
+                                  "score": windows["score"], "events": windows["events"],
+                                  "note": windows["note"]}))
         for family, null_p in zip(item.families, item.null_families):
             p = np.where(np.isnan(family.p_value), null_p, family.p_value)
             t, j = np.nonzero(~np.isnan(p))
@@ -618,3 +626,15 @@ def device_evidence(elements: pd.DataFrame) -> pd.DataFrame:
     table = grouped.agg(min_p="min", elements="size").reset_index()
     table["evidence"] = -np.log10(table["min_p"].clip(lower=1e-300))
     return table[["device", "scale", "bin", "evidence", "min_p", "elements"]]
+
+
+def sensor_flags(snapshots: Snapshots, prepared: train.Prepared, train_bins: np.ndarray,
+                 periods: np.ndarray) -> pd.DataFrame:
+    """Flagged sensor bin means of the scored bins: constant in training, or outside
+    the training range. One row per (bin, device, sensor, flag)."""
+    scored_bins = np.flatnonzero(periods == "score")
+    frame = scoring.sensor_deviations(snapshots, prepared, train_bins, scored_bins)
+    frame = frame.explode("flags").dropna(subset=["flags"])
+    frame = frame.rename(columns={"flags": "flag"})
+    return frame[["bin", "start", "device", "sensor", "value", "scaled", "flag"]] \
+        .reset_index(drop=True)

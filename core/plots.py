@@ -61,8 +61,10 @@ def heatmap_figure(
     incident id or ""]`. A click between markers prefers an incident's marker,
     because those are drawn last and Plotly picks the last marker in reach.
 
-    The y axis is numeric (row index) with device names as tick text: category
-    positions would be misread when a device is named like a number, such as "3".
+    The y axis is a category axis in row order, so device names that look like
+    numbers ("10", "1E1") stay separate text labels of equal height instead of
+    being placed, or merged, on a numeric axis. Shapes address rows by their
+    category index.
 
     Args:
         matrix: a `core.views.HeatmapMatrix`.
@@ -79,12 +81,12 @@ def heatmap_figure(
         return _empty_figure("No evidence in this window.")
 
     figure = go.Figure()
-    rows = np.arange(len(matrix.devices))
+    labels = [escape_label(d) for d in matrix.devices]
     edges = list(matrix.starts) + [matrix.ends[-1]]
     figure.add_trace(go.Heatmap(
         z=matrix.evidence,
         x=edges,
-        y=rows,
+        y=labels,
         colorscale=COLORSCALE,
         zmin=0.0,
         zmax=max(4.0, float(np.nanmax(matrix.evidence, initial=0.0))),
@@ -108,9 +110,9 @@ def heatmap_figure(
         # An explicit range, because the markers' padding would widen the axis.
         xaxis={"title": "time (UTC)", "type": "date", "range": [edges[0], edges[-1]]},
         yaxis={
-            "tickmode": "array",
-            "tickvals": rows.tolist(),
-            "ticktext": [escape_label(d) for d in matrix.devices],
+            "type": "category",
+            "categoryorder": "array",
+            "categoryarray": labels,
             "autorange": "reversed",
             "showgrid": False,
             "zeroline": False,
@@ -372,7 +374,7 @@ def _click_layer(
     ]
     return go.Scatter(
         x=middle,
-        y=rows,
+        y=[escape_label(device) for device in devices],
         mode="markers",
         marker={"symbol": "square", "size": CLICK_MARKER_SIZE,
                 "color": "rgba(255,255,255,0.06)",

@@ -35,6 +35,9 @@ from core.train import Prepared, encode_segments
 
 log = logging.getLogger(__name__)
 
+NO_TRAFFIC = "no traffic"
+CONSTANT_IN_TRAINING = "constant in training"
+OUTSIDE_TRAINING_RANGE = "outside training range"
 TAIL_QUANTILE = 0.9
 BODY_SCALE = 0.5
 MIN_TAIL = 15
@@ -139,6 +142,10 @@ def families(
     names = devices["device"].astype(str).to_numpy()
     in_train = np.zeros(snapshots.num_bins, dtype=bool)
     in_train[train_bins] = True
+    # A device that appears later is absent before its first bin: its elements do
+    # not exist there, so their scores stay NaN instead of 0.
+    first = snapshots.devices["first_bin"].to_numpy()
+    present = np.arange(snapshots.num_bins)[:, None] >= np.where(first < 0, 0, first)[None, :]
     result = []
 
     # Devices: communication features, for devices that ever send or receive.
@@ -148,7 +155,7 @@ def families(
     talked_in_train = talks[in_train].any(axis=0)
     columns = np.flatnonzero(has_traffic)
     if len(columns):
-        exists = talks[:, columns] | talked_in_train[columns][None, :]
+        exists = (talks[:, columns] | talked_in_train[columns][None, :]) & present[:, columns]
         center = prepared.center[columns, comm][None]
         scale = prepared.scale[columns, comm][None]
         observed_raw = np.expm1(snapshots.comm[:, columns, 0:2]).sum(-1)
@@ -177,7 +184,7 @@ def families(
         hats = x_hat[:, device_idx[:, None], gather]
         ms = mask[:, device_idx[:, None], gather]
         reported = snapshots.sensor_values[..., 4] > 0
-        exists = reported | reported[in_train].any(axis=0)[None, :]
+        exists = (reported | reported[in_train].any(axis=0)[None, :]) & present[:, device_idx]
         ms = ms * exists[..., None]
         # The score reads the value features (mean, min, max, time since change).
         # It reads the count only where a bin has no reading, and never the
@@ -243,7 +250,6 @@ def families(
         expected_log = np.where(is_reference[None, :], np.log1p(median)[None, :], model_log)
         src = candidates["src_idx"].to_numpy()
         dst = candidates["dst_idx"].to_numpy()
-        first = snapshots.devices["first_bin"].to_numpy()
         started = np.arange(snapshots.num_bins)[:, None] >= np.maximum(first[src], first[dst])[None, :]
         exists = (events > 0) | (is_reference[None, :] & started)
         residual = (observed_log - expected_log) * exists
@@ -265,7 +271,8 @@ def aggregate(family: Family, scale: int) -> ScaledFamily:
     """Aggregate base-bin residuals to bins of `scale` base bins and score them.
 
     The score of a coarse element is the largest absolute mean residual among its
-    observed features; higher is more anomalous.
+    observed features; higher is more anomalous. It is NaN where the element does
+    not exist (a device before its first bin), never 0.
     """
     num_bins = family.residual.shape[0]
     coarse = -(-num_bins // scale)
@@ -284,6 +291,7 @@ def aggregate(family: Family, scale: int) -> ScaledFamily:
     score = (np.abs(mean_residual) * observed_features).max(-1)
     exists = fold(family.exists.astype(np.int64)) > 0
     exists &= counts > 0
+    score = np.where(exists, score, np.nan)
     bins_in = np.maximum(fold(family.exists.astype(np.float64)), 1)
     observed = fold(np.nan_to_num(family.observed.astype(np.float64)) * family.exists) / bins_in
     expected = fold(np.nan_to_num(family.expected.astype(np.float64)) * family.exists) / bins_in
@@ -484,3 +492,86 @@ def recalibrate(p_value: np.ndarray, null_p: np.ndarray) -> tuple[np.ndarray, np
         return result
 
     return mapped(p_value), mapped(null_p)
+
+
+def window_scores(
+    families: list[ScaledFamily], events: np.ndarray,
+) -> pd.DataFrame:
+    """Score each bin of one scale as a whole window.
+
+    Args:
+        families: the scaled families of one scale.
+        events: shape [T_scale], events in each bin of that scale.
+
+    Returns:
+        Columns bin, score (the largest element score in the bin, higher is more
+        anomalous, 0.0 where no element exists), events, and note: "no traffic"
+        for a bin without events, so a quiet window is not read as a normal one.
+    """
+    num_bins = len(events)
+    score = np.zeros(num_bins)
+    for family in families:
+        if family.score.size:
+            peak = np.nanmax(np.where(family.exists, family.score, -np.inf), axis=1)
+            score = np.maximum(score, np.where(np.isfinite(peak), peak, 0.0))
+    return pd.DataFrame({
+        "bin": np.arange(num_bins),
+        "score": score,
+        "events": np.asarray(events, dtype=np.int64),
+        "note": np.where(np.asarray(events) == 0, NO_TRAFFIC, ""),
+    })
+
+
+def sensor_deviations(
+    snapshots: Snapshots, prepared: Prepared, train_bins: np.ndarray,
+    bins: np.ndarray,
+) -> pd.DataFrame:
+    """List each sensor's bin mean in `bins` against the training bins, with flags.
+
+    `scaled` is the standardized bin mean the model reads (clipped at
+    `INPUT_CLIP`), so it is finite even for a sensor that was constant in training
+    (that sensor is scaled by 1 around its constant value). Flags: "constant in
+    training", and "outside training range" when the bin mean lies below the
+    smallest or above the largest training bin mean.
+
+    Returns:
+        Columns bin, start, device, sensor, value, scaled, flags (a list of
+        str). Per bin, flagged sensors come first, then larger |scaled|, so the
+        first row names the sensor that deviates most.
+    """
+    sensors = snapshots.sensors
+    columns = ["bin", "start", "device", "sensor", "value", "scaled", "flags"]
+    if len(sensors) == 0 or len(bins) == 0:
+        return pd.DataFrame(columns=columns)
+    mean = SENSOR_FEATURES.index("mean")
+    device_idx = sensors["device_idx"].to_numpy()
+    starts = len(COMM_FEATURES) + len(SENSOR_FEATURES) * sensors["slot"].to_numpy() + mean
+    training = snapshots.sensor_values[np.asarray(train_bins), :, mean]
+    low = np.where(np.isnan(training), np.inf, training).min(axis=0, initial=np.inf)
+    high = np.where(np.isnan(training), -np.inf, training).max(axis=0, initial=-np.inf)
+    constant = set(prepared.constant)
+    x = prepared.x.numpy()
+    rows = []
+    for bin_index in np.asarray(bins):
+        values = snapshots.sensor_values[bin_index, :, mean]
+        scaled = x[bin_index, device_idx, starts]
+        start = snapshots.bin_start(int(bin_index))[0]
+        for row, (device, sensor) in enumerate(zip(sensors["device"], sensors["sensor"])):
+            if np.isnan(values[row]):
+                continue
+            flags = []
+            if (str(device), str(sensor)) in constant:
+                flags.append(CONSTANT_IN_TRAINING)
+            if values[row] < low[row] or values[row] > high[row]:
+                flags.append(OUTSIDE_TRAINING_RANGE)
+            rows.append({"bin": int(bin_index), "start": start, "device": str(device),
+                         "sensor": str(sensor), "value": float(values[row]),
+                         "scaled": float(scaled[row]), "flags": flags})
+    frame = pd.DataFrame(rows, columns=columns)
+    if frame.empty:
+        return frame
+    frame["_flagged"] = frame["flags"].map(lambda f: OUTSIDE_TRAINING_RANGE in f)
+    frame["_size"] = frame["scaled"].abs()
+    frame = frame.sort_values(["bin", "_flagged", "_size"], ascending=[True, False, False],
+                              kind="stable")
+    return frame[columns].reset_index(drop=True)

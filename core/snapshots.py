@@ -108,6 +108,19 @@ class Snapshots:
     def num_devices(self) -> int:
         return len(self.devices)
 
+    def snapshot_edges(self, bin_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return the directed edges of one bin over the run's device index.
+
+        Returns:
+            edge_index: shape [2, num_edges], int64, every index below
+                `num_devices`; shape (2, 0) for a bin without events.
+            edge_weight: shape [num_edges], float32, summed weight per pair.
+        """
+        carried = self.pair_events[bin_index] > 0
+        edge_index = np.ascontiguousarray(self.pairs[carried].T, dtype=np.int64)
+        edge_weight = self.pair_bytes[bin_index, carried].astype(np.float32)
+        return edge_index.reshape(2, -1), edge_weight
+
     def bin_start(self, bins: np.ndarray | int) -> pd.DatetimeIndex:
         """Return the UTC start time of each bin."""
         micros = self.origin_us + np.asarray(bins, dtype=np.int64) * self.bin_seconds * MICROS

@@ -78,7 +78,11 @@ CREATE TABLE devices (
     first_bin BIGINT);
 CREATE TABLE sensors (device VARCHAR, sensor VARCHAR, slot INTEGER);
 CREATE TABLE bins (
-    scale INTEGER, bin BIGINT, start TIMESTAMPTZ, "end" TIMESTAMPTZ, period VARCHAR);
+    scale INTEGER, bin BIGINT, start TIMESTAMPTZ, "end" TIMESTAMPTZ, period VARCHAR,
+    score DOUBLE, events BIGINT, note VARCHAR);
+CREATE TABLE sensor_flags (
+    bin BIGINT, start TIMESTAMPTZ, device VARCHAR, sensor VARCHAR, value DOUBLE,
+    scaled DOUBLE, flag VARCHAR);
 CREATE TABLE elements (
     kind VARCHAR, device VARCHAR, peer VARCHAR, sensor VARCHAR, scale INTEGER,
     bin BIGINT, observed DOUBLE, expected DOUBLE, residual DOUBLE, score DOUBLE,

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, float], None]
 MAX_PAIR_ROWS = 200_000
 VALIDATION_SHARE = 0.15
+MIN_HELD_OUT_BINS = 8
+MAX_LOGGED_SNAPSHOTS = 3
 STD_FLOOR = 1e-6
 INPUT_CLIP = 6.0
 
@@ -93,13 +95,8 @@ def prepare(
             that are months apart.
         kinds: a fixed kind vocabulary (from a checkpoint); built from the run if None.
     """
+    require_devices(snapshots)
     num_bins, num_devices = snapshots.num_bins, snapshots.num_devices
-    if num_devices < 2:
-        names = ", ".join(snapshots.devices["device"].astype(str)) or "none"
-        raise DataError(
-            f"need at least 2 devices to train a graph model (found {num_devices}: {names})",
-            "Load events or measurements of two or more devices.",
-        )
     sensors = snapshots.sensors
     slots = int(sensors.groupby("device_idx").size().max()) if len(sensors) else 0
     width = len(COMM_FEATURES) + len(SENSOR_FEATURES) * slots
@@ -145,6 +142,17 @@ def prepare(
         center=center.astype(np.float32), scale=scale.astype(np.float32),
         constant=constant, reference_pairs=reference_pairs, segments=list(segments),
     )
+
+
+def require_devices(snapshots: Snapshots) -> None:
+    """Raise `DataError` unless the run has the 2 devices a graph model needs."""
+    num_devices = snapshots.num_devices
+    if num_devices < 2:
+        names = ", ".join(snapshots.devices["device"].astype(str)) or "none"
+        raise DataError(
+            f"need at least 2 devices to train a graph model (found {num_devices}: {names})",
+            "Load events or measurements of two or more devices.",
+        )
 
 
 def _sensor_columns(sensors) -> list[tuple[int, int]]:
@@ -272,7 +280,9 @@ def fit(
 ) -> TrainResult:
     """Train on `train_bins`, stopping early on the last share of them.
 
-    Each epoch steps once per window of `WINDOW_BINS` bins. A window is encoded with
+    With fewer than `MIN_HELD_OUT_BINS` training bins none can be spared, so early
+    stopping validates on the training bins themselves (logged as a warning). Each
+    epoch steps once per window of `WINDOW_BINS` bins. A window is encoded with
     the bins before it that the temporal layers reach, so its first bins get the
     same context as in scoring. Logs one line per epoch (epoch, loss, validation
     loss, seconds).
@@ -280,13 +290,18 @@ def fit(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     train_bins = np.sort(np.asarray(train_bins))
-    if len(train_bins) < 8:
+    if len(train_bins) == 0:
         raise DataError(
-            f"too few training bins ({len(train_bins)}); at least 8 are needed",
+            "too few training bins (0); at least 1 is needed",
             "Lengthen the reference period or shorten the bin.",
         )
-    split = int(len(train_bins) * (1 - VALIDATION_SHARE))
-    fit_bins, validation_bins = train_bins[:split], train_bins[split:]
+    if len(train_bins) < MIN_HELD_OUT_BINS:
+        log.warning("only %d training bins; early stopping validates on the training "
+                    "bins themselves", len(train_bins))
+        fit_bins = validation_bins = train_bins
+    else:
+        split = int(len(train_bins) * (1 - VALIDATION_SHARE))
+        fit_bins, validation_bins = train_bins[:split], train_bins[split:]
     reach = 2 * sum(config.dilations) + config.own_lag
     windows = _windows(fit_bins, prepared.segments, reach)
     validation_windows = _windows(validation_bins, prepared.segments, reach, size=10**9)
@@ -431,15 +446,15 @@ def _pair_rows(prepared, snapshots, train_bins, config, rng) -> dict[str, Tensor
                        dtype=np.int64)
     counts = snapshots.pair_events[train_bins][:, columns].reshape(-1) if len(columns) else np.zeros(0)
 
-    possible = num_devices * (num_devices - 1) - len(reference_codes - {
-        d * num_devices + d for d in range(num_devices)})
+    available = _available_negatives(snapshots, reference_codes, train_bins)
+    _log_missing_negatives(snapshots, train_bins[available == 0])
+    sampled_bins = train_bins[available > 0]
     wanted = int(config.negatives_per_edge * max(1, (counts > 0).sum()))
-    if possible <= 0 or wanted == 0:
-        log.warning("0 negative pairs available in the training bins; negative term skipped")
+    if len(sampled_bins) == 0 or wanted == 0:
         negative = (np.zeros(0, np.int64),) * 3
     else:
         draw = min(wanted, MAX_PAIR_ROWS)
-        nb = rng.choice(train_bins, size=draw)
+        nb = rng.choice(sampled_bins, size=draw)
         ns = rng.integers(0, num_devices, size=draw)
         nd = rng.integers(0, num_devices, size=draw)
         codes = ns * num_devices + nd
@@ -450,8 +465,6 @@ def _pair_rows(prepared, snapshots, train_bins, config, rng) -> dict[str, Tensor
             observed[i] = position is not None and snapshots.pair_events[nb[i], position] > 0
         keep &= ~observed
         negative = (nb[keep], ns[keep], nd[keep])
-        if keep.sum() == 0:
-            log.warning("0 negative pairs available in the training bins; negative term skipped")
 
     all_bins = np.concatenate([bins, negative[0]])
     all_src = np.concatenate([src, negative[1]])
@@ -467,6 +480,32 @@ def _pair_rows(prepared, snapshots, train_bins, config, rng) -> dict[str, Tensor
         "dst": torch.tensor(all_dst, dtype=torch.long),
         "target": torch.tensor(np.log1p(all_counts), dtype=torch.float32),
     }
+
+
+def _available_negatives(snapshots, reference_codes: set[int], bins: np.ndarray) -> np.ndarray:
+    """Count, per bin, the ordered pairs of two different devices that may be drawn
+    as negatives: neither a reference pair nor carrying an event in the bin.
+    Self-pairs are never negatives."""
+    num_devices = snapshots.num_devices
+    reference_count = sum(1 for code in reference_codes
+                          if code // num_devices != code % num_devices)
+    codes = snapshots.pairs[:, 0] * num_devices + snapshots.pairs[:, 1]
+    extra = (snapshots.pairs[:, 0] != snapshots.pairs[:, 1]) & ~np.isin(
+        codes, list(reference_codes))
+    busy = (snapshots.pair_events[bins][:, extra] > 0).sum(axis=1)
+    return num_devices * (num_devices - 1) - reference_count - busy
+
+
+def _log_missing_negatives(snapshots, bins: np.ndarray) -> None:
+    """Warn about snapshots without negative pairs, naming the first few."""
+    for bin_index in bins[:MAX_LOGGED_SNAPSHOTS]:
+        start = snapshots.bin_start(int(bin_index))[0]
+        label = f"{start:%H:%M}" if start.second == 0 else f"{start:%H:%M:%S}"
+        log.warning("0 negative pairs available in snapshot %s; negative term skipped",
+                    label)
+    if len(bins) > MAX_LOGGED_SNAPSHOTS:
+        log.warning("%d more snapshots without negative pairs; negative term skipped",
+                    len(bins) - MAX_LOGGED_SNAPSHOTS)
 
 
 def _loss(model, z, prepared, local_bins, pair_rows, offset, config) -> Tensor:

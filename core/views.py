@@ -28,8 +28,12 @@ import pandas as pd
 from core.errors import DataError, RunNotFoundError, TglocError
 from core.store import Workspace, connect
 
-MAX_HEATMAP_ROWS = 200
+# One heatmap page sends at most 500 x 1,000 cells: about 5 MB as Plotly's base64
+# float64 array (estimated from the cell count), far below Streamlit's message size
+# limit (200 MB by default in 1.67).
+MAX_HEATMAP_ROWS = 500
 MAX_HEATMAP_COLUMNS = 1000
+MAX_TARGETS_SHOWN = 20
 MAX_CONTEXT_EDGES = 60
 PROGRESS_FILE = ".progress.jsonl"
 PIPELINE_LOG_FILE = ".pipeline.log"
@@ -72,6 +76,7 @@ chosen AS (
     SELECT device FROM devices
     WHERE ($kinds IS NULL OR list_contains($kinds, kind))
       AND ($zones IS NULL OR list_contains($zones, zone))
+      AND ($devices IS NULL OR list_contains($devices, device))
 ),
 windowed AS (
     SELECT e.device, c.col, e.evidence
@@ -286,6 +291,7 @@ def heatmap_matrix(
     offset: int = 0,
     kinds: Sequence[str] | None = None,
     zones: Sequence[str] | None = None,
+    devices: Sequence[str] | None = None,
 ) -> HeatmapMatrix:
     """Aggregate device evidence into a devices x time grid for one scale.
 
@@ -303,6 +309,8 @@ def heatmap_matrix(
         offset: rows to skip, for paging through devices.
         kinds: keep only devices of these kinds; None keeps all.
         zones: keep only devices in these zones; None keeps all.
+        devices: keep only these devices; None keeps all. With a short window this
+            is the zoom: a full-resolution slice of the chosen devices and bins.
 
     Raises:
         ValueError: `max_rows` or `max_cols` is below 1, or `offset` is negative.
@@ -324,6 +332,7 @@ def heatmap_matrix(
         "offset": int(offset),
         "kinds": list(kinds) if kinds else None,
         "zones": list(zones) if zones else None,
+        "devices": [str(d) for d in devices] if devices else None,
     }
     with _connect(workspace, run_id) as con:
         cells = _execute(con, HEATMAP_SQL, cells_params)
@@ -368,6 +377,25 @@ def incident_members(
     (higher is more anomalous) and p_value. Rows are ordered by role, then evidence.
     """
     return _frame(workspace, run_id, MEMBERS_SQL, {"incident": incident_id})
+
+
+def split_targets(
+    members: pd.DataFrame, limit: int = MAX_TARGETS_SHOWN
+) -> tuple[pd.DataFrame, int]:
+    """Keep an incident's `limit` strongest targets among its members.
+
+    A scan touches hundreds of hosts, and a table of all of them hides the
+    devices and pairs. Rows of other roles are all kept, in their order.
+
+    Returns:
+        The kept rows, and how many target rows were left out.
+    """
+    is_target = members["role"] == "target"
+    targets = members[is_target].sort_values(
+        ["evidence", "device"], ascending=[False, True], na_position="last",
+        kind="stable")
+    shown = pd.concat([members[~is_target], targets.head(limit)])
+    return shown.reset_index(drop=True), max(0, len(targets) - limit)
 
 
 def member_cells(workspace: Workspace, run_id: str) -> pd.DataFrame:

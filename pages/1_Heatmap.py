@@ -37,10 +37,16 @@ def main() -> None:
 
     page = st.session_state.get("heatmap_page", 1)
     offset = (page - 1) * views.MAX_HEATMAP_ROWS
-    matrix = ui.load("heatmap_matrix", context, scale, start, end,
-                     offset=offset, kinds=kinds, zones=zones)
-    third.metric("Devices shown", f"{len(matrix.devices)} of {matrix.total_rows}")
-    pages = views.page_count(matrix.total_rows)
+    overview = ui.load("heatmap_matrix", context, scale, start, end,
+                       offset=offset, kinds=kinds, zones=zones)
+    zoom = st.multiselect(
+        "Zoom to devices", overview.devices, key="zoom_devices", placeholder="none",
+        help="Show only these devices; with a short time range every bin is shown.")
+    matrix = overview
+    if zoom:
+        matrix = ui.load("heatmap_matrix", context, scale, start, end, devices=zoom)
+    third.metric("Devices shown", f"{len(matrix.devices)} of {overview.total_rows}")
+    pages = views.page_count(overview.total_rows)
     if page > pages:
         # Filters left fewer devices than the page that was open, so start over.
         st.session_state.heatmap_page = 1

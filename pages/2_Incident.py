@@ -5,14 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import plots
+from core import plots, views
 from core.store import STATUSES, incident_statuses, set_incident_status
 from pages.common import ui
 
 st.set_page_config(page_title="tgloc · Incident", layout="wide")
 
 MAX_SERIES = 12
-MAX_TARGET_LINES = 10
 CONTEXT_WINDOWS = 3
 MIN_CONTEXT_BINS = 30
 TYPE_PHRASES = {
@@ -55,18 +54,19 @@ def main() -> None:
         "p_value": st.column_config.NumberColumn(format="%.2e"),
         "evidence": st.column_config.NumberColumn(format="%.2f"),
     }
-    st.dataframe(members, hide_index=True, key="members", column_config=number_formats)
+    shown, hidden = views.split_targets(members)
+    st.dataframe(shown, hide_index=True, key="members", column_config=number_formats)
+    if hidden:
+        st.caption(f"+{hidden} more targets, not listed: the table shows the "
+                   f"{views.MAX_TARGETS_SHOWN} strongest.")
 
     st.subheader("Subgraph and one-hop context")
     edges = ui.load("context_edges", context, incident_id)
-    st.plotly_chart(plots.subgraph_figure(members, edges), key="subgraph")
-    targets = members.loc[members["role"] == "target", "device"].dropna().tolist()
-    if len(targets) > MAX_TARGET_LINES:
-        with st.expander(f"{len(targets)} targets (touched by the incident, outside it)"):
-            st.text("\n".join(targets))
-    elif targets:
-        st.caption("Targets (touched by the incident, outside it):")
-        st.text("\n".join(targets))
+    st.plotly_chart(plots.subgraph_figure(shown, edges), key="subgraph")
+    targets = shown.loc[shown["role"] == "target", "device"].dropna().tolist()
+    if targets:
+        st.caption("Targets (touched by the incident, outside it), strongest first:")
+        st.text("\n".join(targets) + (f"\n+{hidden} more" if hidden else ""))
 
     scale = _chart_scale(context, row)
     window = _context_window(context, row, scale)

@@ -16,6 +16,7 @@ from core.cli import build_parser, sanitize_cell
 from core.store import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "ingest"
 
 
 def _tgloc(*arguments: str) -> subprocess.CompletedProcess:
@@ -78,7 +79,7 @@ def _subcommands(parser) -> dict:
 def test_build_parser_commands():
     commands = _subcommands(build_parser())
 
-    assert set(commands) == {"demo", "ingest", "run", "incidents"}
+    assert set(commands) == {"demo", "ingest", "run", "incidents", "evaluate"}
 
 
 def test_build_parser_demo_options():
@@ -98,3 +99,53 @@ def test_build_parser_rejects_unknown_command():
         build_parser().parse_args(["serve"])
 
     assert caught.value.code == 2
+
+
+def test_ingest_prints_types_and_rejected_rows(tmp_path):
+    text = (FIXTURES / "ipv6_mixed.csv").read_text()
+    path = tmp_path / "bad_v6.csv"
+    path.write_text(text + "2024-03-01T08:00:04Z,10.0.0.1,10.0.0.2,1\n"
+                    "2024-03-01T08:00:05Z,2001:db8::zz,10.0.0.9,1\n")
+
+    result = _tgloc("ingest", "--workspace", str(tmp_path / "ws"), str(path))
+
+    assert result.returncode == 0
+    assert ("line 7 (row 6), column src, value '2001:db8::zz': unparseable address "
+            "in column src") in result.stdout
+    assert "  1 row rejected" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_ingest_late_types_reports_zero_rejected(tmp_path):
+    path = tmp_path / "late_types.csv"
+    with path.open("w") as handle:
+        handle.write("ts,device_id,value\n")
+        for i in range(30000):
+            handle.write(
+                f"2024-03-01T08:{i // 600:02d}:{i % 60:02d}Z,{1000 + i % 50},{i % 7}\n")
+        handle.write("2024-03-01T09:00:00Z,D1000263,7\n")
+        handle.write("2024-03-01T09:00:01Z,1001,12.5\n")
+
+    result = _tgloc("ingest", "--workspace", str(tmp_path / "ws"), str(path),
+                    "--target", "measurements")
+
+    assert result.returncode == 0
+    assert "30002 rows read" in result.stdout
+    assert "  0 rows rejected" in result.stdout
+    assert ("column types: t TIMESTAMP WITH TIME ZONE, device VARCHAR, sensor VARCHAR, "
+            "value DOUBLE") in result.stdout
+
+
+def test_run_single_device_file_exits_two(tmp_path):
+    workspace = str(tmp_path / "ws")
+    ingested = _tgloc("ingest", "--workspace", workspace,
+                      str(FIXTURES / "single_device.csv"))
+
+    result = _tgloc("run", "--workspace", workspace, "--epochs", "1")
+
+    assert ingested.returncode == 0
+    assert result.returncode == 2
+    assert ("error: need at least 2 devices to train a graph model (found 1: A)"
+            in result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "nan" not in result.stderr.lower()

@@ -143,7 +143,8 @@ def test_aggregate_scale_one_scores():
 
     scaled = aggregate(family, 1)
 
-    expected = [6.0, 2.0, 3.0, 4.0, 0.5, 0.0, 0.0, 0.0]
+    # Bins where the element does not exist score NaN, never 0.
+    expected = [6.0, 2.0, 3.0, 4.0, 0.5, np.nan, np.nan, np.nan]
     np.testing.assert_allclose(scaled.score[:, 0], expected, rtol=1e-12)
     assert scaled.exists[:, 0].tolist() == [True] * 5 + [False] * 3
 
@@ -155,5 +156,6 @@ def test_aggregate_pads_partial_bin():
 
     # Bins [0,3), [3,6), [6,8): feature 0 means 2, (4+0.5)/2, none observed.
     assert scaled.score.shape == (3, 1)
-    np.testing.assert_allclose(scaled.score[:, 0], [max(2.0, 4.0), 2.25, 0.0], rtol=1e-12)
+    np.testing.assert_allclose(scaled.score[:, 0], [max(2.0, 4.0), 2.25, np.nan],
+                               rtol=1e-12)
     assert scaled.exists[:, 0].tolist() == [True, True, False]

@@ -153,13 +153,28 @@ def test_fit_two_devices_no_negatives(tmp_path, caplog):
     assert "0 negative pairs available" in caplog.text
 
 
-def test_fit_rejects_few_training_bins(tmp_path):
+def test_fit_rejects_no_training_bins(tmp_path):
     workspace = _workspace(tmp_path, _two_way_events())
     snapshots = build_snapshots(workspace.store_path, 60)
     prepared = prepare(snapshots, np.arange(NUM_BINS), _segments(snapshots))
 
-    with pytest.raises(DataError, match="too few training bins"):
-        fit(prepared, snapshots, np.arange(5), TINY)
+    with pytest.raises(DataError) as caught:
+        fit(prepared, snapshots, np.arange(0), TINY)
+
+    assert caught.value.headline == "too few training bins (0); at least 1 is needed"
+
+
+def test_fit_few_bins_validates_on_training(tmp_path, caplog):
+    workspace = _workspace(tmp_path, _two_way_events())
+    snapshots = build_snapshots(workspace.store_path, 60)
+    prepared = prepare(snapshots, np.arange(NUM_BINS), _segments(snapshots))
+
+    with caplog.at_level(logging.WARNING, logger="core.train"):
+        result = fit(prepared, snapshots, np.arange(5), TINY)
+
+    assert ("only 5 training bins; early stopping validates on the training bins "
+            "themselves") in caplog.text
+    assert all(np.isfinite(row["validation_loss"]) for row in result.history)
 
 
 def test_checkpoint_round_trip(tmp_path):

@@ -132,7 +132,7 @@ def test_heatmap_figure_click_layer(workspace, run_id):
     assert len(markers.customdata) == 12 * NUM_BINS
     flagged = {row[3] for row in markers.customdata if row[3]}
     assert flagged == {planted["incident_id"] for planted in INCIDENTS}
-    assert "&lt;b&gt;plc-07&lt;/b&gt;" in figure.layout.yaxis.ticktext
+    assert "&lt;b&gt;plc-07&lt;/b&gt;" in figure.layout.yaxis.categoryarray
     assert len(figure.layout.shapes) >= len(INCIDENTS)
 
 

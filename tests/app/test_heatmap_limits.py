@@ -1,0 +1,179 @@
+"""The heatmap on large and oddly named runs: what the database sends and the page draws.
+
+Each test publishes a run file whose `device_evidence` is a score matrix generated
+here, so the sizes are exact and no model is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPOSITORY
+from streamlit.testing.v1 import AppTest
+
+from core import plots, store, views
+from core.config import RunConfig, StreamConfig
+from core.ingest import IngestOptions, ingest_file
+from core.store import Workspace, publish_run
+
+FIXTURES = REPOSITORY / "tests" / "fixtures" / "ingest"
+ORIGIN = pd.Timestamp("2024-03-01T00:00:00Z")
+TIMEOUT = 120
+# Streamlit 1.67 rejects a message above server.maxMessageSize, 200 MB by default.
+MESSAGE_LIMIT_BYTES = 200 * 2**20
+
+
+def _publish_scores(root: Path, scores: np.ndarray, names: list[str]) -> Workspace:
+    """Publish a run whose device evidence is `scores`, shape [devices, bins]."""
+    workspace = Workspace.create(root)
+    num_devices, num_bins = scores.shape
+    starts = ORIGIN + pd.to_timedelta(np.arange(num_bins), unit="min")
+    codes = np.repeat(np.arange(num_devices, dtype=np.int32), num_bins)
+    evidence = pd.DataFrame({
+        "device": pd.Categorical.from_codes(codes, categories=names),
+        "scale": np.int32(1),
+        "bin": np.tile(np.arange(num_bins, dtype=np.int32), num_devices),
+        "evidence": scores.reshape(-1),
+    })
+    tables = {
+        "devices": pd.DataFrame({"idx": np.arange(num_devices), "device": names,
+                                 "kind": "plc", "zone": "", "criticality": 0.5,
+                                 "first_bin": 0}),
+        "bins": pd.DataFrame({"scale": 1, "bin": np.arange(num_bins), "start": starts,
+                              "end": starts + pd.Timedelta(minutes=1),
+                              "period": "score"}),
+        "device_evidence": evidence,
+    }
+    config = RunConfig(stream=StreamConfig(bin_seconds=60, scales=(1,)))
+    publish_run(workspace, "big", tables, {"config": config.to_dict()})
+    return workspace
+
+
+def _device_names(count: int) -> list[str]:
+    return [f"dev-{i:04d}" for i in range(count)]
+
+
+def _check_capped_heatmap(workspace, scores, incident_row, incident_bins) -> None:
+    names = _device_names(scores.shape[0])
+    matrix = views.heatmap_matrix(workspace, "big", 1)
+    top = [names[i] for i in np.argsort(-scores.max(axis=1), kind="stable")[:500]]
+    row = matrix.devices.index(names[incident_row])
+    covering = np.flatnonzero((matrix.ends > ORIGIN + pd.Timedelta(
+        minutes=incident_bins[0])) & (matrix.starts < ORIGIN + pd.Timedelta(
+            minutes=incident_bins[1])))
+
+    assert len(matrix.devices) == 500
+    assert matrix.evidence.shape[1] <= 1000
+    assert matrix.evidence.size <= 500 * 1000
+    assert matrix.total_rows == scores.shape[0]
+    assert set(matrix.devices) == set(top)
+    assert row == 0
+    np.testing.assert_allclose(matrix.evidence[row, covering], 5.0)
+    # Each column is the maximum of the bins it covers.
+    factor = matrix.factor
+    expected = scores[incident_row, :factor * 3].reshape(3, factor).max(axis=1)
+    np.testing.assert_allclose(matrix.evidence[row, :3], expected, rtol=1e-6)
+
+    start = ORIGIN + pd.Timedelta(minutes=incident_bins[0] - 10)
+    end = ORIGIN + pd.Timedelta(minutes=incident_bins[1] + 10)
+    zoom = views.heatmap_matrix(workspace, "big", 1, start, end,
+                                devices=[names[incident_row], names[0]])
+    assert zoom.factor == 1
+    assert zoom.evidence.shape == (2, incident_bins[1] - incident_bins[0] + 20)
+    np.testing.assert_allclose(
+        zoom.evidence[zoom.devices.index(names[incident_row])],
+        scores[incident_row, incident_bins[0] - 10:incident_bins[1] + 10], rtol=1e-6)
+
+
+def _z_shape(heatmap: dict) -> tuple[int, int]:
+    """Return the shape of a heatmap's z, which Plotly sends as a typed array."""
+    rows, columns = heatmap["z"]["shape"].split(",")
+    return int(rows), int(columns)
+
+
+def _render_heatmap_page(workspace, monkeypatch) -> dict:
+    monkeypatch.setenv("TGLOC_WORKSPACE", str(workspace.root))
+    monkeypatch.chdir(REPOSITORY)
+    app = AppTest.from_file(str(REPOSITORY / "pages" / "1_Heatmap.py"),
+                            default_timeout=TIMEOUT)
+    app.run()
+    assert not app.exception
+    assert not app.error
+    charts = app.get("plotly_chart")
+    assert len(charts) == 1
+    spec = charts[0].proto.spec
+    assert len(spec.encode()) < MESSAGE_LIMIT_BYTES
+    return json.loads(spec)
+
+
+def _planted_scores(devices: int, bins: int, row: int, first: int, last: int):
+    rng = np.random.default_rng(0)
+    scores = rng.gamma(2.0, 0.05, size=(devices, bins)).astype("float32")
+    scores[row, first:last] = 5.0
+    return scores
+
+
+def test_heatmap_caps_cells_and_zooms(tmp_path, monkeypatch):
+    scores = _planted_scores(600, 3000, 234, 1500, 1530)
+    workspace = _publish_scores(tmp_path / "ws", scores, _device_names(600))
+
+    _check_capped_heatmap(workspace, scores, 234, (1500, 1530))
+    figure = _render_heatmap_page(workspace, monkeypatch)
+    heatmap = figure["data"][0]
+
+    assert heatmap["type"] == "heatmap"
+    assert _z_shape(heatmap) == (500, 1000)
+    assert heatmap["y"][0] == "dev-0234"
+
+
+@pytest.mark.slow
+def test_heatmap_week_of_minutes_capped(tmp_path, monkeypatch):
+    """2,000 devices x 10,080 one-minute bins (a week), one incident at row 1234."""
+    scores = _planted_scores(2000, 10080, 1234, 5000, 5030)
+    workspace = _publish_scores(tmp_path / "ws", scores, _device_names(2000))
+
+    _check_capped_heatmap(workspace, scores, 1234, (5000, 5030))
+    figure = _render_heatmap_page(workspace, monkeypatch)
+    heatmap = figure["data"][0]
+
+    assert _z_shape(heatmap)[0] == 500
+    assert _z_shape(heatmap)[1] <= 1000
+    assert heatmap["y"][0] == "dev-1234"
+
+
+def test_numeric_like_ids_stay_text(tmp_path):
+    frame = pd.read_csv(FIXTURES / "numeric_like_ids.csv", dtype=str)
+    events = tmp_path / "events.csv"
+    events.write_text("ts,src,dst\n" + "".join(
+        f"2024-03-01T08:00:0{i}Z,{device},hmi-1\n"
+        for i, device in enumerate(frame["device"])))
+    workspace = Workspace.create(tmp_path / "ws")
+    ingest_file(workspace, events, IngestOptions("events"))
+    stored = store.query(workspace.store_path, "SELECT src FROM events ORDER BY t")
+    kinds = store.query(workspace.store_path, "DESCRIBE events").set_index("column_name")
+
+    assert stored["src"].tolist() == ["10", "2", "1", "1E1"]
+    assert kinds.loc["src", "column_type"] == "VARCHAR"
+
+
+def test_numeric_like_ids_categorical_rows(tmp_path):
+    frame = pd.read_csv(FIXTURES / "numeric_like_ids.csv", dtype=str)
+    scores = frame["score"].astype(float).to_numpy()[:, None]
+    workspace = _publish_scores(tmp_path / "ws", scores, frame["device"].tolist())
+
+    matrix = views.heatmap_matrix(workspace, "big", 1)
+    figure = plots.heatmap_figure(matrix, pd.DataFrame(columns=[
+        "rank", "incident_id", "start", "end", "device"]), pd.DataFrame(columns=[
+            "incident_id", "start", "end"]))
+    heatmap = figure.data[0]
+
+    assert matrix.devices == ["10", "2", "1E1", "1"]
+    assert figure.layout.yaxis.type == "category"
+    assert list(figure.layout.yaxis.categoryarray) == ["10", "2", "1E1", "1"]
+    assert list(heatmap.y) == ["10", "2", "1E1", "1"]
+    assert [row[0] for row in heatmap.z] == [0.9, 0.5, 0.3, 0.1]
+    assert sorted(figure.data[1].y) == sorted(["10", "2", "1E1", "1"])
