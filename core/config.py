@@ -133,6 +133,8 @@ class SearchConfig:
             another device needs to be reported as a member.
         member_min_magnitude: fraction of the largest element score (of the same
             kind) among a hit's members that a member's own largest score needs.
+        scan_fanout: new pairs a device must open in an incident's interval to be
+            treated as the source of a scan, whose peers are its targets.
     """
 
     statistic: str = "bj"
@@ -146,6 +148,7 @@ class SearchConfig:
     member_min_score: float = 8.0
     member_min_share: float = 0.5
     member_min_magnitude: float = 0.3
+    scan_fanout: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alphas", tuple(sorted(self.alphas)))
@@ -164,6 +167,7 @@ class SearchConfig:
                ">= 0")
         _check("member_min_share", self.member_min_share,
                0 <= self.member_min_share <= 1, "between 0 and 1")
+        _check("scan_fanout", self.scan_fanout, self.scan_fanout >= 2, ">= 2")
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ class Incident:
     devices: list[int]
     hits: list[Hit] = field(default_factory=list)
     process: bool = False
+    targets: list[int] = field(default_factory=list)
 
 
 def build_evidence(
@@ -570,7 +571,7 @@ def best_hit(
 
 def detect(
     states: list[ScaleState], num_devices: int, num_bins: int, links: np.ndarray,
-    kinds: np.ndarray, config: SearchConfig,
+    kinds: np.ndarray, config: SearchConfig, aftermath: int = 0,
 ) -> list[Incident]:
     """Take incidents out strongest first, across every scale.
 
@@ -579,6 +580,11 @@ def detect(
     that interval from every scale before the next round. Two anomalies that share
     a time window therefore become two incidents, and the many weaker intervals
     that contain a strong anomaly do not become incidents of their own.
+
+    The model reads up to `aftermath` base bins of past input, so for that long after
+    an incident its devices' residuals still carry it (a device back from silence is
+    reconstructed from a window that holds the silence). A later hit on devices of an
+    incident within that many bins of its end joins the incident.
     """
     matrix, hubs = adjacency(num_devices, links, kinds, config.hub_kinds)
     incidents: list[Incident] = []
@@ -592,17 +598,22 @@ def detect(
         start, stop, alpha = _refine(state, hit, config)
         base_start = start * state.scale
         base_stop = min(stop * state.scale, num_bins)
+        base_start, base_stop = _widen(states, hit, base_start, base_stop, num_bins, config)
         incidents.append(Incident(base_start, base_stop, state.scale, alpha, hit.score,
                                   hit.threshold, hit.devices, [hit]))
         devices = state.dominant(hit.devices, start, stop, alpha, config.member_min_magnitude)
         process = state.is_process(devices, start, stop, alpha)
         incidents[-1].process = process
         absorbed = _absorb(incidents[:-1], devices, base_start, base_stop, matrix,
-                           hubs if process else np.zeros_like(hubs), process)
+                           hubs if process else np.zeros_like(hubs), process, aftermath)
         if absorbed is not None:
             incidents.pop()
             absorbed.devices = sorted(set(absorbed.devices) | set(devices))
             absorbed.hits.append(hit)
+            if base_start <= absorbed.stop and absorbed.start <= base_stop:
+                # An overlapping hit widens the incident to cover both.
+                absorbed.start = min(absorbed.start, base_start)
+                absorbed.stop = max(absorbed.stop, base_stop)
         else:
             incidents[-1].devices = devices
         reached = devices + state.targets(devices, start, stop, alpha)
@@ -611,17 +622,96 @@ def detect(
     return incidents
 
 
+def merge_fragments(incidents: list[Incident], gap: int) -> list[Incident]:
+    """Join an incident to another of the same kind (process or communication) that
+    holds all its devices and lies within `gap` base bins of it; the interval becomes
+    their union. Removing a strong hit's elements can leave a few bins at its edges
+    that the scan finds again on their own."""
+    merged: set[int] = set()
+    for position, incident in enumerate(incidents):
+        if position in merged:
+            continue
+        for other_position, other in enumerate(incidents):
+            if (other_position == position or other_position in merged
+                    or other.process != incident.process
+                    or not set(other.devices) <= set(incident.devices)
+                    or len(other.devices) == len(incident.devices) and other_position < position
+                    or other.start > incident.stop + gap or incident.start > other.stop + gap):
+                continue
+            merged.add(other_position)
+            incident.hits += other.hits
+            incident.start = min(incident.start, other.start)
+            incident.stop = max(incident.stop, other.stop)
+    return [incident for position, incident in enumerate(incidents) if position not in merged]
+
+
+def gather_scans(
+    incidents: list[Incident], novel_pairs: np.ndarray, active: np.ndarray, fanout: int,
+) -> list[Incident]:
+    """Give each scan one incident, with its source as the device.
+
+    A host that a scan reaches receives traffic from a source it never saw, and its
+    own elements can be the strongest evidence of the run; found first, it would
+    become an incident of its own, and the source a member of it or of another.
+    A device that opens at least `fanout` pairs the reference never saw within one
+    bin of a communication incident is a scan source. The incident then holds the
+    sources as devices; the hosts they reached stop being devices, and a later
+    communication incident over the same time whose devices are all such hosts
+    joins it.
+
+    Args:
+        novel_pairs: shape [Q, 2], (src, dst) of the pairs absent from the reference.
+        active: shape [T, Q], bool, the pair carries events in the base bin.
+    """
+    merged: set[int] = set()
+    for position, incident in enumerate(incidents):
+        if position in merged or incident.process or len(novel_pairs) == 0:
+            continue
+        lower, upper = max(incident.start - 1, 0), incident.stop + 1
+        live = active[lower:upper].any(axis=0)
+        src, dst = novel_pairs[live, 0], novel_pairs[live, 1]
+
+        def peers(device: int) -> set[int]:
+            return set(dst[src == device].tolist()) | set(src[dst == device].tolist())
+
+        sources = set()
+        for device in incident.devices:
+            for candidate in {device} | peers(device):
+                if len(peers(candidate)) >= fanout:
+                    sources.add(candidate)
+        if not sources:
+            continue
+        reached = set().union(*(peers(source) for source in sources)) - sources
+        for other_position, other in enumerate(incidents):
+            if (other_position == position or other_position in merged or other.process
+                    or not (other.start < upper and lower < other.stop)
+                    or not set(other.devices) <= reached | sources):
+                continue
+            merged.add(other_position)
+            incident.hits += other.hits
+            incident.start, incident.stop = min(incident.start, other.start), max(incident.stop, other.stop)
+        incident.devices = sorted(sources | (set(incident.devices) - reached))
+        incident.targets = sorted(reached)
+    return [incident for position, incident in enumerate(incidents) if position not in merged]
+
+
 def _absorb(
     incidents: list[Incident], devices: list[int], start: int, stop: int,
-    matrix: np.ndarray, hubs: np.ndarray, process: bool,
+    matrix: np.ndarray, hubs: np.ndarray, process: bool, aftermath: int = 0,
 ) -> Incident | None:
     """The incident a new hit belongs to: one that overlaps it in time and whose
     devices are linked to the hit's. Process hits also join across one hub, because
     the field devices of one PLC share a process. Communication hits join only
     through a direct link, so two workstations that both talk to a SCADA server
-    stay apart."""
+    stay apart. Touching intervals count as overlapping. A hit on an incident's own
+    devices that starts within `aftermath` bins after its end joins it too."""
     for incident in incidents:
-        if not (start < incident.stop and incident.start < stop):
+        if (set(devices) <= set(incident.devices)
+                and incident.start < stop and start < incident.stop + aftermath):
+            return incident
+    for incident in incidents:
+        # Hits one bin apart are one event whose edge fell on either side.
+        if not (start <= incident.stop and incident.start <= stop):
             continue
         if incident.process != process:
             continue
@@ -631,24 +721,59 @@ def _absorb(
     return None
 
 
+def _widen(
+    states: list[ScaleState], hit: Hit, start: int, stop: int, num_bins: int,
+    config: SearchConfig,
+) -> tuple[int, int]:
+    """Widen base bins [start, stop) to the best interval of the hit's devices at the
+    finest scale, searched within one hit length on either side.
+
+    A coarse hit, one bin of sixteen base bins, says only roughly when an anomaly
+    began and ended; the finest scale tells it to the bin. The interval only grows:
+    a slow drift is clearer at the coarse scale than in any run of base bins.
+    """
+    fine = min(states, key=lambda item: item.scale)
+    if fine.scale >= hit.scale or fine.scale != 1:
+        return start, stop
+    length = stop - start
+    run = next(((a, b) for a, b in fine.runs if a <= start < b), None)
+    if run is None:
+        return start, stop
+    lower, upper = max(run[0], start - length), min(run[1], stop + length, num_bins)
+    evidence = fine.evidence()
+    single = hit.alpha not in config.alphas
+    best = (start, stop, 0.0)
+    for a, alpha in enumerate(config.alphas):
+        if single and alpha > 1e-3:
+            continue
+        found = refine_interval(evidence, hit.devices, a, alpha, lower, upper, config.statistic)
+        if found[2] > best[2]:
+            best = found
+    if best[2] <= 0 or not (best[0] < stop and start < best[1]):
+        return start, stop
+    return min(start, best[0]), max(stop, best[1])
+
+
 def _split_in_time(state: ScaleState, hit: Hit, config: SearchConfig) -> list[int]:
-    """The hit's devices whose evidence shares a time span with the strongest device.
+    """The hit's devices whose evidence shares a time span with the strongest group.
 
     A long interval can hold two anomalies that touch one device (a scan and, later,
     a flood on one of the scanned PLCs), and their sum outscores either alone. Each
-    device's own best interval inside the hit is found; devices are grouped by
-    overlapping intervals, and the group with the highest statistic is kept. The
-    others stay in the scan and are found in a later round.
+    device's core is the shortest span of the hit that holds `CORE_SHARE` of its
+    small p-values; devices are grouped by overlapping cores, and the group with the
+    highest statistic is kept. The others stay in the scan and are found in a later
+    round. Cores, not best intervals, because a device's residuals linger for a while
+    after an anomaly ends and would stretch its best interval into the next one.
     """
     if len(hit.devices) <= 1 or hit.alpha not in config.alphas:
         return hit.devices
     a = config.alphas.index(hit.alpha)
     function = STATISTICS[config.statistic]
     evidence = state.evidence()
-    spans = np.array([refine_interval(evidence, [d], a, hit.alpha, hit.start, hit.stop,
-                                      config.statistic)[:2] for d in hit.devices])
-    overlap = (spans[:, None, 0] < spans[None, :, 1]) & (spans[None, :, 0] < spans[:, None, 1])
     devices = np.asarray(hit.devices)
+    per_bin = np.diff(evidence.counts[hit.start : hit.stop + 1, devices, a], axis=0)
+    spans = np.array([_core(per_bin[:, i]) for i in range(len(devices))]) + hit.start
+    overlap = (spans[:, None, 0] < spans[None, :, 1]) & (spans[None, :, 0] < spans[:, None, 1])
     groups = components(np.arange(len(devices)), overlap, np.zeros(len(devices), dtype=bool))
     if len(groups) == 1:
         return hit.devices
@@ -663,6 +788,24 @@ def _split_in_time(state: ScaleState, hit: Hit, config: SearchConfig) -> list[in
     best = max(groups, key=value)
     hit.score = value(best)
     return [int(d) for d in devices[best]]
+
+
+CORE_SHARE = 0.8
+
+
+def _core(counts: np.ndarray) -> tuple[int, int]:
+    """Shortest [start, stop) of `counts` (per bin) holding `CORE_SHARE` of the sum."""
+    total = counts.sum()
+    if total <= 0:
+        return 0, len(counts)
+    cumulative = np.concatenate([[0], np.cumsum(counts)])
+    need = CORE_SHARE * total - 1e-9
+    best = (0, len(counts))
+    for start in range(len(counts)):
+        stop = int(np.searchsorted(cumulative, cumulative[start] + need, side="left"))
+        if stop <= len(counts) and stop - start < best[1] - best[0]:
+            best = (start, max(stop, start + 1))
+    return best
 
 
 def _refine(state: ScaleState, hit: Hit, config: SearchConfig) -> tuple[int, int, float]:

@@ -296,13 +296,21 @@ def localize_run(
                  {k: round(v, 1) for k, v in by_length.items()}, limits)
         report("localization", 0.5 * (position + 1) / len(scored))
 
-    incidents = localize.detect(states, num_devices, snapshots.num_bins, links, kinds, search)
+    aftermath = 2 * sum(config.model.dilations) + config.model.own_lag
+    incidents = localize.detect(states, num_devices, snapshots.num_bins, links, kinds, search,
+                                aftermath)
+    codes = snapshots.pairs[:, 0] * num_devices + snapshots.pairs[:, 1]
+    reference = prepared.reference_pairs[:, 0] * num_devices + prepared.reference_pairs[:, 1]
+    novel = ~np.isin(codes, reference)
+    incidents = localize.gather_scans(incidents, snapshots.pairs[novel],
+                                      snapshots.pair_events[:, novel] > 0, search.scan_fanout)
     if model is not None:
         for incident in incidents:
             if incident.process and len(incident.devices) > 1:
                 incident.devices = explain_away(model, prepared, snapshots, incident.devices,
                                                 incident.start, incident.stop,
                                                 search.member_min_share)
+    incidents = localize.merge_fragments(incidents, aftermath)
     report("localization", 1.0)
     by_scale = {state.scale: state.elements for state in states}
     families = {item.scale: item.families for item in scored}
@@ -366,7 +374,7 @@ def describe_incidents(
         start = incident.start // scale
         stop = -(-incident.stop // scale)
         inside = elements[(elements["bin"] >= start) & (elements["bin"] < stop)]
-        chosen = choose_members(inside, incident.devices, incident.alpha)
+        chosen = choose_members(inside, incident.devices, incident.alpha, incident.targets)
         device_set = chosen["devices"]
 
         begin = snapshots.bin_start(incident.start)[0]
@@ -403,13 +411,15 @@ def describe_incidents(
     return table, members.reset_index(drop=True)
 
 
-def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float) -> dict:
+def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float,
+                   reached: list[int] = ()) -> dict:
     """Second pass: members, pairs, targets and sensors of an incident.
 
     A device whose only significant elements are pairs with a single peer is a
     target of that peer, not a member. This applies when the peer has significant
     elements of its own, or significant pairs with three or more devices (the
-    centre of a scan).
+    centre of a scan). The pairs between the members and the hosts in `reached` (a
+    scan's targets) are targets whatever their p-values.
     """
     significant = inside[inside["p_value"] <= alpha]
     members = set(devices)
@@ -440,7 +450,14 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float) -> di
     dst_in = pairs["peer_idx"].isin(in_set)
     internal = pairs[src_in & dst_in]
     leaving = pairs[src_in ^ dst_in]
-    outside = np.where(src_in[src_in ^ dst_in], leaving["peer_idx"], leaving["device_idx"])
+    if len(reached):
+        every = inside[inside["kind"] == "pair"]
+        to_reached = ((every["device_idx"].isin(in_set) & every["peer_idx"].isin(reached))
+                      | (every["peer_idx"].isin(in_set) & every["device_idx"].isin(reached)))
+        leaving = pd.concat([leaving, every[to_reached]]).drop_duplicates(
+            ["device_idx", "peer_idx", "bin"])
+    src_side = leaving["device_idx"].isin(in_set).to_numpy()
+    outside = np.where(src_side, leaving["peer_idx"], leaving["device_idx"])
     targets = leaving.assign(target=outside)
     sensors = own[own["kind"].str.startswith("sensor") & own["device_idx"].isin(in_set)]
     return {

@@ -40,6 +40,7 @@ CONSTANT_IN_TRAINING = "constant in training"
 OUTSIDE_TRAINING_RANGE = "outside training range"
 TAIL_QUANTILE = 0.9
 BODY_SCALE = 0.5
+BALANCE_QUANTILE = 0.99
 MIN_TAIL = 15
 P_FLOOR = 1e-12
 
@@ -166,7 +167,8 @@ def families(
             ids=pd.DataFrame({"device": names[columns], "peer": None, "sensor": None,
                               "device_idx": columns, "peer_idx": -1,
                               "group": kinds[columns]}),
-            residual=(x[:, columns, comm] - x_hat[:, columns, comm]) * exists[..., None],
+            residual=balance((x[:, columns, comm] - x_hat[:, columns, comm]) * exists[..., None],
+                             exists[..., None] & np.ones(len(COMM_FEATURES), bool), in_train),
             weight=np.broadcast_to(exists[..., None], exists.shape + (len(COMM_FEATURES),)).astype(np.float32),
             exists=exists,
             observed=observed_raw,
@@ -208,7 +210,7 @@ def families(
                               "sensor": sensors["sensor"].astype(str).to_numpy(),
                               "device_idx": device_idx, "peer_idx": -1,
                               "group": kinds[device_idx]}),
-            residual=residual,
+            residual=balance(residual, weight > 0, in_train),
             weight=weight,
             exists=exists,
             observed=snapshots.sensor_values[..., 0],
@@ -265,6 +267,28 @@ def families(
             expected=np.expm1(expected_log),
         ))
     return result
+
+
+def balance(residual: np.ndarray, observed: np.ndarray, in_train: np.ndarray) -> np.ndarray:
+    """Divide each feature's residuals by its `BALANCE_QUANTILE` absolute residual
+    over the training bins, pooled over the family's elements.
+
+    An element's score is its largest feature residual, so a feature with heavy
+    tails (the time since a reading last changed jumps whenever a slow signal
+    moves) would otherwise set the scale for all of them, and a spike in the mean
+    would have to beat the other feature's normal extremes.
+
+    Args:
+        residual: shape [T, J, D]. observed: bool, broadcastable to it.
+        in_train: shape [T], bool.
+    """
+    observed = np.broadcast_to(observed, residual.shape)
+    scales = np.ones(residual.shape[-1], dtype=np.float64)
+    for feature in range(residual.shape[-1]):
+        values = np.abs(residual[in_train, :, feature][observed[in_train, :, feature]])
+        if len(values):
+            scales[feature] = max(float(np.quantile(values, BALANCE_QUANTILE)), 1e-6)
+    return (residual / scales).astype(np.float32)
 
 
 def aggregate(family: Family, scale: int) -> ScaledFamily:
