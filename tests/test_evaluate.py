@@ -109,3 +109,36 @@ def test_window_file_bad_label_names_line(tmp_path):
     assert result.returncode == 2
     assert "error: invalid value 'maybe' in column label, line 3" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _incidents(rows):
+    import pandas as pd
+
+    incidents = pd.DataFrame([{"incident_id": i, "start": pd.Timestamp(a, tz="UTC"),
+                               "end": pd.Timestamp(b, tz="UTC")} for i, a, b, _ in rows])
+    members = pd.DataFrame([{"incident_id": i, "role": "device", "device": d}
+                            for i, _, _, devices in rows for d in devices])
+    return incidents, members
+
+
+def test_match_counts_second_piece_as_repeat():
+    import pandas as pd
+
+    from core.evaluate import match_incidents
+
+    truth = pd.DataFrame([{"anomaly_id": "a1", "kind": "drift",
+                           "start": pd.Timestamp("2024-03-01 10:00", tz="UTC"),
+                           "end": pd.Timestamp("2024-03-01 11:00", tz="UTC"),
+                           "devices": ["ft-1"]}])
+    incidents, members = _incidents([
+        ("whole", "2024-03-01 10:05", "2024-03-01 10:50", ["ft-1"]),
+        ("piece", "2024-03-01 10:52", "2024-03-01 10:58", ["ft-1"]),
+        ("wide", "2024-03-01 10:00", "2024-03-01 10:30", ["ft-1", "ft-2", "ft-3"]),
+        ("elsewhere", "2024-03-01 12:00", "2024-03-01 12:10", ["ft-1"]),
+    ])
+
+    match = match_incidents(incidents, members, truth)
+
+    assert match.truth["incident_id"].tolist() == ["whole"]
+    assert match.repeats == ["piece"]
+    assert match.unmatched == ["wide", "elsewhere"]

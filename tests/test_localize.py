@@ -192,3 +192,80 @@ def test_detect_splits_two_anomalies_sharing_a_device():
     assert [(start, stop) for start, stop, _ in spans] == [(2, 5), (14, 22)]
     assert 0 in spans[0][2] and 2 not in spans[0][2]
     assert spans[1][2] == [1, 2]
+
+
+def _incident(start, stop, devices, process=False):
+    from core.localize import Incident
+
+    return Incident(start, stop, scale=1, alpha=1e-3, score=10.0, threshold=5.0,
+                    devices=list(devices), process=process)
+
+
+def test_gather_scans_source_keeps_incident_hosts_become_targets():
+    from core.localize import gather_scans
+
+    # Device 0 opens new pairs to hosts 1-5 in bins 10-12; device 6 opens one to 7.
+    novel = np.array([[0, h] for h in range(1, 6)] + [[6, 7]])
+    active = np.zeros((40, len(novel)), dtype=bool)
+    active[10:12, :5] = True
+    active[30:35, 5] = True
+    incidents = [
+        _incident(11, 12, [3]),             # a scanned host, found first
+        _incident(10, 12, [0, 2]),          # the source with a host
+        _incident(12, 13, [4]),             # another host, one bin later
+        _incident(30, 35, [6, 7]),          # a new link, not a scan
+        _incident(11, 12, [4], process=True),
+    ]
+
+    result = gather_scans(incidents, novel, active, fanout=3)
+
+    assert [(i.start, i.stop, i.devices, i.targets) for i in result] == [
+        (10, 13, [0], [1, 2, 3, 4, 5]),
+        (30, 35, [6, 7], []),
+        (11, 12, [4], []),
+    ]
+
+
+def test_merge_fragments_joins_edge_pieces_of_one_incident():
+    from core.localize import merge_fragments
+
+    incidents = [
+        _incident(100, 140, [1, 2], process=True),
+        _incident(96, 98, [2], process=True),     # just before, its devices inside
+        _incident(160, 170, [1], process=True),   # within the gap after
+        _incident(100, 110, [2]),                 # communication: another kind
+        _incident(300, 310, [1], process=True),   # too far
+        _incident(120, 125, [3], process=True),   # another device
+    ]
+
+    result = merge_fragments(incidents, gap=35)
+
+    assert [(i.start, i.stop, i.devices) for i in result] == [
+        (96, 170, [1, 2]), (100, 110, [2]), (300, 310, [1]), (120, 125, [3])]
+
+
+@pytest.mark.parametrize("aftermath, expected", [(0, 2), (10, 1)])
+def test_detect_hit_after_incident_within_model_reach_joins(aftermath, expected):
+    """Device 2 is abnormal in bins 10-19 and again, weaker, in bins 23-24, as a
+    device's residuals are after it comes back from silence."""
+    rng = np.random.default_rng(6)
+    rows = []
+    for t in range(40):
+        for device in range(4):
+            for slot in range(3):
+                strong = device == 2 and 10 <= t < 20
+                after = device == 2 and 23 <= t < 25 and slot == 0
+                rows.append(("sensor", device, -1, t,
+                             1e-5 if strong or after else rng.uniform(0.2, 1.0)))
+    elements = _elements(rows)
+    elements["score"] = -np.log10(elements["p_value"])
+    state = ScaleState.build(ScaleElements(1, 40, elements, [(0, 40)]), 4,
+                             SearchConfig().alphas, {2 ** k: 12.0 for k in range(6)},
+                             {"sensor": 1e-12})
+
+    incidents = detect([state], num_devices=4, num_bins=40, links=np.array([[1, 2]]),
+                       kinds=np.array(["rtu"] * 4), config=SearchConfig(max_incidents=5),
+                       aftermath=aftermath)
+
+    assert len(incidents) == expected
+    assert incidents[0].devices == [2] and (incidents[0].start, incidents[0].stop) == (10, 20)

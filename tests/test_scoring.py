@@ -159,3 +159,32 @@ def test_aggregate_pads_partial_bin():
     np.testing.assert_allclose(scaled.score[:, 0], [max(2.0, 4.0), 2.25, np.nan],
                                rtol=1e-12)
     assert scaled.exists[:, 0].tolist() == [True, True, False]
+
+
+def test_balance_divides_each_feature_by_its_training_tail():
+    from core.scoring import balance
+
+    rng = np.random.default_rng(0)
+    residual = np.stack([rng.normal(0, 1, (200, 5)), rng.normal(0, 10, (200, 5))], axis=-1)
+    in_train = np.arange(200) < 150
+    observed = np.ones(residual.shape, dtype=bool)
+
+    balanced = balance(residual, observed, in_train)
+
+    tails = [np.quantile(np.abs(residual[in_train, :, f]), 0.99) for f in range(2)]
+    np.testing.assert_allclose(balanced[..., 0], residual[..., 0] / tails[0], rtol=1e-5)
+    np.testing.assert_allclose(balanced[..., 1], residual[..., 1] / tails[1], rtol=1e-5)
+    assert np.quantile(np.abs(balanced[in_train, :, 1]), 0.99) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_tail_pvalues_cluster_at_top_not_impossible():
+    """A reference whose top tenth is a tight cluster (a recurring pattern): a score
+    just beyond the cluster is rare, not impossible; a score far beyond still is."""
+    rng = np.random.default_rng(3)
+    reference = np.sort(np.concatenate([rng.uniform(0.0, 0.5, 300),
+                                        rng.uniform(0.88, 0.92, 40)]))
+
+    near, far = tail_pvalues(reference, np.array([1.1, 6.0]), rng)
+
+    assert near > 1e-3
+    assert far < 1e-6
