@@ -669,6 +669,8 @@ def _write(
     try:
         with _store_connection(workspace) as con:
             con.execute(store.STORE_SCHEMA)
+            log.debug("storing %d rows of %s in %s in one transaction",
+                      len(batch.rows), origin.source, batch.table)
             con.execute("BEGIN TRANSACTION")
             try:
                 _check_unchanged(con, origin)

@@ -227,6 +227,11 @@ def _csv_table(text: str, name: str, undecodable: bool, encoding: str) -> Table:
     try:
         for row in reader:
             row_line, line = line, reader.line_num + 1
+            # The common row goes first: this loop runs once per row of the file.
+            if len(row) == width and not undecodable and row[0]:
+                rows.append(row)
+                lines.append(row_line)
+                continue
             if not row or (len(row) == width and not any(row)):
                 blank += 1
                 continue
