@@ -35,7 +35,8 @@ import ipaddress
 import logging
 import re
 import zoneinfo
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -59,6 +60,8 @@ EPOCH_SECONDS_MIN = 631_152_000
 EPOCH_SECONDS_MAX = 4_102_444_800
 EPOCH_UNITS = {"s": 1_000_000, "ms": 1_000}
 EPOCH_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds"}
+EPOCH_MAX_DIGITS = 18
+EPOCH_SAMPLE_ROWS = 1000
 
 MISSING_TOKENS = frozenset({"", "-", "nan", "null", "none", "na", "n/a", "(empty)"})
 INFINITE_TOKENS = frozenset(
@@ -292,6 +295,9 @@ class _Rows:
 
         `reason` is one text or a Series of texts aligned with the frame.
         """
+        flags = mask.to_numpy()
+        if flags.dtype == bool and not flags.any():
+            return
         mask = mask.reindex(self.frame.index, fill_value=False)
         mask = mask.fillna(False).astype(bool)
         if not mask.any():
@@ -626,23 +632,30 @@ def _stored_state(
     con: duckdb.DuckDBPyConnection, checksum: str, path: str | None, target: str
 ) -> tuple[int | None, tuple | None]:
     """Return the first report of `checksum`, and the last report of `path`."""
-    already = con.execute(
-        "SELECT min(report_id) FROM ingest_reports WHERE checksum = ? AND target = ?",
-        [checksum, target],
-    ).fetchall()[0][0]
-    latest = None
-    if path is not None:
-        found = con.execute(
-            "SELECT report_id, bytes_end, checksum FROM ingest_reports "
-            "WHERE path = ? AND target = ? ORDER BY report_id DESC LIMIT 1",
-            [path, target],
-        ).fetchall()
-        latest = found[0] if found else None
+    found = con.execute(
+        "SELECT (SELECT min(report_id) FROM ingest_reports "
+        "        WHERE checksum = $checksum AND target = $target), "
+        "       (SELECT max(report_id) FROM ingest_reports "
+        "        WHERE path = $path AND target = $target)",
+        {"checksum": checksum, "path": path, "target": target},
+    ).fetchall()[0]
+    already, latest_id = found
+    if latest_id is None:
+        return already, None
+    latest = con.execute(
+        "SELECT report_id, bytes_end, checksum FROM ingest_reports "
+        "WHERE report_id = ?", [latest_id],
+    ).fetchall()[0]
     return already, latest
 
 
-def _store_connection(workspace: Workspace):
-    return store.connect(workspace.store_path, retry_seconds=WRITE_RETRY_SECONDS)
+@contextmanager
+def _store_connection(workspace: Workspace) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the store for writing, with its schema up to date."""
+    with store.connect(workspace.store_path,
+                       retry_seconds=WRITE_RETRY_SECONDS) as con:
+        store.ensure_store_schema(con)
+        yield con
 
 
 def _sha256(data: bytes) -> str:
@@ -668,7 +681,6 @@ def _write(
     started = pd.Timestamp.now(tz="UTC")
     try:
         with _store_connection(workspace) as con:
-            con.execute(store.STORE_SCHEMA)
             log.debug("storing %d rows of %s in %s in one transaction",
                       len(batch.rows), origin.source, batch.table)
             con.execute("BEGIN TRANSACTION")
@@ -759,22 +771,16 @@ def _write_batch(
         report.rows_deduplicated
     ):
         raise AssertionError(f"ingest counts do not add up: {report}")
-    store.insert_frame(con, "ingest_reports", pd.DataFrame({
-        "report_id": [report_id],
-        "file": [source],
-        "checksum": [origin.checksum],
-        "target": [options.target],
-        "started": [started],
-        "rows_read": [report.rows_read],
-        "rows_stored": [report.rows_stored],
-        "rows_rejected": [report.rows_rejected],
-        "rows_deduplicated": [report.rows_deduplicated],
-        "notes": [notes],
-        "path": [origin.path],
-        "bytes_start": [report.bytes_start],
-        "bytes_end": [report.bytes_end],
-        "already_loaded": [origin.already],
-    }))
+    con.execute(
+        "INSERT INTO ingest_reports (report_id, file, checksum, target, started, "
+        "rows_read, rows_stored, rows_rejected, rows_deduplicated, notes, path, "
+        "bytes_start, bytes_end, already_loaded) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [report_id, source, origin.checksum, options.target, started.to_pydatetime(),
+         report.rows_read, report.rows_stored, report.rows_rejected,
+         report.rows_deduplicated, notes, origin.path, report.bytes_start,
+         report.bytes_end, origin.already],
+    )
     return report
 
 
@@ -875,7 +881,9 @@ def _text(series: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(series):
         values = series.to_numpy(dtype=float, na_value=np.nan)
         finite = np.isfinite(values)
-        integral = finite & (np.floor(values) == values)
+        # Floats beyond the int64 range keep their exponent form, because the cast
+        # to int64 below would overflow.
+        integral = finite & (np.floor(values) == values) & (np.abs(values) < 2.0**63)
         text = np.where(finite, [repr(v) for v in values.tolist()], "").astype(object)
         text[integral] = values[integral].astype(np.int64).astype(str)
         return pd.Series(text, index=series.index, dtype=str)
@@ -980,15 +988,20 @@ def _parse_times(
     if len(present) == 0:
         return pd.Series(pd.NaT, index=index, dtype="datetime64[us, UTC]"), reasons, []
 
-    # Each pattern runs over the whole column only when the first value fits it.
-    if EPOCH_PATTERN.match(present.iloc[0]):
+    # The epoch pattern runs over the whole column only when most of a sample fits
+    # it, so a stray first value neither decides the format nor costs a full scan.
+    sample = present.iloc[:EPOCH_SAMPLE_ROWS]
+    if sample.str.fullmatch(EPOCH_PATTERN.pattern).mean() > 0.5:
         epoch = present.str.fullmatch(EPOCH_PATTERN.pattern)
         if epoch.mean() > 0.5:
             reasons[epoch[~epoch].index] = (
                 "time not an epoch number like the rest of the column"
             )
             parts = present[epoch].str.extract(EPOCH_PATTERN)
-            whole = pd.to_numeric(parts[0]).astype(np.int64)
+            # A value with more digits than an int64 can store is far outside
+            # 1990-2100 in any unit. It becomes 0 and is rejected as out of range.
+            huge = parts[0].str.lstrip("+-").str.len() > EPOCH_MAX_DIGITS
+            whole = pd.to_numeric(parts[0].mask(huge, "0")).astype(np.int64)
             whole = whole.reindex(index, fill_value=0)
             digits = parts[1].fillna("").reindex(index, fill_value="")
             return _epoch(whole, None, digits, text, column, lines, options, reasons)
@@ -1148,6 +1161,9 @@ def _epoch(
 ) -> tuple[pd.Series, pd.Series, list[str]]:
     """Convert epoch numbers, given as whole part plus a float or digit fraction."""
     valid = reasons.isna()
+    if not valid.any():
+        empty = pd.Series(pd.NaT, index=whole.index, dtype="datetime64[us, UTC]")
+        return empty, reasons, []
     in_seconds = valid & whole.between(EPOCH_SECONDS_MIN, EPOCH_SECONDS_MAX - 1)
     in_millis = valid & whole.between(EPOCH_SECONDS_MIN * 1000,
                                       EPOCH_SECONDS_MAX * 1000 - 1)
@@ -1638,6 +1654,12 @@ def _parse_wide(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
             }))
     table = pd.DataFrame(values, index=frame.index)
     empty = [c for c in sensors if table[c].isna().all()] if len(table) else []
+    if empty and len(empty) == len(sensors):
+        # Dropping every column would store nothing of rows the report counts as
+        # stored, so their readings are stored as NULL instead.
+        notes.append(f"all {len(empty)} sensor column{_plural(len(empty))} empty: "
+                     "readings stored as NULL")
+        empty = []
     if empty:
         notes.append(f"{len(empty)} entirely empty column{_plural(len(empty))} "
                      f"dropped: {', '.join(empty)}")

@@ -82,14 +82,27 @@ def complete_end(data: bytes, kind: str, read_unterminated: bool) -> int:
     A last line without a line end is held back, because the process writing the
     file may still be appending to it. A later load reads it once it is ended.
     It is read now when `read_unterminated` is true, when it is the only line (a
-    header), or when it contains only white space. Parquet files are read whole.
+    header), or when it contains only white space. In a CSV file, a last record
+    whose quoted field spans lines is held back whole. Parquet files are read whole.
     """
     if kind == "parquet" or read_unterminated:
         return len(data)
     newline = data.rfind(b"\n")
     if newline < 0 or not data[newline + 1:].strip():
         return len(data)
-    return newline + 1
+    end = newline + 1
+    if kind != "csv":
+        return end
+    # A line break inside a quoted CSV field is no record end. An odd number of
+    # quote characters before `end` means the cut falls inside such a field, so
+    # the cut moves back to an earlier line end.
+    quotes = data.count(b'"', 0, end)
+    while quotes % 2 and end > 0:
+        newline = data.rfind(b"\n", 0, end - 1)
+        start = newline + 1 if newline >= 0 else 0
+        quotes -= data.count(b'"', start, end)
+        end = start
+    return end
 
 
 def header_end(data: bytes, kind: str) -> int:
@@ -387,10 +400,10 @@ def _rejected_line(line: int, raw: str, reason: str) -> dict:
 
 
 def _rejected_frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(REJECTED_COLUMNS))
-    frame["line"] = frame["line"].astype(np.int64)
-    return frame.astype({"column": object, "value": object, "reason": object,
-                         "record": object})
+    columns = {name: pd.Series([row[name] for row in rows], dtype=object)
+               for name in REJECTED_COLUMNS}
+    columns["line"] = pd.Series([row["line"] for row in rows], dtype=np.int64)
+    return pd.DataFrame(columns)
 
 
 def _scalar_text(value: object) -> str:

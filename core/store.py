@@ -79,6 +79,10 @@ ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS record VARCHAR;
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS outcome VARCHAR;
 """
 
+# The column that the last change of STORE_SCHEMA added. A store that has it is
+# current, so `ensure_store_schema` skips the DDL, which costs more than a small load.
+NEWEST_STORE_COLUMN = ("quarantine", "outcome")
+
 # One run file. `bin` counts base bins from the run's origin at scale 1 and bins of
 # that scale at coarser scales. Element kinds: device, sensor, pair, new_device.
 RUN_SCHEMA = """
@@ -241,6 +245,19 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+def ensure_store_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the store tables, and add newer columns to an older store."""
+    table, column = NEWEST_STORE_COLUMN
+    try:
+        # Both names are module constants. Selecting the column is the cheapest
+        # check that the store is current.
+        con.execute(f'SELECT "{column}" FROM {table} LIMIT 0').fetchall()
+    except duckdb.CatalogException:
+        con.execute(STORE_SCHEMA)
+    except duckdb.BinderException:
+        con.execute(STORE_SCHEMA)
 
 
 def query(

@@ -647,8 +647,9 @@ def test_failed_write_leaves_store_unchanged(workspace, monkeypatch):
     before = _counts(workspace)
     original = store.insert_frame
 
+    # The quarantine is written after the events, so the failure comes mid-write.
     def failing_insert(con, table, frame):
-        if table == "ingest_reports":
+        if table == "quarantine":
             raise RuntimeError("disk full")
         return original(con, table, frame)
 

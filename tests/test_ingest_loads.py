@@ -325,3 +325,45 @@ def test_failed_file_leaves_store_unchanged(workspace, tmp_path):
     assert _counts(workspace) == {**before,
                                   "ingest_reports": before["ingest_reports"] + 1}
     assert again.already_loaded == 1
+
+
+def test_stray_first_time_rejected_not_fatal(workspace, tmp_path):
+    path = tmp_path / "stray.csv"
+    path.write_text("ts,src,dst\nx,A,B\n1709280000,A,B\n1709280001.5,A,C\n",
+                    encoding="utf-8")
+
+    report = ingest_file(workspace, path, IngestOptions("events"))
+    rejected = _rows(workspace, "SELECT line, reason FROM quarantine")
+
+    assert (report.rows_stored, report.rows_rejected) == (2, 1)
+    assert rejected["line"].tolist() == [2]
+    assert rejected["reason"][0] == (
+        "time not an epoch number like the rest of the column")
+
+
+def test_huge_float_ids_not_overflowed(workspace, tmp_path):
+    frame = pd.DataFrame({"ts": ["2024-03-01T08:00:00Z"] * 2, "src": [1e20, 3.0],
+                          "dst": ["B", "C"], "bytes": [1e300, 2.0**70]})
+    path = tmp_path / "huge.parquet"
+    frame.to_parquet(path)
+
+    ingest_file(workspace, path, IngestOptions("events"))
+    stored = _rows(workspace, "SELECT src, weight FROM events ORDER BY dst")
+
+    assert stored["src"].tolist() == ["1e+20", "3"]
+    assert stored["weight"].tolist() == [1e300, 2.0**70]
+
+
+def test_quoted_line_break_in_last_record_held(workspace, tmp_path):
+    path = tmp_path / "quoted.csv"
+    path.write_text(HEADER + '2024-03-01T08:00:00Z,A,"B\nC', encoding="utf-8")
+
+    first = ingest_file(workspace, path, IngestOptions("events"))
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('",5\n')
+    second = ingest_file(workspace, path, IngestOptions("events"))
+    stored = _rows(workspace, "SELECT dst, weight, line FROM events")
+
+    assert first.rows_read == 0
+    assert second.rows_read == 1
+    assert stored.to_dict("records") == [{"dst": "B\nC", "weight": 5.0, "line": 2}]
