@@ -336,7 +336,6 @@ class _Origin:
     bytes_start: int = 0
     bytes_end: int | None = None
     latest: int | None = None
-    follows: int | None = None
     already: int | None = None
     notes: tuple[str, ...] = ()
 
@@ -381,21 +380,23 @@ def ingest_file(
         raise IngestError(f"failed to read {path}", str(exc)) from exc
     kind = reading.file_kind(path, data)
     end = reading.complete_end(data, kind, options.read_unterminated_line)
+    held_back = []
+    if end < len(data):
+        line = data[:end].count(b"\n") + 1
+        held_back.append(
+            f"line {line} has no line end and was held back: the next load reads it "
+            "once it ends with a newline, or read_unterminated_line "
+            "(--read-unterminated-line) reads it now"
+        )
     for _ in range(PLAN_ATTEMPTS):
         origin = _plan_file(workspace, path, data, kind, end, options.target)
+        origin = replace(origin, notes=(*origin.notes, *held_back))
         try:
             if origin.already is not None:
                 return _write_already_loaded(workspace, origin, options)
             table = reading.read_table(data, kind, path.name, options.encoding,
                                        origin.bytes_start, end)
             notes = [*origin.notes, *table.notes]
-            if end < len(data):
-                line = data[:end].count(b"\n") + 1
-                notes.append(
-                    f"line {line} has no line end and was held back: the next load "
-                    "reads it once it ends with a newline (or set "
-                    "read_unterminated_line to read it now)"
-                )
             return _ingest(workspace, table.frame, table.lines, options, origin,
                            notes, table.rejected)
         except _StoreChanged:
@@ -621,8 +622,7 @@ def _plan_file(
         line = data[:bytes_end].count(b"\n") + 1
         note = (f"file grew since report {report_id}: read from byte {bytes_end} "
                 f"(line {line}) on")
-        return replace(origin, bytes_start=bytes_end, follows=report_id,
-                       notes=(note,))
+        return replace(origin, bytes_start=bytes_end, notes=(note,))
     note = (f"file changed since report {report_id} (its stored part differs), so "
             "it was read from the start")
     return replace(origin, notes=(note,))
