@@ -13,11 +13,18 @@ import pandas as pd
 import streamlit as st
 
 from core import plots, views
+from core.errors import StoreBusyError
 from core.store import Workspace, incident_statuses
 from pages.common import ui
 
 REPOSITORY = Path(__file__).resolve().parent
 PROGRESS_SECONDS = 1.0
+STORE_RETRY_SECONDS = 2.0
+STORE_BUSY_MESSAGE = (
+    "An ingest is writing the store right now, so its counts are not shown. The "
+    "run below is the last published one. This panel retries every "
+    f"{STORE_RETRY_SECONDS:g} s."
+)
 TABLE_COLUMNS = ["rank", "incident_id", "type", "severity", "score", "start", "end",
                  "devices", "pairs", "sensors", "status", "summary"]
 
@@ -29,6 +36,8 @@ def main() -> None:
     context = ui.run_sidebar()
     root = Path(st.session_state.workspace_path).expanduser()
     pipeline_panel(root)
+    if root.is_dir():
+        store_panel(Workspace(root.resolve()))
     if context is None:
         ui.no_run_message()
         return
@@ -80,6 +89,52 @@ def incident_table(context: ui.RunContext) -> None:
         chosen = table.iloc[rows[0]]
         incident_id = str(chosen["incident_id"])
         ui.open_incident(context.run_id, incident_id, int(chosen["scale"]))
+
+
+def store_panel(workspace: Workspace) -> None:
+    """Show the store's counts. While an ingest locks the store, retry on a timer."""
+    busy = st.session_state.get("store_busy", False)
+    interval = STORE_RETRY_SECONDS if busy else None
+    st.fragment(_store_counts, run_every=interval)(workspace)
+
+
+def _store_counts(workspace: Workspace) -> None:
+    was_busy = st.session_state.get("store_busy", False)
+    try:
+        summary = views.store_summary(workspace)
+    except StoreBusyError as error:
+        st.session_state.store_busy = True
+        st.subheader("Store")
+        st.warning(STORE_BUSY_MESSAGE)
+        with st.expander("Details"):
+            st.text(error.detail)
+        if not was_busy:
+            # A full rerun starts the retry timer of the fragment.
+            st.rerun()
+        return
+
+    st.session_state.store_busy = False
+    if was_busy:
+        # A full rerun stops the retry timer.
+        st.rerun()
+    if summary is None:
+        return
+
+    st.subheader("Store")
+    first, second, third, fourth = st.columns(4)
+    first.metric("Events stored", f"{summary['events']:,}")
+    second.metric("Measurements stored", f"{summary['measurements']:,}")
+    third.metric("Devices listed", f"{summary['devices']:,}")
+    fourth.metric("Quarantined rows", f"{summary['quarantined']:,}")
+    last = summary["last_report"]
+    if last is not None:
+        st.caption(
+            f"Last ingest: report {last['report_id']}, "
+            f"{ui.escape_markdown(Path(last['file']).name)} into {last['target']}: "
+            f"{last['rows_read']} read, {last['rows_stored']} stored, "
+            f"{last['rows_rejected']} rejected, {last['rows_deduplicated']} "
+            "deduplicated."
+        )
 
 
 def pipeline_panel(root: Path) -> None:

@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--weight-policy", choices=ingest.WEIGHT_POLICIES,
                       default="quarantine",
                       help="events: quarantine bad weights or count every row as 1")
+    load.add_argument("--encoding", default="utf-8",
+                      help="text encoding of the files (default utf-8); rows with "
+                      "bytes not valid in it are quarantined")
+    load.add_argument("--read-unterminated-line", action="store_true",
+                      help="also read a last line without a line end (by default it "
+                      "is held back until a writer ends it)")
     load.add_argument("--batadal", metavar="FOLDER",
                       help="import the BATADAL water network data set from FOLDER")
     load.set_defaults(handler=command_ingest)
@@ -238,6 +244,7 @@ def command_ingest(args: argparse.Namespace) -> int:
         time_format=args.time_format, timezone=args.timezone,
         epoch_unit=args.epoch_unit, sensor_map=sensor_map,
         label_column=args.label_column, weight_policy=args.weight_policy,
+        encoding=args.encoding, read_unterminated_line=args.read_unterminated_line,
     )
     for path in args.files:
         report = ingest.ingest_file(workspace, path, options)

@@ -2,10 +2,20 @@
 
 This module decides how a file's text becomes rows of `events`, `measurements`,
 `devices` or `links`: which file column is which, how a timestamp is read and turned
-into a UTC instant, which rows are rejected (each with a reason, in `quarantine`),
-which duplicates are dropped, and what the ingest report contains. A file is stored
-in one DuckDB transaction with its quarantine rows and its report, so a failure
-stores nothing. Binning, features and graphs are left to `core.snapshots`.
+into a UTC instant, which rows are rejected (each with a reason and the whole row, in
+`quarantine`), which duplicates are dropped, and what the ingest report contains.
+Splitting bytes into rows is left to `core.reading`; binning, features and graphs to
+`core.snapshots`.
+
+A load is atomic and idempotent. Its rows, quarantine rows and report are written in
+one DuckDB transaction, so a failure or a killed process stores nothing of it.
+Each report records the SHA-256 of the bytes read so far and their end offset, so
+loading content that is already stored (the same file, or a copy) stores 0 rows and
+reports the earlier load. A file that grew since its last load is read from where
+that load stopped, after checking that its first bytes are unchanged, so only the
+appended rows are stored. A last line without a line end is held back until it is
+ended (see `reading.complete_end`). Parquet files are recognised by their checksum
+only: a changed Parquet file is read whole.
 
 CSV files are read with every column as text and converted here, so a late
 non-numeric id or a late decimal never changes a column's type. Parquet columns that
@@ -13,29 +23,29 @@ already have a type keep it. Zeek logs (TSV with `#fields`, or JSON lines) are r
 too. Line numbers in messages and in `quarantine.line` are file lines, the header
 being line 1 (a JSON-lines file has no header, so its first record is line 1).
 
-Known limits: a quoted CSV field that spans several lines shifts the line numbers of
-the rows after it, and rows are checked against each other only inside one file (the
-same measurement ingested twice is stored twice; the report notes a repeated checksum).
+Known limits: rows are checked against each other only inside one load, so the same
+measurement in two different files is stored twice.
 """
 
 from __future__ import annotations
 
-import csv
+import codecs
 import hashlib
 import ipaddress
 import logging
 import re
 import zoneinfo
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 
-from core import store
-from core.errors import IngestError
+from core import reading, store
+from core.errors import IngestError, StoreBusyError
 from core.store import Workspace
 
 log = logging.getLogger(__name__)
@@ -50,6 +60,8 @@ EPOCH_SECONDS_MIN = 631_152_000
 EPOCH_SECONDS_MAX = 4_102_444_800
 EPOCH_UNITS = {"s": 1_000_000, "ms": 1_000}
 EPOCH_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds"}
+EPOCH_MAX_DIGITS = 18
+EPOCH_SAMPLE_ROWS = 1000
 
 MISSING_TOKENS = frozenset({"", "-", "nan", "null", "none", "na", "n/a", "(empty)"})
 INFINITE_TOKENS = frozenset(
@@ -104,6 +116,11 @@ IPV6_LIKE_PATTERN = re.compile(r"^[0-9A-Fa-f]{0,4}:[0-9A-Za-z:.%]*$")
 MAC_PATTERN = re.compile(r"^(?:[0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}$")
 LOOPBACK_V4_PATTERN = r"^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$"
 
+# A writer waits this long for a dashboard or another ingest to release the store.
+WRITE_RETRY_SECONDS = 60.0
+# Loads planned on a store state that another process changed before the write.
+PLAN_ATTEMPTS = 3
+
 BATADAL_FILES = (
     "BATADAL_dataset03.csv",
     "BATADAL_dataset04.csv",
@@ -141,6 +158,11 @@ class IngestOptions:
             "last" keeps the last of them, "keep" stores them all. Exact duplicates
             are dropped under "last" only.
         drop_loopback: reject self-loop events on 127.0.0.0/8 and ::1.
+        encoding: the text encoding of CSV, Zeek and JSON-lines files. Rows with
+            bytes that are not valid in it are rejected and kept in the quarantine.
+        read_unterminated_line: read a last line that has no line end. By
+            default it is held back, because a writer may still be appending to
+            it. A later load reads it once it ends with a newline.
     """
 
     target: str
@@ -156,6 +178,8 @@ class IngestOptions:
     weight_policy: str = "quarantine"
     duplicate_policy: str = "last"
     drop_loopback: bool = True
+    encoding: str = "utf-8"
+    read_unterminated_line: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ignore_columns", tuple(self.ignore_columns))
@@ -180,6 +204,13 @@ class IngestOptions:
                 f"Mappable names: {', '.join(COLUMN_ALIASES)}.",
             )
         _zone(self.timezone)
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError as exc:
+            raise IngestError(
+                f"invalid ingest option encoding={self.encoding!r}",
+                "Give a Python codec name such as 'utf-8', 'latin-1' or 'cp1252'.",
+            ) from exc
 
 
 @dataclass
@@ -188,6 +219,9 @@ class IngestReport:
 
     `rows_read` always equals `rows_stored + rows_rejected + rows_deduplicated`. For
     wide measurements a row is a file row, which becomes one measurement per sensor.
+    A load of content that is already stored reads 0 rows and names the earlier
+    report in `already_loaded`. `bytes_start` and `bytes_end` give the part of the
+    file this load read (None for an in-memory frame).
     """
 
     report_id: int
@@ -198,9 +232,16 @@ class IngestReport:
     rows_rejected: int
     rows_deduplicated: int
     notes: list[str] = field(default_factory=list)
+    bytes_start: int | None = None
+    bytes_end: int | None = None
+    already_loaded: int | None = None
 
     def summary(self) -> str:
         """Return the report as a few lines of text for the CLI and the dashboard."""
+        if self.already_loaded is not None:
+            head = (f"report {self.report_id}: {self.file} -> {self.target}: already "
+                    f"loaded as report {self.already_loaded}; nothing stored")
+            return "\n".join([head, *(f"  {note}" for note in self.notes[1:])])
         head = (
             f"report {self.report_id}: {self.file} -> {self.target}: "
             f"{self.rows_read} rows read, {self.rows_stored} stored, "
@@ -230,33 +271,77 @@ class _Batch:
 
 
 class _Rows:
-    """A frame of text cells with file lines; rejecting rows records a reason."""
+    """A frame of text cells with file lines; rejecting rows records a reason.
 
-    def __init__(self, frame: pd.DataFrame, lines: np.ndarray) -> None:
+    `rejected` starts with the rows the reader rejected. Each rejected row keeps
+    its cells as they were read, as JSON in `record`, because the parsers rewrite
+    cells in place (canonical addresses, stripped text).
+    """
+
+    def __init__(
+        self, frame: pd.DataFrame, lines: np.ndarray,
+        rejected: pd.DataFrame | None = None,
+    ) -> None:
         self.frame = frame.reset_index(drop=True)
+        self.columns = [str(c) for c in self.frame.columns]
+        self.original = self.frame.copy(deep=False)
         self.frame["_line"] = np.asarray(lines, dtype=np.int64)
         self.rejected: list[pd.DataFrame] = []
+        if rejected is not None and len(rejected):
+            self.rejected.append(rejected)
 
     def reject(self, mask: pd.Series, column: str, values: pd.Series, reason) -> None:
         """Move the rows under `mask` to the rejected rows with `reason`.
 
         `reason` is one text or a Series of texts aligned with the frame.
         """
+        flags = mask.to_numpy()
+        if flags.dtype == bool and not flags.any():
+            return
         mask = mask.reindex(self.frame.index, fill_value=False)
         mask = mask.fillna(False).astype(bool)
         if not mask.any():
             return
         picked = mask[mask].index
         value = values.loc[picked].astype(object)
+        value = value.where(value.notna(), None).map(
+            lambda v: None if v is None else reading.printable(str(v))
+        )
         reasons = (reason.loc[picked].to_numpy(dtype=object)
                    if isinstance(reason, pd.Series) else reason)
+        cells = self.original.loc[picked, self.columns].itertuples(index=False)
         self.rejected.append(pd.DataFrame({
             "line": self.frame.loc[picked, "_line"].to_numpy(),
             "column": column,
-            "value": value.where(value.notna(), None).to_numpy(dtype=object),
+            "value": value.to_numpy(dtype=object),
             "reason": reasons,
+            "record": [reading.record_text(self.columns, list(row)) for row in cells],
         }))
         self.frame = self.frame.loc[~mask]
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """The part of a source one load reads, and the store state it was planned on.
+
+    `checksum` is the SHA-256 of the file's bytes up to `bytes_end` (of the frame's
+    hashed rows for a frame). `latest` is the last report of the same path and
+    target when the load was planned; the write checks that it is still the last.
+    """
+
+    source: str
+    target: str
+    checksum: str
+    path: str | None = None
+    bytes_start: int = 0
+    bytes_end: int | None = None
+    latest: int | None = None
+    already: int | None = None
+    notes: tuple[str, ...] = ()
+
+
+class _StoreChanged(Exception):
+    """Another process stored a load of the same content or file meanwhile."""
 
 
 def ingest_file(
@@ -264,14 +349,17 @@ def ingest_file(
 ) -> IngestReport:
     """Read a CSV, TSV, Zeek log, JSON-lines or Parquet file into the store.
 
+    Content that is already stored is not stored again, and a file that grew since
+    its last load is read from the byte where that load stopped (see the module
+    docstring).
+
     Args:
         workspace: the workspace whose `store.duckdb` receives the rows.
         path: the file. `.parquet` and `.pq` are read as Parquet. `.json`,
             `.jsonl`, `.ndjson` and files starting with `{` are read as JSON lines,
             and a file starting with `#separator` as a Zeek TSV log. Any other
-            file is read as CSV with the
-            delimiter (comma, semicolon, tab or bar) that the header line uses
-            most.
+            file is read as CSV with the delimiter (comma, semicolon, tab or bar)
+            that the header line uses most.
         options: the file's target table and how to read it.
 
     Returns:
@@ -280,13 +368,45 @@ def ingest_file(
     Raises:
         IngestError: the file cannot be read or a column cannot be interpreted.
             Nothing of the file is stored then.
+        StoreBusyError: another process kept the store locked for
+            `WRITE_RETRY_SECONDS`.
     """
     path = Path(path)
     if not path.is_file():
         raise IngestError(f"file not found: {path}", "Check the path and try again.")
-    frame, lines, notes = _read_source(path)
-    checksum = hashlib.sha256(path.read_bytes()).hexdigest()
-    return _ingest(workspace, frame, lines, options, str(path), checksum, notes)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IngestError(f"failed to read {path}", str(exc)) from exc
+    kind = reading.file_kind(path, data)
+    end = reading.complete_end(data, kind, options.read_unterminated_line)
+    held_back = []
+    if end < len(data):
+        line = data[:end].count(b"\n") + 1
+        held_back.append(
+            f"line {line} has no line end and was held back: the next load reads it "
+            "once it ends with a newline, or read_unterminated_line "
+            "(--read-unterminated-line) reads it now"
+        )
+    for _ in range(PLAN_ATTEMPTS):
+        origin = _plan_file(workspace, path, data, kind, end, options.target)
+        origin = replace(origin, notes=(*origin.notes, *held_back))
+        try:
+            if origin.already is not None:
+                return _write_already_loaded(workspace, origin, options)
+            table = reading.read_table(data, kind, path.name, options.encoding,
+                                       origin.bytes_start, end)
+            notes = [*origin.notes, *table.notes]
+            return _ingest(workspace, table.frame, table.lines, options, origin,
+                           notes, table.rejected)
+        except _StoreChanged:
+            log.info("store changed while %s was read; planning the load again",
+                     path)
+    raise StoreBusyError(
+        f"{path.name} was not stored: other loads kept changing the store",
+        f"The store changed {PLAN_ATTEMPTS} times while the file was read. Retry "
+        "when the other ingest processes have finished.",
+    )
 
 
 def ingest_frame(
@@ -295,7 +415,8 @@ def ingest_frame(
     """Ingest an in-memory frame exactly as a file with the same columns.
 
     Row i of the frame (counting from 0) is reported as line i + 2, as if the frame
-    were a CSV file with a header line.
+    were a CSV file with a header line. A frame whose rows and columns hash to an
+    already stored checksum is not stored again.
 
     Args:
         workspace: the workspace whose store receives the rows.
@@ -307,8 +428,22 @@ def ingest_frame(
     frame.columns = [str(c) for c in frame.columns]
     lines = np.arange(len(frame), dtype=np.int64) + 2
     hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
-    checksum = hashlib.sha256(hashed.tobytes()).hexdigest()
-    return _ingest(workspace, frame, lines, options, source, checksum, [])
+    digest = hashlib.sha256(hashed.tobytes())
+    digest.update("\x00".join(frame.columns).encode("utf-8", "surrogatepass"))
+    for _ in range(PLAN_ATTEMPTS):
+        with _store_connection(workspace) as con:
+            already, _ = _stored_state(con, digest.hexdigest(), None, options.target)
+        origin = _Origin(source, options.target, digest.hexdigest(), already=already)
+        try:
+            if already is not None:
+                return _write_already_loaded(workspace, origin, options)
+            return _ingest(workspace, frame, lines, options, origin, [], None)
+        except _StoreChanged:
+            log.info("store changed while %s was read; planning again", source)
+    raise StoreBusyError(
+        f"{source} was not stored: other loads kept changing the store",
+        "Retry when the other ingest processes have finished.",
+    )
 
 
 def load_sensor_map(
@@ -443,14 +578,15 @@ def _ingest(
     frame: pd.DataFrame,
     lines: np.ndarray,
     options: IngestOptions,
-    source: str,
-    checksum: str,
+    origin: _Origin,
     notes: list[str],
+    rejected: pd.DataFrame | None,
 ) -> IngestReport:
+    source = origin.source
     frame, trimmed = _trim_headers(frame, source)
     if trimmed:
         notes.append(f"{trimmed} header name{_plural(trimmed)} trimmed")
-    rows = _Rows(frame, lines)
+    rows = _Rows(frame, lines, rejected)
     if options.target == "events":
         batch = _parse_events(rows, options, source)
     elif options.target == "links":
@@ -462,56 +598,131 @@ def _ingest(
     else:
         batch = _parse_long(rows, options, source)
     batch.notes[:0] = notes
+    # Rows the reader rejected never reached the parser, so they are added here.
+    batch.rows_read += 0 if rejected is None else len(rejected)
     batch.rejected = rows.rejected
-    return _write(workspace, batch, options, source, checksum)
+    return _write(workspace, batch, options, origin)
+
+
+def _plan_file(
+    workspace: Workspace, path: Path, data: bytes, kind: str, end: int, target: str
+) -> _Origin:
+    """Find what of `data[:end]` the store lacks: nothing, a tail, or all of it."""
+    checksum = _sha256(data[:end])
+    resolved = str(path.resolve())
+    with _store_connection(workspace) as con:
+        already, latest = _stored_state(con, checksum, resolved, target)
+    origin = _Origin(str(path), target, checksum, resolved, 0, end,
+                     latest=latest[0] if latest else None, already=already)
+    if already is not None or latest is None:
+        return origin
+    report_id, bytes_end, stored_checksum = latest
+    if (kind != "parquet" and bytes_end is not None and 0 < bytes_end <= end
+            and _sha256(data[:bytes_end]) == stored_checksum):
+        line = data[:bytes_end].count(b"\n") + 1
+        note = (f"file grew since report {report_id}: read from byte {bytes_end} "
+                f"(line {line}) on")
+        return replace(origin, bytes_start=bytes_end, notes=(note,))
+    note = (f"file changed since report {report_id} (its stored part differs), so "
+            "it was read from the start")
+    return replace(origin, notes=(note,))
+
+
+def _stored_state(
+    con: duckdb.DuckDBPyConnection, checksum: str, path: str | None, target: str
+) -> tuple[int | None, tuple | None]:
+    """Return the first report of `checksum`, and the last report of `path`."""
+    found = con.execute(
+        "SELECT (SELECT min(report_id) FROM ingest_reports "
+        "        WHERE checksum = $checksum AND target = $target), "
+        "       (SELECT max(report_id) FROM ingest_reports "
+        "        WHERE path = $path AND target = $target)",
+        {"checksum": checksum, "path": path, "target": target},
+    ).fetchall()[0]
+    already, latest_id = found
+    if latest_id is None:
+        return already, None
+    latest = con.execute(
+        "SELECT report_id, bytes_end, checksum FROM ingest_reports "
+        "WHERE report_id = ?", [latest_id],
+    ).fetchall()[0]
+    return already, latest
+
+
+@contextmanager
+def _store_connection(workspace: Workspace) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the store for writing, with its schema up to date."""
+    with store.connect(workspace.store_path,
+                       retry_seconds=WRITE_RETRY_SECONDS) as con:
+        store.ensure_store_schema(con)
+        yield con
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_already_loaded(
+    workspace: Workspace, origin: _Origin, options: IngestOptions
+) -> IngestReport:
+    note = (f"already loaded: same content as report {origin.already}; nothing "
+            "stored")
+    batch = _Batch(options.target, pd.DataFrame(), 0, 0, notes=[note, *origin.notes])
+    origin = replace(origin, bytes_start=origin.bytes_end or 0)
+    return _write(workspace, batch, options, origin)
 
 
 def _write(
     workspace: Workspace,
     batch: _Batch,
     options: IngestOptions,
-    source: str,
-    checksum: str,
+    origin: _Origin,
 ) -> IngestReport:
     started = pd.Timestamp.now(tz="UTC")
     try:
-        with store.connect(workspace.store_path) as con:
-            con.execute(store.STORE_SCHEMA)
+        with _store_connection(workspace) as con:
+            log.debug("storing %d rows of %s in %s in one transaction",
+                      len(batch.rows), origin.source, batch.table)
             con.execute("BEGIN TRANSACTION")
             try:
-                report = _write_batch(con, batch, options, source, checksum, started)
+                _check_unchanged(con, origin)
+                report = _write_batch(con, batch, options, origin, started)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
     except duckdb.Error as exc:
         raise IngestError(
-            f"failed to store {Path(source).name}; nothing of it was stored",
+            f"failed to store {Path(origin.source).name}; nothing of it was stored",
             f"DuckDB reported: {exc}",
         ) from exc
-    log.info("ingested %s into %s: report %d, %d of %d rows stored", source,
+    log.info("ingested %s into %s: report %d, %d of %d rows stored", origin.source,
              batch.table, report.report_id, report.rows_stored, report.rows_read)
     return report
+
+
+def _check_unchanged(con: duckdb.DuckDBPyConnection, origin: _Origin) -> None:
+    """Raise `_StoreChanged` if a load committed since `origin` was planned."""
+    already, latest = _stored_state(con, origin.checksum, origin.path, origin.target)
+    if already != origin.already:
+        raise _StoreChanged
+    if origin.path is not None and (latest[0] if latest else None) != origin.latest:
+        raise _StoreChanged
 
 
 def _write_batch(
     con: duckdb.DuckDBPyConnection,
     batch: _Batch,
     options: IngestOptions,
-    source: str,
-    checksum: str,
+    origin: _Origin,
     started: pd.Timestamp,
 ) -> IngestReport:
     # fetchall, not fetchone: DuckDB rejects register() while a result is pending.
     report_id = int(con.execute(
         "SELECT coalesce(max(report_id), 0) + 1 FROM ingest_reports"
     ).fetchall()[0][0])
+    source = origin.source
     notes = list(batch.notes)
-    earlier = con.execute(
-        "SELECT min(report_id) FROM ingest_reports WHERE checksum = ?", [checksum]
-    ).fetchall()[0][0]
-    if earlier is not None:
-        notes.append(f"same content as report {earlier}, which is still stored")
 
     rows = batch.rows
     if "report_id" in _table_columns(batch.table):
@@ -527,7 +738,9 @@ def _write_batch(
     else:
         store.insert_frame(con, batch.table, rows)
 
-    quarantine = [*batch.rejected, *batch.cell_notices]
+    quarantine = [part.assign(outcome="row rejected") for part in batch.rejected]
+    quarantine += [part.assign(outcome="cell stored as NULL", record=None)
+                   for part in batch.cell_notices]
     if quarantine:
         frame = pd.concat(quarantine, ignore_index=True)
         frame = frame.sort_values("line", kind="stable")
@@ -550,23 +763,24 @@ def _write_batch(
         rows_rejected=batch.rows_rejected,
         rows_deduplicated=batch.rows_deduplicated,
         notes=notes,
+        bytes_start=origin.bytes_start if origin.path else None,
+        bytes_end=origin.bytes_end if origin.path else None,
+        already_loaded=origin.already,
     )
     if report.rows_read != report.rows_stored + report.rows_rejected + (
         report.rows_deduplicated
     ):
         raise AssertionError(f"ingest counts do not add up: {report}")
-    store.insert_frame(con, "ingest_reports", pd.DataFrame({
-        "report_id": [report_id],
-        "file": [source],
-        "checksum": [checksum],
-        "target": [options.target],
-        "started": [started],
-        "rows_read": [report.rows_read],
-        "rows_stored": [report.rows_stored],
-        "rows_rejected": [report.rows_rejected],
-        "rows_deduplicated": [report.rows_deduplicated],
-        "notes": [notes],
-    }))
+    con.execute(
+        "INSERT INTO ingest_reports (report_id, file, checksum, target, started, "
+        "rows_read, rows_stored, rows_rejected, rows_deduplicated, notes, path, "
+        "bytes_start, bytes_end, already_loaded) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [report_id, source, origin.checksum, options.target, started.to_pydatetime(),
+         report.rows_read, report.rows_stored, report.rows_rejected,
+         report.rows_deduplicated, notes, origin.path, report.bytes_start,
+         report.bytes_end, origin.already],
+    )
     return report
 
 
@@ -583,106 +797,20 @@ def _table_columns(table: str) -> tuple[str, ...]:
 
 
 def _read_source(path: Path) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    """Return the file's cells, each data row's file line, and reading notes."""
-    suffix = path.suffix.lower()
+    """Return an auxiliary file's cells, file lines and notes; every row must read."""
     try:
-        if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-            frame.columns = [str(c) for c in frame.columns]
-            return frame, np.arange(len(frame), dtype=np.int64) + 2, []
-        with path.open("r", encoding="utf-8-sig", newline="") as handle:
-            first = handle.readline()
-        if suffix in (".json", ".jsonl", ".ndjson") or first.lstrip().startswith("{"):
-            return _read_json_lines(path)
-        if first.startswith("#separator"):
-            return _read_zeek(path)
-        return _read_csv(path, first)
-    except UnicodeDecodeError as exc:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise IngestError(f"failed to read {path}", str(exc)) from exc
+    table = reading.read_table(data, reading.file_kind(path, data), path.name,
+                               "utf-8")
+    if len(table.rejected):
+        first = table.rejected.iloc[0]
         raise IngestError(
-            f"{path.name} is not UTF-8 text",
-            f"Byte {exc.start} cannot be decoded. Save the file as UTF-8 and retry.",
-        ) from exc
-    except (OSError, ValueError) as exc:
-        raise IngestError(
-            f"failed to read {path.name}",
-            f"The reader reported: {exc}. Check that the file is complete and of "
-            "the type its name suggests.",
-        ) from exc
-
-
-def _read_csv(path: Path, header: str) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    counts = {sep: header.count(sep) for sep in (",", ";", "\t", "|")}
-    separator = max(counts, key=counts.get)
-    try:
-        frame = pd.read_csv(
-            path, sep=separator, dtype=str, keep_default_na=False, na_filter=False,
-            skip_blank_lines=False, encoding="utf-8-sig", quoting=csv.QUOTE_MINIMAL,
+            f"{path.name} has an unreadable row at line {first['line']}",
+            f"{first['reason']}: {first['value']!r}. Fix the row and retry.",
         )
-    except pd.errors.EmptyDataError as exc:
-        raise IngestError(f"{path.name} is empty", "The file has no header line.") \
-            from exc
-    except pd.errors.ParserError as exc:
-        raise IngestError(
-            f"{path.name} has a row with the wrong number of fields",
-            f"The CSV reader reported: {str(exc).strip()}. Its line numbers count "
-            "the header as line 1. Quote fields that contain the delimiter.",
-        ) from exc
-    lines = np.arange(len(frame), dtype=np.int64) + 2
-    blank = (frame == "").all(axis=1).to_numpy() if len(frame.columns) else None
-    notes = []
-    if blank is not None and blank.any():
-        notes.append(f"{int(blank.sum())} blank line{_plural(blank.sum())} skipped")
-        frame, lines = frame.loc[~blank], lines[~blank]
-    return frame, lines, notes
-
-
-def _read_zeek(path: Path) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    """Read a Zeek TSV log: `#` header lines, `#fields` names, `-` for unset."""
-    fields: list[str] | None = None
-    unset, empty, header_lines = "-", "(empty)", 0
-    with path.open("r", encoding="utf-8") as handle:
-        for text in handle:
-            if not text.startswith("#"):
-                break
-            header_lines += 1
-            parts = text.rstrip("\r\n").split("\t")
-            if parts[0] == "#fields":
-                fields = parts[1:]
-            elif parts[0] == "#unset_field" and len(parts) > 1:
-                unset = parts[1]
-            elif parts[0] == "#empty_field" and len(parts) > 1:
-                empty = parts[1]
-    if fields is None:
-        raise IngestError(
-            f"{path.name} looks like a Zeek log but has no #fields line",
-            "Keep the log's header lines, or export it as CSV with a header.",
-        )
-    frame = pd.read_csv(
-        path, sep="\t", header=None, names=fields, dtype=str, comment="#",
-        keep_default_na=False, na_filter=False, quoting=csv.QUOTE_NONE,
-    )
-    frame = frame.replace({unset: "", empty: ""})
-    lines = np.arange(len(frame), dtype=np.int64) + header_lines + 1
-    return frame, lines, [f"Zeek log: {header_lines} header lines read"]
-
-
-def _read_json_lines(path: Path) -> tuple[pd.DataFrame, np.ndarray, list[str]]:
-    frame = pd.read_json(path, lines=True, dtype=False, precise_float=True)
-    frame.columns = [str(c) for c in frame.columns]
-    frame = frame.infer_objects()
-    for column in frame.columns:
-        series = frame[column]
-        if pd.api.types.is_object_dtype(series):
-            series = series.map(_scalar_text, na_action="ignore")
-        frame[column] = _text(series)
-    return frame, np.arange(len(frame), dtype=np.int64) + 1, []
-
-
-def _scalar_text(value: object) -> str:
-    if isinstance(value, (float, np.floating)):
-        number = float(value)
-        return str(int(number)) if number.is_integer() else repr(number)
-    return str(value)
+    return table.frame, table.lines, table.notes
 
 
 def _trim_headers(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, int]:
@@ -753,7 +881,9 @@ def _text(series: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(series):
         values = series.to_numpy(dtype=float, na_value=np.nan)
         finite = np.isfinite(values)
-        integral = finite & (np.floor(values) == values)
+        # Floats beyond the int64 range keep their exponent form, because the cast
+        # to int64 below would overflow.
+        integral = finite & (np.floor(values) == values) & (np.abs(values) < 2.0**63)
         text = np.where(finite, [repr(v) for v in values.tolist()], "").astype(object)
         text[integral] = values[integral].astype(np.int64).astype(str)
         return pd.Series(text, index=series.index, dtype=str)
@@ -858,15 +988,20 @@ def _parse_times(
     if len(present) == 0:
         return pd.Series(pd.NaT, index=index, dtype="datetime64[us, UTC]"), reasons, []
 
-    # Each pattern runs over the whole column only when the first value fits it.
-    if EPOCH_PATTERN.match(present.iloc[0]):
+    # The epoch pattern runs over the whole column only when most of a sample fits
+    # it, so a stray first value neither decides the format nor costs a full scan.
+    sample = present.iloc[:EPOCH_SAMPLE_ROWS]
+    if sample.str.fullmatch(EPOCH_PATTERN.pattern).mean() > 0.5:
         epoch = present.str.fullmatch(EPOCH_PATTERN.pattern)
         if epoch.mean() > 0.5:
             reasons[epoch[~epoch].index] = (
                 "time not an epoch number like the rest of the column"
             )
             parts = present[epoch].str.extract(EPOCH_PATTERN)
-            whole = pd.to_numeric(parts[0]).astype(np.int64)
+            # A value with more digits than an int64 can store is far outside
+            # 1990-2100 in any unit. It becomes 0 and is rejected as out of range.
+            huge = parts[0].str.lstrip("+-").str.len() > EPOCH_MAX_DIGITS
+            whole = pd.to_numeric(parts[0].mask(huge, "0")).astype(np.int64)
             whole = whole.reindex(index, fill_value=0)
             digits = parts[1].fillna("").reindex(index, fill_value="")
             return _epoch(whole, None, digits, text, column, lines, options, reasons)
@@ -1026,6 +1161,9 @@ def _epoch(
 ) -> tuple[pd.Series, pd.Series, list[str]]:
     """Convert epoch numbers, given as whole part plus a float or digit fraction."""
     valid = reasons.isna()
+    if not valid.any():
+        empty = pd.Series(pd.NaT, index=whole.index, dtype="datetime64[us, UTC]")
+        return empty, reasons, []
     in_seconds = valid & whole.between(EPOCH_SECONDS_MIN, EPOCH_SECONDS_MAX - 1)
     in_millis = valid & whole.between(EPOCH_SECONDS_MIN * 1000,
                                       EPOCH_SECONDS_MAX * 1000 - 1)
@@ -1516,6 +1654,12 @@ def _parse_wide(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
             }))
     table = pd.DataFrame(values, index=frame.index)
     empty = [c for c in sensors if table[c].isna().all()] if len(table) else []
+    if empty and len(empty) == len(sensors):
+        # Dropping every column would store nothing of rows the report counts as
+        # stored, so their readings are stored as NULL instead.
+        notes.append(f"all {len(empty)} sensor column{_plural(len(empty))} empty: "
+                     "readings stored as NULL")
+        empty = []
     if empty:
         notes.append(f"{len(empty)} entirely empty column{_plural(len(empty))} "
                      f"dropped: {', '.join(empty)}")

@@ -42,6 +42,10 @@ RUNS_DIR = "runs"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 LOCK_RETRY_SECONDS = 5.0
 
+# `ingest_reports.checksum` is the SHA-256 of the file's bytes up to `bytes_end`, which
+# this load and the earlier loads of the same `path` read. `quarantine.record` is the
+# whole rejected row as JSON. `outcome` is "row rejected" or "cell stored as NULL".
+# The ALTER statements add the newer columns to stores created before them.
 STORE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     t TIMESTAMPTZ NOT NULL, src VARCHAR NOT NULL, dst VARCHAR NOT NULL,
@@ -67,7 +71,17 @@ CREATE TABLE IF NOT EXISTS quarantine (
     report_id BIGINT, file VARCHAR, line BIGINT, "column" VARCHAR, value VARCHAR,
     reason VARCHAR);
 CREATE TABLE IF NOT EXISTS settings (key VARCHAR PRIMARY KEY, value VARCHAR);
+ALTER TABLE ingest_reports ADD COLUMN IF NOT EXISTS path VARCHAR;
+ALTER TABLE ingest_reports ADD COLUMN IF NOT EXISTS bytes_start BIGINT;
+ALTER TABLE ingest_reports ADD COLUMN IF NOT EXISTS bytes_end BIGINT;
+ALTER TABLE ingest_reports ADD COLUMN IF NOT EXISTS already_loaded BIGINT;
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS record VARCHAR;
+ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS outcome VARCHAR;
 """
+
+# The column that the last change of STORE_SCHEMA added. A store that has it is
+# current, so `ensure_store_schema` skips the DDL, which costs more than a small load.
+NEWEST_STORE_COLUMN = ("quarantine", "outcome")
 
 # One run file. `bin` counts base bins from the run's origin at scale 1 and bins of
 # that scale at coarser scales. Element kinds: device, sensor, pair, new_device.
@@ -235,6 +249,19 @@ def connect(
         yield con
     finally:
         con.close()
+
+
+def ensure_store_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the store tables, and add newer columns to an older store."""
+    table, column = NEWEST_STORE_COLUMN
+    try:
+        # Both names are module constants. Selecting the column is the cheapest
+        # check that the store is current.
+        con.execute(f'SELECT "{column}" FROM {table} LIMIT 0').fetchall()
+    except duckdb.CatalogException:
+        con.execute(STORE_SCHEMA)
+    except duckdb.BinderException:
+        con.execute(STORE_SCHEMA)
 
 
 def query(

@@ -1,11 +1,12 @@
 """Read-only queries behind the dashboard, one hardened DuckDB connection per call.
 
-Every function here opens the run file read-only with external access off and the
+Every function here except `store_summary` opens the run file read-only with external access off and the
 configuration locked, binds its parameters, returns plain pandas or Python values and
 closes the file. The database does the aggregation (re-binning, ranking, paging), so a
 page receives at most what a screen can show. A run file held by a writer raises
 `StoreBusyError` after a short retry, and a file that cannot be read raises
-`DataError`.
+`DataError`. `store_summary` reads the workspace's `store.duckdb` the same way. An
+ingest holds that file's write lock while it stores a file.
 Nothing here imports Streamlit.
 """
 
@@ -39,6 +40,25 @@ PROGRESS_FILE = ".progress.jsonl"
 PIPELINE_LOG_FILE = ".pipeline.log"
 PROGRESS_TAIL_BYTES = 4096
 RUN_ARGS_ENV = "TGLOC_RUN_ARGS"
+# The dashboard waits this long for an ingest to release the store. After that it
+# shows a message and the last published run, so a page render does not stall.
+STORE_RETRY_SECONDS = 1.5
+
+STORE_COUNTS_SQL = """
+SELECT
+    (SELECT count(*) FROM events) AS events,
+    (SELECT count(*) FROM measurements) AS measurements,
+    (SELECT count(*) FROM devices) AS devices,
+    (SELECT count(*) FROM quarantine) AS quarantined,
+    (SELECT count(*) FROM ingest_reports) AS reports
+"""
+LAST_REPORT_SQL = """
+SELECT report_id, file, target, started, rows_read, rows_stored, rows_rejected,
+       rows_deduplicated
+FROM ingest_reports
+ORDER BY report_id DESC
+LIMIT 1
+"""
 
 RUN_COUNTS_SQL = """
 SELECT
@@ -217,6 +237,30 @@ class HeatmapMatrix:
     @property
     def empty(self) -> bool:
         return not self.devices or len(self.starts) == 0
+
+
+def store_summary(workspace: Workspace) -> dict[str, Any] | None:
+    """Return the store's row counts and its last ingest report, or None if no store.
+
+    Raises:
+        StoreBusyError: an ingest kept the store locked for `STORE_RETRY_SECONDS`.
+        DataError: the store cannot be read.
+    """
+    if not workspace.store_path.is_file():
+        return None
+    try:
+        with connect(workspace.store_path, read_only=True, hardened=True,
+                     retry_seconds=STORE_RETRY_SECONDS) as con:
+            counts = con.execute(STORE_COUNTS_SQL).df().iloc[0]
+            last = con.execute(LAST_REPORT_SQL).df()
+    except duckdb.Error as exc:
+        raise DataError(
+            "the store cannot be read",
+            f"The file may be damaged or from another tgloc. DuckDB said: {exc}",
+        ) from exc
+    summary: dict[str, Any] = {name: int(value) for name, value in counts.items()}
+    summary["last_report"] = last.iloc[0].to_dict() if len(last) else None
+    return summary
 
 
 def list_runs(workspace: Workspace) -> list[str]:

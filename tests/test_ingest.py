@@ -93,20 +93,21 @@ def test_iso_offsets_convert_to_utc(workspace, tmp_path):
     ]
 
 
-def test_utc_instants_independent_of_host_zone(workspace, monkeypatch):
-    options = IngestOptions("measurements")
-    ingest_file(workspace, FIXTURES / "utc_across_dst.csv", options)
+def test_utc_instants_independent_of_host_zone(tmp_path, monkeypatch):
+    # Two workspaces, because the store does not load the same content twice.
+    utc = Workspace.create(tmp_path / "utc")
+    berlin = Workspace.create(tmp_path / "berlin")
+    ingest_file(utc, FIXTURES / "utc_across_dst.csv", IngestOptions("measurements"))
     monkeypatch.setenv("TZ", "Europe/Berlin")
     time.tzset()
     try:
-        ingest_file(workspace, FIXTURES / "utc_across_dst.csv",
+        ingest_file(berlin, FIXTURES / "utc_across_dst.csv",
                     IngestOptions("measurements", timezone="Europe/Berlin"))
     finally:
         monkeypatch.undo()
         time.tzset()
-    stored = _rows(workspace, "SELECT report_id, t FROM measurements ORDER BY t")
-    for report_id in (1, 2):
-        times = stored.loc[stored["report_id"] == report_id, "t"]
+    for workspace in (utc, berlin):
+        times = _rows(workspace, "SELECT t FROM measurements ORDER BY t")["t"]
         assert _instants(times) == [
             "2025-03-30T00:30:00+00:00",
             "2025-03-30T01:30:00+00:00",
@@ -346,9 +347,10 @@ def test_column_mapping_and_missing_column(workspace, tmp_path):
     events = _rows(workspace, "SELECT src, dst, weight FROM events")
     assert events.to_dict("records") == [{"src": "A", "dst": "B", "weight": 10.0}]
 
+    # A fresh store: in the first one the file is already loaded, so not read.
+    fresh = Workspace.create(tmp_path / "fresh")
     with pytest.raises(IngestError) as raised:
-        ingest_file(workspace, path, IngestOptions("events",
-                                                   columns={"time": "Stamp"}))
+        ingest_file(fresh, path, IngestOptions("events", columns={"time": "Stamp"}))
     assert raised.value.headline == (
         "column 'Stamp' (mapped to time) not found in mapped.csv"
     )
@@ -631,8 +633,10 @@ def test_devices_and_links_upserted(workspace, tmp_path):
     assert report.rows_rejected == 1
     assert stored.to_dict("records") == [{"src": "plc-1", "dst": "hmi-1",
                                           "weight": 3.0}]
-    assert again.notes == [f"same content as report {report.report_id}, which is "
-                           "still stored"]
+    assert again.already_loaded == report.report_id
+    assert (again.rows_read, again.rows_stored) == (0, 0)
+    assert again.notes == [f"already loaded: same content as report "
+                           f"{report.report_id}; nothing stored"]
 
 
 # Store behaviour.
@@ -643,8 +647,9 @@ def test_failed_write_leaves_store_unchanged(workspace, monkeypatch):
     before = _counts(workspace)
     original = store.insert_frame
 
+    # The quarantine is written after the events, so the failure comes mid-write.
     def failing_insert(con, table, frame):
-        if table == "ingest_reports":
+        if table == "quarantine":
             raise RuntimeError("disk full")
         return original(con, table, frame)
 
