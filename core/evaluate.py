@@ -19,9 +19,12 @@ MATCH_JACCARD = 0.5
 
 @dataclass
 class Match:
-    """Per labelled anomaly: the best matching incident (or None) and its Jaccard
-    index; the incidents that match no anomaly; and the repeats, incidents that match
-    an anomaly whose best match is another incident (a second piece of one drift)."""
+    """The match of incidents to labelled anomalies.
+
+    `truth` gives, per anomaly, the best matching incident (or None) and its Jaccard
+    index. `unmatched` lists the incidents that match no anomaly. `repeats` lists
+    incidents that match an anomaly whose best match is another incident, such as a
+    second piece of one drift."""
 
     truth: pd.DataFrame
     unmatched: list[str]

@@ -583,7 +583,7 @@ def detect(
 
     The model reads up to `aftermath` base bins of past input, so for that long after
     an incident its devices' residuals still carry it (a device back from silence is
-    reconstructed from a window that holds the silence). A later hit on devices of an
+    reconstructed from a window that contains the silence). A later hit on devices of an
     incident within that many bins of its end joins the incident.
     """
     matrix, hubs = adjacency(num_devices, links, kinds, config.hub_kinds)
@@ -624,7 +624,7 @@ def detect(
 
 def merge_fragments(incidents: list[Incident], gap: int) -> list[Incident]:
     """Join an incident to another of the same kind (process or communication) that
-    holds all its devices and lies within `gap` base bins of it; the interval becomes
+    contains all its devices and lies within `gap` base bins of it; the interval becomes
     their union. Removing a strong hit's elements can leave a few bins at its edges
     that the scan finds again on their own."""
     merged: set[int] = set()
@@ -650,9 +650,9 @@ def gather_scans(
 ) -> list[Incident]:
     """Give each scan one incident, with its source as the device.
 
-    A host that a scan reaches receives traffic from a source it never saw, and its
-    own elements can be the strongest evidence of the run; found first, it would
-    become an incident of its own, and the source a member of it or of another.
+    A host that a scan reaches receives traffic from a source it never saw, so its
+    own elements can be the strongest evidence of the run. Found first, it would
+    become an incident of its own, with the source as a member of it or of another.
     A device that opens at least `fanout` pairs the reference never saw within one
     bin of a communication incident is a scan source. The incident then holds the
     sources as devices; the hosts they reached stop being devices, and a later
@@ -710,7 +710,7 @@ def _absorb(
                 and incident.start < stop and start < incident.stop + aftermath):
             return incident
     for incident in incidents:
-        # Hits one bin apart are one event whose edge fell on either side.
+        # Touching intervals (one stops where the other starts) count as one event.
         if not (start <= incident.stop and incident.start <= stop):
             continue
         if incident.process != process:
@@ -728,8 +728,8 @@ def _widen(
     """Widen base bins [start, stop) to the best interval of the hit's devices at the
     finest scale, searched within one hit length on either side.
 
-    A coarse hit, one bin of sixteen base bins, says only roughly when an anomaly
-    began and ended; the finest scale tells it to the bin. The interval only grows:
+    A coarse hit, one bin of sixteen base bins, shows only roughly when an anomaly
+    began and ended, and the finest scale gives it to the bin. The interval only grows:
     a slow drift is clearer at the coarse scale than in any run of base bins.
     """
     fine = min(states, key=lambda item: item.scale)
@@ -759,8 +759,8 @@ def _split_in_time(state: ScaleState, hit: Hit, config: SearchConfig) -> list[in
 
     A long interval can hold two anomalies that touch one device (a scan and, later,
     a flood on one of the scanned PLCs), and their sum outscores either alone. Each
-    device's core is the shortest span of the hit that holds `CORE_SHARE` of its
-    small p-values; devices are grouped by overlapping cores, and the group with the
+    device's core is the shortest span of the hit that contains `CORE_SHARE`
+    of its small p-values; devices are grouped by overlapping cores, and the group with the
     highest statistic is kept. The others stay in the scan and are found in a later
     round. Cores, not best intervals, because a device's residuals linger for a while
     after an anomaly ends and would stretch its best interval into the next one.

@@ -78,6 +78,14 @@ def run_pipeline(
         raise DataError("no bins to score",
                         "Shorten the reference period or load data after it.")
 
+    with train.deterministic():
+        return _train_score_publish(workspace, config, run_id, report, timer, rng,
+                                    snapshots, periods, segments, train_bins)
+
+
+def _train_score_publish(workspace, config, run_id, report, timer, rng, snapshots, periods,
+                         segments, train_bins) -> RunResult:
+    """Train, score, localize and publish; the rest of `run_pipeline`."""
     report("training", 0.0)
     with timer.stage("training"):
         prepared = train.prepare(snapshots, train_bins, segments)
@@ -322,7 +330,7 @@ def explain_away(
     model, prepared: train.Prepared, snapshots: Snapshots, devices: list[int],
     start: int, stop: int, share: float,
 ) -> list[int]:
-    """The devices of a process incident whose own readings are abnormal.
+    """Return the devices of a process incident whose own readings are abnormal.
 
     The model reconstructs a device from its neighbours, so a faulty device moves
     the expected readings of the devices around it, and their residuals can be as

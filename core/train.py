@@ -16,7 +16,8 @@ import hashlib
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -238,6 +239,22 @@ def build_model(prepared: Prepared, config: ModelConfig) -> TemporalGraphAutoEnc
         prepared.num_features, len(prepared.kinds), config.hidden, config.dilations,
         config.own_lag,
     )
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """Run torch with deterministic algorithms, so a run repeats bit for bit.
+
+    Summing messages into a device on several threads otherwise adds them in a
+    varying order, and the rounding differences grow over training until two runs
+    of one plant stop at different epochs and publish different incidents.
+    """
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def encode_segments(model: TemporalGraphAutoEncoder, prepared: Prepared) -> Tensor:

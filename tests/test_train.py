@@ -20,6 +20,7 @@ from core.store import Workspace
 from core.train import (
     build_model,
     checkpoint_bytes,
+    deterministic,
     encode_segments,
     fit,
     hidden_reconstruction,
@@ -260,3 +261,24 @@ def test_hidden_reconstruction_ignores_hidden_inputs(tmp_path):
     torch.testing.assert_close(after, before)
     # Without hiding, the change reaches the other device's reconstruction.
     assert not torch.allclose(plain_after[10:, 1], plain_before[10:, 1])
+
+
+def test_fit_repeats_bit_for_bit_when_deterministic(tmp_path):
+    from core import synth
+
+    plant = synth.generate_plant(synth.PlantConfig(seed=1, field_devices=40, hours=3.0,
+                                                   anomalies=()))
+    workspace = _workspace(tmp_path, plant.events[["t", "src", "dst", "weight", "protocol"]],
+                           plant.measurements[["t", "device", "sensor", "value"]])
+    snapshots = build_snapshots(workspace.store_path, 60)
+    train_bins = np.arange(120)
+    prepared = prepare(snapshots, train_bins, _segments(snapshots))
+    config = ModelConfig(epochs=3, patience=5)
+
+    states = []
+    for _ in range(2):
+        with deterministic():
+            states.append(fit(prepared, snapshots, train_bins, config).model.state_dict())
+
+    for name, value in states[0].items():
+        assert torch.equal(value, states[1][name]), name
