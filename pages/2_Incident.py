@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import plots, views
+from core.feedback import add_suppression, list_suppressions, matching_rules
 from core.store import STATUSES, incident_statuses, set_incident_status
 from pages.common import ui
 
@@ -47,7 +48,7 @@ def main() -> None:
     st.text(_summary_sentence(row, members))
     if row.get("summary"):
         st.text(row["summary"])
-    _status_form(context, incident_id)
+    _status_form(context, incident_id, row, members)
 
     st.subheader("Members")
     number_formats = {
@@ -143,20 +144,53 @@ def _too_many(count: int) -> None:
         st.caption(f"Showing the {MAX_SERIES} strongest of {count}.")
 
 
-def _status_form(context: ui.RunContext, incident_id: str) -> None:
+def _status_form(context: ui.RunContext, incident_id: str, row: dict,
+                 members: pd.DataFrame) -> None:
     stored = incident_statuses(context.workspace)
     stored = stored[stored["incident_id"] == incident_id]
     current = stored.iloc[0].to_dict() if not stored.empty else {}
-    with st.expander(f"Status: {current.get('status', 'new')}"):
-        with st.form("status"):
-            status = st.selectbox("Status", STATUSES,
-                                  index=STATUSES.index(current.get("status", "new")))
-            owner = st.text_input("Owner", value=current.get("owner") or "")
-            notes = st.text_area("Notes", value=current.get("notes") or "")
-            if st.form_submit_button("Save"):
-                set_incident_status(context.workspace, incident_id, status,
-                                    owner or None, notes or None)
-                st.success("Saved.")
+    status_now = current.get("status") or "new"
+    st.subheader("Status")
+    st.text(f"Status: {status_now}"
+            + (f"  ·  owner: {current['owner']}" if current.get("owner") else ""))
+    saved = st.session_state.pop("status_saved", None)
+    if saved == incident_id:
+        st.success("Saved. The status stays with this incident id in later runs.")
+
+    with st.form("status"):
+        status = st.selectbox("Status", STATUSES, index=STATUSES.index(status_now))
+        owner = st.text_input("Owner", value=current.get("owner") or "")
+        notes = st.text_area("Notes", value=current.get("notes") or "")
+        if st.form_submit_button("Save"):
+            set_incident_status(context.workspace, incident_id, status,
+                                owner.strip() or None, notes.strip() or None)
+            st.session_state.status_saved = incident_id
+            # A rerun redraws the status line above the form with the stored value.
+            st.rerun()
+    if status_now == "false positive":
+        _suppression_offer(context, incident_id, row, members)
+
+
+def _suppression_offer(context: ui.RunContext, incident_id: str, row: dict,
+                       members: pd.DataFrame) -> None:
+    devices = sorted(members.loc[members["role"] == "device", "device"].dropna())
+    if not devices:
+        st.caption("This incident has no member devices, so no suppression rule can "
+                   "describe it.")
+        return
+    rules = list_suppressions(context.workspace)
+    probe = pd.DataFrame({"member_devices": [devices], "type": [row["type"]]})
+    rule_id = matching_rules(probe, rules).iloc[0]
+    if pd.notna(rule_id):
+        st.info(f"Suppression rule {rule_id} covers this pattern. The Suppressions "
+                "page lists it.")
+        return
+    st.caption(f"A suppression rule marks later {row['type']} incidents of exactly "
+               f"these {len(devices)} devices as suppressed in the incident list:")
+    st.text("\n".join(devices))
+    if st.button("Create suppression rule", key="create_suppression"):
+        add_suppression(context.workspace, incident_id, devices, row["type"])
+        st.rerun()
 
 
 def _picker(context: ui.RunContext, incidents: pd.DataFrame) -> None:
