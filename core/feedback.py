@@ -43,7 +43,8 @@ def add_suppression(
     init_analyst(workspace.analyst_path)
     with sqlite_connect(workspace.analyst_path) as con:
         found = con.execute(
-            "SELECT id FROM suppressions WHERE devices = ? AND pattern = ? AND active = 1",
+            "SELECT id FROM suppressions "
+            "WHERE devices = ? AND pattern = ? AND active = 1",
             (encoded, incident_type),
         ).fetchone()
         if found is not None:

@@ -3,8 +3,8 @@
 The reference p-values are those of the elements in the run's calibration bins. The
 pipeline scores each fold of those bins against the other folds and recalibrates them
 with the scored bins' p-values. If the calibration is valid they are uniform on
-[0, 1], so their histogram is flat. A peak near 0 means the reference itself looked anomalous,
-and a peak near 1 means the p-values are conservative.
+[0, 1], so their histogram is flat. A peak near 0 means the reference itself looked
+anomalous, and a peak near 1 means the p-values are conservative.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ def test_model_page_shows_run(app, workspace, run_id):
     loss = json.loads(charts[0].proto.spec)
     assert [trace["name"] for trace in loss["data"]] == ["training", "validation"]
     histogram = json.loads(charts[1].proto.spec)
-    assert [trace["name"] for trace in histogram["data"]] == ["device", "pair", "sensor"]
+    kinds = [trace["name"] for trace in histogram["data"]]
+    assert kinds == ["device", "pair", "sensor"]
     config = json.loads(app.json[0].proto.body)
     assert config["stream"]["bin_seconds"] == BIN_SECONDS
 
