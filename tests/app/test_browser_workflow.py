@@ -1,8 +1,9 @@
 """The incident workflow in headless Chromium: a status that survives a reload.
 
-Starts `streamlit run app.py` on a free loopback port against a fresh copy of the
-fixture run, because these tests write the analyst file. Screenshots go to
-test-artifacts/screenshots/. Run with `pytest -m browser tests/app`.
+Starts `streamlit run app.py` on a free loopback port against a freshly built fixture
+run, because these tests write the analyst file. An exported HTML report is opened
+from disk with every non-file request aborted, to show it draws offline. Screenshots
+go to test-artifacts/screenshots/. Run with `pytest -m browser tests/app`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from fixture_run import INCIDENTS, RUN_ID, build_fixture_workspace
 from test_browser import (  # noqa: F401 (browser is a fixture)
     PAGE_TIMEOUT_MS,
+    SCREENSHOTS,
     TALL_VIEWPORT,
     _screenshot,
     _streamlit,
@@ -21,6 +23,7 @@ from test_browser import (  # noqa: F401 (browser is a fixture)
     browser,
 )
 
+from core import plots, report, views
 from core.store import incident_statuses
 
 pytestmark = pytest.mark.browser
@@ -101,3 +104,31 @@ def test_status_kept_after_reload(server, page, fresh_workspace):
     stored = incident_statuses(fresh_workspace).set_index("incident_id")
     assert stored.loc[incident_id, "owner"] == OWNER
     assert not page.get_by_test_id("stException").count()
+
+
+def test_html_report_draws_offline(page, fresh_workspace):
+    incident_id = INCIDENTS[1]["incident_id"]
+    row = views.incident(fresh_workspace, RUN_ID, incident_id)
+    members = views.incident_members(fresh_workspace, RUN_ID, incident_id)
+    edges = views.context_edges(fresh_workspace, RUN_ID, incident_id)
+    series = views.pair_series(fresh_workspace, RUN_ID, *INCIDENTS[1]["pairs"][0])
+    figures = [
+        ("Subgraph", plots.subgraph_figure(members, edges)),
+        ("Pair", plots.series_figure(series, "pair", "weight", row["start"],
+                                     row["end"])),
+    ]
+    path = SCREENSHOTS.parent / "incident-report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report.incident_html(row, "summary", members, figures),
+                    encoding="utf-8")
+
+    requested = []
+    page.route("**/*", lambda route: (
+        route.continue_() if route.request.url.startswith("file:")
+        else (requested.append(route.request.url), route.abort())))
+    page.goto(path.as_uri())
+    page.wait_for_function(
+        "() => document.querySelectorAll('.plotly-graph-div .main-svg').length >= 2")
+    _screenshot(page, "workflow-html-report")
+    assert requested == []
+    assert page.get_by_text("<b>plc-07</b>").count() >= 1
