@@ -4,17 +4,25 @@
 expected); `pair_events` reads the raw events of one pair from the store. Both open
 their file read-only with external access off and bind every parameter.
 
-A pair is in the reference when it carried events in a training bin of the run.
-Within the chosen window:
+A pair is in the reference when it carried events in a reference bin (training or
+calibration) that the run file stores elements for. The pipeline stores no element
+of a training bin, because those bins have no p-value, so on its runs the calibration
+bins decide. Within the chosen window:
 
 - new: not in the reference, and carrying events;
-- missing: in the reference, at least `MIN_EXPECTED_EVENTS` events expected, none seen;
+- missing: in the reference, at least `MIN_EXPECTED_EVENTS` events expected and at
+  most `MISSING_SHARE` of them seen (a silence rarely fills a window exactly, so a
+  window around it still counts the few events at its edges);
 - surging: in the reference, at least `SURGE_RATIO` times the expected events, with an
   element p-value at or below `SURGE_P_VALUE`.
 
+The pipeline's expected count of a reference pair is its median count in the
+training bins, 0 for a pair that is silent in most of them, so such a pair counts as
+surging in any window where it is active with a small p-value.
+
 NOTE: a large run keeps only elements with small p-values, so a reference pair whose
-training bins were all unremarkable may be missing from the run file and then shows
-as new. On such runs the "new" list is an upper bound.
+calibration bins were all unremarkable may be missing from the run file and then
+shows as new. On such runs the "new" list is an upper bound.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from core.store import Workspace, connect
 from core.views import STORE_RETRY_SECONDS, _bound, _frame
 
 MIN_EXPECTED_EVENTS = 1.0
+MISSING_SHARE = 0.1
 SURGE_RATIO = 2.0
 SURGE_P_VALUE = 0.01
 MAX_PAIRS_PER_CHANGE = 50
@@ -40,7 +49,8 @@ WITH reference AS (
     SELECT DISTINCT e.device, e.peer
     FROM elements e
     JOIN bins b ON b.scale = e.scale AND b.bin = e.bin
-    WHERE e.kind = 'pair' AND e.scale = 1 AND b.period = 'train' AND e.observed > 0
+    WHERE e.kind = 'pair' AND e.scale = 1 AND b.period IN ('train', 'calibration')
+      AND e.observed > 0
 ),
 windowed AS (
     SELECT e.device AS src, e.peer AS dst,
@@ -61,8 +71,8 @@ labelled AS (
     SELECT *,
            CASE
                WHEN NOT in_reference AND observed > 0 THEN 'new'
-               WHEN in_reference AND observed = 0 AND expected >= $min_expected
-                   THEN 'missing'
+               WHEN in_reference AND expected >= $min_expected
+                    AND observed <= $missing_share * expected THEN 'missing'
                WHEN in_reference AND observed >= $surge_ratio * expected
                     AND observed > 0 AND min_p_value <= $surge_p THEN 'surging'
            END AS change
@@ -123,7 +133,8 @@ def pair_changes(
     """
     params = {
         "scale": int(scale), "start": _bound(start), "end": _bound(end),
-        "min_expected": MIN_EXPECTED_EVENTS, "surge_ratio": SURGE_RATIO,
+        "min_expected": MIN_EXPECTED_EVENTS, "missing_share": MISSING_SHARE,
+        "surge_ratio": SURGE_RATIO,
         "surge_p": SURGE_P_VALUE, "limit": int(limit),
     }
     return _frame(workspace, run_id, PAIR_CHANGES_SQL, params)

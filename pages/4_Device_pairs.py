@@ -14,7 +14,7 @@ CHANGE_HELP = {
     "new": "Pairs that carried events in the window but never in the training bins.",
     "missing": (f"Reference pairs expected to carry at least "
                 f"{pair_views.MIN_EXPECTED_EVENTS:g} event in the window that carried "
-                "none."),
+                f"at most {pair_views.MISSING_SHARE:.0%} of their expected events."),
     "surging": (f"Reference pairs with at least {pair_views.SURGE_RATIO:g} times their "
                 f"expected events and a p-value at or below "
                 f"{pair_views.SURGE_P_VALUE:g}."),

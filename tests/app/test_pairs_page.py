@@ -1,8 +1,9 @@
 """Device pairs page: new, missing and surging pairs, and the events behind one.
 
-The fixture run is built and then edited so that, in bins 100 to 109 (01:40 to 01:50),
-one pair is new, one reference pair is silent and one carries five times its
-expected events. The store gets the raw events of the new pair.
+The fixture run is built and then edited so that, in bins 100 to 109 (01:40 to
+01:50), one pair is new, one reference pair is silent but for two events and one
+carries five times its expected events. The store gets the raw events of the new
+pair.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ def pairs_workspace(tmp_path_factory):
     workspace = build_fixture_workspace(tmp_path_factory.mktemp("pairs") / "workspace")
     window = "scale = 1 AND bin BETWEEN 100 AND 109"
     with duckdb.connect(str(workspace.run_path(RUN_ID))) as con:
-        con.execute(f"UPDATE elements SET observed = 0 WHERE {window} "
-                    "AND kind = 'pair' AND device = ? AND peer = ?", list(MISSING_PAIR))
+        # Silent but for two events in the last bin, as at the edge of a window.
+        con.execute(f"UPDATE elements SET observed = CASE bin WHEN 109 THEN 2 ELSE 0 "
+                    f"END WHERE {window} AND kind = 'pair' AND device = ? AND peer = ?",
+                    list(MISSING_PAIR))
         con.execute(f"UPDATE elements SET observed = 5 * expected, p_value = 1e-3 "
                     f"WHERE {window} AND kind = 'pair' AND device = ? AND peer = ?",
                     list(SURGING_PAIR))
@@ -78,8 +81,9 @@ def test_pair_changes_in_window(pairs_workspace):
     assert new["observed"] == 10 * NEW_EVENTS_PER_BIN
     assert new["active_bins"] == 10
     missing = changes[changes["change"] == "missing"].iloc[0]
-    assert missing["observed"] == 0
-    assert missing["expected"] > 10 * pair_views.MIN_EXPECTED_EVENTS
+    assert missing["observed"] == 2
+    assert missing["active_bins"] == 1
+    assert missing["expected"] * pair_views.MISSING_SHARE >= 2
 
 
 def test_pair_changes_outside_window(pairs_workspace):
