@@ -85,8 +85,9 @@ def incident_table(context: ui.RunContext) -> None:
         column_config={
             "severity": st.column_config.NumberColumn(format="%.2f"),
             "significance": st.column_config.NumberColumn(
-                format="%.3g", help="p-value of the score against the null scan; "
-                "small is significant, empty when the run has no null scan."),
+                format="%.3g", help="Share of null-scan maxima at or above the "
+                "score, (1 + k) / (1 + n): small is significant, never below "
+                "1 / (1 + n). Empty when the run has no null scan."),
             "suppressed_by": st.column_config.NumberColumn(
                 "suppressed by rule", format="%d",
                 help="An active suppression rule with these devices and this type."),

@@ -468,7 +468,7 @@ def p_value_histogram_figure(histogram: pd.DataFrame) -> go.Figure:
     buckets = histogram["bucket"].nunique()
     uniform = histogram["elements"].sum() / buckets
     figure.add_hline(y=uniform, line={"dash": "dot", "color": EXPECTED_COLOR},
-                     annotation_text="uniform")
+                     annotation_text="uniform", annotation_position="top left")
     figure.update_layout(
         barmode="stack", height=300, margin={"l": 10, "r": 10, "t": 20, "b": 30},
         xaxis={"title": "p-value", "range": [0, 1]}, yaxis={"title": "elements"},

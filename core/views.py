@@ -131,8 +131,10 @@ ORDER BY col
 
 # `significance` is the empirical p-value of the incident's score among the maximum
 # scores of the null scan (calibration bins, each device shifted in time) at the
-# same scale:
-# (1 + null maxima >= score) / (1 + null maxima). NULL when the run has no null scan.
+# same scale: (1 + null maxima >= score) / (1 + null maxima), NULL without a null scan.
+# NOTE: there is no extreme-value fit of the null tail yet, so the smallest value is
+# 1 / (1 + null shifts), 0.11 with 8 shifts. The null maxima pool all interval
+# lengths, so an incident that passed the threshold of its own length can show 1.
 INCIDENTS_SQL = """
 WITH significance AS (
     SELECT i.incident_id,

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 from fixture_run import INCIDENTS, RUN_ID, build_fixture_workspace
+from test_pairs_page import WINDOW, pairs_workspace  # noqa: F401 (a fixture)
 from test_browser import (  # noqa: F401 (browser is a fixture)
     PAGE_TIMEOUT_MS,
     SCREENSHOTS,
@@ -132,3 +133,35 @@ def test_html_report_draws_offline(page, fresh_workspace):
     _screenshot(page, "workflow-html-report")
     assert requested == []
     assert page.get_by_text("<b>plc-07</b>").count() >= 1
+
+
+@pytest.fixture(scope="module")
+def pairs_server(pairs_workspace, tmp_path_factory) -> Iterator[str]:  # noqa: F811
+    log_path = tmp_path_factory.mktemp("streamlit") / "server.log"
+    with _streamlit(pairs_workspace.root, log_path) as url:
+        yield url
+
+
+def _metric_value(page, label: str) -> str:
+    metric = page.get_by_test_id("stMetric").filter(has_text=label).first
+    return metric.get_by_test_id("stMetricValue").inner_text().strip()
+
+
+def test_pairs_and_model_pages(pairs_server, page):
+    start, end = WINDOW
+    page.goto(f"{pairs_server}/Device_pairs?run={RUN_ID}&start={start}&end={end}")
+    page.get_by_test_id("stDataFrame").first.wait_for()
+    _wait_idle(page)
+    _screenshot(page, "workflow-device-pairs")
+    for change in ("New", "Missing", "Surging"):
+        assert _metric_value(page, f"{change} pairs") == "1"
+    query = parse_qs(urlparse(page.url).query)
+    assert query["start"] == [start]
+    assert query["end"] == [end]
+
+    page.goto(f"{pairs_server}/Model?run={RUN_ID}")
+    page.locator(".js-plotly-plot").nth(1).wait_for()
+    _wait_idle(page)
+    _screenshot(page, "workflow-model")
+    assert _metric_value(page, "Reference elements") == "1,104"
+    assert not page.get_by_test_id("stException").count()
