@@ -43,6 +43,12 @@ def main() -> None:
     if context is None:
         ui.no_run_message()
         return
+    requested = st.query_params.get("incident")
+    if requested:
+        # A shared address such as /?run=RUN&incident=ID opens the drill-down.
+        scale = st.query_params.get("scale", "")
+        ui.open_incident(context.run_id, requested,
+                         int(scale) if scale.isdigit() else None)
 
     summary = ui.load("run_summary", context)
     st.subheader("Run")

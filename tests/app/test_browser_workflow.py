@@ -80,6 +80,22 @@ def test_url_opens_drilldown(server, page):
     assert not page.get_by_test_id("stException").count()
 
 
+def test_home_url_opens_drilldown(server, page):
+    incident_id = INCIDENTS[0]["incident_id"]
+    page.goto(f"{server}/?run={RUN_ID}&incident={incident_id}")
+    page.wait_for_url("**/Incident?**")
+    _wait_incident(page, incident_id)
+    query = parse_qs(urlparse(page.url).query)
+    assert query["incident"] == [incident_id]
+
+    # The sidebar link leads home and stays there.
+    page.get_by_test_id("stSidebarNav").get_by_role("link", name="app").click()
+    page.get_by_role("heading", name="Incidents, ranked").wait_for()
+    _wait_idle(page)
+    assert "/Incident" not in page.url
+    assert "incident" not in parse_qs(urlparse(page.url).query)
+
+
 def test_status_kept_after_reload(server, page, fresh_workspace):
     incident_id = INCIDENTS[1]["incident_id"]
     page.goto(f"{server}/Incident?run={RUN_ID}&incident={incident_id}")

@@ -11,6 +11,7 @@ import shutil
 import pytest
 from conftest import REPOSITORY
 from fixture_run import INCIDENTS, RUN_ID, build_fixture_workspace
+from pages.common.ui import escape_markdown
 from streamlit.testing.v1 import AppTest
 
 from core.feedback import list_suppressions
@@ -127,6 +128,8 @@ def test_false_positive_creates_rule(app, fresh_workspace):
     assert listed.loc[0, "matches_in_run"] == 1
     assert list(listed.loc[0, "devices"]) == sorted(planted["devices"])
 
+    # The sidebar link home drops the incident from the address, as here.
+    del app.query_params["incident"]
     app.switch_page("app.py").run()
     table = app.dataframe[0].value.set_index("incident_id")
     assert table.loc[planted["incident_id"], "suppressed_by"] == 1
@@ -138,3 +141,16 @@ def test_suppressions_empty_state(app):
     app.switch_page("pages/3_Suppressions.py").run()
     assert not app.exception
     assert any("No rule yet" in info.value for info in app.info)
+
+
+def test_home_url_opens_incident(app):
+    planted = INCIDENTS[2]
+    app.query_params["run"] = RUN_ID
+    app.query_params["incident"] = planted["incident_id"]
+    app.run()
+    assert not app.exception
+    heading = escape_markdown(planted["incident_id"])
+    assert any(heading in header.value for header in app.subheader)
+    members = app.dataframe[0].value
+    assert sorted(members.loc[members["role"] == "device", "device"]) == sorted(
+        planted["devices"])
