@@ -14,6 +14,7 @@ import streamlit as st
 
 from core import plots, views
 from core.errors import StoreBusyError
+from core.feedback import list_suppressions, matching_rules
 from core.store import Workspace, incident_statuses
 from pages.common import ui
 
@@ -25,8 +26,9 @@ STORE_BUSY_MESSAGE = (
     "run below is the last published one. This panel retries every "
     f"{STORE_RETRY_SECONDS:g} s."
 )
-TABLE_COLUMNS = ["rank", "incident_id", "type", "severity", "score", "start", "end",
-                 "devices", "pairs", "sensors", "status", "summary"]
+TABLE_COLUMNS = ["rank", "incident_id", "type", "severity", "significance", "start",
+                 "end", "devices", "pairs", "sensors", "targets", "status", "owner",
+                 "suppressed_by", "summary"]
 
 st.set_page_config(page_title="tgloc", layout="wide")
 
@@ -41,6 +43,12 @@ def main() -> None:
     if context is None:
         ui.no_run_message()
         return
+    requested = st.query_params.get("incident")
+    if requested:
+        # A shared address such as /?run=RUN&incident=ID opens the drill-down.
+        scale = st.query_params.get("scale", "")
+        ui.open_incident(context.run_id, requested,
+                         int(scale) if scale.isdigit() else None)
 
     summary = ui.load("run_summary", context)
     st.subheader("Run")
@@ -67,9 +75,13 @@ def incident_table(context: ui.RunContext) -> None:
     if table.empty:
         st.info("This run found no incident. Open the heatmap to see the evidence.")
         return
-    statuses = incident_statuses(context.workspace)[["incident_id", "status"]]
+    # Status, owner and notes are keyed by incident id, which depends only on the
+    # devices and start time, so they carry over to a re-run of the same data.
+    statuses = incident_statuses(context.workspace)[["incident_id", "status", "owner"]]
     table = table.merge(statuses, on="incident_id", how="left")
     table["status"] = table["status"].fillna("new")
+    table["suppressed_by"] = matching_rules(
+        table, list_suppressions(context.workspace))
     event = st.dataframe(
         table[TABLE_COLUMNS],
         hide_index=True,
@@ -78,12 +90,21 @@ def incident_table(context: ui.RunContext) -> None:
         selection_mode="single-row",
         column_config={
             "severity": st.column_config.NumberColumn(format="%.2f"),
-            "score": st.column_config.NumberColumn(format="%.1f"),
+            "significance": st.column_config.NumberColumn(
+                format="%.3g", help="Share of null-scan maxima at or above the "
+                "score, (1 + k) / (1 + n): small is significant, never below "
+                "1 / (1 + n). Empty when the run has no null scan."),
+            "suppressed_by": st.column_config.NumberColumn(
+                "suppressed by rule", format="%d",
+                help="An active suppression rule with these devices and this type."),
             "start": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
             "end": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         },
     )
-    st.caption("Select a row to open its drill-down.")
+    suppressed = int(table["suppressed_by"].notna().sum())
+    st.caption("Select a row to open its drill-down."
+               + (f" Incidents that match a suppression rule: {suppressed}."
+                  if suppressed else ""))
     rows = event.selection.rows if event is not None else []
     if rows:
         chosen = table.iloc[rows[0]]

@@ -450,3 +450,27 @@ def _runs(rows: list[int]) -> list[list[int]]:
         else:
             blocks.append([row])
     return blocks
+
+
+def p_value_histogram_figure(histogram: pd.DataFrame) -> go.Figure:
+    """Draw reference p-value counts per bucket, one bar series per element kind.
+
+    A dotted line marks the count per bucket of a uniform distribution.
+    """
+    if histogram.empty:
+        return _empty_figure("The run has no calibration bins at this scale.")
+    figure = go.Figure()
+    for kind, rows in histogram.groupby("kind", sort=True):
+        figure.add_trace(go.Bar(
+            x=(rows["lower"] + rows["upper"]) / 2, y=rows["elements"],
+            width=rows["upper"] - rows["lower"], name=escape_label(kind),
+        ))
+    buckets = histogram["bucket"].nunique()
+    uniform = histogram["elements"].sum() / buckets
+    figure.add_hline(y=uniform, line={"dash": "dot", "color": EXPECTED_COLOR},
+                     annotation_text="uniform", annotation_position="top left")
+    figure.update_layout(
+        barmode="stack", height=300, margin={"l": 10, "r": 10, "t": 20, "b": 30},
+        xaxis={"title": "p-value", "range": [0, 1]}, yaxis={"title": "elements"},
+    )
+    return figure

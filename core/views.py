@@ -129,13 +129,33 @@ GROUP BY col
 ORDER BY col
 """
 
+# `significance` is the empirical p-value of the incident's score among the maximum
+# scores of the null scan (calibration bins, each device shifted in time) at the
+# same scale: (1 + null maxima >= score) / (1 + null maxima), NULL without a null scan.
+# NOTE: there is no extreme-value fit of the null tail yet, so the smallest value is
+# 1 / (1 + null shifts), 0.11 with 8 shifts. The null maxima pool all interval
+# lengths, so an incident that passed the threshold of its own length can show 1.
 INCIDENTS_SQL = """
-SELECT i.incident_id, i.rank, i.type, i.severity, i.score, i.threshold, i.alpha,
-       i.scale, i.start, i."end", i.summary,
+WITH significance AS (
+    SELECT i.incident_id,
+           CASE WHEN count(n.max_score) = 0 THEN NULL
+                ELSE (1 + count(n.max_score) FILTER (WHERE n.max_score >= i.score))
+                     / (1 + count(n.max_score))
+           END AS significance
+    FROM incidents i
+    LEFT JOIN null_scan n ON n.scale = i.scale
+    GROUP BY i.incident_id
+)
+SELECT i.incident_id, i.rank, i.type, i.severity, s.significance, i.score,
+       i.threshold, i.alpha, i.scale, i.start, i."end", i.summary,
        count(DISTINCT m.device) FILTER (WHERE m.role = 'device') AS devices,
        count(*) FILTER (WHERE m.role = 'pair') AS pairs,
-       count(*) FILTER (WHERE m.role = 'sensor') AS sensors
+       count(*) FILTER (WHERE m.role = 'sensor') AS sensors,
+       count(*) FILTER (WHERE m.role = 'target') AS targets,
+       list(DISTINCT m.device ORDER BY m.device) FILTER (WHERE m.role = 'device')
+           AS member_devices
 FROM incidents i
+JOIN significance s USING (incident_id)
 LEFT JOIN incident_members m USING (incident_id)
 GROUP BY ALL
 ORDER BY i.rank, i.incident_id
@@ -387,9 +407,11 @@ def heatmap_matrix(
 def incidents(workspace: Workspace, run_id: str) -> pd.DataFrame:
     """Return the run's incidents ranked, with member counts per role.
 
-    Columns: incident_id, rank, type, severity, score, threshold, alpha, scale,
-    start, end, summary, devices, pairs, sensors. Severity and score: higher is more
-    anomalous.
+    Columns: incident_id, rank, type, severity, significance, score, threshold,
+    alpha, scale, start, end, summary, devices, pairs, sensors, targets (counts) and
+    member_devices (sorted names, None without device members). Severity and score:
+    higher is more anomalous. Significance: the p-value of the score against the null
+    scan, small is significant, None when the run has no null scan.
     """
     return _frame(workspace, run_id, INCIDENTS_SQL)
 

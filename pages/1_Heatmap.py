@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import plots, views
-from pages.common import ui
+from pages.common import ui, window
 
 st.set_page_config(page_title="tgloc · Heatmap", layout="wide")
 
@@ -22,8 +22,8 @@ def main() -> None:
     if summary["start"] is None:
         st.info("This run has no bins. Start a new run from the home page.")
         return
-    scale = _scale_picker(summary["scales"])
-    start, end = _time_range(summary, scale)
+    scale = window.scale_picker(summary["scales"])
+    start, end = window.time_range(summary, scale)
     filters = ui.load("device_filters", context)
     left, right = st.columns(2)
     kinds = left.multiselect("Device kinds", filters["kinds"], placeholder="all")
@@ -64,28 +64,6 @@ def main() -> None:
     st.caption("Outlined: incidents. Click a cell to open the incident that covers it.")
     _follow_click(context, event, scale)
     _incident_picker(context, in_window, scale)
-
-
-def _scale_picker(scales: list[int]) -> int:
-    requested = st.query_params.get("scale", "")
-    default = int(requested) if requested.isdigit() else 1
-    index = scales.index(default) if default in scales else 0
-    scale = st.selectbox(
-        "Scale (bins per column of the base width)", scales, index=index
-    )
-    st.query_params["scale"] = str(scale)
-    return int(scale)
-
-
-def _time_range(summary: dict, scale: int) -> tuple[pd.Timestamp, pd.Timestamp]:
-    first = summary["start"].tz_convert("UTC").tz_localize(None).to_pydatetime()
-    last = summary["end"].tz_convert("UTC").tz_localize(None).to_pydatetime()
-    if first >= last:
-        return summary["start"], summary["end"]
-    step = pd.Timedelta(seconds=(summary["bin_seconds"] or 60) * scale).to_pytimedelta()
-    chosen = st.slider("Time range (UTC)", min_value=first, max_value=last,
-                       value=(first, last), step=step, format="YYYY-MM-DD HH:mm")
-    return pd.Timestamp(chosen[0], tz="UTC"), pd.Timestamp(chosen[1], tz="UTC")
 
 
 def _follow_click(context: ui.RunContext, event, scale: int) -> None:

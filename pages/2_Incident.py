@@ -5,7 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import plots, views
+from core import plots, report, views
+from core.feedback import add_suppression, list_suppressions, matching_rules
 from core.store import STATUSES, incident_statuses, set_incident_status
 from pages.common import ui
 
@@ -47,7 +48,7 @@ def main() -> None:
     st.text(_summary_sentence(row, members))
     if row.get("summary"):
         st.text(row["summary"])
-    _status_form(context, incident_id)
+    _status_form(context, incident_id, row, members)
 
     st.subheader("Members")
     number_formats = {
@@ -62,7 +63,8 @@ def main() -> None:
 
     st.subheader("Subgraph and one-hop context")
     edges = ui.load("context_edges", context, incident_id)
-    st.plotly_chart(plots.subgraph_figure(shown, edges), key="subgraph")
+    subgraph = plots.subgraph_figure(shown, edges)
+    st.plotly_chart(subgraph, key="subgraph")
     targets = shown.loc[shown["role"] == "target", "device"].dropna().tolist()
     if targets:
         st.caption("Targets (touched by the incident, outside it), strongest first:")
@@ -70,8 +72,10 @@ def main() -> None:
 
     scale = _chart_scale(context, row)
     window = _context_window(context, row, scale)
-    _sensor_charts(context, row, members, window, scale)
-    _pair_charts(context, row, members, window, scale)
+    figures = [("Subgraph and one-hop context", subgraph)]
+    figures += _sensor_charts(context, row, members, window, scale)
+    figures += _pair_charts(context, row, members, window, scale)
+    _export(context, row, members, figures)
 
 
 def _summary_sentence(row: dict, members: pd.DataFrame) -> str:
@@ -111,31 +115,72 @@ def _context_window(context: ui.RunContext, row: dict, scale: int):
     return max(start - pad, summary["start"]), min(end + pad, summary["end"])
 
 
-def _sensor_charts(context, row, members, window, scale: int) -> None:
+def _sensor_charts(context, row, members, window, scale: int) -> list:
+    """Draw the member sensors' series; return them as (title, figure) pairs."""
     sensors = members.loc[members["role"] == "sensor", ["device", "sensor"]]
     sensors = sensors.drop_duplicates()
     if sensors.empty:
-        return
+        return []
     st.subheader("Sensors against their expected value")
     _too_many(len(sensors))
+    figures = []
     for device, sensor in sensors.head(MAX_SERIES).itertuples(index=False):
         series = ui.load("sensor_series", context, device, sensor, scale, *window)
         title = f"{device} · {sensor}"
-        st.plotly_chart(plots.series_figure(series, title, "bin mean", row["start"],
-                                            row["end"]))
+        figure = plots.series_figure(series, title, "bin mean", row["start"],
+                                     row["end"])
+        st.plotly_chart(figure)
+        figures.append((title, figure))
+    return figures
 
 
-def _pair_charts(context, row, members, window, scale: int) -> None:
+def _pair_charts(context, row, members, window, scale: int) -> list:
+    """Draw the member pairs' series; return them as (title, figure) pairs."""
     pairs = members.loc[members["role"] == "pair", ["device", "peer"]].drop_duplicates()
     if pairs.empty:
-        return
+        return []
     st.subheader("Pair weights over time")
     _too_many(len(pairs))
+    figures = []
     for src, dst in pairs.head(MAX_SERIES).itertuples(index=False):
         series = ui.load("pair_series", context, src, dst, scale, *window)
         title = f"{src} → {dst}"
-        st.plotly_chart(plots.series_figure(series, title, "weight", row["start"],
-                                            row["end"]))
+        figure = plots.series_figure(series, title, "weight", row["start"], row["end"])
+        st.plotly_chart(figure)
+        figures.append((title, figure))
+    return figures
+
+
+def _export(context: ui.RunContext, row: dict, members: pd.DataFrame,
+            figures: list) -> None:
+    st.subheader("Export")
+    incident_id = str(row["incident_id"])
+    stem = f"{context.run_id}-{_file_safe(incident_id)}"
+    left, middle, right = st.columns(3)
+    left.download_button("Members as CSV", report.members_csv(members),
+                         file_name=f"{stem}-members.csv", mime="text/csv",
+                         on_click="ignore", key="export_csv")
+    middle.download_button("Members as JSON", report.members_json(row, members),
+                           file_name=f"{stem}-members.json",
+                           mime="application/json", on_click="ignore",
+                           key="export_json")
+    # The report carries plotly.js (several MB), so it is built on request only.
+    if st.session_state.get("report_for") != incident_id:
+        if right.button("Build HTML report", key="build_report"):
+            st.session_state.report_for = incident_id
+            st.rerun()
+        return
+    stored = incident_statuses(context.workspace)
+    stored = stored[stored["incident_id"] == incident_id]
+    status = stored.iloc[0].to_dict() if not stored.empty else None
+    page = report.incident_html(row, _summary_sentence(row, members), members,
+                                figures, status)
+    right.download_button("HTML report", page, file_name=f"{stem}.html",
+                          mime="text/html", on_click="ignore", key="export_html")
+
+
+def _file_safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:80]
 
 
 def _too_many(count: int) -> None:
@@ -143,20 +188,53 @@ def _too_many(count: int) -> None:
         st.caption(f"Showing the {MAX_SERIES} strongest of {count}.")
 
 
-def _status_form(context: ui.RunContext, incident_id: str) -> None:
+def _status_form(context: ui.RunContext, incident_id: str, row: dict,
+                 members: pd.DataFrame) -> None:
     stored = incident_statuses(context.workspace)
     stored = stored[stored["incident_id"] == incident_id]
     current = stored.iloc[0].to_dict() if not stored.empty else {}
-    with st.expander(f"Status: {current.get('status', 'new')}"):
-        with st.form("status"):
-            status = st.selectbox("Status", STATUSES,
-                                  index=STATUSES.index(current.get("status", "new")))
-            owner = st.text_input("Owner", value=current.get("owner") or "")
-            notes = st.text_area("Notes", value=current.get("notes") or "")
-            if st.form_submit_button("Save"):
-                set_incident_status(context.workspace, incident_id, status,
-                                    owner or None, notes or None)
-                st.success("Saved.")
+    status_now = current.get("status") or "new"
+    st.subheader("Status")
+    st.text(f"Status: {status_now}"
+            + (f"  ·  owner: {current['owner']}" if current.get("owner") else ""))
+    saved = st.session_state.pop("status_saved", None)
+    if saved == incident_id:
+        st.success("Saved. The status stays with this incident id in later runs.")
+
+    with st.form("status"):
+        status = st.selectbox("Status", STATUSES, index=STATUSES.index(status_now))
+        owner = st.text_input("Owner", value=current.get("owner") or "")
+        notes = st.text_area("Notes", value=current.get("notes") or "")
+        if st.form_submit_button("Save"):
+            set_incident_status(context.workspace, incident_id, status,
+                                owner.strip() or None, notes.strip() or None)
+            st.session_state.status_saved = incident_id
+            # A rerun redraws the status line above the form with the stored value.
+            st.rerun()
+    if status_now == "false positive":
+        _suppression_offer(context, incident_id, row, members)
+
+
+def _suppression_offer(context: ui.RunContext, incident_id: str, row: dict,
+                       members: pd.DataFrame) -> None:
+    devices = sorted(members.loc[members["role"] == "device", "device"].dropna())
+    if not devices:
+        st.caption("This incident has no member devices, so no suppression rule can "
+                   "describe it.")
+        return
+    rules = list_suppressions(context.workspace)
+    probe = pd.DataFrame({"member_devices": [devices], "type": [row["type"]]})
+    rule_id = matching_rules(probe, rules).iloc[0]
+    if pd.notna(rule_id):
+        st.info(f"Suppression rule {rule_id} covers this pattern. The Suppressions "
+                "page lists it.")
+        return
+    st.caption(f"A suppression rule marks later {row['type']} incidents of exactly "
+               f"these {len(devices)} devices as suppressed in the incident list:")
+    st.text("\n".join(devices))
+    if st.button("Create suppression rule", key="create_suppression"):
+        add_suppression(context.workspace, incident_id, devices, row["type"])
+        st.rerun()
 
 
 def _picker(context: ui.RunContext, incidents: pd.DataFrame) -> None:

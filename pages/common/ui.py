@@ -17,7 +17,7 @@ from typing import Any
 
 import streamlit as st
 
-from core import views
+from core import model_views, pair_views, views
 from core.errors import TglocError
 from core.store import Workspace
 
@@ -46,6 +46,8 @@ CACHED_VIEWS: dict[str, Callable[..., Any]] = {
     "pair_series": views.pair_series,
     "context_edges": views.context_edges,
     "training_loss": views.training_loss,
+    "pair_changes": pair_views.pair_changes,
+    "reference_p_values": model_views.reference_p_values,
 }
 
 

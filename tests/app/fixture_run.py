@@ -24,6 +24,9 @@ ORIGIN = pd.Timestamp("2026-03-01T00:00:00", tz="UTC")
 TRAIN_END = 48
 CALIBRATION_END = 72
 SEED = 7
+# Maximum scan scores of the null scan at scale 1, 49 shifts. Every planted incident
+# scores above 60, so each has significance (1 + 0) / (1 + 49) = 0.02.
+NULL_MAX_SCORES = [20.0 + 0.5 * shift for shift in range(48)] + [55.0]
 
 DEVICES = [
     ("plc-01", "plc", "cell-a", 0.9),
@@ -110,6 +113,7 @@ def build_fixture_workspace(path: str | os.PathLike) -> Workspace:
         "incidents": _incidents(rng),
         "incident_members": _members(elements),
         "training_loss": _training_loss(),
+        "null_scan": _null_scan(),
     }
     info = {
         "config": config.to_dict(),
@@ -289,4 +293,12 @@ def _training_loss() -> pd.DataFrame:
         "loss": 1.0 / epochs,
         "validation_loss": 1.1 / epochs + 0.01,
         "seconds": np.full(len(epochs), 0.5),
+    })
+
+
+def _null_scan() -> pd.DataFrame:
+    return pd.DataFrame({
+        "scale": 1,
+        "shift": range(len(NULL_MAX_SCORES)),
+        "max_score": NULL_MAX_SCORES,
     })

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import duckdb
+import pandas as pd
 import pytest
 from conftest import REPOSITORY
 from fixture_run import INCIDENTS, NUM_BINS
@@ -154,3 +155,43 @@ def test_escape_markdown_keeps_text_literal():
     assert escape_markdown("**x** <b>y</b> :red[z]") == (
         r"\*\*x\*\* \<b\>y\</b\> \:red\[z\]"
     )
+
+
+def _slider(app: AppTest):
+    return [s for s in app.slider if s.label == "Time range (UTC)"][0]
+
+
+def test_heatmap_window_from_url(app, run_id):
+    # Bins 80 to 100 cover the first planted incident (80-91) and part of the
+    # second (96-103), and none of the third (108-115).
+    app.query_params["run"] = run_id
+    app.query_params["start"] = "2026-03-01T01:20"
+    app.query_params["end"] = "2026-03-01T01:40"
+    app.run()
+    app.switch_page("pages/1_Heatmap.py").run()
+    assert not app.exception
+    assert not app.warning
+    assert _metric(app, "In this window") == "2"
+    low, high = _slider(app).value
+    assert (f"{low:%H:%M}", f"{high:%H:%M}") == ("01:20", "01:40")
+
+
+def test_heatmap_window_into_url(app, run_id):
+    app.run()
+    app.switch_page("pages/1_Heatmap.py").run()
+    low, _ = _slider(app).value
+    chosen = (low, low + pd.Timedelta(minutes=30).to_pytimedelta())
+    _slider(app).set_value(chosen).run()
+    assert not app.exception
+    assert app.query_params["start"] == "2026-03-01T00:00"
+    assert app.query_params["end"] == "2026-03-01T00:30"
+    assert _metric(app, "In this window") == "0"
+
+
+def test_heatmap_window_invalid_url(app, run_id):
+    app.query_params["start"] = "yesterday-ish"
+    app.run()
+    app.switch_page("pages/1_Heatmap.py").run()
+    assert not app.exception
+    assert any("not a UTC time" in w.value for w in app.warning)
+    assert _metric(app, "In this window") == str(len(INCIDENTS))

@@ -101,3 +101,45 @@ def test_drilldown_lists_first_incident_devices(app, pipeline_workspace):
     shown = sorted(members.loc[members["role"] == "device", "device"])
     assert shown == _member_devices(pipeline_workspace, incident_id)
     assert len(members) == _member_count(pipeline_workspace, incident_id)
+
+
+def test_real_run_significance(app, pipeline_workspace):
+    app.run()
+    assert not app.exception
+    if _incident_count(pipeline_workspace) == 0:
+        pytest.skip("the pipeline run found no incident")
+    table = app.dataframe[0].value
+    nulls = _query(pipeline_workspace, "SELECT count(*) FROM null_scan")[0][0]
+    assert nulls > 0
+    # Every value is (1 + k) / (1 + n) for the null maxima of the incident's scale.
+    assert table["significance"].notna().all()
+    assert (table["significance"] > 0).all()
+    assert (table["significance"] <= 1).all()
+
+
+def test_real_run_model_page(app, pipeline_workspace):
+    app.run()
+    app.switch_page("pages/5_Model.py").run()
+    assert not app.exception
+    assert not app.error
+    epochs = _query(pipeline_workspace, "SELECT count(*) FROM training_loss")[0][0]
+    assert any(f"{epochs} epochs" in caption.value for caption in app.caption)
+    reference = _query(
+        pipeline_workspace,
+        "SELECT count(*) FROM elements e JOIN bins b USING (scale, bin) "
+        "WHERE b.period = 'calibration' AND e.scale = 1 AND e.p_value IS NOT NULL",
+    )[0][0]
+    assert _metric(app, "Reference elements") == f"{reference:,}"
+
+
+def test_real_run_pairs_page(app, pipeline_workspace):
+    app.run()
+    app.switch_page("pages/4_Device_pairs.py").run()
+    assert not app.exception
+    assert not app.error
+    shown = sum(int(_metric(app, f"{change} pairs"))
+                for change in ("New", "Missing", "Surging"))
+    if shown:
+        assert len(app.dataframe[0].value) <= shown
+    else:
+        assert any("No pair is new" in info.value for info in app.info)

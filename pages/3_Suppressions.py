@@ -1,0 +1,51 @@
+"""Suppression rules created from false positives, and the incidents they match."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.feedback import list_suppressions, matching_rules
+from pages.common import ui
+
+st.set_page_config(page_title="tgloc · Suppressions", layout="wide")
+
+
+def main() -> None:
+    st.title("Suppression rules")
+    st.caption(
+        "A rule is a device set and an incident type, made from an incident marked "
+        "false positive. The incident list marks incidents that match a rule. The "
+        "pipeline does not read the rules, so no run loses data."
+    )
+    context = ui.run_sidebar()
+    if context is None:
+        ui.no_run_message()
+        return
+
+    rules = list_suppressions(context.workspace)
+    st.metric("Rules", len(rules))
+    if rules.empty:
+        st.info(
+            "No rule yet. Open an incident, set its status to false positive, save, "
+            "then create a rule from it."
+        )
+        return
+
+    incidents = ui.load("incidents", context)
+    matched = matching_rules(incidents, rules) if not incidents.empty else None
+    counts = matched.value_counts() if matched is not None else {}
+    rules["matches_in_run"] = [int(counts.get(rule, 0)) for rule in rules["rule_id"]]
+    st.dataframe(
+        rules[["rule_id", "type", "devices", "matches_in_run", "incident_id",
+               "created", "active"]],
+        hide_index=True,
+        key="rules",
+        column_config={
+            "devices": st.column_config.ListColumn("devices"),
+            "matches_in_run": st.column_config.NumberColumn("matches in this run"),
+            "incident_id": st.column_config.TextColumn("from incident"),
+        },
+    )
+
+
+ui.guard(main)

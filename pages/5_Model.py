@@ -1,0 +1,53 @@
+"""The run's model: training loss, calibration check and configuration."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core import plots
+from pages.common import ui, window
+
+st.set_page_config(page_title="tgloc · Model", layout="wide")
+
+
+def main() -> None:
+    st.title("Model")
+    context = ui.run_sidebar()
+    if context is None:
+        ui.no_run_message()
+        return
+
+    st.subheader("Training loss")
+    loss = ui.load("training_loss", context)
+    if not loss.empty:
+        last = loss.iloc[-1]
+        st.caption(f"{len(loss)} epochs; last training loss {last['loss']:.4g}, "
+                   f"validation loss {last['validation_loss']:.4g}.")
+    st.plotly_chart(plots.loss_figure(loss), key="loss")
+
+    st.subheader("Reference p-values")
+    summary = ui.load("run_summary", context)
+    scale = window.scale_picker(summary["scales"])
+    histogram = ui.load("reference_p_values", context, scale)
+    st.caption(
+        "p-values of the elements in the calibration bins. With a valid calibration "
+        "they are uniform, so the histogram is flat; a peak near 0 means the "
+        "reference looked anomalous."
+    )
+    if histogram.empty:
+        st.info("The run has no calibration bins at this scale. Pick scale 1.")
+    else:
+        st.metric("Reference elements", f"{int(histogram['elements'].sum()):,}")
+    st.plotly_chart(plots.p_value_histogram_figure(histogram), key="p_values")
+
+    st.subheader("Configuration")
+    info = ui.load("run_info", context)
+    st.text(f"Run {context.run_id}, created {info.get('created', 'unknown')}")
+    st.json(info.get("config", {}), expanded=2)
+    details = {key: value for key, value in info.items()
+               if key in ("periods", "versions", "origin", "model_checksum")}
+    with st.expander("Periods, versions and checksum"):
+        st.json(details)
+
+
+ui.guard(main)
