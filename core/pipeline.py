@@ -78,41 +78,37 @@ def run_pipeline(
         raise DataError("no bins to score",
                         "Shorten the reference period or load data after it.")
 
+    # Deterministic torch algorithms make a run repeat bit for bit.
     with train.deterministic():
-        return _train_score_publish(workspace, config, run_id, report, timer, rng,
-                                    snapshots, periods, segments, train_bins)
+        report("training", 0.0)
+        with timer.stage("training"):
+            prepared = train.prepare(snapshots, train_bins, segments)
+            fitted = train.fit(prepared, snapshots, train_bins, config.model, progress)
+            checkpoint = train.checkpoint_bytes(fitted.model, prepared, config.model)
 
+        report("scoring", 0.0)
+        with timer.stage("scoring"):
+            x_hat, pair_hat, candidates, _ = scoring.reconstruct(fitted.model, prepared,
+                                                                 snapshots)
+            families = scoring.families(snapshots, prepared, x_hat, pair_hat, candidates,
+                                        train_bins)
+            scored = score_scales(families, periods, config, rng)
 
-def _train_score_publish(workspace, config, run_id, report, timer, rng, snapshots, periods,
-                         segments, train_bins) -> RunResult:
-    """Train, score, localize and publish; the rest of `run_pipeline`."""
-    report("training", 0.0)
-    with timer.stage("training"):
-        prepared = train.prepare(snapshots, train_bins, segments)
-        fitted = train.fit(prepared, snapshots, train_bins, config.model, progress)
-        checkpoint = train.checkpoint_bytes(fitted.model, prepared, config.model)
+        report("localization", 0.0)
+        with timer.stage("localization"):
+            incidents, members, thresholds, null_rows = localize_run(
+                snapshots, scored, periods, prepared, config, rng, report, fitted.model)
 
-    report("scoring", 0.0)
-    with timer.stage("scoring"):
-        x_hat, pair_hat, candidates, _ = scoring.reconstruct(fitted.model, prepared, snapshots)
-        families = scoring.families(snapshots, prepared, x_hat, pair_hat, candidates, train_bins)
-        scored = score_scales(families, periods, config, rng)
-
-    report("localization", 0.0)
-    with timer.stage("localization"):
-        incidents, members, thresholds, null_rows = localize_run(
-            snapshots, scored, periods, prepared, config, rng, report, fitted.model)
-
-    report("publishing", 0.0)
-    with timer.stage("publishing"):
-        info = run_info(workspace, run_id, config, snapshots, periods, checkpoint,
-                        fitted, prepared, thresholds)
-        tables = run_tables(snapshots, periods, scored, incidents, members, fitted,
-                            null_rows, checkpoint, config)
-        tables["sensor_flags"] = sensor_flags(snapshots, prepared, train_bins, periods)
-        path = store.publish_run(workspace, run_id, tables, info)
-    report("done", 1.0)
-    return RunResult(run_id, str(path), incidents, members, timer, info)
+        report("publishing", 0.0)
+        with timer.stage("publishing"):
+            info = run_info(workspace, run_id, config, snapshots, periods, checkpoint,
+                            fitted, prepared, thresholds)
+            tables = run_tables(snapshots, periods, scored, incidents, members, fitted,
+                                null_rows, checkpoint, config)
+            tables["sensor_flags"] = sensor_flags(snapshots, prepared, train_bins, periods)
+            path = store.publish_run(workspace, run_id, tables, info)
+        report("done", 1.0)
+        return RunResult(run_id, str(path), incidents, members, timer, info)
 
 
 def assign_periods(snapshots: Snapshots, config: RunConfig) -> tuple[np.ndarray, list[tuple[int, int]]]:

@@ -13,17 +13,10 @@ st.set_page_config(page_title="tgloc · Heatmap", layout="wide")
 
 def main() -> None:
     st.title("Heatmap")
-    context = ui.run_sidebar()
-    if context is None:
-        ui.no_run_message()
+    chosen = window.run_window()
+    if chosen is None:
         return
-
-    summary = ui.load("run_summary", context)
-    if summary["start"] is None:
-        st.info("This run has no bins. Start a new run from the home page.")
-        return
-    scale = window.scale_picker(summary["scales"])
-    start, end = window.time_range(summary, scale)
+    context, scale, start, end = chosen
     filters = ui.load("device_filters", context)
     left, right = st.columns(2)
     kinds = left.multiselect("Device kinds", filters["kinds"], placeholder="all")

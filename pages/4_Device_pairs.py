@@ -23,17 +23,10 @@ CHANGE_HELP = {
 
 def main() -> None:
     st.title("Device pairs")
-    context = ui.run_sidebar()
-    if context is None:
-        ui.no_run_message()
+    chosen = window.run_window()
+    if chosen is None:
         return
-
-    summary = ui.load("run_summary", context)
-    if summary["start"] is None:
-        st.info("This run has no bins. Start a new run from the home page.")
-        return
-    scale = window.scale_picker(summary["scales"])
-    start, end = window.time_range(summary, scale)
+    context, scale, start, end = chosen
     changes = ui.load("pair_changes", context, scale, start, end)
 
     columns = st.columns(len(pair_views.CHANGES))

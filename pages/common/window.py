@@ -12,6 +12,8 @@ from datetime import datetime
 import pandas as pd
 import streamlit as st
 
+from pages.common import ui
+
 URL_TIME_FORMAT = "%Y-%m-%dT%H:%M"
 
 
@@ -80,3 +82,22 @@ def _naive_utc(text: str) -> datetime:
     if stamp.tzinfo is not None:
         stamp = stamp.tz_convert("UTC").tz_localize(None)
     return stamp.to_pydatetime()
+
+
+def run_window() -> tuple | None:
+    """Render the run chooser, scale and time window of a page over one run.
+
+    Returns (context, scale, start, end), or None after showing what to do when
+    there is no run or the run has no bins.
+    """
+    context = ui.run_sidebar()
+    if context is None:
+        ui.no_run_message()
+        return None
+    summary = ui.load("run_summary", context)
+    if summary["start"] is None:
+        st.info("This run has no bins. Start a new run from the home page.")
+        return None
+    scale = scale_picker(summary["scales"])
+    start, end = time_range(summary, scale)
+    return context, scale, start, end
