@@ -419,17 +419,16 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float,
                    reached: list[int] = ()) -> dict:
     """Second pass: members, pairs, targets and sensors of an incident.
 
-    A device whose only significant elements are pairs with a single peer is a
-    target of that peer, not a member. This applies when the peer has significant
-    elements of its own, or significant pairs with three or more devices (the
-    centre of a scan). The pairs between the members and the hosts in `reached` (a
+    A device whose only significant pairs are with a single peer that has
+    significant pairs with three or more devices (the centre of a scan) is a target
+    of that peer, not a member. Both ends of a flood or of a new link stay members.
+    The pairs between the members and the hosts in `reached` (a
     scan's targets) are targets whatever their p-values.
     """
     significant = inside[inside["p_value"] <= alpha]
     members = set(devices)
     pairs = significant[significant["kind"] == "pair"]
     own = significant[significant["kind"] != "pair"]
-    has_own = set(own["device_idx"].tolist())
 
     peers: dict[int, set[int]] = {}
     for src, dst in zip(pairs["device_idx"], pairs["peer_idx"]):
@@ -444,8 +443,7 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float,
         (peer,) = linked
         if peer not in members or peer in demoted:
             continue
-        centre = len(peers.get(peer, set())) >= 3
-        if centre or (device not in has_own and peer in has_own):
+        if len(peers.get(peer, set())) >= 3:
             demoted.add(device)
     kept = sorted(members - demoted) or sorted(members)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
 from core.model import TemporalGraphAutoEncoder
 from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, Snapshots
@@ -41,6 +42,8 @@ OUTSIDE_TRAINING_RANGE = "outside training range"
 TAIL_QUANTILE = 0.9
 BODY_SCALE = 0.5
 BALANCE_QUANTILE = 0.99
+# Families whose observed and expected values are event counts per bin.
+COUNT_KINDS = ("device", "pair")
 MIN_TAIL = 15
 P_FLOOR = 1e-12
 
@@ -380,9 +383,29 @@ def calibrate(
             p_value[targets, column] = novelty[groups[column]] * rng.random(len(targets))
             continue
         p_value[targets, column] = tail_pvalues(pool, score[targets, column], rng, tail)
+        if scaled.kind in COUNT_KINDS:
+            p_value[targets, column] = np.maximum(p_value[targets, column], count_pvalues(
+                scaled.observed[targets, column] * scaled.scale,
+                scaled.expected[targets, column] * scaled.scale))
     counts = {name: int((level == name).sum())
               for name in ("element", "kind", "graph", "novelty")}
     return p_value, level, counts
+
+
+def count_pvalues(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Two-sided p-values of event counts under a Poisson law with the expected count.
+
+    Polling jitter moves a count by an event now and then (one reply in a minute
+    instead of two), and a reference period that never saw it would make it look
+    impossible. Polling is more regular than Poisson, so this is a lower bound on
+    how rare a count change is that a calibrated p-value is never allowed to beat.
+    A flood or a silence is still far in the Poisson tail.
+    """
+    observed = np.round(np.nan_to_num(observed))
+    rate = np.maximum(np.nan_to_num(expected), 1e-3)
+    lower = stats.poisson.cdf(observed, rate)
+    upper = stats.poisson.sf(observed - 1, rate)
+    return np.clip(2 * np.minimum(lower, upper), P_FLOOR, 1.0)
 
 
 def _novelty_rates(scaled, reference_bins, groups, novel) -> dict[str, float]:

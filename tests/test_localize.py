@@ -190,7 +190,8 @@ def test_detect_splits_two_anomalies_sharing_a_device():
 
     spans = sorted((i.start, i.stop, i.devices) for i in incidents)
     assert [(start, stop) for start, stop, _ in spans] == [(2, 5), (14, 22)]
-    assert 0 in spans[0][2] and 2 not in spans[0][2]
+    assert 0 in spans[0][2]
+    assert 2 not in spans[0][2]
     assert spans[1][2] == [1, 2]
 
 

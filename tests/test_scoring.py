@@ -178,8 +178,8 @@ def test_balance_divides_each_feature_by_its_training_tail():
 
 
 def test_tail_pvalues_cluster_at_top_not_impossible():
-    """A reference whose top tenth is a tight cluster (a recurring pattern): a score
-    just beyond the cluster is rare, not impossible; a score far beyond still is."""
+    """A reference whose top tenth is a tight cluster, as a recurring pattern gives.
+    A score just beyond the cluster is rare but possible; one far beyond is not."""
     rng = np.random.default_rng(3)
     reference = np.sort(np.concatenate([rng.uniform(0.0, 0.5, 300),
                                         rng.uniform(0.88, 0.92, 40)]))
@@ -188,3 +188,14 @@ def test_tail_pvalues_cluster_at_top_not_impossible():
 
     assert near > 1e-3
     assert far < 1e-6
+
+
+def test_count_pvalues_jitter_plain_flood_and_silence_rare():
+    from core.scoring import count_pvalues
+
+    p = count_pvalues(np.array([1.0, 3.0, 60.0, 0.0]), np.array([2.0, 2.0, 2.0, 20.0]))
+
+    assert p[0] > 0.5
+    assert p[1] > 0.5
+    assert p[2] < 1e-12 * 10
+    assert p[3] < 1e-6
