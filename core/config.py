@@ -11,9 +11,21 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
+
 from core.errors import ConfigError
 
 HUB_KINDS = ("plc", "scada", "hmi", "gateway", "historian", "switch")
+
+
+def _is_time(value: Any) -> bool:
+    """Return whether `value` is text that reads as one ISO-8601 time."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return pd.Timestamp(value) is not pd.NaT and value[:4].isdigit()
+    except (ValueError, TypeError):
+        return False
 
 
 def _check(name: str, value: Any, ok: bool, allowed: str) -> None:
@@ -196,6 +208,10 @@ class RunConfig:
                "between 0.2 and 0.9")
         _check("reference_share", self.reference_share,
                0.1 <= self.reference_share <= 0.95, "between 0.1 and 0.95")
+        for name in ("reference_start", "reference_end", "score_start", "score_end"):
+            value = getattr(self, name)
+            _check(name, value, value is None or _is_time(value),
+                   "an ISO-8601 time such as 2024-03-04T12:00:00Z")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1038,7 +1038,11 @@ def _parse_with_format(
 ) -> tuple[pd.Series, pd.Series, list[str]]:
     fmt = options.time_format
     zoned = "%z" in fmt or "%Z" in fmt
-    parsed = pd.to_datetime(present, format=fmt, errors="coerce", utc=zoned)
+    try:
+        parsed = pd.to_datetime(present, format=fmt, errors="coerce", utc=zoned)
+    except ValueError as exc:
+        raise IngestError(f"invalid time format {fmt!r}: {exc}",
+                          "Give a strptime format such as %Y-%m-%d %H:%M:%S.") from exc
     reasons[parsed[parsed.isna()].index] = f"time does not match format {fmt}"
     parsed = parsed.reindex(text.index)
     if zoned:

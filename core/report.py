@@ -4,8 +4,9 @@ The HTML report carries plotly.js inline once, so it opens offline and loads not
 from another host (about 4.8 MB with plotly 7.1, nearly all of it plotly.js). Every text
 from the data is escaped with `html.escape`, and Plotly serializes figure data with
 `<` and `>` escaped, so a device name cannot close the script that contains it.
-CSV and JSON cells pass through `core.cli.sanitize_cell`, so a spreadsheet shows a
-name such as `=cmd|...` as text instead of evaluating it.
+CSV cells pass through `core.cli.sanitize_cell`, so a spreadsheet shows a name such
+as `=cmd|...` as text instead of evaluating it. JSON keeps every name exactly, as
+`tgloc incidents --format json` does: a JSON reader does not evaluate formulas.
 """
 
 from __future__ import annotations
@@ -47,17 +48,16 @@ def members_csv(members: pd.DataFrame) -> str:
 def members_json(incident: dict[str, Any], members: pd.DataFrame) -> str:
     """Return the incident's id, interval, type and members as JSON text.
 
-    Strings pass through `sanitize_cell` as in the CSV, so a file converted to a
-    spreadsheet stays safe; numbers that are missing become null.
+    Names are kept exactly; numbers that are missing become null.
     """
     document = {
-        "incident_id": sanitize_cell(str(incident["incident_id"])),
-        "type": sanitize_cell(str(incident["type"])),
+        "incident_id": str(incident["incident_id"]),
+        "type": str(incident["type"]),
         "start": pd.Timestamp(incident["start"]).isoformat(),
         "end": pd.Timestamp(incident["end"]).isoformat(),
         "severity": _number(incident.get("severity")),
         "score": _number(incident.get("score")),
-        "members": _member_records(members),
+        "members": _member_records(members, sanitize=False),
     }
     return json.dumps(document, ensure_ascii=False, indent=2)
 
@@ -121,7 +121,10 @@ def _members_table(members: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _member_records(members: pd.DataFrame) -> list[dict[str, Any]]:
+def _member_records(members: pd.DataFrame, sanitize: bool = True) -> list[dict[str, Any]]:
+    """Return the member rows as records, text cells through `sanitize_cell` when
+    `sanitize` is set."""
+    clean = sanitize_cell if sanitize else (lambda value: value)
     records = []
     for record in members[MEMBER_COLUMNS].to_dict(orient="records"):
         cleaned = {}
@@ -129,7 +132,7 @@ def _member_records(members: pd.DataFrame) -> list[dict[str, Any]]:
             if column in ("evidence", "p_value"):
                 cleaned[column] = _number(value)
             else:
-                cleaned[column] = None if _missing(value) else sanitize_cell(str(value))
+                cleaned[column] = None if _missing(value) else clean(str(value))
         records.append(cleaned)
     return records
 

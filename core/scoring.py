@@ -216,7 +216,9 @@ def families(
             residual=balance(residual, weight > 0, in_train),
             weight=weight,
             exists=exists,
-            observed=snapshots.sensor_values[..., 0],
+            # A bin without a reading has no observed value (a silent sensor is
+            # not a sensor reading 0).
+            observed=np.where(reported, snapshots.sensor_values[..., 0], np.nan),
             expected=hats[..., 0] * mean_scale[None] + mean_center[None],
         ))
 
@@ -320,7 +322,11 @@ def aggregate(family: Family, scale: int) -> ScaledFamily:
     exists &= counts > 0
     score = np.where(exists, score, np.nan)
     bins_in = np.maximum(fold(family.exists.astype(np.float64)), 1)
-    observed = fold(np.nan_to_num(family.observed.astype(np.float64)) * family.exists) / bins_in
+    # The observed value is the mean over the bins that have one.
+    seen = family.exists & np.isfinite(family.observed)
+    seen_bins = fold(seen.astype(np.float64))
+    observed = fold(np.where(seen, family.observed, 0.0).astype(np.float64)) / np.maximum(seen_bins, 1)
+    observed = np.where(seen_bins > 0, observed, np.nan)
     expected = fold(np.nan_to_num(family.expected.astype(np.float64)) * family.exists) / bins_in
     return ScaledFamily(family.kind, scale, family.ids, score, exists, observed, expected)
 

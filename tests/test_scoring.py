@@ -199,3 +199,15 @@ def test_count_pvalues_jitter_plain_flood_and_silence_rare():
     assert p[1] > 0.5
     assert p[2] < 1e-12 * 10
     assert p[3] < 1e-6
+
+
+def test_aggregate_observed_mean_skips_bins_without_reading():
+    family = _family()
+    family.observed[1, 0] = np.nan
+    family.observed[4, 0] = np.nan
+
+    scaled = aggregate(family, 4)
+
+    # Bin 0 averages 0, 2 and 3; bin 1 has no reading at all.
+    assert scaled.observed[0, 0] == pytest.approx(5 / 3)
+    assert np.isnan(scaled.observed[1, 0])

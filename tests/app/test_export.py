@@ -50,10 +50,10 @@ def test_members_csv_sanitized():
     assert len(rows) == 5
 
 
-def test_members_json_sanitized():
+def test_members_json_keeps_names_exactly():
     document = json.loads(report.members_json(_incident(), _hostile_members()))
     assert document["incident_id"] == "inc-<x>"
-    assert document["members"][0]["device"] == "'" + HOSTILE
+    assert document["members"][0]["device"] == HOSTILE
     assert document["members"][3]["evidence"] is None
     assert document["members"][2]["p_value"] == pytest.approx(6e-4)
     assert document["start"] == "2026-03-01T01:36:00+00:00"
