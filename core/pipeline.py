@@ -335,7 +335,8 @@ def explain_away(
     a faulty device still deviates, a neighbour that only looked abnormal no longer
     does. A device is kept when the largest mean residual of its sensors, over base
     bins [start, stop), reaches `share` of the largest among the devices. Devices
-    without sensors are kept.
+    without sensors (a workstation reached across a PLC) have no readings to be
+    abnormal and are dropped, unless no device with sensors is kept.
     """
     sensors = snapshots.sensors
     if len(sensors) == 0 or len(devices) <= 1:
@@ -359,7 +360,7 @@ def explain_away(
     if not strength:
         return devices
     top = max(strength.values())
-    kept = [d for d in devices if d not in strength or strength[d] >= share * top]
+    kept = [d for d in devices if d in strength and strength[d] >= share * top]
     log.info("explain away %s: %s", devices, {d: round(v, 2) for d, v in strength.items()})
     return kept
 
