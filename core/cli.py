@@ -250,11 +250,18 @@ def command_ingest(args: argparse.Namespace) -> int:
         label_column=args.label_column, weight_policy=args.weight_policy,
         encoding=args.encoding, read_unterminated_line=args.read_unterminated_line,
     )
+    status = 0
     for path in args.files:
         report = ingest.ingest_file(workspace, path, options)
         print(report.summary())
         print(ingest_details(workspace, report))
-    return 0
+        if report.rows_stored == 0 and report.rows_rejected > 0:
+            # Every row rejected is nearly always one wrong option for a whole column.
+            print(f"error: nothing stored from {path}: all {report.rows_rejected} rows "
+                  f"were rejected; check --time-format, --epoch-unit and --column "
+                  f"against the reasons above", file=sys.stderr)
+            status = 2
+    return status
 
 
 MAX_REJECTED_SHOWN = 10

@@ -149,3 +149,38 @@ def test_run_single_device_file_exits_two(tmp_path):
             in result.stderr)
     assert "Traceback" not in result.stderr
     assert "nan" not in result.stderr.lower()
+
+
+def test_ingest_all_rows_rejected_exits_two(tmp_path):
+    data = tmp_path / "dates.csv"
+    data.write_text("ts,src,dst\n2024-03-01 08:00:00,a,b\n2024-03-01 08:00:01,a,b\n")
+
+    result = _tgloc("ingest", "--workspace", str(tmp_path / "ws"), "--time-format",
+                    "%Y-%m-%d", str(data))
+
+    assert result.returncode == 2
+    assert "0 stored, 2 rejected" in result.stdout
+    assert "time does not match format %Y-%m-%d" in result.stdout
+    assert "nothing stored from" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_reference_end_names_setting(tmp_path):
+    result = _tgloc("run", "--workspace", str(tmp_path / "ws"), "--reference-end",
+                    "yesterday")
+
+    assert result.returncode == 2
+    assert "invalid setting reference_end='yesterday'" in result.stderr
+    assert "unexpected failure" not in result.stderr
+
+
+def test_bad_time_format_names_directive(tmp_path):
+    data = tmp_path / "one.csv"
+    data.write_text("ts,src,dst\n2024-03-01 08:00:00,a,b\n")
+
+    result = _tgloc("ingest", "--workspace", str(tmp_path / "ws"), "--time-format",
+                    "%Q%Q", str(data))
+
+    assert result.returncode == 2
+    assert "invalid time format '%Q%Q'" in result.stderr
+    assert "unexpected failure" not in result.stderr
