@@ -624,8 +624,8 @@ def detect(
 
 def merge_fragments(incidents: list[Incident], gap: int) -> list[Incident]:
     """Join an incident to another of the same kind (process or communication) that
-    contains all its devices and lies within `gap` base bins of it; the interval becomes
-    their union. Removing a strong hit's elements can leave a few bins at its edges
+    contains all its devices and lies within `gap` base bins of it. The joined
+    interval is their union. Removing a strong hit's elements can leave a few bins at its edges
     that the scan finds again on their own."""
     merged: set[int] = set()
     for position, incident in enumerate(incidents):
@@ -654,8 +654,8 @@ def gather_scans(
     own elements can be the strongest evidence of the run. Found first, it would
     become an incident of its own, with the source as a member of it or of another.
     A device that opens at least `fanout` pairs the reference never saw within one
-    bin of a communication incident is a scan source. The incident then holds the
-    sources as devices; the hosts they reached stop being devices, and a later
+    bin of a communication incident is a scan source. The incident then has the
+    sources as its devices, and the hosts they reached stop being devices. A later
     communication incident over the same time whose devices are all such hosts
     joins it.
 
@@ -759,8 +759,8 @@ def _split_in_time(state: ScaleState, hit: Hit, config: SearchConfig) -> list[in
 
     A long interval can hold two anomalies that touch one device (a scan and, later,
     a flood on one of the scanned PLCs), and their sum outscores either alone. Each
-    device's core is the shortest span of the hit that contains `CORE_SHARE`
-    of its small p-values; devices are grouped by overlapping cores, and the group with the
+    device's core is the shortest span of the hit that contains `CORE_SHARE` of its
+    small p-values. Devices are grouped by overlapping cores, and the group with the
     highest statistic is kept. The others stay in the scan and are found in a later
     round. Cores, not best intervals, because a device's residuals linger for a while
     after an anomaly ends and would stretch its best interval into the next one.

@@ -279,9 +279,9 @@ def balance(residual: np.ndarray, observed: np.ndarray, in_train: np.ndarray) ->
     over the training bins, pooled over the family's elements.
 
     An element's score is its largest feature residual. Without this, a feature with
-    heavy tails (the time since a reading last changed jumps whenever a slow signal
-    moves) would set the scale for all of them, so a spike in the mean would have
-    to beat the other feature's normal extremes.
+    heavy tails would set the scale for all of them: the time since a reading last
+    changed jumps whenever a slow signal moves. A spike in the mean would then have
+    to beat that feature's normal extremes.
 
     Args:
         residual: shape [T, J, D]. observed: bool, broadcastable to it.

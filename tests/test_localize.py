@@ -269,4 +269,5 @@ def test_detect_hit_after_incident_within_model_reach_joins(aftermath, expected)
                        aftermath=aftermath)
 
     assert len(incidents) == expected
-    assert incidents[0].devices == [2] and (incidents[0].start, incidents[0].stop) == (10, 20)
+    assert incidents[0].devices == [2]
+    assert (incidents[0].start, incidents[0].stop) == (10, 20)

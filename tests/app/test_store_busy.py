@@ -2,7 +2,7 @@
 
 An ingest holds the store's write lock while it stores a file, and a DuckDB
 read-only connection from another process fails while that lock is held. The home
-page retries briefly, then says an ingest is running and still shows the last
+page retries briefly, then shows that an ingest is running and still shows the last
 published run. These tests use real processes on real DuckDB files.
 """
 
