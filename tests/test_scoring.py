@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from core.scoring import P_FLOOR, Family, aggregate, coarse_periods, tail_pvalues
+from core.scoring import (P_FLOOR, Family, aggregate, coarse_periods, recalibrate,
+                          tail_pvalues)
 
 
 def test_tail_pvalues_uniform_on_null():
@@ -211,3 +212,30 @@ def test_aggregate_observed_mean_skips_bins_without_reading():
     # Bin 0 averages 0, 2 and 3; bin 1 has no reading at all.
     assert scaled.observed[0, 0] == pytest.approx(5 / 3)
     assert np.isnan(scaled.observed[1, 0])
+
+
+def _inflated_null(rng: np.random.Generator) -> np.ndarray:
+    """Null p-values of 2,000 elements over 30 bins: most uniform, 5% of the
+    elements drawn as u ** 2 (a process that left its reference range)."""
+    null = rng.random((30, 2000))
+    null[:, :100] = null[:, :100] ** 2
+    return null
+
+
+def test_recalibrate_null_stays_uniform():
+    null = _inflated_null(np.random.default_rng(3))
+    _, mapped = recalibrate(np.full((1, 2000), 0.5), null)
+    for level in (0.001, 0.01, 0.1):
+        assert abs((mapped <= level).mean() - level) < 0.3 * level + 2e-4
+
+
+def test_recalibrate_extrapolates_the_most_inflated_elements():
+    # An element's p-value deeper than any null one is as rare as the inflated
+    # elements make it: 5% of elements fall below 1e-12 with chance sqrt(1e-12) = 1e-6, so the
+    # share is about 0.05 * 1e-6 = 5e-8, not the 1e-12 of a uniform null.
+    null = _inflated_null(np.random.default_rng(4))
+    deep = np.array([[1e-8, 1e-12, 1e-16]])
+    mapped, _ = recalibrate(deep, null)
+    truth = 0.05 * np.sqrt(deep[0])
+    assert np.all(np.diff(mapped[0]) < 0)
+    assert np.all(mapped[0] > truth / 10) and np.all(mapped[0] < truth * 10), mapped
