@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from core import ingest, store
-from core.config import ModelConfig, RunConfig, SearchConfig, StreamConfig
+from core.config import (
+    GAP_FILL_POLICIES,
+    ModelConfig,
+    RunConfig,
+    SearchConfig,
+    StreamConfig,
+)
 from core.errors import TglocError
 from core.stages import StageTimer
 
@@ -125,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--score-end", help="ISO time: end of the scored bins")
     run.add_argument("--epochs", type=int, help="maximum training epochs")
     run.add_argument("--seed", type=int, help="seed of training and scoring")
+    run.add_argument("--gap-fill", choices=GAP_FILL_POLICIES,
+                     help="sensor readings stored as NULL: none leaves them missing "
+                     "(default), ffill uses the sensor's last earlier reading")
+    run.add_argument("--gap-fill-limit", type=int, metavar="N",
+                     help="ffill: fill at most N consecutive missing readings")
     run.add_argument("--progress-file",
                      help="append JSON lines {stage, fraction} to this file")
     run.set_defaults(handler=command_run)
@@ -307,8 +318,26 @@ def command_run(args: argparse.Namespace) -> int:
     result = pipeline.run_pipeline(workspace, config, run_id=args.run_id,
                                    progress=progress, timer=timer)
     print(f"run {result.run_id}: {len(result.incidents)} incidents -> {result.path}")
+    for line in run_notes(result.info):
+        print(f"  {line}")
     print(timer.table())
     return 0
+
+
+def run_notes(info: dict) -> list[str]:
+    """Return the lines of a run's report that say how its input was treated."""
+    notes = []
+    fill = info.get("gap_fill") or {}
+    if fill.get("policy", "none") != "none":
+        count = int(fill.get("imputed_cells", 0))
+        limit = fill.get("limit")
+        rule = fill["policy"] if limit is None else f"{fill['policy']}, limit {limit}"
+        notes.append(f"{count} cell{_plural(count)} imputed ({rule})")
+    return notes
+
+
+def _plural(count: int) -> str:
+    return "" if count == 1 else "s"
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -321,8 +350,13 @@ def run_config(args: argparse.Namespace) -> RunConfig:
             raise TglocError(f"cannot read the run settings {args.config}", str(exc)) from exc
     config = RunConfig.from_dict(data)
     stream = config.stream
-    if args.bin_seconds is not None:
-        stream = StreamConfig(**{**stream.__dict__, "bin_seconds": args.bin_seconds})
+    stream_overrides = {
+        "bin_seconds": args.bin_seconds, "gap_fill": args.gap_fill,
+        "gap_fill_limit": args.gap_fill_limit,
+    }
+    stream_overrides = {k: v for k, v in stream_overrides.items() if v is not None}
+    if stream_overrides:
+        stream = StreamConfig(**{**stream.__dict__, **stream_overrides})
     model = config.model
     if args.epochs is not None or args.seed is not None:
         model = ModelConfig(**{**model.__dict__,

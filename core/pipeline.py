@@ -70,7 +70,9 @@ def run_pipeline(
 
     report("snapshots", 0.0)
     with timer.stage("snapshots"):
-        snapshots = build_snapshots(workspace.store_path, config.stream.bin_seconds)
+        snapshots = build_snapshots(workspace.store_path, config.stream.bin_seconds,
+                                    gap_fill=config.stream.gap_fill,
+                                    gap_fill_limit=config.stream.gap_fill_limit)
         train.require_devices(snapshots)
         periods, segments = assign_periods(snapshots, config)
     train_bins = np.flatnonzero(periods == "train")
@@ -573,6 +575,9 @@ def run_info(workspace, run_id, config, snapshots, periods, checkpoint, fitted,
             for scale, value in thresholds.items()
         },
         "constant_in_training": [list(pair) for pair in prepared.constant],
+        "gap_fill": {"policy": config.stream.gap_fill,
+                     "limit": config.stream.gap_fill_limit,
+                     "imputed_cells": snapshots.imputed_cells},
         "workspace": str(workspace.root),
     }
 

@@ -184,3 +184,29 @@ def test_bad_time_format_names_directive(tmp_path):
     assert result.returncode == 2
     assert "invalid time format '%Q%Q'" in result.stderr
     assert "unexpected failure" not in result.stderr
+
+
+def test_run_reports_imputed_cells(tmp_path):
+    rows = ["time,A,B,C"]
+    start = pd.Timestamp("2024-05-01T00:00:00Z")
+    for i in range(120):
+        a = "" if i % 17 == 5 else f"{10 + np.sin(i / 7):.3f}"
+        b = "" if i % 23 == 9 else f"{20 + np.cos(i / 5):.3f}"
+        rows.append(f"{(start + pd.Timedelta(seconds=10 * i)).isoformat()},{a},{b},"
+                    f"{i % 3}")
+    data = tmp_path / "wide.csv"
+    data.write_text("\n".join(rows) + "\n")
+    workspace = str(tmp_path / "ws")
+    ingested = _tgloc("ingest", "--workspace", workspace, "--target", "measurements",
+                      "--layout", "wide", str(data))
+    nulls = store.query(Path(workspace) / "store.duckdb",
+                        "SELECT count(*) AS n FROM measurements WHERE value IS NULL")
+    missing = int(nulls["n"][0])
+
+    result = _tgloc("run", "--workspace", workspace, "--bin-seconds", "10",
+                    "--epochs", "1", "--gap-fill", "ffill")
+
+    assert ingested.returncode == 0
+    assert missing == 7 + 5
+    assert result.returncode == 0, result.stderr
+    assert f"  {missing} cells imputed (ffill)\n" in result.stdout
