@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--encoding", default="utf-8",
                       help="text encoding of the files (default utf-8); rows with "
                       "bytes not valid in it are quarantined")
+    load.add_argument("--sentinel", action="append", default=[], metavar="COLUMN=VALUE",
+                      help="a number that means no reading in COLUMN, stored as NULL, "
+                      "e.g. --sentinel Init_Win_bytes_forward=-1 (repeatable)")
     load.add_argument("--read-unterminated-line", action="store_true",
                       help="also read a last line without a line end (by default it "
                       "is held back until a writer ends it)")
@@ -250,6 +253,14 @@ def command_ingest(args: argparse.Namespace) -> int:
             raise TglocError(f"invalid --column {item!r}",
                              "Write it as OURS=THEIRS, e.g. --column time=Timestamp.")
         columns[ours.strip()] = theirs.strip()
+    sentinels: dict[str, list[str]] = {}
+    for item in args.sentinel:
+        column, _, value = item.rpartition("=")
+        if not column.strip() or not value.strip():
+            raise TglocError(f"invalid --sentinel {item!r}",
+                             "Write it as COLUMN=VALUE, e.g. --sentinel "
+                             "Init_Win_bytes_forward=-1.")
+        sentinels.setdefault(column.strip(), []).append(value.strip())
     sensor_map = None
     if args.sensor_map:
         sensor_map = ingest.load_sensor_map(args.sensor_map, args.sensor_map_device,
@@ -260,6 +271,7 @@ def command_ingest(args: argparse.Namespace) -> int:
         epoch_unit=args.epoch_unit, sensor_map=sensor_map,
         label_column=args.label_column, weight_policy=args.weight_policy,
         encoding=args.encoding, read_unterminated_line=args.read_unterminated_line,
+        sentinels=sentinels,
     )
     status = 0
     for path in args.files:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import ipaddress
+import json
 import logging
 import re
 import zoneinfo
@@ -163,6 +164,9 @@ class IngestOptions:
         read_unterminated_line: read a last line that has no line end. By
             default it is held back, because a writer may still be appending to
             it. A later load reads it once it ends with a newline.
+        sentinels: file column to the values that mean "no reading" in it, for
+            example {"Init_Win_bytes_forward": (-1,)}. Such cells are stored as
+            NULL. It applies to numeric event attributes and to measurement values.
     """
 
     target: str
@@ -180,9 +184,11 @@ class IngestOptions:
     drop_loopback: bool = True
     encoding: str = "utf-8"
     read_unterminated_line: bool = False
+    sentinels: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ignore_columns", tuple(self.ignore_columns))
+        object.__setattr__(self, "sentinels", _sentinel_values(self.sentinels))
         choices = {
             "target": (self.target, TARGETS),
             "layout": (self.layout, LAYOUTS),
@@ -211,6 +217,59 @@ class IngestOptions:
                 f"invalid ingest option encoding={self.encoding!r}",
                 "Give a Python codec name such as 'utf-8', 'latin-1' or 'cp1252'.",
             ) from exc
+
+
+    def identity(self) -> str:
+        """Return the options that change what a file stores, as canonical JSON.
+
+        Two loads of the same bytes are the same load only when these match;
+        `read_unterminated_line` is left out because the checksum covers the bytes
+        read.
+        """
+        document = {
+            "target": self.target,
+            "layout": self.layout,
+            "columns": {k: str(v) for k, v in sorted(self.columns.items())},
+            "time_format": self.time_format,
+            "timezone": self.timezone,
+            "epoch_unit": self.epoch_unit,
+            "sensor_map": (dict(sorted(self.sensor_map.items()))
+                           if self.sensor_map else None),
+            "ignore_columns": sorted(self.ignore_columns),
+            "label_column": self.label_column,
+            "label_intervals": self.label_intervals,
+            "weight_policy": self.weight_policy,
+            "duplicate_policy": self.duplicate_policy,
+            "drop_loopback": self.drop_loopback,
+            "encoding": codecs.lookup(self.encoding).name,
+            "sentinels": {k: list(v) for k, v in sorted(self.sentinels.items())},
+        }
+        return json.dumps(document, sort_keys=True, ensure_ascii=False)
+
+
+def _sentinel_values(sentinels: Mapping[str, object]) -> dict[str, tuple[float, ...]]:
+    """Return column to a sorted tuple of finite floats; raise on anything else."""
+    result: dict[str, tuple[float, ...]] = {}
+    for column, values in dict(sentinels or {}).items():
+        items = values if isinstance(values, (list, tuple, set)) else (values,)
+        numbers = []
+        for value in items:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not np.isfinite(number):
+                raise IngestError(
+                    f"invalid sentinel {value!r} for column {column!r}",
+                    "A sentinel is a finite number, such as "
+                    "--sentinel Init_Win_bytes_forward=-1.",
+                )
+            numbers.append(number)
+        if not str(column).strip():
+            raise IngestError("invalid sentinel: empty column name",
+                              "Write it as COLUMN=VALUE, e.g. --sentinel Flow=-1.")
+        result[str(column).strip()] = tuple(sorted(set(numbers)))
+    return result
 
 
 @dataclass
@@ -263,6 +322,7 @@ class _Batch:
     rows_deduplicated: int = 0
     notes: list[str] = field(default_factory=list)
     labels: pd.DataFrame | None = None
+    attributes: pd.DataFrame | None = None
     replace: bool = False
 
     @property
@@ -747,6 +807,9 @@ def _write_batch(
         frame.insert(0, "report_id", report_id)
         frame.insert(1, "file", source)
         store.insert_frame(con, "quarantine", frame)
+    if batch.attributes is not None and not batch.attributes.empty:
+        store.insert_frame(con, "event_attributes",
+                           batch.attributes.assign(report_id=report_id))
     if batch.labels is not None and not batch.labels.empty:
         labels = batch.labels.copy()
         labels.insert(0, "anomaly_id", [
@@ -786,10 +849,11 @@ def _write_batch(
 
 def _table_columns(table: str) -> tuple[str, ...]:
     return {
-        "events": ("t", "src", "dst", "weight", "protocol", "report_id", "line"),
+        "events": ("t", "src", "dst", "weight", "protocol", "label", "report_id",
+                   "line"),
         "measurements": ("t", "device", "sensor", "value", "report_id", "line"),
-        "devices": ("device", "kind", "zone", "criticality", "label"),
-        "links": ("src", "dst", "weight"),
+        "devices": ("device", "kind", "zone", "criticality", "label", "report_id"),
+        "links": ("src", "dst", "weight", "report_id"),
     }[table]
 
 
@@ -1454,6 +1518,7 @@ def _parse_events(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
     _addresses(rows, found["src"], "src", notes)
     _addresses(rows, found["dst"], "dst", notes)
     weights = _weights(rows, found.get("weight"), options, notes)
+    used = {*found.values(), *([label] if label else [])}
 
     frame = rows.frame
     src, dst = frame[found["src"]], frame[found["dst"]]
@@ -1481,8 +1546,101 @@ def _parse_events(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
                      if "protocol" in found else None),
         "line": frame["_line"],
     })
+    if label is not None:
+        events["label"] = frame["_label"].astype(np.int8)
+    attributes, notices = _event_attributes(rows, used, options, notes, source)
     events = _sort_events(events, notes)
-    return _Batch("events", events, rows_read, len(events), notes=notes, labels=labels)
+    batch = _Batch("events", events, rows_read, len(events), notes=notes,
+                   labels=labels, attributes=attributes)
+    batch.cell_notices = notices
+    return batch
+
+
+def _event_attributes(
+    rows: _Rows, used: set[str], options: IngestOptions, notes: list[str],
+    source: str,
+) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """Return the numeric columns of an event file in long form: line, name, value.
+
+    A column is numeric when most of its non-missing cells are numbers. Missing,
+    non-finite and sentinel cells become NULL; so do the other cells of a numeric
+    column, each listed in the quarantine. Columns of text are noted, not stored.
+    """
+    frame = rows.frame
+    ignored = {c.strip().lower() for c in options.ignore_columns}
+    candidates = [c for c in rows.columns
+                  if c not in used and c.lower() not in ignored]
+    _check_sentinel_columns(rows.columns, options, source)
+    parts, notices, text_columns = [], [], []
+    non_finite_cells = 0
+    for column in candidates:
+        values, non_finite, non_numeric = _numbers(frame[column])
+        numeric = int(values.notna().sum())
+        if numeric == 0 or int(non_numeric.sum()) * 2 > numeric + int(
+                non_numeric.sum()):
+            text_columns.append(column)
+            continue
+        non_finite_cells += int((non_finite & ~_blank_cells(frame[column])).sum())
+        if non_numeric.any():
+            notices.append(pd.DataFrame({
+                "line": frame.loc[non_numeric, "_line"].to_numpy(),
+                "column": column,
+                "value": _text(frame[column])[non_numeric].to_numpy(),
+                "reason": "non-numeric value stored as NULL",
+            }))
+        values = _apply_sentinels(values, column, options, notes)
+        parts.append(pd.DataFrame({
+            "line": frame["_line"].to_numpy(), "name": column,
+            "value": values.to_numpy(dtype=float),
+        }))
+    if parts:
+        notes.append(f"{len(parts)} numeric column{_plural(len(parts))} stored as "
+                     f"event attributes: {', '.join(p['name'].iloc[0] for p in parts)}")
+    if non_finite_cells:
+        notes.append(f"{non_finite_cells} non-finite attribute cell"
+                     f"{_plural(non_finite_cells)} (NaN, Infinity) stored as NULL")
+    if text_columns:
+        notes.append(f"{len(text_columns)} text column{_plural(len(text_columns))} "
+                     f"not stored: {', '.join(text_columns)}")
+    attributes = (pd.concat(parts, ignore_index=True) if parts
+                  else pd.DataFrame(columns=["line", "name", "value"]))
+    return attributes, notices
+
+
+def _blank_cells(series: pd.Series) -> pd.Series:
+    """Return where a cell is empty or a missing-value token other than NaN."""
+    lower = _text(series).str.lower()
+    return lower.isin(MISSING_TOKENS - {"nan"})
+
+
+def _check_sentinel_columns(
+    columns: Sequence[str], options: IngestOptions, source: str
+) -> None:
+    by_lower = {c.lower() for c in columns}
+    for column in options.sentinels:
+        if column.lower() not in by_lower:
+            raise IngestError(
+                f"sentinel column {column!r} not found in {Path(source).name}",
+                f"The file has columns: {', '.join(columns)}. Fix the --sentinel "
+                "option.",
+            )
+
+
+def _apply_sentinels(
+    values: pd.Series, column: str, options: IngestOptions, notes: list[str]
+) -> pd.Series:
+    """Set the cells of `column` that equal one of its sentinels to NaN."""
+    sentinels = next((v for k, v in options.sentinels.items()
+                      if k.lower() == column.lower()), ())
+    if not sentinels:
+        return values
+    hit = values.isin(sentinels)
+    count = int(hit.sum())
+    if count:
+        shown = ", ".join(_format_seconds(v) for v in sentinels)
+        notes.append(f"{count} cell{_plural(count)} of {column} equal to the "
+                     f"sentinel {shown} stored as NULL")
+    return values.mask(hit)
 
 
 def _weights(
@@ -1555,7 +1713,9 @@ def _parse_long(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
             rows.reject(rows.frame[column] == "", column, rows.frame[column],
                         f"missing {name}")
     value_column = found["value"]
+    _check_sentinel_columns(rows.columns, options, source)
     values, non_finite, non_numeric = _numbers(rows.frame[value_column])
+    values = _apply_sentinels(values, value_column, options, notes)
     rows.reject(non_numeric, value_column, _text(rows.frame[value_column]),
                 "non-numeric value")
 
@@ -1646,9 +1806,10 @@ def _parse_wide(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
     frame = rows.frame
     values: dict[str, pd.Series] = {}
     notices = []
+    _check_sentinel_columns(rows.columns, options, source)
     for column in sensors:
         numbers, _, non_numeric = _numbers(frame[column])
-        values[column] = numbers
+        values[column] = _apply_sentinels(numbers, column, options, notes)
         if non_numeric.any():
             notices.append(pd.DataFrame({
                 "line": frame.loc[non_numeric, "_line"].to_numpy(),

@@ -247,7 +247,8 @@ def build_snapshots(
     measurements = bin_measurements(store_path, origin_us, bin_seconds, origin_us,
                                     stop_us, gap_fill, gap_fill_limit)
     with store.connect(store_path, read_only=True) as con:
-        known = con.execute("SELECT * FROM devices").df()
+        known = con.execute(
+            "SELECT device, kind, zone, criticality FROM devices").df()
         links = con.execute("SELECT src, dst, weight FROM links").df()
 
     devices = _device_index(events, measurements, known, links)

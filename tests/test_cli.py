@@ -210,3 +210,17 @@ def test_run_reports_imputed_cells(tmp_path):
     assert missing == 7 + 5
     assert result.returncode == 0, result.stderr
     assert f"  {missing} cells imputed (ffill)\n" in result.stdout
+
+
+def test_ingest_sentinel_option_stores_null(tmp_path):
+    workspace = tmp_path / "ws"
+    result = _tgloc("ingest", "--workspace", str(workspace), "--sentinel",
+                    "Init_Win_bytes_forward=-1", str(FIXTURES / "cic_like_flows.csv"))
+    stored = store.query(
+        workspace / "store.duckdb",
+        "SELECT a.value FROM event_attributes a JOIN events e USING (report_id, line) "
+        "WHERE a.name = 'Init_Win_bytes_forward' ORDER BY e.t")
+
+    assert result.returncode == 0, result.stderr
+    assert stored["value"].isna().tolist() == [True, False, False]
+    assert "equal to the sentinel -1 stored as NULL" in result.stdout
