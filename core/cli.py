@@ -1,4 +1,4 @@
-"""The command line: `tgloc demo`, `ingest`, `run` and `incidents`.
+"""The command line: `tgloc demo`, `ingest`, `run`, `incidents`, `suppressions`.
 
 A thin front end over `core`: it parses arguments, turns progress callbacks into a
 progress line, and prints errors as their headline and detail. A traceback is shown
@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "is held back until a writer ends it)")
     load.add_argument("--batadal", metavar="FOLDER",
                       help="import the BATADAL water network data set from FOLDER")
+    load.add_argument("--withdraw", type=int, metavar="REPORT_ID",
+                      help="remove every row that ingest report REPORT_ID stored, in "
+                      "one transaction, so the file can be loaded again")
     load.set_defaults(handler=command_ingest)
 
     run = commands.add_parser("run", help="bin, train, score and localize a workspace")
@@ -148,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--run", help="run id (default: the latest published run)")
     show.add_argument("--format", choices=("json", "csv"), default="json")
     show.set_defaults(handler=command_incidents)
+
+    rules = commands.add_parser(
+        "suppressions", help="list suppression rules, or delete one")
+    rules.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    rules.add_argument("--delete", type=int, metavar="RULE_ID",
+                       help="delete the suppression rule RULE_ID")
+    rules.set_defaults(handler=command_suppressions)
 
     evaluation = commands.add_parser(
         "evaluate", help="score window labels against window scores or predictions")
@@ -239,6 +249,15 @@ def serve(workspace: store.Workspace, port: int) -> int:
 
 
 def command_ingest(args: argparse.Namespace) -> int:
+    if args.withdraw is not None:
+        from core.withdraw import withdraw_ingest
+
+        if args.files or args.batadal:
+            raise TglocError("--withdraw takes no files",
+                             "Withdraw first, then load the files in a second command.")
+        workspace = existing_workspace(args.workspace)
+        print(withdraw_ingest(workspace, args.withdraw).summary())
+        return 0
     workspace = store.Workspace.create(args.workspace)
     if args.batadal:
         for report in ingest.ingest_batadal(workspace, args.batadal):
@@ -323,8 +342,8 @@ def ingest_details(workspace: store.Workspace, report: ingest.IngestReport) -> s
 def command_run(args: argparse.Namespace) -> int:
     from core import pipeline
 
-    workspace = store.Workspace.create(args.workspace)
     config = run_config(args)
+    workspace = existing_workspace(args.workspace)
     timer = StageTimer()
     progress = ProgressPrinter(args.progress_file)
     result = pipeline.run_pipeline(workspace, config, run_id=args.run_id,
@@ -404,8 +423,44 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_suppressions(args: argparse.Namespace) -> int:
+    from core import feedback
+
+    workspace = existing_workspace(args.workspace)
+    if args.delete is not None:
+        feedback.delete_suppression(workspace, args.delete)
+        print(f"suppression rule {args.delete} deleted")
+        return 0
+    rules = feedback.list_suppressions(workspace)
+    if rules.empty:
+        print("no suppression rules")
+    for rule in rules.itertuples(index=False):
+        state = "active" if rule.active else "inactive"
+        print(f"{rule.rule_id}\t{rule.type}\t{' '.join(rule.devices)}\t{state}\t"
+              f"from {rule.incident_id}")
+    return 0
+
+
+def existing_workspace(root: str) -> store.Workspace:
+    """Return the workspace at `root`; raise if it has no store (nothing is created).
+
+    Only `ingest` and `demo` create a workspace, so a mistyped --workspace on any
+    other command stops with an error instead of leaving an empty folder behind.
+    """
+    workspace = store.Workspace(Path(root).resolve())
+    if not workspace.store_path.is_file():
+        what = "folder not found" if not workspace.root.exists() else (
+            f"no {store.STORE_FILE} in it")
+        raise TglocError(
+            f"workspace {root!r} not found ({what})",
+            "Check --workspace. `tgloc ingest --workspace DIR FILE...` or `tgloc demo "
+            "--workspace DIR` creates a workspace.",
+        )
+    return workspace
+
+
 def command_incidents(args: argparse.Namespace) -> int:
-    workspace = store.Workspace(Path(args.workspace).resolve())
+    workspace = existing_workspace(args.workspace)
     run_id = workspace.resolve_run(args.run)
     incidents, members = incident_records(workspace, run_id)
     if args.format == "json":

@@ -14,8 +14,10 @@ loading content that is already stored (the same file, or a copy) stores 0 rows 
 reports the earlier load. A file that grew since its last load is read from where
 that load stopped, after checking that its first bytes are unchanged, so only the
 appended rows are stored. A last line without a line end is held back until it is
-ended (see `reading.complete_end`). Parquet files are recognised by their checksum
-only: a changed Parquet file is read whole.
+ended (see `reading.complete_end`). A file whose loaded part changed is rejected, and
+so is any changed Parquet file, because it is read whole: reading either again would
+store the earlier rows twice (`core.withdraw` removes a load first). Only loads made
+with the same options (`IngestOptions.identity`) count as the same load.
 
 CSV files are read with every column as text and converted here, so a late
 non-numeric id or a late decimal never changes a column's type. Parquet columns that
@@ -398,6 +400,7 @@ class _Origin:
     latest: int | None = None
     already: int | None = None
     notes: tuple[str, ...] = ()
+    options: str = ""
 
 
 class _StoreChanged(Exception):
@@ -449,7 +452,7 @@ def ingest_file(
             "(--read-unterminated-line) reads it now"
         )
     for _ in range(PLAN_ATTEMPTS):
-        origin = _plan_file(workspace, path, data, kind, end, options.target)
+        origin = _plan_file(workspace, path, data, kind, end, options)
         origin = replace(origin, notes=(*origin.notes, *held_back))
         try:
             if origin.already is not None:
@@ -492,8 +495,10 @@ def ingest_frame(
     digest.update("\x00".join(frame.columns).encode("utf-8", "surrogatepass"))
     for _ in range(PLAN_ATTEMPTS):
         with _store_connection(workspace) as con:
-            already, _ = _stored_state(con, digest.hexdigest(), None, options.target)
-        origin = _Origin(source, options.target, digest.hexdigest(), already=already)
+            already, _ = _stored_state(con, digest.hexdigest(), None, options.target,
+                                       options.identity())
+        origin = _Origin(source, options.target, digest.hexdigest(), already=already,
+                         options=options.identity())
         try:
             if already is not None:
                 return _write_already_loaded(workspace, origin, options)
@@ -665,15 +670,29 @@ def _ingest(
 
 
 def _plan_file(
-    workspace: Workspace, path: Path, data: bytes, kind: str, end: int, target: str
+    workspace: Workspace, path: Path, data: bytes, kind: str, end: int,
+    options: IngestOptions,
 ) -> _Origin:
-    """Find what of `data[:end]` the store lacks: nothing, a tail, or all of it."""
+    """Find what of `data[:end]` the store lacks: nothing, a tail, or all of it.
+
+    Raises:
+        IngestError: the file changed since its last load in a way other than an
+            append, so loading it again would store its earlier rows twice.
+    """
     checksum = _sha256(data[:end])
     resolved = str(path.resolve())
+    target, identity = options.target, options.identity()
     with _store_connection(workspace) as con:
-        already, latest = _stored_state(con, checksum, resolved, target)
+        already, latest = _stored_state(con, checksum, resolved, target, identity)
+        other = _other_options_load(con, resolved, target, identity)
+    notes: tuple[str, ...] = ()
+    if other is not None and already is None:
+        notes = (f"this file was also loaded as report {other} with other options, "
+                 f"and both loads' rows are stored; `tgloc ingest --withdraw {other}` "
+                 "removes that one",)
     origin = _Origin(str(path), target, checksum, resolved, 0, end,
-                     latest=latest[0] if latest else None, already=already)
+                     latest=latest[0] if latest else None, already=already,
+                     notes=notes, options=identity)
     if already is not None or latest is None:
         return origin
     report_id, bytes_end, stored_checksum = latest
@@ -682,22 +701,41 @@ def _plan_file(
         line = data[:bytes_end].count(b"\n") + 1
         note = (f"file grew since report {report_id}: read from byte {bytes_end} "
                 f"(line {line}) on")
-        return replace(origin, bytes_start=bytes_end, notes=(note,))
-    note = (f"file changed since report {report_id} (its stored part differs), so "
-            "it was read from the start")
-    return replace(origin, notes=(note,))
+        return replace(origin, bytes_start=bytes_end, notes=(*notes, note))
+    if kind == "parquet":
+        reason = ("A Parquet file is read whole, so a changed one cannot be read "
+                  "as an append to its earlier load.")
+    else:
+        reason = (f"The first {bytes_end} bytes that report {report_id} read are no "
+                  "longer the same, so this is not an append.")
+    raise IngestError(
+        f"{path.name} changed since report {report_id} loaded it; nothing stored",
+        f"{reason} Loading it again would store its earlier rows twice. To replace "
+        f"that load, run `tgloc ingest --workspace DIR --withdraw {report_id}` and "
+        "load the file again; to keep both (a rotated log, say), load the new "
+        "content under another file name.",
+    )
 
 
 def _stored_state(
-    con: duckdb.DuckDBPyConnection, checksum: str, path: str | None, target: str
+    con: duckdb.DuckDBPyConnection, checksum: str, path: str | None, target: str,
+    identity: str,
 ) -> tuple[int | None, tuple | None]:
-    """Return the first report of `checksum`, and the last report of `path`."""
+    """Return the first load of `checksum` and the last load of `path`.
+
+    Only loads with the same options (`IngestOptions.identity`) count, and none
+    that was withdrawn. Reports written before options were recorded match any.
+    """
     found = con.execute(
         "SELECT (SELECT min(report_id) FROM ingest_reports "
-        "        WHERE checksum = $checksum AND target = $target), "
+        "        WHERE checksum = $checksum AND target = $target "
+        "          AND coalesce(options, $options) = $options "
+        "          AND already_loaded IS NULL AND withdrawn IS NULL), "
         "       (SELECT max(report_id) FROM ingest_reports "
-        "        WHERE path = $path AND target = $target)",
-        {"checksum": checksum, "path": path, "target": target},
+        "        WHERE path = $path AND target = $target "
+        "          AND coalesce(options, $options) = $options "
+        "          AND withdrawn IS NULL)",
+        {"checksum": checksum, "path": path, "target": target, "options": identity},
     ).fetchall()[0]
     already, latest_id = found
     if latest_id is None:
@@ -707,6 +745,19 @@ def _stored_state(
         "WHERE report_id = ?", [latest_id],
     ).fetchall()[0]
     return already, latest
+
+
+def _other_options_load(
+    con: duckdb.DuckDBPyConnection, path: str, target: str, identity: str
+) -> int | None:
+    """Return the last load of `path` made with other options, if one is stored."""
+    found = con.execute(
+        "SELECT max(report_id) FROM ingest_reports WHERE path = $path "
+        "AND target = $target AND options IS NOT NULL AND options <> $options "
+        "AND withdrawn IS NULL AND rows_stored > 0",
+        {"path": path, "target": target, "options": identity},
+    ).fetchall()[0][0]
+    return None if found is None else int(found)
 
 
 @contextmanager
@@ -763,7 +814,8 @@ def _write(
 
 def _check_unchanged(con: duckdb.DuckDBPyConnection, origin: _Origin) -> None:
     """Raise `_StoreChanged` if a load committed since `origin` was planned."""
-    already, latest = _stored_state(con, origin.checksum, origin.path, origin.target)
+    already, latest = _stored_state(con, origin.checksum, origin.path, origin.target,
+                                    origin.options)
     if already != origin.already:
         raise _StoreChanged
     if origin.path is not None and (latest[0] if latest else None) != origin.latest:
@@ -837,12 +889,12 @@ def _write_batch(
     con.execute(
         "INSERT INTO ingest_reports (report_id, file, checksum, target, started, "
         "rows_read, rows_stored, rows_rejected, rows_deduplicated, notes, path, "
-        "bytes_start, bytes_end, already_loaded) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "bytes_start, bytes_end, already_loaded, options) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [report_id, source, origin.checksum, options.target, started.to_pydatetime(),
          report.rows_read, report.rows_stored, report.rows_rejected,
          report.rows_deduplicated, notes, origin.path, report.bytes_start,
-         report.bytes_end, origin.already],
+         report.bytes_end, origin.already, options.identity()],
     )
     return report
 

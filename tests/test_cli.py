@@ -28,6 +28,7 @@ def _tgloc(*arguments: str) -> subprocess.CompletedProcess:
 
 
 def test_incidents_without_run_exits_two(tmp_path):
+    Workspace.create(tmp_path / "empty")
     result = _tgloc("incidents", "--workspace", str(tmp_path / "empty"))
 
     assert result.returncode == 2
@@ -224,3 +225,56 @@ def test_ingest_sentinel_option_stores_null(tmp_path):
     assert result.returncode == 0, result.stderr
     assert stored["value"].isna().tolist() == [True, False, False]
     assert "equal to the sentinel -1 stored as NULL" in result.stdout
+
+
+@pytest.mark.parametrize("command", [
+    ("run", "--epochs", "1"), ("incidents",), ("suppressions",),
+    ("ingest", "--withdraw", "1"),
+])
+def test_mistyped_workspace_not_created(tmp_path, command):
+    missing = tmp_path / "wrokspace"
+    result = _tgloc(command[0], "--workspace", str(missing), *command[1:])
+
+    assert result.returncode == 2
+    assert f"error: workspace '{missing}' not found (folder not found)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not missing.exists()
+
+
+def test_ingest_withdraw_then_reload(tmp_path):
+    workspace = str(tmp_path / "ws")
+    data = str(FIXTURES / "mixed_iso.csv")
+    first = _tgloc("ingest", "--workspace", workspace, data)
+    withdrawn = _tgloc("ingest", "--workspace", workspace, "--withdraw", "1")
+    again = _tgloc("ingest", "--workspace", workspace, "--withdraw", "1")
+    reloaded = _tgloc("ingest", "--workspace", workspace, data)
+    events = store.query(Path(workspace) / "store.duckdb",
+                         "SELECT DISTINCT report_id FROM events")
+
+    assert first.returncode == 0
+    assert withdrawn.returncode == 0, withdrawn.stderr
+    assert withdrawn.stdout.startswith("report 1 (")
+    assert "withdrawn: 3 events rows removed" in withdrawn.stdout
+    assert again.returncode == 2
+    assert "error: ingest report 1 was already withdrawn" in again.stderr
+    assert reloaded.returncode == 0
+    assert events["report_id"].tolist() == [2]
+
+
+def test_suppressions_listed_and_deleted(tmp_path):
+    from core import feedback
+
+    workspace = Workspace.create(tmp_path / "ws")
+    rule = feedback.add_suppression(workspace, "inc-1", ["plc-1", "hmi-1"], "process")
+
+    listed = _tgloc("suppressions", "--workspace", str(workspace.root))
+    deleted = _tgloc("suppressions", "--workspace", str(workspace.root), "--delete",
+                     str(rule))
+    missing = _tgloc("suppressions", "--workspace", str(workspace.root), "--delete",
+                     str(rule))
+
+    assert listed.stdout == f"{rule}\tprocess\thmi-1 plc-1\tactive\tfrom inc-1\n"
+    assert deleted.stdout == f"suppression rule {rule} deleted\n"
+    assert missing.returncode == 2
+    assert f"error: suppression rule {rule} not found" in missing.stderr
+    assert feedback.list_suppressions(workspace).empty
