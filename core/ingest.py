@@ -25,8 +25,8 @@ already have a type keep it. Zeek logs (TSV with `#fields`, or JSON lines) are r
 too. Line numbers in messages and in `quarantine.line` are file lines, the header
 being line 1 (a JSON-lines file has no header, so its first record is line 1).
 
-Known limits: rows are checked against each other only inside one load, so the same
-measurement in two different files is stored twice.
+Measurements are also checked against the readings that earlier loads stored, with
+the same duplicate policy as inside one file (see `_against_stored`).
 """
 
 from __future__ import annotations
@@ -839,6 +839,8 @@ def _write_batch(
     rows = batch.rows
     if "report_id" in _table_columns(batch.table):
         rows = rows.assign(report_id=report_id)
+    if batch.table == "measurements" and not rows.empty:
+        rows = _against_stored(con, batch, rows, options, notes)
     if batch.replace and not rows.empty:
         con.register("_frame", rows)
         try:
@@ -897,6 +899,85 @@ def _write_batch(
          report.bytes_end, origin.already, options.identity()],
     )
     return report
+
+
+STORED_MATCH_SQL = """
+SELECT f.t, f.device, f.sensor,
+       bool_and(m.value IS NOT DISTINCT FROM f.value) AS same,
+       min(m.report_id) AS report_id
+FROM _frame f JOIN measurements m
+  ON m.t = f.t AND m.device = f.device AND m.sensor = f.sensor
+GROUP BY ALL
+"""
+
+
+def _against_stored(
+    con: duckdb.DuckDBPyConnection, batch: _Batch, rows: pd.DataFrame,
+    options: IngestOptions, notes: list[str],
+) -> pd.DataFrame:
+    """Apply the duplicate policy to readings that earlier loads already stored.
+
+    Under "last", a reading equal to every stored one of the same (time, device,
+    sensor) is not stored again, and a reading that differs replaces the stored
+    ones, as a later row does inside one file. Under "keep" both are kept and
+    counted. A file row counts as deduplicated when none of its readings is
+    stored; `batch` counts are updated so that read = stored + rejected +
+    deduplicated still holds.
+    """
+    con.register("_frame", rows[["t", "device", "sensor", "value"]])
+    try:
+        matches = con.execute(STORED_MATCH_SQL).df()
+    finally:
+        con.unregister("_frame")
+    if matches.empty:
+        return rows
+    earlier = _report_list(matches["report_id"])
+    if options.duplicate_policy == "keep":
+        count = len(matches)
+        verb = "repeats" if count == 1 else "repeat"
+        notes.append(f"{count} reading{_plural(count)} {verb} a (time, device, "
+                     f"sensor) stored by report {earlier}; kept")
+        return rows
+    key = ["t", "device", "sensor"]
+    flagged = rows.merge(matches, on=key, how="left", indicator=True)
+    exact = (flagged["_merge"] == "both") & flagged["same"].fillna(False).astype(bool)
+    conflicting = matches[~matches["same"].astype(bool)]
+    if len(conflicting):
+        con.register("_conflicts", conflicting[key])
+        try:
+            con.execute(
+                "DELETE FROM measurements m USING _conflicts c "
+                "WHERE m.t = c.t AND m.device = c.device AND m.sensor = c.sensor")
+        finally:
+            con.unregister("_conflicts")
+        first = conflicting.iloc[0]
+        count = len(conflicting)
+        notes.append(
+            f"{count} reading{_plural(count)} conflicting with report "
+            f"{_report_list(conflicting['report_id'])} "
+            f"({first['device']}/{first['sensor']} at {_format_instant(first['t'])}"
+            f"{' and others' if count > 1 else ''}) resolved: last, the stored "
+            f"value{_plural(count)} replaced")
+    if exact.any():
+        kept = rows.loc[~exact.to_numpy()]
+        lines = rows["line"].to_numpy()
+        dropped_rows = len(set(lines)) - len(set(kept["line"].to_numpy()))
+        count = int(exact.sum())
+        same = matches.loc[matches["same"].astype(bool), "report_id"]
+        notes.append(f"{count} reading{_plural(count)} already stored by report "
+                     f"{_report_list(same)} not stored again ({dropped_rows} file "
+                     f"row{_plural(dropped_rows)} deduplicated)")
+        batch.rows_stored -= dropped_rows
+        batch.rows_deduplicated += dropped_rows
+        rows = kept
+    return rows
+
+
+def _report_list(report_ids: pd.Series) -> str:
+    """Return up to five report ids as text, with "and others" beyond them."""
+    unique = sorted(int(r) for r in report_ids.dropna().unique())
+    text = ", ".join(str(r) for r in unique[:5])
+    return text + (" and others" if len(unique) > 5 else "")
 
 
 def _table_columns(table: str) -> tuple[str, ...]:

@@ -433,3 +433,80 @@ def test_quoted_line_break_in_last_record_held(workspace, tmp_path):
     assert first.rows_read == 0
     assert second.rows_read == 1
     assert stored.to_dict("records") == [{"dst": "B\nC", "weight": 5.0, "line": 2}]
+
+
+# The duplicate rule across files.
+
+
+def _long(tmp_path: Path, name: str, rows: list[str]) -> Path:
+    path = tmp_path / name
+    path.write_text("ts,device,sensor,value\n" + "\n".join(rows) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def test_conflicting_reading_across_files_last_wins(workspace, tmp_path):
+    first = _long(tmp_path, "a.csv", ["2024-03-01T08:00:00Z,plc-1,LIT101,5.0",
+                                      "2024-03-01T08:00:01Z,plc-1,LIT101,6.0"])
+    second = _long(tmp_path, "b.csv", ["2024-03-01T08:00:01Z,plc-1,LIT101,7.5",
+                                       "2024-03-01T08:00:02Z,plc-1,LIT101,8.0"])
+    ingest_file(workspace, first, IngestOptions("measurements"))
+    report = ingest_file(workspace, second, IngestOptions("measurements"))
+    stored = _rows(workspace, "SELECT t, value, report_id FROM measurements ORDER BY t")
+
+    assert stored["value"].tolist() == [5.0, 7.5, 8.0]
+    assert stored["report_id"].tolist() == [1, 2, 2]
+    assert report.rows_stored == 2
+    assert report.rows_deduplicated == 0
+    assert report.notes[-1] == (
+        "1 reading conflicting with report 1 (plc-1/LIT101 at 2024-03-01T08:00:01Z) "
+        "resolved: last, the stored value replaced")
+
+
+def test_exact_reading_across_files_deduplicated(workspace, tmp_path):
+    first = _long(tmp_path, "a.csv", ["2024-03-01T08:00:00Z,plc-1,LIT101,5.0",
+                                      "2024-03-01T08:00:01Z,plc-1,LIT101,"])
+    second = _long(tmp_path, "b.csv", ["2024-03-01T08:00:00Z,plc-1,LIT101,5.0",
+                                       "2024-03-01T08:00:01Z,plc-1,LIT101,NaN",
+                                       "2024-03-01T08:00:02Z,plc-1,LIT101,8.0"])
+    ingest_file(workspace, first, IngestOptions("measurements"))
+    report = ingest_file(workspace, second, IngestOptions("measurements"))
+    stored = _rows(workspace, "SELECT value FROM measurements ORDER BY t")
+
+    assert stored["value"].tolist()[0] == 5.0
+    assert len(stored) == 3
+    assert report.rows_read == 3
+    assert report.rows_stored == 1
+    assert report.rows_deduplicated == 2
+    assert report.notes[-1] == ("2 readings already stored by report 1 not stored "
+                                "again (2 file rows deduplicated)")
+
+
+def test_wide_rows_across_files_counted_per_row(workspace, tmp_path):
+    first = tmp_path / "a.csv"
+    first.write_text("time,A,B\n2024-05-01T00:00:00Z,1,2\n2024-05-01T00:00:01Z,3,4\n")
+    second = tmp_path / "b.csv"
+    second.write_text("time,A,B\n2024-05-01T00:00:01Z,3,4\n2024-05-01T00:00:02Z,5,6\n"
+                      "2024-05-01T00:00:00Z,1,9\n")
+    options = IngestOptions("measurements", layout="wide")
+    ingest_file(workspace, first, options)
+    report = ingest_file(workspace, second, options)
+    stored = _rows(workspace, "SELECT sensor, value FROM measurements ORDER BY t, sensor")
+
+    assert report.rows_read == 3
+    assert report.rows_deduplicated == 1
+    assert report.rows_stored == 2
+    assert stored["value"].tolist() == [1.0, 9.0, 3.0, 4.0, 5.0, 6.0]
+
+
+def test_keep_policy_across_files_keeps_both(workspace, tmp_path):
+    first = _long(tmp_path, "a.csv", ["2024-03-01T08:00:00Z,plc-1,LIT101,5.0"])
+    second = _long(tmp_path, "b.csv", ["2024-03-01T08:00:00Z,plc-1,LIT101,6.0"])
+    options = IngestOptions("measurements", duplicate_policy="keep")
+    ingest_file(workspace, first, options)
+    report = ingest_file(workspace, second, options)
+
+    assert report.rows_stored == 1
+    assert _counts(workspace)["measurements"] == 2
+    assert report.notes[-1] == ("1 reading repeats a (time, device, sensor) stored "
+                                "by report 1; kept")
