@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--sensor-map-columns", default="columns",
                       help="column of --sensor-map listing sensor columns (default columns)")
     load.add_argument("--label-column", help="label column kept out of the features")
+    load.add_argument("--ignore-column", action="append", default=[], metavar="NAME",
+                      help="a file column that is neither read nor stored "
+                      "(repeatable)")
     load.add_argument("--weight-policy", choices=ingest.WEIGHT_POLICIES,
                       default="quarantine",
                       help="events: quarantine bad weights or count every row as 1")
@@ -217,9 +220,10 @@ def command_demo(args: argparse.Namespace) -> int:
 
     result = pipeline.run_pipeline(workspace, demo_config(), progress=progress, timer=timer)
     match = evaluate.match_incidents(result.incidents, result.members, plant.truth)
-    print(f"\nrun {result.run_id}: {len(result.incidents)} incidents; "
+    found, unmatched = len(result.incidents), len(match.unmatched)
+    print(f"\nrun {result.run_id}: {found} incident{_plural(found)}; "
           f"{match.found} of {len(plant.truth)} planted anomalies found, "
-          f"{len(match.unmatched)} incidents match none")
+          f"{unmatched} incident{_plural(unmatched)} match none")
     for row in result.incidents.itertuples():
         print(f"  {row.incident_id}  {row.type:<13} severity {row.severity:5.1f}  {row.summary}")
     for row in match.truth.itertuples():
@@ -288,22 +292,38 @@ def command_ingest(args: argparse.Namespace) -> int:
         target=args.target, layout=args.layout, columns=columns,
         time_format=args.time_format, timezone=args.timezone,
         epoch_unit=args.epoch_unit, sensor_map=sensor_map,
-        label_column=args.label_column, weight_policy=args.weight_policy,
+        label_column=args.label_column, ignore_columns=tuple(args.ignore_column),
+        weight_policy=args.weight_policy,
         encoding=args.encoding, read_unterminated_line=args.read_unterminated_line,
         sentinels=sentinels,
     )
-    status = 0
+    # Each file is its own load, so one bad file does not stop the others; the
+    # exit status is 2 when any file stored nothing because of an error.
+    failed: list[str] = []
     for path in args.files:
-        report = ingest.ingest_file(workspace, path, options)
+        try:
+            report = ingest.ingest_file(workspace, path, options)
+        except TglocError as exc:
+            print(f"error: {path}: {exc.headline}", file=sys.stderr)
+            if exc.detail:
+                print(f"  {exc.detail}", file=sys.stderr)
+            failed.append(path)
+            continue
         print(report.summary())
         print(ingest_details(workspace, report))
         if report.rows_stored == 0 and report.rows_rejected > 0:
             # Every row rejected is nearly always one wrong option for a whole column.
-            print(f"error: nothing stored from {path}: all {report.rows_rejected} rows "
-                  f"were rejected; check --time-format, --epoch-unit and --column "
-                  f"against the reasons above", file=sys.stderr)
-            status = 2
-    return status
+            count = report.rows_rejected
+            what = "the only row was" if count == 1 else f"all {count} rows were"
+            print(f"error: nothing stored from {path}: {what} rejected; check "
+                  f"--time-format, --epoch-unit and --column against the reasons "
+                  f"above", file=sys.stderr)
+            failed.append(path)
+    if failed and len(args.files) > 1:
+        stored = len(args.files) - len(failed)
+        print(f"{stored} of {len(args.files)} files loaded; "
+              f"{len(failed)} failed: {', '.join(failed)}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 MAX_REJECTED_SHOWN = 10
@@ -331,8 +351,13 @@ def ingest_details(workspace: store.Workspace, report: ingest.IngestReport) -> s
         {"id": report.report_id, "limit": MAX_REJECTED_SHOWN},
     )
     for row in rejected.itertuples(index=False):
-        lines.append(f"  line {row.line} (row {row.line - 1}), column {row.column}, "
-                     f"value {row.value!r}: {row.reason}")
+        # A row the reader rejected whole (bad encoding, wrong field count) has no
+        # column; its value is the whole line.
+        where = f"line {row.line} (row {row.line - 1})"
+        if isinstance(row.column, str):
+            where += f", column {row.column}"
+        what = "line" if not isinstance(row.column, str) else "value"
+        lines.append(f"  {where}, {what} {row.value!r}: {row.reason}")
     if report.rows_rejected > len(rejected):
         lines.append(f"  +{report.rows_rejected - len(rejected)} more in the quarantine "
                      "table")
@@ -348,7 +373,8 @@ def command_run(args: argparse.Namespace) -> int:
     progress = ProgressPrinter(args.progress_file)
     result = pipeline.run_pipeline(workspace, config, run_id=args.run_id,
                                    progress=progress, timer=timer)
-    print(f"run {result.run_id}: {len(result.incidents)} incidents -> {result.path}")
+    found = len(result.incidents)
+    print(f"run {result.run_id}: {found} incident{_plural(found)} -> {result.path}")
     for line in run_notes(result.info):
         print(f"  {line}")
     print(timer.table())

@@ -305,7 +305,8 @@ class IngestReport:
             return "\n".join([head, *(f"  {note}" for note in self.notes[1:])])
         head = (
             f"report {self.report_id}: {self.file} -> {self.target}: "
-            f"{self.rows_read} rows read, {self.rows_stored} stored, "
+            f"{self.rows_read} row{_plural(self.rows_read)} read, "
+            f"{self.rows_stored} stored, "
             f"{self.rows_rejected} rejected, {self.rows_deduplicated} deduplicated"
         )
         return "\n".join([head, *(f"  {note}" for note in self.notes)])
@@ -1064,9 +1065,10 @@ def _require(
             aliases = ", ".join(COLUMN_ALIASES[name])
             raise IngestError(
                 f"no {name} column found for {target} in {Path(source).name}",
-                f"The file has columns: {', '.join(frame.columns)}. Name one of them "
-                f"in the column mapping, e.g. columns={{{name!r}: 'COLUMN'}}, or "
-                f"rename it to one of: {aliases}.",
+                f"The file has columns: {', '.join(frame.columns)}. Map one of them "
+                f"with --column {name}=COLUMN (in Python, "
+                f"columns={{{name!r}: 'COLUMN'}}), or rename it to one of: "
+                f"{aliases}.",
             )
 
 
@@ -1220,8 +1222,9 @@ def _parse_times(
     first = present.index[0] if len(present) else index[0]
     raise IngestError(
         f"unrecognised time format in column {column}",
-        f"Line {lines[first]} has {text[first]!r}. Set time_format to a strptime "
-        "format such as '%d.%m.%Y %H:%M:%S', or give ISO-8601 or epoch times.",
+        f"Line {lines[first]} has {text[first]!r}. Set --time-format (time_format) "
+        "to a strptime format such as '%d.%m.%Y %H:%M:%S', or give ISO-8601 or "
+        "epoch times.",
     )
 
 
@@ -1291,12 +1294,13 @@ def _parse_day_month(
         raise IngestError(
             f"inconsistent day/month order in column {column}",
             f"Line {lines[a]} has {present[a]!r} (day first) and line {lines[b]} has "
-            f"{present[b]!r} (month first). Fix the file or pass time_format.",
+            f"{present[b]!r} (month first). Fix the file or pass --time-format "
+            "(time_format).",
         )
     if not day_first.any() and not month_first.any():
         raise IngestError(
             f"ambiguous day/month order in column {column}; pass an explicit format "
-            f"such as {suggestion}",
+            f"such as --time-format '{suggestion}'",
             f"No value in the column has a day above 12, so both readings are "
             f"possible (line {lines[present.index[0]]} has {present.iloc[0]!r}).",
         )
@@ -1381,7 +1385,8 @@ def _epoch(
                 f"{first}, row {rb - 1} like {second})",
                 f"Line {lines[a]} has {text[a]} (seconds) and line {lines[b]} has "
                 f"{text[b]} (milliseconds). Convert the column to one unit, or set "
-                "epoch_unit so that values of the other unit are rejected.",
+                "--epoch-unit (epoch_unit) so that values of the other unit are "
+                "rejected.",
             )
         if not in_seconds.any() and not in_millis.any():
             first = valid.idxmax()
@@ -1389,7 +1394,7 @@ def _epoch(
                 f"invalid epoch times in column {column}: outside 1990-2100",
                 f"Line {lines[first]} has {text[first]}. Epoch seconds and "
                 "milliseconds are detected in 1990-2100; for other numbers set "
-                "time_format.",
+                "--time-format (time_format).",
             )
         unit = "s" if in_seconds.any() else "ms"
         notes.append(f"epoch unit detected: {unit}")
@@ -1527,9 +1532,10 @@ def _find_label(
                 f"The file has columns: {', '.join(frame.columns)}.",
             )
         return column
+    ignored = {c.strip().lower() for c in options.ignore_columns}
     for alias in LABEL_ALIASES:
         column = by_lower.get(alias)
-        if column is not None and column not in used:
+        if column is not None and column not in used and alias not in ignored:
             return column
     return None
 
@@ -1558,12 +1564,12 @@ def _parse_labels(
             f"unknown label value {text[first]!r} in column {column}, line "
             f"{lines[first]}",
             "Labels read as normal: normal, benign, 0, false; as attack: attack, 1, "
-            "true, anomaly. Fix the value, or set label_column to None and list the "
-            "column in ignore_columns.",
+            "true, anomaly. Fix the value, or leave the column out with "
+            "--ignore-column (ignore_columns).",
         )
     attacks = int(flags.sum())
-    notes.append(f"column {column} read as the label: {attacks} of {len(flags)} rows "
-                 "attack")
+    notes.append(f"column {column} read as the label: {attacks} of {len(flags)} "
+                 f"row{_plural(len(flags))} attack")
     respelt = text[(text.str.lower() != squeezed) & (text != "")]
     for value, count in respelt.value_counts(sort=False).items():
         reading = "attack" if flags[respelt[respelt == value].index[0]] else "normal"
@@ -1816,7 +1822,8 @@ def _sort_events(events: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
         lag = (previous_max[:-1] - times[1:]).max()
         seconds = lag / np.timedelta64(1, "s")
         notes.append(
-            f"{len(events)} events, {int(late.sum())} out of order, max lag "
+            f"{len(events)} event{_plural(len(events))}, {int(late.sum())} out of "
+            f"order, max lag "
             f"{_format_seconds(seconds)} s; sorted"
         )
         events = events.sort_values("t", kind="stable")
@@ -1833,7 +1840,7 @@ def _parse_long(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
             f"no device or sensor column found in {Path(source).name}",
             f"The file has columns: {', '.join(rows.frame.columns)}. Long "
             "measurements need a sensor column, a device column or both; for one "
-            "column per sensor use layout='wide'.",
+            "column per sensor use --layout wide (layout='wide').",
         )
     rows_read = len(rows.frame)
     notes: list[str] = []
@@ -1991,8 +1998,9 @@ def _parse_wide(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
         "value": table[columns].to_numpy(dtype=float).ravel(order="F"),
         "line": np.tile(frame.loc[table.index, "_line"].to_numpy(), len(columns)),
     })
-    notes.append(f"{count} rows x {len(columns)} sensors = {len(measurements)} "
-                 "measurements")
+    notes.append(f"{count} row{_plural(count)} x {len(columns)} "
+                 f"sensor{_plural(len(columns))} = {len(measurements)} "
+                 f"measurement{_plural(len(measurements))}")
     labels = None
     if label is not None and options.label_intervals:
         labels = _label_runs(frame.loc[table.index, "_t"],

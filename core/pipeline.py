@@ -150,7 +150,8 @@ def assign_periods(snapshots: Snapshots, config: RunConfig) -> tuple[np.ndarray,
     reference_bins = np.flatnonzero(reference)
     if len(reference_bins) < 16:
         raise DataError(
-            f"the reference period has {len(reference_bins)} bins; at least 16 are needed",
+            f"the reference period has {len(reference_bins)} "
+            f"bin{'' if len(reference_bins) == 1 else 's'}; at least 16 are needed",
             "Set an earlier reference start or a later reference end.",
         )
 

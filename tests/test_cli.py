@@ -80,7 +80,8 @@ def _subcommands(parser) -> dict:
 def test_build_parser_commands():
     commands = _subcommands(build_parser())
 
-    assert set(commands) == {"demo", "ingest", "run", "incidents", "evaluate"}
+    assert set(commands) == {"demo", "ingest", "run", "incidents", "suppressions",
+                             "evaluate"}
 
 
 def test_build_parser_demo_options():
@@ -278,3 +279,53 @@ def test_suppressions_listed_and_deleted(tmp_path):
     assert missing.returncode == 2
     assert f"error: suppression rule {rule} not found" in missing.stderr
     assert feedback.list_suppressions(workspace).empty
+
+
+def test_multi_file_ingest_goes_on_after_bad_file(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("ts,src,dst\n2024-03-01T08:00:00Z,a,b\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ts,peer\n2024-03-01T08:00:00Z,a\n")
+    later = tmp_path / "later.csv"
+    later.write_text("ts,src,dst\n2024-03-01T08:00:01Z,a,c\n")
+    workspace = tmp_path / "ws"
+
+    result = _tgloc("ingest", "--workspace", str(workspace), str(good), str(bad),
+                    str(tmp_path / "missing.csv"), str(later))
+    stored = store.query(workspace / "store.duckdb", "SELECT dst FROM events ORDER BY t")
+
+    assert result.returncode == 2
+    assert stored["dst"].tolist() == ["b", "c"]
+    assert f"error: {bad}: no src column found for events in bad.csv" in result.stderr
+    assert "Map one of them with --column src=COLUMN" in result.stderr
+    assert f"error: {tmp_path / 'missing.csv'}: file not found" in result.stderr
+    assert (f"2 of 4 files loaded; 2 failed: {bad}, {tmp_path / 'missing.csv'}"
+            in result.stderr)
+    assert "1 row read, 1 stored" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_reader_rejected_line_has_no_column_none(tmp_path):
+    data = tmp_path / "fields.csv"
+    data.write_text("ts,src,dst\n2024-03-01T08:00:00Z,a,b\n2024-03-01T08:00:01Z,a\n"
+                    "2024-03-01T08:00:02Z,a,b\n")
+
+    result = _tgloc("ingest", "--workspace", str(tmp_path / "ws"), str(data))
+
+    assert result.returncode == 0
+    assert "column None" not in result.stdout
+    assert "  1 row rejected\n  line 3 (row 2), line '2024-03-01T08:00:01Z,a': " in (
+        result.stdout)
+
+
+def test_single_rejected_row_message_singular(tmp_path):
+    data = tmp_path / "one.csv"
+    data.write_text("ts,src,dst\n2024-03-01 08:00:00,a,b\n")
+
+    result = _tgloc("ingest", "--workspace", str(tmp_path / "ws"), "--time-format",
+                    "%Y-%m-%d", str(data))
+
+    assert result.returncode == 2
+    assert "1 row read, 0 stored, 1 rejected" in result.stdout
+    assert "the only row was rejected" in result.stderr
+    assert "1 rows" not in result.stdout + result.stderr

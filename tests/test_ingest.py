@@ -227,7 +227,7 @@ def test_day_month_ambiguous_asks_for_format(workspace):
                     IngestOptions("measurements", layout="wide"))
     assert raised.value.headline == (
         "ambiguous day/month order in column Timestamp; pass an explicit format "
-        "such as %d/%m/%Y %I:%M:%S %p"
+        "such as --time-format '%d/%m/%Y %I:%M:%S %p'"
     )
     assert _counts(workspace)["measurements"] == 0
 
@@ -431,7 +431,8 @@ def test_missing_required_column_suggests_mapping(workspace, tmp_path):
     with pytest.raises(IngestError) as raised:
         ingest_file(workspace, path, IngestOptions("events"))
     assert raised.value.headline == "no dst column found for events in nodst.csv"
-    assert "columns={'dst': 'COLUMN'}" in raised.value.detail
+    assert "--column dst=COLUMN (in Python, columns={'dst': 'COLUMN'})" in (
+        raised.value.detail)
 
 
 def test_late_text_ids_and_decimals_stay_exact(workspace, tmp_path):
