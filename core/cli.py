@@ -31,6 +31,10 @@ from core.stages import StageTimer
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE = "workspace"
+# CSV files written for spreadsheets: UTF-8 with a byte order mark, which Excel
+# needs to read non-ASCII names as UTF-8.
+CSV_FILE_ENCODING = "utf-8-sig"
+LIST_SEPARATOR = ";"
 DEFAULT_PORT = 8501
 APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
 
@@ -153,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     show.add_argument("--run", help="run id (default: the latest published run)")
     show.add_argument("--format", choices=("json", "csv"), default="json")
+    show.add_argument("--output", metavar="FILE",
+                      help="write to FILE instead of standard output; a CSV file gets "
+                      "a UTF-8 byte order mark so Excel reads it as UTF-8")
     show.set_defaults(handler=command_incidents)
 
     rules = commands.add_parser(
@@ -489,11 +496,29 @@ def command_incidents(args: argparse.Namespace) -> int:
     workspace = existing_workspace(args.workspace)
     run_id = workspace.resolve_run(args.run)
     incidents, members = incident_records(workspace, run_id)
-    if args.format == "json":
-        print(json.dumps({"run": run_id, "incidents": incidents}, indent=2, default=str))
-    else:
-        write_csv(incidents)
+    if args.output:
+        # A file gets a UTF-8 byte order mark when it is CSV, so Excel reads its
+        # names as UTF-8; standard output never does, because a mark in a stream
+        # breaks the programs reading it.
+        encoding = CSV_FILE_ENCODING if args.format == "csv" else "utf-8"
+        try:
+            with open(args.output, "w", encoding=encoding, newline="") as handle:
+                _write_incidents(handle, run_id, incidents, args.format)
+        except OSError as exc:
+            raise TglocError(f"failed to write {args.output}", str(exc)) from exc
+        print(f"{len(incidents)} incident{_plural(len(incidents))} of run {run_id} "
+              f"written to {args.output}")
+        return 0
+    _write_incidents(sys.stdout, run_id, incidents, args.format)
     return 0
+
+
+def _write_incidents(handle, run_id: str, incidents: list[dict], kind: str) -> None:
+    if kind == "json":
+        handle.write(json.dumps({"run": run_id, "incidents": incidents}, indent=2,
+                                default=str) + "\n")
+    else:
+        write_csv(incidents, handle)
 
 
 def incident_records(workspace: store.Workspace, run_id: str) -> tuple[list[dict], Any]:
@@ -520,23 +545,26 @@ def incident_records(workspace: store.Workspace, run_id: str) -> tuple[list[dict
     return records, members
 
 
-def write_csv(records: list[dict]) -> None:
-    """Write one CSV row per incident to standard output.
+def write_csv(records: list[dict], handle=None) -> None:
+    """Write one CSV row per incident to `handle` (standard output by default).
 
-    List fields are joined by ';', and a cell that a spreadsheet would read as a
-    formula is prefixed with a quote."""
+    The list fields devices, targets, pairs (as src->dst) and sensors (as
+    device/sensor) are joined by LIST_SEPARATOR inside one cell. A name that
+    contains ';' is then ambiguous; `--format json` keeps every name exact. A cell
+    that a spreadsheet would read as a formula is prefixed with a quote."""
     import csv
 
     fields = ["id", "rank", "start", "end", "type", "score", "threshold", "severity",
               "scale", "devices", "pairs", "targets", "sensors", "summary"]
-    writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore")
+    writer = csv.DictWriter(handle or sys.stdout, fieldnames=fields,
+                            extrasaction="ignore")
     writer.writeheader()
     for record in records:
         row = dict(record)
-        row["devices"] = ";".join(record["devices"])
-        row["pairs"] = ";".join(f"{s}->{d}" for s, d in record["pairs"])
-        row["targets"] = ";".join(record["targets"])
-        row["sensors"] = ";".join(f"{d}/{s}" for d, s in record["sensors"])
+        row["devices"] = LIST_SEPARATOR.join(record["devices"])
+        row["pairs"] = LIST_SEPARATOR.join(f"{s}->{d}" for s, d in record["pairs"])
+        row["targets"] = LIST_SEPARATOR.join(record["targets"])
+        row["sensors"] = LIST_SEPARATOR.join(f"{d}/{s}" for d, s in record["sensors"])
         writer.writerow({k: sanitize_cell(v) for k, v in row.items()})
 
 
