@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -172,8 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = commands.add_parser(
         "evaluate", help="score window labels against window scores or predictions")
     evaluation.add_argument("file", help="CSV with a label column and a score or pred column")
-    evaluation.add_argument("--threshold", type=float,
-                       help="alarm where score >= THRESHOLD (needed without pred)")
+    evaluation.add_argument("--threshold", type=finite_float,
+                            help="alarm where score >= THRESHOLD, a finite number "
+                            "inside the scores' range (needed without pred)")
     evaluation.add_argument("--format", choices=("text", "json"), default="text")
     evaluation.set_defaults(handler=command_evaluate)
     return parser
@@ -443,6 +445,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
     if "pred" not in windows and args.threshold is None:
         raise TglocError("no alarm threshold for the scores",
                          "Pass --threshold, or add a pred column of 0 and 1.")
+    if "pred" not in windows:
+        check_threshold(args.threshold, windows["score"].to_numpy(dtype=float),
+                        args.file)
     report = evaluate.evaluate_windows(
         windows["label"].to_numpy(),
         scores=windows["score"].to_numpy() if "score" in windows else None,
@@ -490,6 +495,36 @@ def existing_workspace(root: str) -> store.Workspace:
             "--workspace DIR` creates a workspace.",
         )
     return workspace
+
+
+def finite_float(text: str) -> float:
+    """Parse a command-line number; reject nan and inf, which compare as no alarm."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: give a finite number such as 0.5")
+    return value
+
+
+def check_threshold(threshold: float, scores, path: str) -> None:
+    """Raise unless some windows alarm at `threshold` and some do not.
+
+    A threshold at or below the smallest score alarms on every window, and one
+    above the largest on none, so the evaluation would not measure the scores.
+    """
+    low, high = float(scores.min()), float(scores.max())
+    if low < threshold <= high:
+        return
+    side = ("every window would alarm" if threshold <= low
+            else "no window would alarm")
+    raise TglocError(
+        f"invalid --threshold {threshold:g}: outside the scores of {path} "
+        f"({low:g} to {high:g}), so {side}",
+        f"Give a threshold above {low:g} and at most {high:g}.",
+    )
 
 
 def command_incidents(args: argparse.Namespace) -> int:
