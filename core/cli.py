@@ -306,7 +306,7 @@ def command_ingest(args: argparse.Namespace) -> int:
         encoding=args.encoding, read_unterminated_line=args.read_unterminated_line,
         sentinels=sentinels,
     )
-    # Each file is its own load, so one bad file does not stop the others; the
+    # Each file is its own load, so one bad file does not stop the others. The
     # exit status is 2 when any file stored nothing because of an error.
     failed: list[str] = []
     for path in args.files:
@@ -391,8 +391,16 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def run_notes(info: dict) -> list[str]:
-    """Return the lines of a run's report that say how its input was treated."""
+    """Return the lines of a run's report that describe how its input was treated."""
     notes = []
+    gaps = info.get("collection_gaps") or {}
+    if gaps.get("bins"):
+        count, spans = int(gaps["bins"]), int(gaps["intervals"])
+        first = gaps["first"][0]
+        notes.append(
+            f"{count} bin{_plural(count)} without data from any device "
+            f"({spans} collection gap{_plural(spans)}, the first {first[0]} to "
+            f"{first[1]}) excluded from training and scoring")
     fill = info.get("gap_fill") or {}
     if fill.get("policy", "none") != "none":
         count = int(fill.get("imputed_cells", 0))

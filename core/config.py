@@ -48,14 +48,14 @@ class StreamConfig:
         timezone: IANA zone used to read timestamps that carry no zone.
         drop_loopback: drop self-loop events on loopback addresses (127.0.0.0/8, ::1).
         max_empty_bins: a stretch of more consecutive bins in which no device has any
-            event or reading is a gap in the data (between two files, say), not plant
-            behaviour: it is neither trained on nor scored, and the model restarts
-            after it.
+            event or reading (a gap between two files, say) splits the run, and the
+            model restarts after it. Shorter stretches are collection gaps too: no
+            bin without data from any device is trained on or scored.
         gap_fill: how the model's sensor features treat a stored NULL reading.
             "none" leaves it missing (masked); "ffill" uses the sensor's last
             earlier reading. The stored NULL is never changed.
-        gap_fill_limit: "ffill" only: the most consecutive missing readings of a
-            sensor that are filled; None fills every run of them.
+        gap_fill_limit: "ffill" only: the maximum number of consecutive missing
+            readings of a sensor that are filled. None fills every run of them.
     """
 
     bin_seconds: int = 60

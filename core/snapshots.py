@@ -40,10 +40,11 @@ WHERE epoch_us(t) >= $start AND epoch_us(t) < $stop
 GROUP BY ALL
 """
 
-# `filled` applies the gap-fill policy: with $fill, a NULL reading takes the last
-# earlier non-NULL reading of its sensor, provided at most $limit NULL readings (no
-# limit when NULL) precede it since that reading. `since` counts them: `run` numbers
-# the readings after each non-NULL one. `imputed` counts the filled readings per bin.
+# `filled` applies the gap-fill policy. With $fill, a NULL reading takes the last
+# earlier non-NULL reading of its sensor (`last_seen`), provided it is at most the
+# $limit-th NULL since that reading (no limit when $limit is NULL). `run` counts the
+# non-NULL readings so far, so the rows of one run share it and row_number() - 1
+# is the number of NULL readings up to this one. `imputed` counts filled readings.
 MEASUREMENT_BINS_SQL = """
 WITH runs AS (
     SELECT device, sensor, t, value,
@@ -196,7 +197,8 @@ def bin_measurements(
     Args:
         gap_fill: "none" skips NULL readings; "ffill" replaces each by the
             sensor's last earlier reading (see `StreamConfig.gap_fill`).
-        gap_fill_limit: the most consecutive NULL readings filled; None for all.
+        gap_fill_limit: the maximum number of consecutive NULL readings filled;
+            None fills them all.
 
     Returns:
         Columns bin, device, sensor, mean, std, min, max, count (readings,
@@ -230,7 +232,8 @@ def build_snapshots(
         stop_us: end of the last bin (exclusive); by default after the last timestamp.
         gap_fill: the policy for NULL readings, "none" or "ffill"
             (`StreamConfig.gap_fill`). It changes the features, never the store.
-        gap_fill_limit: the most consecutive NULL readings filled; None for all.
+        gap_fill_limit: the maximum number of consecutive NULL readings filled;
+            None fills them all.
 
     Raises:
         DataError: the store contains no data.

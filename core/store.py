@@ -47,7 +47,7 @@ LOCK_RETRY_SECONDS = 5.0
 # the ingest options that change what is stored; `withdrawn` is set when the load's
 # rows were removed. `quarantine.record` is the whole rejected row as JSON. `outcome`
 # is "row rejected" or "cell stored as NULL". `events.label` is 0 (normal) or 1
-# (attack) when the file has a label column. `event_attributes` holds the other
+# (attack) when the file has a label column. `event_attributes` contains the other
 # numeric columns of an event file, one row per (event, column), keyed by the
 # event's `report_id` and file `line`; a missing, non-finite or sentinel cell is
 # NULL. The ALTER statements add the newer columns to stores created before them.

@@ -31,7 +31,7 @@ REPORT_TABLES = ("events", "event_attributes", "measurements", "quarantine",
 
 @dataclass
 class Withdrawal:
-    """What withdrawing one report removed, per table, and the reports marked."""
+    """Rows removed per table by withdrawing one report, and the reports marked."""
 
     report_id: int
     file: str

@@ -329,3 +329,41 @@ def test_single_rejected_row_message_singular(tmp_path):
     assert "1 row read, 0 stored, 1 rejected" in result.stdout
     assert "the only row was rejected" in result.stderr
     assert "1 rows" not in result.stdout + result.stderr
+
+
+def test_run_reports_collection_gap_unscored(tmp_path):
+    rows = ["time,A,B,C"]
+    start = pd.Timestamp("2024-05-01T00:00:00Z")
+    silent = {150, 151, 152}
+    for step in range(180 * 3):
+        if step // 3 in silent:
+            continue
+        t = start + pd.Timedelta(seconds=20 * step)
+        rows.append(f"{t.isoformat()},{10 + np.sin(step / 9):.4f},"
+                    f"{5 + np.cos(step / 7):.4f},{step % 4}")
+    data = tmp_path / "plant.csv"
+    data.write_text("\n".join(rows) + "\n")
+    workspace = tmp_path / "ws"
+    _tgloc("ingest", "--workspace", str(workspace), "--target", "measurements",
+           "--layout", "wide", str(data))
+
+    result = _tgloc("run", "--workspace", str(workspace), "--bin-seconds", "60",
+                    "--epochs", "1", "--run-id", "gaps")
+    run_file = workspace / "runs" / "gaps.duckdb"
+    bins = store.query(run_file, "SELECT bin, period, note FROM bins WHERE scale = 1 "
+                                 "AND bin BETWEEN 149 AND 153 ORDER BY bin")
+    scored = store.query(run_file, "SELECT count(*) AS n FROM elements "
+                                   "WHERE scale = 1 AND bin BETWEEN 150 AND 152")
+    coarse = store.query(run_file, "SELECT period, note FROM bins "
+                                   "WHERE scale = 4 AND bin = 37")
+
+    assert result.returncode == 0, result.stderr
+    assert ("  3 bins without data from any device (1 collection gap, the first "
+            "2024-05-01T02:30:00+00:00 to 2024-05-01T02:33:00+00:00) excluded from "
+            "training and scoring\n") in result.stdout
+    assert bins["period"].tolist() == ["score", "gap", "gap", "gap", "score"]
+    assert bins["note"].tolist()[1:4] == [
+        "collection gap: no data from any device; not scored"] * 3
+    assert int(scored["n"][0]) == 0
+    assert coarse["period"].tolist() == ["mixed"]
+    assert coarse["note"].str.startswith("collection gap").all()

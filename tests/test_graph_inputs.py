@@ -477,3 +477,53 @@ def test_gap_fill_standardized_on_training_bins_only(tmp_path):
 
     # Bins 0 and 1 read 171.2 and 171.3; the filled bin 2 and bin 3 are not training.
     assert prepared.center[ait, mean_column] == pytest.approx(171.25, rel=1e-6)
+
+
+# Bins in which the whole plant is silent.
+
+
+def _plant_with_gaps(tmp_path: Path, silent: set[int], bins: int = 180) -> Workspace:
+    """Three sensors read every 20 s, except in the minutes listed in `silent`."""
+    rows = ["time,A,B,C"]
+    start = pd.Timestamp("2024-05-01T00:00:00Z")
+    for step in range(bins * 3):
+        if step // 3 in silent:
+            continue
+        t = start + pd.Timedelta(seconds=20 * step)
+        rows.append(f"{t.isoformat()},{10 + np.sin(step / 9):.4f},"
+                    f"{5 + np.cos(step / 7):.4f},{step % 4}")
+    path = tmp_path / "plant.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return _ingest(tmp_path, "ws", path,
+                   options=IngestOptions("measurements", layout="wide"))
+
+
+def test_plant_wide_silence_is_gap_not_scored(tmp_path):
+    from core.config import RunConfig
+    from core.pipeline import assign_periods
+
+    silent = {40, 41, 150, 151, 152}
+    workspace = _plant_with_gaps(tmp_path, silent)
+    snapshots = build_snapshots(workspace.store_path, 60)
+    periods, segments = assign_periods(snapshots, RunConfig())
+
+    assert snapshots.num_bins == 180
+    assert set(np.flatnonzero(periods == "gap")) == silent
+    assert segments == [(0, 180)]
+    assert (periods[sorted(silent)] == "gap").all()
+    assert "train" in set(periods[:40])
+    assert set(periods[153:]) == {"score"}
+
+
+def test_long_silence_also_splits_segments(tmp_path):
+    from core.config import RunConfig, StreamConfig
+    from core.pipeline import assign_periods
+
+    silent = set(range(100, 110))
+    workspace = _plant_with_gaps(tmp_path, silent)
+    snapshots = build_snapshots(workspace.store_path, 60)
+    config = RunConfig(stream=StreamConfig(max_empty_bins=5))
+    periods, segments = assign_periods(snapshots, config)
+
+    assert set(np.flatnonzero(periods == "gap")) == silent
+    assert segments == [(0, 100), (110, 180)]
