@@ -374,10 +374,11 @@ def ingest_details(workspace: store.Workspace, report: ingest.IngestReport) -> s
 
 
 def command_run(args: argparse.Namespace) -> int:
-    from core import pipeline
-
     config = run_config(args)
     workspace = existing_workspace(args.workspace)
+    # Imported after the checks, because loading torch takes seconds.
+    from core import pipeline
+
     timer = StageTimer()
     progress = ProgressPrinter(args.progress_file)
     result = pipeline.run_pipeline(workspace, config, run_id=args.run_id,
