@@ -92,14 +92,20 @@ def test_withdraw_devices_and_links(workspace, tmp_path):
     devices.write_text("device,kind\nplc-1,plc\nhmi-1,hmi\n")
     later = tmp_path / "more.csv"
     later.write_text("device,kind\nplc-2,plc\n")
+    links = tmp_path / "links.csv"
+    links.write_text("src,dst,weight\nplc-1,hmi-1,2\n")
     first = ingest_file(workspace, devices, IngestOptions("devices"))
     ingest_file(workspace, later, IngestOptions("devices"))
+    topology = ingest_file(workspace, links, IngestOptions("links"))
 
     result = withdraw_ingest(workspace, first.report_id)
+    links_result = withdraw_ingest(workspace, topology.report_id)
     stored = store.query(workspace.store_path, "SELECT device FROM devices")
 
     assert result.removed["devices"] == 2
     assert stored["device"].tolist() == ["plc-2"]
+    assert links_result.removed["links"] == 1
+    assert _count(workspace, "links") == 0
 
 
 def test_withdraw_unknown_report_lists_others(workspace):
