@@ -1,4 +1,4 @@
-"""The command line: `tgloc demo`, `ingest`, `run` and `incidents`.
+"""The command line: `tgloc demo`, `ingest`, `run`, `incidents`, `suppressions`.
 
 A thin front end over `core`: it parses arguments, turns progress callbacks into a
 progress line, and prints errors as their headline and detail. A traceback is shown
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -18,13 +19,23 @@ from pathlib import Path
 from typing import Any
 
 from core import ingest, store
-from core.config import ModelConfig, RunConfig, SearchConfig, StreamConfig
+from core.config import (
+    GAP_FILL_POLICIES,
+    ModelConfig,
+    RunConfig,
+    SearchConfig,
+    StreamConfig,
+)
 from core.errors import TglocError
 from core.stages import StageTimer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE = "workspace"
+# CSV files written for spreadsheets: UTF-8 with a byte order mark, which Excel
+# needs to read non-ASCII names as UTF-8.
+CSV_FILE_ENCODING = "utf-8-sig"
+LIST_SEPARATOR = ";"
 DEFAULT_PORT = 8501
 APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
 
@@ -101,17 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--sensor-map-columns", default="columns",
                       help="column of --sensor-map listing sensor columns (default columns)")
     load.add_argument("--label-column", help="label column kept out of the features")
+    load.add_argument("--ignore-column", action="append", default=[], metavar="NAME",
+                      help="a file column that is neither read nor stored "
+                      "(repeatable)")
     load.add_argument("--weight-policy", choices=ingest.WEIGHT_POLICIES,
                       default="quarantine",
                       help="events: quarantine bad weights or count every row as 1")
     load.add_argument("--encoding", default="utf-8",
                       help="text encoding of the files (default utf-8); rows with "
                       "bytes not valid in it are quarantined")
+    load.add_argument("--sentinel", action="append", default=[], metavar="COLUMN=VALUE",
+                      help="a number that means no reading in COLUMN, stored as NULL, "
+                      "e.g. --sentinel Init_Win_bytes_forward=-1 (repeatable)")
     load.add_argument("--read-unterminated-line", action="store_true",
                       help="also read a last line without a line end (by default it "
                       "is held back until a writer ends it)")
     load.add_argument("--batadal", metavar="FOLDER",
                       help="import the BATADAL water network data set from FOLDER")
+    load.add_argument("--withdraw", type=int, metavar="REPORT_ID",
+                      help="remove every row that ingest report REPORT_ID stored, in "
+                      "one transaction, so the file can be loaded again")
     load.set_defaults(handler=command_ingest)
 
     run = commands.add_parser("run", help="bin, train, score and localize a workspace")
@@ -125,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--score-end", help="ISO time: end of the scored bins")
     run.add_argument("--epochs", type=int, help="maximum training epochs")
     run.add_argument("--seed", type=int, help="seed of training and scoring")
+    run.add_argument("--gap-fill", choices=GAP_FILL_POLICIES,
+                     help="sensor readings stored as NULL: none leaves them missing "
+                     "(default), ffill uses the sensor's last earlier reading")
+    run.add_argument("--gap-fill-limit", type=int, metavar="N",
+                     help="ffill: fill at most N consecutive missing readings")
     run.add_argument("--progress-file",
                      help="append JSON lines {stage, fraction} to this file")
     run.set_defaults(handler=command_run)
@@ -133,13 +158,24 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--workspace", default=DEFAULT_WORKSPACE)
     show.add_argument("--run", help="run id (default: the latest published run)")
     show.add_argument("--format", choices=("json", "csv"), default="json")
+    show.add_argument("--output", metavar="FILE",
+                      help="write to FILE instead of standard output; a CSV file gets "
+                      "a UTF-8 byte order mark so Excel reads it as UTF-8")
     show.set_defaults(handler=command_incidents)
+
+    rules = commands.add_parser(
+        "suppressions", help="list suppression rules, or delete one")
+    rules.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    rules.add_argument("--delete", type=int, metavar="RULE_ID",
+                       help="delete the suppression rule RULE_ID")
+    rules.set_defaults(handler=command_suppressions)
 
     evaluation = commands.add_parser(
         "evaluate", help="score window labels against window scores or predictions")
     evaluation.add_argument("file", help="CSV with a label column and a score or pred column")
-    evaluation.add_argument("--threshold", type=float,
-                       help="alarm where score >= THRESHOLD (needed without pred)")
+    evaluation.add_argument("--threshold", type=finite_float,
+                            help="alarm where score >= THRESHOLD, a finite number "
+                            "inside the scores' range (needed without pred)")
     evaluation.add_argument("--format", choices=("text", "json"), default="text")
     evaluation.set_defaults(handler=command_evaluate)
     return parser
@@ -193,9 +229,10 @@ def command_demo(args: argparse.Namespace) -> int:
 
     result = pipeline.run_pipeline(workspace, demo_config(), progress=progress, timer=timer)
     match = evaluate.match_incidents(result.incidents, result.members, plant.truth)
-    print(f"\nrun {result.run_id}: {len(result.incidents)} incidents; "
+    found, unmatched = len(result.incidents), len(match.unmatched)
+    print(f"\nrun {result.run_id}: {found} incident{_plural(found)}; "
           f"{match.found} of {len(plant.truth)} planted anomalies found, "
-          f"{len(match.unmatched)} incidents match none")
+          f"{unmatched} incident{_plural(unmatched)} match none")
     for row in result.incidents.itertuples():
         print(f"  {row.incident_id}  {row.type:<13} severity {row.severity:5.1f}  {row.summary}")
     for row in match.truth.itertuples():
@@ -225,6 +262,15 @@ def serve(workspace: store.Workspace, port: int) -> int:
 
 
 def command_ingest(args: argparse.Namespace) -> int:
+    if args.withdraw is not None:
+        from core.withdraw import withdraw_ingest
+
+        if args.files or args.batadal:
+            raise TglocError("--withdraw takes no files",
+                             "Withdraw first, then load the files in a second command.")
+        workspace = existing_workspace(args.workspace)
+        print(withdraw_ingest(workspace, args.withdraw).summary())
+        return 0
     workspace = store.Workspace.create(args.workspace)
     if args.batadal:
         for report in ingest.ingest_batadal(workspace, args.batadal):
@@ -239,6 +285,14 @@ def command_ingest(args: argparse.Namespace) -> int:
             raise TglocError(f"invalid --column {item!r}",
                              "Write it as OURS=THEIRS, e.g. --column time=Timestamp.")
         columns[ours.strip()] = theirs.strip()
+    sentinels: dict[str, list[str]] = {}
+    for item in args.sentinel:
+        column, _, value = item.rpartition("=")
+        if not column.strip() or not value.strip():
+            raise TglocError(f"invalid --sentinel {item!r}",
+                             "Write it as COLUMN=VALUE, e.g. --sentinel "
+                             "Init_Win_bytes_forward=-1.")
+        sentinels.setdefault(column.strip(), []).append(value.strip())
     sensor_map = None
     if args.sensor_map:
         sensor_map = ingest.load_sensor_map(args.sensor_map, args.sensor_map_device,
@@ -247,21 +301,38 @@ def command_ingest(args: argparse.Namespace) -> int:
         target=args.target, layout=args.layout, columns=columns,
         time_format=args.time_format, timezone=args.timezone,
         epoch_unit=args.epoch_unit, sensor_map=sensor_map,
-        label_column=args.label_column, weight_policy=args.weight_policy,
+        label_column=args.label_column, ignore_columns=tuple(args.ignore_column),
+        weight_policy=args.weight_policy,
         encoding=args.encoding, read_unterminated_line=args.read_unterminated_line,
+        sentinels=sentinels,
     )
-    status = 0
+    # Each file is its own load, so one bad file does not stop the others. The
+    # exit status is 2 when any file stored nothing because of an error.
+    failed: list[str] = []
     for path in args.files:
-        report = ingest.ingest_file(workspace, path, options)
+        try:
+            report = ingest.ingest_file(workspace, path, options)
+        except TglocError as exc:
+            print(f"error: {path}: {exc.headline}", file=sys.stderr)
+            if exc.detail:
+                print(f"  {exc.detail}", file=sys.stderr)
+            failed.append(path)
+            continue
         print(report.summary())
         print(ingest_details(workspace, report))
         if report.rows_stored == 0 and report.rows_rejected > 0:
             # Every row rejected is nearly always one wrong option for a whole column.
-            print(f"error: nothing stored from {path}: all {report.rows_rejected} rows "
-                  f"were rejected; check --time-format, --epoch-unit and --column "
-                  f"against the reasons above", file=sys.stderr)
-            status = 2
-    return status
+            count = report.rows_rejected
+            what = "the only row was" if count == 1 else f"all {count} rows were"
+            print(f"error: nothing stored from {path}: {what} rejected; check "
+                  f"--time-format, --epoch-unit and --column against the reasons "
+                  f"above", file=sys.stderr)
+            failed.append(path)
+    if failed and len(args.files) > 1:
+        stored = len(args.files) - len(failed)
+        print(f"{stored} of {len(args.files)} files loaded; "
+              f"{len(failed)} failed: {', '.join(failed)}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 MAX_REJECTED_SHOWN = 10
@@ -289,8 +360,13 @@ def ingest_details(workspace: store.Workspace, report: ingest.IngestReport) -> s
         {"id": report.report_id, "limit": MAX_REJECTED_SHOWN},
     )
     for row in rejected.itertuples(index=False):
-        lines.append(f"  line {row.line} (row {row.line - 1}), column {row.column}, "
-                     f"value {row.value!r}: {row.reason}")
+        # A row the reader rejected whole (bad encoding, wrong field count) has no
+        # column; its value is the whole line.
+        where = f"line {row.line} (row {row.line - 1})"
+        if isinstance(row.column, str):
+            where += f", column {row.column}"
+        what = "line" if not isinstance(row.column, str) else "value"
+        lines.append(f"  {where}, {what} {row.value!r}: {row.reason}")
     if report.rows_rejected > len(rejected):
         lines.append(f"  +{report.rows_rejected - len(rejected)} more in the quarantine "
                      "table")
@@ -298,17 +374,45 @@ def ingest_details(workspace: store.Workspace, report: ingest.IngestReport) -> s
 
 
 def command_run(args: argparse.Namespace) -> int:
+    config = run_config(args)
+    workspace = existing_workspace(args.workspace)
+    # Imported after the checks, because loading torch takes seconds.
     from core import pipeline
 
-    workspace = store.Workspace.create(args.workspace)
-    config = run_config(args)
     timer = StageTimer()
     progress = ProgressPrinter(args.progress_file)
     result = pipeline.run_pipeline(workspace, config, run_id=args.run_id,
                                    progress=progress, timer=timer)
-    print(f"run {result.run_id}: {len(result.incidents)} incidents -> {result.path}")
+    found = len(result.incidents)
+    print(f"run {result.run_id}: {found} incident{_plural(found)} -> {result.path}")
+    for line in run_notes(result.info):
+        print(f"  {line}")
     print(timer.table())
     return 0
+
+
+def run_notes(info: dict) -> list[str]:
+    """Return the lines of a run's report that describe how its input was treated."""
+    notes = []
+    gaps = info.get("collection_gaps") or {}
+    if gaps.get("bins"):
+        count, spans = int(gaps["bins"]), int(gaps["intervals"])
+        first = gaps["first"][0]
+        notes.append(
+            f"{count} bin{_plural(count)} without data from any device "
+            f"({spans} collection gap{_plural(spans)}, the first {first[0]} to "
+            f"{first[1]}) excluded from training and scoring")
+    fill = info.get("gap_fill") or {}
+    if fill.get("policy", "none") != "none":
+        count = int(fill.get("imputed_cells", 0))
+        limit = fill.get("limit")
+        rule = fill["policy"] if limit is None else f"{fill['policy']}, limit {limit}"
+        notes.append(f"{count} cell{_plural(count)} imputed ({rule})")
+    return notes
+
+
+def _plural(count: int) -> str:
+    return "" if count == 1 else "s"
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -321,8 +425,13 @@ def run_config(args: argparse.Namespace) -> RunConfig:
             raise TglocError(f"cannot read the run settings {args.config}", str(exc)) from exc
     config = RunConfig.from_dict(data)
     stream = config.stream
-    if args.bin_seconds is not None:
-        stream = StreamConfig(**{**stream.__dict__, "bin_seconds": args.bin_seconds})
+    stream_overrides = {
+        "bin_seconds": args.bin_seconds, "gap_fill": args.gap_fill,
+        "gap_fill_limit": args.gap_fill_limit,
+    }
+    stream_overrides = {k: v for k, v in stream_overrides.items() if v is not None}
+    if stream_overrides:
+        stream = StreamConfig(**{**stream.__dict__, **stream_overrides})
     model = config.model
     if args.epochs is not None or args.seed is not None:
         model = ModelConfig(**{**model.__dict__,
@@ -345,6 +454,9 @@ def command_evaluate(args: argparse.Namespace) -> int:
     if "pred" not in windows and args.threshold is None:
         raise TglocError("no alarm threshold for the scores",
                          "Pass --threshold, or add a pred column of 0 and 1.")
+    if "pred" not in windows:
+        check_threshold(args.threshold, windows["score"].to_numpy(dtype=float),
+                        args.file)
     report = evaluate.evaluate_windows(
         windows["label"].to_numpy(),
         scores=windows["score"].to_numpy() if "score" in windows else None,
@@ -358,15 +470,99 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_suppressions(args: argparse.Namespace) -> int:
+    from core import feedback
+
+    workspace = existing_workspace(args.workspace)
+    if args.delete is not None:
+        feedback.delete_suppression(workspace, args.delete)
+        print(f"suppression rule {args.delete} deleted")
+        return 0
+    rules = feedback.list_suppressions(workspace)
+    if rules.empty:
+        print("no suppression rules")
+    for rule in rules.itertuples(index=False):
+        state = "active" if rule.active else "inactive"
+        print(f"{rule.rule_id}\t{rule.type}\t{' '.join(rule.devices)}\t{state}\t"
+              f"from {rule.incident_id}")
+    return 0
+
+
+def existing_workspace(root: str) -> store.Workspace:
+    """Return the workspace at `root`; raise if it has no store (nothing is created).
+
+    Only `ingest` and `demo` create a workspace, so a mistyped --workspace on any
+    other command stops with an error instead of leaving an empty folder behind.
+    """
+    workspace = store.Workspace(Path(root).resolve())
+    if not workspace.store_path.is_file():
+        what = "folder not found" if not workspace.root.exists() else (
+            f"no {store.STORE_FILE} in it")
+        raise TglocError(
+            f"workspace {root!r} not found ({what})",
+            "Check --workspace. `tgloc ingest --workspace DIR FILE...` or `tgloc demo "
+            "--workspace DIR` creates a workspace.",
+        )
+    return workspace
+
+
+def finite_float(text: str) -> float:
+    """Parse a command-line number; reject nan and inf, which compare as no alarm."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: give a finite number such as 0.5")
+    return value
+
+
+def check_threshold(threshold: float, scores, path: str) -> None:
+    """Raise unless some windows alarm at `threshold` and some do not.
+
+    A threshold at or below the smallest score alarms on every window, and one
+    above the largest on none, so the evaluation would not measure the scores.
+    """
+    low, high = float(scores.min()), float(scores.max())
+    if low < threshold <= high:
+        return
+    side = ("every window would alarm" if threshold <= low
+            else "no window would alarm")
+    raise TglocError(
+        f"invalid --threshold {threshold:g}: outside the scores of {path} "
+        f"({low:g} to {high:g}), so {side}",
+        f"Give a threshold above {low:g} and at most {high:g}.",
+    )
+
+
 def command_incidents(args: argparse.Namespace) -> int:
-    workspace = store.Workspace(Path(args.workspace).resolve())
+    workspace = existing_workspace(args.workspace)
     run_id = workspace.resolve_run(args.run)
     incidents, members = incident_records(workspace, run_id)
-    if args.format == "json":
-        print(json.dumps({"run": run_id, "incidents": incidents}, indent=2, default=str))
-    else:
-        write_csv(incidents)
+    if args.output:
+        # A file gets a UTF-8 byte order mark when it is CSV, so Excel reads its
+        # names as UTF-8; standard output never does, because a mark in a stream
+        # breaks the programs reading it.
+        encoding = CSV_FILE_ENCODING if args.format == "csv" else "utf-8"
+        try:
+            with open(args.output, "w", encoding=encoding, newline="") as handle:
+                _write_incidents(handle, run_id, incidents, args.format)
+        except OSError as exc:
+            raise TglocError(f"failed to write {args.output}", str(exc)) from exc
+        print(f"{len(incidents)} incident{_plural(len(incidents))} of run {run_id} "
+              f"written to {args.output}")
+        return 0
+    _write_incidents(sys.stdout, run_id, incidents, args.format)
     return 0
+
+
+def _write_incidents(handle, run_id: str, incidents: list[dict], kind: str) -> None:
+    if kind == "json":
+        handle.write(json.dumps({"run": run_id, "incidents": incidents}, indent=2,
+                                default=str) + "\n")
+    else:
+        write_csv(incidents, handle)
 
 
 def incident_records(workspace: store.Workspace, run_id: str) -> tuple[list[dict], Any]:
@@ -393,23 +589,26 @@ def incident_records(workspace: store.Workspace, run_id: str) -> tuple[list[dict
     return records, members
 
 
-def write_csv(records: list[dict]) -> None:
-    """Write one CSV row per incident to standard output.
+def write_csv(records: list[dict], handle=None) -> None:
+    """Write one CSV row per incident to `handle` (standard output by default).
 
-    List fields are joined by ';', and a cell that a spreadsheet would read as a
-    formula is prefixed with a quote."""
+    The list fields devices, targets, pairs (as src->dst) and sensors (as
+    device/sensor) are joined by LIST_SEPARATOR inside one cell. A name that
+    contains ';' is then ambiguous; `--format json` keeps every name exact. A cell
+    that a spreadsheet would read as a formula is prefixed with a quote."""
     import csv
 
     fields = ["id", "rank", "start", "end", "type", "score", "threshold", "severity",
               "scale", "devices", "pairs", "targets", "sensors", "summary"]
-    writer = csv.DictWriter(sys.stdout, fieldnames=fields, extrasaction="ignore")
+    writer = csv.DictWriter(handle or sys.stdout, fieldnames=fields,
+                            extrasaction="ignore")
     writer.writeheader()
     for record in records:
         row = dict(record)
-        row["devices"] = ";".join(record["devices"])
-        row["pairs"] = ";".join(f"{s}->{d}" for s, d in record["pairs"])
-        row["targets"] = ";".join(record["targets"])
-        row["sensors"] = ";".join(f"{d}/{s}" for d, s in record["sensors"])
+        row["devices"] = LIST_SEPARATOR.join(record["devices"])
+        row["pairs"] = LIST_SEPARATOR.join(f"{s}->{d}" for s, d in record["pairs"])
+        row["targets"] = LIST_SEPARATOR.join(record["targets"])
+        row["sensors"] = LIST_SEPARATOR.join(f"{d}/{s}" for d, s in record["sensors"])
         writer.writerow({k: sanitize_cell(v) for k, v in row.items()})
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from core.errors import ConfigError
 
 HUB_KINDS = ("plc", "scada", "hmi", "gateway", "historian", "switch")
+GAP_FILL_POLICIES = ("none", "ffill")
 
 
 def _is_time(value: Any) -> bool:
@@ -47,9 +48,14 @@ class StreamConfig:
         timezone: IANA zone used to read timestamps that carry no zone.
         drop_loopback: drop self-loop events on loopback addresses (127.0.0.0/8, ::1).
         max_empty_bins: a stretch of more consecutive bins in which no device has any
-            event or reading is a gap in the data (between two files, say), not plant
-            behaviour: it is neither trained on nor scored, and the model restarts
-            after it.
+            event or reading (a gap between two files, say) splits the run, and the
+            model restarts after it. Shorter stretches are collection gaps too: no
+            bin without data from any device is trained on or scored.
+        gap_fill: how the model's sensor features treat a stored NULL reading.
+            "none" leaves it missing (masked); "ffill" uses the sensor's last
+            earlier reading. The stored NULL is never changed.
+        gap_fill_limit: "ffill" only: the maximum number of consecutive missing
+            readings of a sensor that are filled. None fills every run of them.
     """
 
     bin_seconds: int = 60
@@ -57,6 +63,8 @@ class StreamConfig:
     timezone: str = "UTC"
     drop_loopback: bool = True
     max_empty_bins: int = 120
+    gap_fill: str = "none"
+    gap_fill_limit: int | None = None
 
     def __post_init__(self) -> None:
         _check("bin_seconds", self.bin_seconds,
@@ -70,6 +78,12 @@ class StreamConfig:
                and list(scales) == sorted(set(scales)),
                "increasing whole numbers starting with 1, such as (1, 4, 16)")
         _check("max_empty_bins", self.max_empty_bins, self.max_empty_bins >= 1, ">= 1")
+        _check("gap_fill", self.gap_fill, self.gap_fill in GAP_FILL_POLICIES,
+               " or ".join(f'"{name}"' for name in GAP_FILL_POLICIES))
+        _check("gap_fill_limit", self.gap_fill_limit,
+               self.gap_fill_limit is None
+               or (isinstance(self.gap_fill_limit, int) and self.gap_fill_limit >= 1),
+               "None or a whole number of readings >= 1")
 
 
 @dataclass(frozen=True)

@@ -35,3 +35,7 @@ class StoreBusyError(TglocError):
 
 class RunNotFoundError(TglocError):
     """No published run matches the request."""
+
+
+class SuppressionNotFoundError(TglocError):
+    """No suppression rule has the given id."""

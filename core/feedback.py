@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from core.errors import SuppressionNotFoundError
 from core.store import Workspace, init_analyst, sqlite_connect
 
 RULE_COLUMNS = ["rule_id", "incident_id", "devices", "type", "created", "active"]
@@ -55,6 +56,27 @@ def add_suppression(
             (incident_id, encoded, incident_type, stamp),
         )
         return int(cursor.lastrowid)
+
+
+def delete_suppression(workspace: Workspace, rule_id: int) -> None:
+    """Delete suppression rule `rule_id`, so no incident is marked by it any more.
+
+    Raises:
+        SuppressionNotFoundError: no rule has that id; the detail lists the ids
+            that exist.
+    """
+    init_analyst(workspace.analyst_path)
+    with sqlite_connect(workspace.analyst_path) as con:
+        deleted = con.execute("DELETE FROM suppressions WHERE id = ?",
+                              (int(rule_id),)).rowcount
+        if deleted:
+            return
+        known = [str(row[0]) for row in con.execute(
+            "SELECT id FROM suppressions ORDER BY id").fetchall()]
+    raise SuppressionNotFoundError(
+        f"suppression rule {rule_id} not found",
+        f"Rules in this workspace: {', '.join(known) or 'none'}.",
+    )
 
 
 def list_suppressions(workspace: Workspace) -> pd.DataFrame:

@@ -14,8 +14,10 @@ loading content that is already stored (the same file, or a copy) stores 0 rows 
 reports the earlier load. A file that grew since its last load is read from where
 that load stopped, after checking that its first bytes are unchanged, so only the
 appended rows are stored. A last line without a line end is held back until it is
-ended (see `reading.complete_end`). Parquet files are recognised by their checksum
-only: a changed Parquet file is read whole.
+ended (see `reading.complete_end`). A file whose loaded part changed is rejected, and
+so is any changed Parquet file, because it is read whole: reading either again would
+store the earlier rows twice (`core.withdraw` removes a load first). Only loads made
+with the same options (`IngestOptions.identity`) count as the same load.
 
 CSV files are read with every column as text and converted here, so a late
 non-numeric id or a late decimal never changes a column's type. Parquet columns that
@@ -23,8 +25,8 @@ already have a type keep it. Zeek logs (TSV with `#fields`, or JSON lines) are r
 too. Line numbers in messages and in `quarantine.line` are file lines, the header
 being line 1 (a JSON-lines file has no header, so its first record is line 1).
 
-Known limits: rows are checked against each other only inside one load, so the same
-measurement in two different files is stored twice.
+Measurements are also checked against the readings that earlier loads stored, with
+the same duplicate policy as inside one file (see `_against_stored`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import ipaddress
+import json
 import logging
 import re
 import zoneinfo
@@ -163,6 +166,9 @@ class IngestOptions:
         read_unterminated_line: read a last line that has no line end. By
             default it is held back, because a writer may still be appending to
             it. A later load reads it once it ends with a newline.
+        sentinels: file column to the values that mean "no reading" in it, for
+            example {"Init_Win_bytes_forward": (-1,)}. Such cells are stored as
+            NULL. It applies to numeric event attributes and to measurement values.
     """
 
     target: str
@@ -180,9 +186,11 @@ class IngestOptions:
     drop_loopback: bool = True
     encoding: str = "utf-8"
     read_unterminated_line: bool = False
+    sentinels: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ignore_columns", tuple(self.ignore_columns))
+        object.__setattr__(self, "sentinels", _sentinel_values(self.sentinels))
         choices = {
             "target": (self.target, TARGETS),
             "layout": (self.layout, LAYOUTS),
@@ -211,6 +219,59 @@ class IngestOptions:
                 f"invalid ingest option encoding={self.encoding!r}",
                 "Give a Python codec name such as 'utf-8', 'latin-1' or 'cp1252'.",
             ) from exc
+
+
+    def identity(self) -> str:
+        """Return the options that change what a file stores, as canonical JSON.
+
+        Two loads of the same bytes are the same load only when these match;
+        `read_unterminated_line` is left out because the checksum covers the bytes
+        read.
+        """
+        document = {
+            "target": self.target,
+            "layout": self.layout,
+            "columns": {k: str(v) for k, v in sorted(self.columns.items())},
+            "time_format": self.time_format,
+            "timezone": self.timezone,
+            "epoch_unit": self.epoch_unit,
+            "sensor_map": (dict(sorted(self.sensor_map.items()))
+                           if self.sensor_map else None),
+            "ignore_columns": sorted(self.ignore_columns),
+            "label_column": self.label_column,
+            "label_intervals": self.label_intervals,
+            "weight_policy": self.weight_policy,
+            "duplicate_policy": self.duplicate_policy,
+            "drop_loopback": self.drop_loopback,
+            "encoding": codecs.lookup(self.encoding).name,
+            "sentinels": {k: list(v) for k, v in sorted(self.sentinels.items())},
+        }
+        return json.dumps(document, sort_keys=True, ensure_ascii=False)
+
+
+def _sentinel_values(sentinels: Mapping[str, object]) -> dict[str, tuple[float, ...]]:
+    """Return column to a sorted tuple of finite floats; raise on anything else."""
+    result: dict[str, tuple[float, ...]] = {}
+    for column, values in dict(sentinels or {}).items():
+        items = values if isinstance(values, (list, tuple, set)) else (values,)
+        numbers = []
+        for value in items:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = float("nan")
+            if not np.isfinite(number):
+                raise IngestError(
+                    f"invalid sentinel {value!r} for column {column!r}",
+                    "A sentinel is a finite number, such as "
+                    "--sentinel Init_Win_bytes_forward=-1.",
+                )
+            numbers.append(number)
+        if not str(column).strip():
+            raise IngestError("invalid sentinel: empty column name",
+                              "Write it as COLUMN=VALUE, e.g. --sentinel Flow=-1.")
+        result[str(column).strip()] = tuple(sorted(set(numbers)))
+    return result
 
 
 @dataclass
@@ -244,7 +305,8 @@ class IngestReport:
             return "\n".join([head, *(f"  {note}" for note in self.notes[1:])])
         head = (
             f"report {self.report_id}: {self.file} -> {self.target}: "
-            f"{self.rows_read} rows read, {self.rows_stored} stored, "
+            f"{self.rows_read} row{_plural(self.rows_read)} read, "
+            f"{self.rows_stored} stored, "
             f"{self.rows_rejected} rejected, {self.rows_deduplicated} deduplicated"
         )
         return "\n".join([head, *(f"  {note}" for note in self.notes)])
@@ -263,6 +325,7 @@ class _Batch:
     rows_deduplicated: int = 0
     notes: list[str] = field(default_factory=list)
     labels: pd.DataFrame | None = None
+    attributes: pd.DataFrame | None = None
     replace: bool = False
 
     @property
@@ -338,6 +401,7 @@ class _Origin:
     latest: int | None = None
     already: int | None = None
     notes: tuple[str, ...] = ()
+    options: str = ""
 
 
 class _StoreChanged(Exception):
@@ -389,7 +453,7 @@ def ingest_file(
             "(--read-unterminated-line) reads it now"
         )
     for _ in range(PLAN_ATTEMPTS):
-        origin = _plan_file(workspace, path, data, kind, end, options.target)
+        origin = _plan_file(workspace, path, data, kind, end, options)
         origin = replace(origin, notes=(*origin.notes, *held_back))
         try:
             if origin.already is not None:
@@ -432,8 +496,10 @@ def ingest_frame(
     digest.update("\x00".join(frame.columns).encode("utf-8", "surrogatepass"))
     for _ in range(PLAN_ATTEMPTS):
         with _store_connection(workspace) as con:
-            already, _ = _stored_state(con, digest.hexdigest(), None, options.target)
-        origin = _Origin(source, options.target, digest.hexdigest(), already=already)
+            already, _ = _stored_state(con, digest.hexdigest(), None, options.target,
+                                       options.identity())
+        origin = _Origin(source, options.target, digest.hexdigest(), already=already,
+                         options=options.identity())
         try:
             if already is not None:
                 return _write_already_loaded(workspace, origin, options)
@@ -605,15 +671,29 @@ def _ingest(
 
 
 def _plan_file(
-    workspace: Workspace, path: Path, data: bytes, kind: str, end: int, target: str
+    workspace: Workspace, path: Path, data: bytes, kind: str, end: int,
+    options: IngestOptions,
 ) -> _Origin:
-    """Find what of `data[:end]` the store lacks: nothing, a tail, or all of it."""
+    """Find what of `data[:end]` the store lacks: nothing, a tail, or all of it.
+
+    Raises:
+        IngestError: the file changed since its last load in a way other than an
+            append, so loading it again would store its earlier rows twice.
+    """
     checksum = _sha256(data[:end])
     resolved = str(path.resolve())
+    target, identity = options.target, options.identity()
     with _store_connection(workspace) as con:
-        already, latest = _stored_state(con, checksum, resolved, target)
+        already, latest = _stored_state(con, checksum, resolved, target, identity)
+        other = _other_options_load(con, resolved, target, identity)
+    notes: tuple[str, ...] = ()
+    if other is not None and already is None:
+        notes = (f"this file was also loaded as report {other} with other options, "
+                 f"and both loads' rows are stored; `tgloc ingest --withdraw {other}` "
+                 "removes that one",)
     origin = _Origin(str(path), target, checksum, resolved, 0, end,
-                     latest=latest[0] if latest else None, already=already)
+                     latest=latest[0] if latest else None, already=already,
+                     notes=notes, options=identity)
     if already is not None or latest is None:
         return origin
     report_id, bytes_end, stored_checksum = latest
@@ -622,22 +702,41 @@ def _plan_file(
         line = data[:bytes_end].count(b"\n") + 1
         note = (f"file grew since report {report_id}: read from byte {bytes_end} "
                 f"(line {line}) on")
-        return replace(origin, bytes_start=bytes_end, notes=(note,))
-    note = (f"file changed since report {report_id} (its stored part differs), so "
-            "it was read from the start")
-    return replace(origin, notes=(note,))
+        return replace(origin, bytes_start=bytes_end, notes=(*notes, note))
+    if kind == "parquet":
+        reason = ("A Parquet file is read whole, so a changed one cannot be read "
+                  "as an append to its earlier load.")
+    else:
+        reason = (f"The first {bytes_end} bytes that report {report_id} read are no "
+                  "longer the same, so this is not an append.")
+    raise IngestError(
+        f"{path.name} changed since report {report_id} loaded it; nothing stored",
+        f"{reason} Loading it again would store its earlier rows twice. To replace "
+        f"that load, run `tgloc ingest --workspace DIR --withdraw {report_id}` and "
+        "load the file again; to keep both (a rotated log, say), load the new "
+        "content under another file name.",
+    )
 
 
 def _stored_state(
-    con: duckdb.DuckDBPyConnection, checksum: str, path: str | None, target: str
+    con: duckdb.DuckDBPyConnection, checksum: str, path: str | None, target: str,
+    identity: str,
 ) -> tuple[int | None, tuple | None]:
-    """Return the first report of `checksum`, and the last report of `path`."""
+    """Return the first load of `checksum` and the last load of `path`.
+
+    Only loads with the same options (`IngestOptions.identity`) count, and none
+    that was withdrawn. Reports written before options were recorded match any.
+    """
     found = con.execute(
         "SELECT (SELECT min(report_id) FROM ingest_reports "
-        "        WHERE checksum = $checksum AND target = $target), "
+        "        WHERE checksum = $checksum AND target = $target "
+        "          AND coalesce(options, $options) = $options "
+        "          AND already_loaded IS NULL AND withdrawn IS NULL), "
         "       (SELECT max(report_id) FROM ingest_reports "
-        "        WHERE path = $path AND target = $target)",
-        {"checksum": checksum, "path": path, "target": target},
+        "        WHERE path = $path AND target = $target "
+        "          AND coalesce(options, $options) = $options "
+        "          AND withdrawn IS NULL)",
+        {"checksum": checksum, "path": path, "target": target, "options": identity},
     ).fetchall()[0]
     already, latest_id = found
     if latest_id is None:
@@ -647,6 +746,19 @@ def _stored_state(
         "WHERE report_id = ?", [latest_id],
     ).fetchall()[0]
     return already, latest
+
+
+def _other_options_load(
+    con: duckdb.DuckDBPyConnection, path: str, target: str, identity: str
+) -> int | None:
+    """Return the last load of `path` made with other options, if one is stored."""
+    found = con.execute(
+        "SELECT max(report_id) FROM ingest_reports WHERE path = $path "
+        "AND target = $target AND options IS NOT NULL AND options <> $options "
+        "AND withdrawn IS NULL AND rows_stored > 0",
+        {"path": path, "target": target, "options": identity},
+    ).fetchall()[0][0]
+    return None if found is None else int(found)
 
 
 @contextmanager
@@ -703,7 +815,8 @@ def _write(
 
 def _check_unchanged(con: duckdb.DuckDBPyConnection, origin: _Origin) -> None:
     """Raise `_StoreChanged` if a load committed since `origin` was planned."""
-    already, latest = _stored_state(con, origin.checksum, origin.path, origin.target)
+    already, latest = _stored_state(con, origin.checksum, origin.path, origin.target,
+                                    origin.options)
     if already != origin.already:
         raise _StoreChanged
     if origin.path is not None and (latest[0] if latest else None) != origin.latest:
@@ -727,6 +840,8 @@ def _write_batch(
     rows = batch.rows
     if "report_id" in _table_columns(batch.table):
         rows = rows.assign(report_id=report_id)
+    if batch.table == "measurements" and not rows.empty:
+        rows = _against_stored(con, batch, rows, options, notes)
     if batch.replace and not rows.empty:
         con.register("_frame", rows)
         try:
@@ -747,6 +862,9 @@ def _write_batch(
         frame.insert(0, "report_id", report_id)
         frame.insert(1, "file", source)
         store.insert_frame(con, "quarantine", frame)
+    if batch.attributes is not None and not batch.attributes.empty:
+        store.insert_frame(con, "event_attributes",
+                           batch.attributes.assign(report_id=report_id))
     if batch.labels is not None and not batch.labels.empty:
         labels = batch.labels.copy()
         labels.insert(0, "anomaly_id", [
@@ -774,22 +892,102 @@ def _write_batch(
     con.execute(
         "INSERT INTO ingest_reports (report_id, file, checksum, target, started, "
         "rows_read, rows_stored, rows_rejected, rows_deduplicated, notes, path, "
-        "bytes_start, bytes_end, already_loaded) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "bytes_start, bytes_end, already_loaded, options) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [report_id, source, origin.checksum, options.target, started.to_pydatetime(),
          report.rows_read, report.rows_stored, report.rows_rejected,
          report.rows_deduplicated, notes, origin.path, report.bytes_start,
-         report.bytes_end, origin.already],
+         report.bytes_end, origin.already, options.identity()],
     )
     return report
 
 
+STORED_MATCH_SQL = """
+SELECT f.t, f.device, f.sensor,
+       bool_and(m.value IS NOT DISTINCT FROM f.value) AS same,
+       min(m.report_id) AS report_id
+FROM _frame f JOIN measurements m
+  ON m.t = f.t AND m.device = f.device AND m.sensor = f.sensor
+GROUP BY ALL
+"""
+
+
+def _against_stored(
+    con: duckdb.DuckDBPyConnection, batch: _Batch, rows: pd.DataFrame,
+    options: IngestOptions, notes: list[str],
+) -> pd.DataFrame:
+    """Apply the duplicate policy to readings that earlier loads already stored.
+
+    Under "last", a reading equal to every stored one of the same (time, device,
+    sensor) is not stored again, and a reading that differs replaces the stored
+    ones, as a later row does inside one file. Under "keep" both are kept and
+    counted. A file row counts as deduplicated when none of its readings is
+    stored; `batch` counts are updated so that read = stored + rejected +
+    deduplicated still holds.
+    """
+    con.register("_frame", rows[["t", "device", "sensor", "value"]])
+    try:
+        matches = con.execute(STORED_MATCH_SQL).df()
+    finally:
+        con.unregister("_frame")
+    if matches.empty:
+        return rows
+    earlier = _report_list(matches["report_id"])
+    if options.duplicate_policy == "keep":
+        count = len(matches)
+        verb = "repeats" if count == 1 else "repeat"
+        notes.append(f"{count} reading{_plural(count)} {verb} a (time, device, "
+                     f"sensor) stored by report {earlier}; kept")
+        return rows
+    key = ["t", "device", "sensor"]
+    flagged = rows.merge(matches, on=key, how="left", indicator=True)
+    exact = (flagged["_merge"] == "both") & flagged["same"].fillna(False).astype(bool)
+    conflicting = matches[~matches["same"].astype(bool)]
+    if len(conflicting):
+        con.register("_conflicts", conflicting[key])
+        try:
+            con.execute(
+                "DELETE FROM measurements m USING _conflicts c "
+                "WHERE m.t = c.t AND m.device = c.device AND m.sensor = c.sensor")
+        finally:
+            con.unregister("_conflicts")
+        first = conflicting.iloc[0]
+        count = len(conflicting)
+        notes.append(
+            f"{count} reading{_plural(count)} conflicting with report "
+            f"{_report_list(conflicting['report_id'])} "
+            f"({first['device']}/{first['sensor']} at {_format_instant(first['t'])}"
+            f"{' and others' if count > 1 else ''}) resolved: last, the stored "
+            f"value{_plural(count)} replaced")
+    if exact.any():
+        kept = rows.loc[~exact.to_numpy()]
+        lines = rows["line"].to_numpy()
+        dropped_rows = len(set(lines)) - len(set(kept["line"].to_numpy()))
+        count = int(exact.sum())
+        same = matches.loc[matches["same"].astype(bool), "report_id"]
+        notes.append(f"{count} reading{_plural(count)} already stored by report "
+                     f"{_report_list(same)} not stored again ({dropped_rows} file "
+                     f"row{_plural(dropped_rows)} deduplicated)")
+        batch.rows_stored -= dropped_rows
+        batch.rows_deduplicated += dropped_rows
+        rows = kept
+    return rows
+
+
+def _report_list(report_ids: pd.Series) -> str:
+    """Return up to five report ids as text, with "and others" beyond them."""
+    unique = sorted(int(r) for r in report_ids.dropna().unique())
+    text = ", ".join(str(r) for r in unique[:5])
+    return text + (" and others" if len(unique) > 5 else "")
+
+
 def _table_columns(table: str) -> tuple[str, ...]:
     return {
-        "events": ("t", "src", "dst", "weight", "protocol", "report_id", "line"),
+        "events": ("t", "src", "dst", "weight", "protocol", "label", "report_id",
+                   "line"),
         "measurements": ("t", "device", "sensor", "value", "report_id", "line"),
-        "devices": ("device", "kind", "zone", "criticality", "label"),
-        "links": ("src", "dst", "weight"),
+        "devices": ("device", "kind", "zone", "criticality", "label", "report_id"),
+        "links": ("src", "dst", "weight", "report_id"),
     }[table]
 
 
@@ -867,9 +1065,10 @@ def _require(
             aliases = ", ".join(COLUMN_ALIASES[name])
             raise IngestError(
                 f"no {name} column found for {target} in {Path(source).name}",
-                f"The file has columns: {', '.join(frame.columns)}. Name one of them "
-                f"in the column mapping, e.g. columns={{{name!r}: 'COLUMN'}}, or "
-                f"rename it to one of: {aliases}.",
+                f"The file has columns: {', '.join(frame.columns)}. Map one of them "
+                f"with --column {name}=COLUMN (in Python, "
+                f"columns={{{name!r}: 'COLUMN'}}), or rename it to one of: "
+                f"{aliases}.",
             )
 
 
@@ -1023,8 +1222,9 @@ def _parse_times(
     first = present.index[0] if len(present) else index[0]
     raise IngestError(
         f"unrecognised time format in column {column}",
-        f"Line {lines[first]} has {text[first]!r}. Set time_format to a strptime "
-        "format such as '%d.%m.%Y %H:%M:%S', or give ISO-8601 or epoch times.",
+        f"Line {lines[first]} has {text[first]!r}. Set --time-format (time_format) "
+        "to a strptime format such as '%d.%m.%Y %H:%M:%S', or give ISO-8601 or "
+        "epoch times.",
     )
 
 
@@ -1094,12 +1294,13 @@ def _parse_day_month(
         raise IngestError(
             f"inconsistent day/month order in column {column}",
             f"Line {lines[a]} has {present[a]!r} (day first) and line {lines[b]} has "
-            f"{present[b]!r} (month first). Fix the file or pass time_format.",
+            f"{present[b]!r} (month first). Fix the file or pass --time-format "
+            "(time_format).",
         )
     if not day_first.any() and not month_first.any():
         raise IngestError(
             f"ambiguous day/month order in column {column}; pass an explicit format "
-            f"such as {suggestion}",
+            f"such as --time-format '{suggestion}'",
             f"No value in the column has a day above 12, so both readings are "
             f"possible (line {lines[present.index[0]]} has {present.iloc[0]!r}).",
         )
@@ -1184,7 +1385,8 @@ def _epoch(
                 f"{first}, row {rb - 1} like {second})",
                 f"Line {lines[a]} has {text[a]} (seconds) and line {lines[b]} has "
                 f"{text[b]} (milliseconds). Convert the column to one unit, or set "
-                "epoch_unit so that values of the other unit are rejected.",
+                "--epoch-unit (epoch_unit) so that values of the other unit are "
+                "rejected.",
             )
         if not in_seconds.any() and not in_millis.any():
             first = valid.idxmax()
@@ -1192,7 +1394,7 @@ def _epoch(
                 f"invalid epoch times in column {column}: outside 1990-2100",
                 f"Line {lines[first]} has {text[first]}. Epoch seconds and "
                 "milliseconds are detected in 1990-2100; for other numbers set "
-                "time_format.",
+                "--time-format (time_format).",
             )
         unit = "s" if in_seconds.any() else "ms"
         notes.append(f"epoch unit detected: {unit}")
@@ -1330,9 +1532,10 @@ def _find_label(
                 f"The file has columns: {', '.join(frame.columns)}.",
             )
         return column
+    ignored = {c.strip().lower() for c in options.ignore_columns}
     for alias in LABEL_ALIASES:
         column = by_lower.get(alias)
-        if column is not None and column not in used:
+        if column is not None and column not in used and alias not in ignored:
             return column
     return None
 
@@ -1361,12 +1564,12 @@ def _parse_labels(
             f"unknown label value {text[first]!r} in column {column}, line "
             f"{lines[first]}",
             "Labels read as normal: normal, benign, 0, false; as attack: attack, 1, "
-            "true, anomaly. Fix the value, or set label_column to None and list the "
-            "column in ignore_columns.",
+            "true, anomaly. Fix the value, or leave the column out with "
+            "--ignore-column (ignore_columns).",
         )
     attacks = int(flags.sum())
-    notes.append(f"column {column} read as the label: {attacks} of {len(flags)} rows "
-                 "attack")
+    notes.append(f"column {column} read as the label: {attacks} of {len(flags)} "
+                 f"row{_plural(len(flags))} attack")
     respelt = text[(text.str.lower() != squeezed) & (text != "")]
     for value, count in respelt.value_counts(sort=False).items():
         reading = "attack" if flags[respelt[respelt == value].index[0]] else "normal"
@@ -1454,6 +1657,7 @@ def _parse_events(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
     _addresses(rows, found["src"], "src", notes)
     _addresses(rows, found["dst"], "dst", notes)
     weights = _weights(rows, found.get("weight"), options, notes)
+    used = {*found.values(), *([label] if label else [])}
 
     frame = rows.frame
     src, dst = frame[found["src"]], frame[found["dst"]]
@@ -1481,8 +1685,101 @@ def _parse_events(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
                      if "protocol" in found else None),
         "line": frame["_line"],
     })
+    if label is not None:
+        events["label"] = frame["_label"].astype(np.int8)
+    attributes, notices = _event_attributes(rows, used, options, notes, source)
     events = _sort_events(events, notes)
-    return _Batch("events", events, rows_read, len(events), notes=notes, labels=labels)
+    batch = _Batch("events", events, rows_read, len(events), notes=notes,
+                   labels=labels, attributes=attributes)
+    batch.cell_notices = notices
+    return batch
+
+
+def _event_attributes(
+    rows: _Rows, used: set[str], options: IngestOptions, notes: list[str],
+    source: str,
+) -> tuple[pd.DataFrame, list[pd.DataFrame]]:
+    """Return the numeric columns of an event file in long form: line, name, value.
+
+    A column is numeric when most of its non-missing cells are numbers. Missing,
+    non-finite and sentinel cells become NULL; so do the other cells of a numeric
+    column, each listed in the quarantine. Columns of text are noted, not stored.
+    """
+    frame = rows.frame
+    ignored = {c.strip().lower() for c in options.ignore_columns}
+    candidates = [c for c in rows.columns
+                  if c not in used and c.lower() not in ignored]
+    _check_sentinel_columns(rows.columns, options, source)
+    parts, notices, text_columns = [], [], []
+    non_finite_cells = 0
+    for column in candidates:
+        values, non_finite, non_numeric = _numbers(frame[column])
+        numeric = int(values.notna().sum())
+        if numeric == 0 or int(non_numeric.sum()) * 2 > numeric + int(
+                non_numeric.sum()):
+            text_columns.append(column)
+            continue
+        non_finite_cells += int((non_finite & ~_blank_cells(frame[column])).sum())
+        if non_numeric.any():
+            notices.append(pd.DataFrame({
+                "line": frame.loc[non_numeric, "_line"].to_numpy(),
+                "column": column,
+                "value": _text(frame[column])[non_numeric].to_numpy(),
+                "reason": "non-numeric value stored as NULL",
+            }))
+        values = _apply_sentinels(values, column, options, notes)
+        parts.append(pd.DataFrame({
+            "line": frame["_line"].to_numpy(), "name": column,
+            "value": values.to_numpy(dtype=float),
+        }))
+    if parts:
+        notes.append(f"{len(parts)} numeric column{_plural(len(parts))} stored as "
+                     f"event attributes: {', '.join(p['name'].iloc[0] for p in parts)}")
+    if non_finite_cells:
+        notes.append(f"{non_finite_cells} non-finite attribute cell"
+                     f"{_plural(non_finite_cells)} (NaN, Infinity) stored as NULL")
+    if text_columns:
+        notes.append(f"{len(text_columns)} text column{_plural(len(text_columns))} "
+                     f"not stored: {', '.join(text_columns)}")
+    attributes = (pd.concat(parts, ignore_index=True) if parts
+                  else pd.DataFrame(columns=["line", "name", "value"]))
+    return attributes, notices
+
+
+def _blank_cells(series: pd.Series) -> pd.Series:
+    """Return where a cell is empty or a missing-value token other than NaN."""
+    lower = _text(series).str.lower()
+    return lower.isin(MISSING_TOKENS - {"nan"})
+
+
+def _check_sentinel_columns(
+    columns: Sequence[str], options: IngestOptions, source: str
+) -> None:
+    by_lower = {c.lower() for c in columns}
+    for column in options.sentinels:
+        if column.lower() not in by_lower:
+            raise IngestError(
+                f"sentinel column {column!r} not found in {Path(source).name}",
+                f"The file has columns: {', '.join(columns)}. Fix the --sentinel "
+                "option.",
+            )
+
+
+def _apply_sentinels(
+    values: pd.Series, column: str, options: IngestOptions, notes: list[str]
+) -> pd.Series:
+    """Set the cells of `column` that equal one of its sentinels to NaN."""
+    sentinels = next((v for k, v in options.sentinels.items()
+                      if k.lower() == column.lower()), ())
+    if not sentinels:
+        return values
+    hit = values.isin(sentinels)
+    count = int(hit.sum())
+    if count:
+        shown = ", ".join(_format_seconds(v) for v in sentinels)
+        notes.append(f"{count} cell{_plural(count)} of {column} equal to the "
+                     f"sentinel {shown} stored as NULL")
+    return values.mask(hit)
 
 
 def _weights(
@@ -1525,7 +1822,8 @@ def _sort_events(events: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
         lag = (previous_max[:-1] - times[1:]).max()
         seconds = lag / np.timedelta64(1, "s")
         notes.append(
-            f"{len(events)} events, {int(late.sum())} out of order, max lag "
+            f"{len(events)} event{_plural(len(events))}, {int(late.sum())} out of "
+            f"order, max lag "
             f"{_format_seconds(seconds)} s; sorted"
         )
         events = events.sort_values("t", kind="stable")
@@ -1542,7 +1840,7 @@ def _parse_long(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
             f"no device or sensor column found in {Path(source).name}",
             f"The file has columns: {', '.join(rows.frame.columns)}. Long "
             "measurements need a sensor column, a device column or both; for one "
-            "column per sensor use layout='wide'.",
+            "column per sensor use --layout wide (layout='wide').",
         )
     rows_read = len(rows.frame)
     notes: list[str] = []
@@ -1555,7 +1853,9 @@ def _parse_long(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
             rows.reject(rows.frame[column] == "", column, rows.frame[column],
                         f"missing {name}")
     value_column = found["value"]
+    _check_sentinel_columns(rows.columns, options, source)
     values, non_finite, non_numeric = _numbers(rows.frame[value_column])
+    values = _apply_sentinels(values, value_column, options, notes)
     rows.reject(non_numeric, value_column, _text(rows.frame[value_column]),
                 "non-numeric value")
 
@@ -1646,9 +1946,10 @@ def _parse_wide(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
     frame = rows.frame
     values: dict[str, pd.Series] = {}
     notices = []
+    _check_sentinel_columns(rows.columns, options, source)
     for column in sensors:
         numbers, _, non_numeric = _numbers(frame[column])
-        values[column] = numbers
+        values[column] = _apply_sentinels(numbers, column, options, notes)
         if non_numeric.any():
             notices.append(pd.DataFrame({
                 "line": frame.loc[non_numeric, "_line"].to_numpy(),
@@ -1697,8 +1998,9 @@ def _parse_wide(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
         "value": table[columns].to_numpy(dtype=float).ravel(order="F"),
         "line": np.tile(frame.loc[table.index, "_line"].to_numpy(), len(columns)),
     })
-    notes.append(f"{count} rows x {len(columns)} sensors = {len(measurements)} "
-                 "measurements")
+    notes.append(f"{count} row{_plural(count)} x {len(columns)} "
+                 f"sensor{_plural(len(columns))} = {len(measurements)} "
+                 f"measurement{_plural(len(measurements))}")
     labels = None
     if label is not None and options.label_intervals:
         labels = _label_runs(frame.loc[table.index, "_t"],

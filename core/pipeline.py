@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float], None]
 NULL_FOLDS = 4
+MAX_GAPS_LISTED = 20
+COLLECTION_GAP_NOTE = "collection gap: no data from any device; not scored"
 VERSIONED = ("torch", "torch-geometric", "duckdb", "numpy", "pandas", "scipy")
 
 
@@ -70,7 +72,9 @@ def run_pipeline(
 
     report("snapshots", 0.0)
     with timer.stage("snapshots"):
-        snapshots = build_snapshots(workspace.store_path, config.stream.bin_seconds)
+        snapshots = build_snapshots(workspace.store_path, config.stream.bin_seconds,
+                                    gap_fill=config.stream.gap_fill,
+                                    gap_fill_limit=config.stream.gap_fill_limit)
         train.require_devices(snapshots)
         periods, segments = assign_periods(snapshots, config)
     train_bins = np.flatnonzero(periods == "train")
@@ -114,21 +118,27 @@ def run_pipeline(
 def assign_periods(snapshots: Snapshots, config: RunConfig) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Label each base bin train, calibration, score, gap or none.
 
+    A bin in which no device has any event or reading is a collection gap: the
+    collector or the export lost it, because a device that stops on its own leaves
+    the others running. Every such bin is labelled "gap" and is neither trained on,
+    calibrated on nor scored. A stretch of more than `max_empty_bins` of them also
+    splits the run into segments that the model encodes separately.
+
     Returns:
         periods: shape [T], str.
-        segments: (start, stop) runs of bins that are not gaps.
+        segments: (start, stop) runs of bins between the long gaps.
     """
     num_bins = snapshots.num_bins
-    active = snapshots.active.any(axis=1)
-    gap = np.zeros(num_bins, dtype=bool)
-    for start, stop in _runs(~active):
+    silent = ~snapshots.active.any(axis=1)
+    long_gap = np.zeros(num_bins, dtype=bool)
+    for start, stop in _runs(silent):
         if stop - start > config.stream.max_empty_bins:
-            gap[start:stop] = True
-    segments = _runs(~gap)
+            long_gap[start:stop] = True
+    segments = _runs(~long_gap)
 
     width = snapshots.bin_seconds * MICROS
     starts = snapshots.origin_us + np.arange(num_bins, dtype=np.int64) * width
-    usable = np.flatnonzero(~gap)
+    usable = np.flatnonzero(~silent)
 
     def micros(text: str | None) -> int | None:
         if text is None:
@@ -142,30 +152,43 @@ def assign_periods(snapshots: Snapshots, config: RunConfig) -> tuple[np.ndarray,
         reference = starts < micros(config.reference_end)
         if config.reference_start is not None:
             reference &= starts >= micros(config.reference_start)
-        reference &= ~gap
+        reference &= ~silent
     else:
         reference[usable[: int(len(usable) * config.reference_share)]] = True
     reference_bins = np.flatnonzero(reference)
     if len(reference_bins) < 16:
         raise DataError(
-            f"the reference period has {len(reference_bins)} bins; at least 16 are needed",
+            f"the reference period has {len(reference_bins)} "
+            f"bin{'' if len(reference_bins) == 1 else 's'}; at least 16 are needed",
             "Set an earlier reference start or a later reference end.",
         )
 
     periods = np.full(num_bins, "none", dtype=object)
-    periods[gap] = "gap"
+    periods[silent] = "gap"
     cut = int(len(reference_bins) * config.train_share)
     periods[reference_bins[:cut]] = "train"
     periods[reference_bins[cut:]] = "calibration"
 
     score_from = micros(config.score_start)
     score_to = micros(config.score_end)
-    score = ~gap & ~reference
+    score = ~silent & ~reference
     score &= starts > starts[reference_bins[-1]] if score_from is None else starts >= score_from
     if score_to is not None:
         score &= starts < score_to
     periods[score] = "score"
     return periods.astype(str), segments
+
+
+def collection_gaps(snapshots: Snapshots, periods: np.ndarray) -> dict:
+    """Return the run report's account of the collection gaps: bins and intervals."""
+    runs = _runs(periods == "gap")
+    intervals = [
+        [snapshots.bin_start(start)[0].isoformat(),
+         snapshots.bin_start(stop)[0].isoformat()]
+        for start, stop in runs[:MAX_GAPS_LISTED]
+    ]
+    return {"bins": int(sum(stop - start for start, stop in runs)),
+            "intervals": len(runs), "first": intervals}
 
 
 def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
@@ -573,6 +596,10 @@ def run_info(workspace, run_id, config, snapshots, periods, checkpoint, fitted,
             for scale, value in thresholds.items()
         },
         "constant_in_training": [list(pair) for pair in prepared.constant],
+        "collection_gaps": collection_gaps(snapshots, periods),
+        "gap_fill": {"policy": config.stream.gap_fill,
+                     "limit": config.stream.gap_fill_limit,
+                     "imputed_cells": snapshots.imputed_cells},
         "workspace": str(workspace.root),
     }
 
@@ -591,6 +618,11 @@ def run_tables(snapshots, periods, scored, incidents, members, fitted, null_rows
                                               snapshots.num_bins))
         events = np.add.reduceat(base_events, np.arange(0, snapshots.num_bins, scale))
         windows = scoring.window_scores(item.families, events)
+        # A window that contains a collection gap is not scored at this scale
+        # (its coarse period is "gap" or "mixed"), and its note gives the reason.
+        silent = np.add.reduceat((periods == "gap").astype(np.int64),
+                                 np.arange(0, snapshots.num_bins, scale)) > 0
+        windows["note"] = np.where(silent, COLLECTION_GAP_NOTE, windows["note"])
         bins.append(pd.DataFrame({"scale": scale, "bin": np.arange(len(item.periods)),
                                   "start": starts, "end": ends, "period": item.periods,
                                   "score": windows["score"], "events": windows["events"],

@@ -5,7 +5,8 @@ from another host (about 4.8 MB with plotly 7.1, nearly all of it plotly.js). Ev
 from the data is escaped with `html.escape`, and Plotly serializes figure data with
 `<` and `>` escaped, so a device name cannot close the script that contains it.
 CSV cells pass through `core.cli.sanitize_cell`, so a spreadsheet shows a name such
-as `=cmd|...` as text instead of evaluating it. JSON keeps every name exactly, as
+as `=cmd|...` as text instead of evaluating it, and a downloaded CSV file starts with
+a UTF-8 byte order mark, so Excel reads its names as UTF-8. JSON keeps every name exactly, as
 `tgloc incidents --format json` does: a JSON reader does not evaluate formulas.
 """
 
@@ -22,7 +23,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.cli import sanitize_cell
+from core.cli import CSV_FILE_ENCODING, sanitize_cell
 
 MEMBER_COLUMNS = ["role", "device", "peer", "sensor", "evidence", "p_value"]
 
@@ -33,6 +34,15 @@ th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; }
 th { background: #f2f2f2; }
 .meta td:first-child { font-weight: bold; }
 """
+
+
+def members_csv_file(members: pd.DataFrame) -> bytes:
+    """Return the members CSV as the bytes of a file for download.
+
+    The bytes are UTF-8 with a byte order mark (`CSV_FILE_ENCODING`), so Excel
+    reads non-ASCII device names as UTF-8 instead of the locale's code page.
+    """
+    return members_csv(members).encode(CSV_FILE_ENCODING)
 
 
 def members_csv(members: pd.DataFrame) -> str:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from core import store
+from core.config import GAP_FILL_POLICIES
 from core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -39,19 +40,43 @@ WHERE epoch_us(t) >= $start AND epoch_us(t) < $stop
 GROUP BY ALL
 """
 
+# `filled` applies the gap-fill policy. With $fill, a NULL reading takes the last
+# earlier non-NULL reading of its sensor (`last_seen`), provided it is at most the
+# $limit-th NULL since that reading (no limit when $limit is NULL). `run` counts the
+# non-NULL readings so far, so the rows of one run share it and row_number() - 1
+# is the number of NULL readings up to this one. `imputed` counts filled readings.
 MEASUREMENT_BINS_SQL = """
-WITH ordered AS (
+WITH runs AS (
     SELECT device, sensor, t, value,
-           value IS DISTINCT FROM lag(value) OVER w AS changed
+           count(value) OVER (PARTITION BY device, sensor ORDER BY t
+                              ROWS UNBOUNDED PRECEDING) AS run,
+           last_value(value IGNORE NULLS) OVER (PARTITION BY device, sensor ORDER BY t
+                                                ROWS UNBOUNDED PRECEDING) AS last_seen
     FROM measurements
-    WHERE epoch_us(t) >= $start AND epoch_us(t) < $stop AND value IS NOT NULL
+    WHERE epoch_us(t) >= $start AND epoch_us(t) < $stop
+),
+filled AS (
+    SELECT device, sensor, t, value IS NULL AS missing,
+           CASE WHEN value IS NOT NULL THEN value
+                WHEN $fill AND ($limit IS NULL OR
+                     row_number() OVER (PARTITION BY device, sensor, run ORDER BY t) - 1
+                     <= $limit)
+                THEN last_seen END AS value
+    FROM runs
+),
+ordered AS (
+    SELECT device, sensor, t, value, missing,
+           value IS DISTINCT FROM lag(value) OVER w AS changed
+    FROM filled
+    WHERE value IS NOT NULL
     WINDOW w AS (PARTITION BY device, sensor ORDER BY t)
 )
 SELECT CAST(floor((epoch_us(t) - $origin) / $width) AS BIGINT) AS bin,
        device, sensor,
        avg(value) AS mean, stddev_pop(value) AS std, min(value) AS min,
        max(value) AS max, count(value) AS count,
-       max(epoch_us(t)) FILTER (WHERE changed) AS last_change_us
+       max(epoch_us(t)) FILTER (WHERE changed) AS last_change_us,
+       count(*) FILTER (WHERE missing) AS imputed
 FROM ordered
 GROUP BY ALL
 """
@@ -85,6 +110,7 @@ class Snapshots:
         links: shape [num_links, 2], static topology pairs (device indices).
         active: shape [num_bins, num_devices], bool, the device has an event or a
             reading in the bin.
+        imputed_cells: NULL readings that the gap-fill policy filled.
 
     NOTE: the arrays are dense over devices and bins, which suits plants of up to a
     few thousand devices and about ten thousand bins; streams with tens of thousands
@@ -103,6 +129,7 @@ class Snapshots:
     pair_bytes: np.ndarray
     links: np.ndarray
     active: np.ndarray
+    imputed_cells: int = 0
 
     @property
     def num_devices(self) -> int:
@@ -162,16 +189,28 @@ def bin_events(
 
 def bin_measurements(
     store_path: str | os.PathLike, origin_us: int, width_seconds: int,
-    start_us: int, stop_us: int,
+    start_us: int, stop_us: int, gap_fill: str = "none",
+    gap_fill_limit: int | None = None,
 ) -> pd.DataFrame:
     """Aggregate measurements per (bin, device, sensor) in SQL at any bin width.
 
+    Args:
+        gap_fill: "none" skips NULL readings; "ffill" replaces each by the
+            sensor's last earlier reading (see `StreamConfig.gap_fill`).
+        gap_fill_limit: the maximum number of consecutive NULL readings filled;
+            None fills them all.
+
     Returns:
-        Columns bin, device, sensor, mean, std, min, max, count, last_change_us
-        (epoch microseconds of the last change of value inside the bin, or NULL).
+        Columns bin, device, sensor, mean, std, min, max, count (readings,
+        filled ones included), last_change_us (epoch microseconds of the last
+        change of value inside the bin, or NULL) and imputed (filled readings).
     """
+    if gap_fill not in GAP_FILL_POLICIES:
+        raise ValueError(f"invalid gap_fill {gap_fill!r}; expected one of "
+                         f"{', '.join(GAP_FILL_POLICIES)}")
     params = {"origin": origin_us, "width": width_seconds * MICROS,
-              "start": start_us, "stop": stop_us}
+              "start": start_us, "stop": stop_us, "fill": gap_fill == "ffill",
+              "limit": gap_fill_limit}
     with store.connect(store_path, read_only=True) as con:
         return con.execute(MEASUREMENT_BINS_SQL, params).df()
 
@@ -181,6 +220,8 @@ def build_snapshots(
     bin_seconds: int,
     origin_us: int | None = None,
     stop_us: int | None = None,
+    gap_fill: str = "none",
+    gap_fill_limit: int | None = None,
 ) -> Snapshots:
     """Bin the whole store into snapshots with one device index.
 
@@ -189,6 +230,10 @@ def build_snapshots(
         bin_seconds: base bin width.
         origin_us: start of bin 0; by default the first timestamp aligned to the bin.
         stop_us: end of the last bin (exclusive); by default after the last timestamp.
+        gap_fill: the policy for NULL readings, "none" or "ffill"
+            (`StreamConfig.gap_fill`). It changes the features, never the store.
+        gap_fill_limit: the maximum number of consecutive NULL readings filled;
+            None fills them all.
 
     Raises:
         DataError: the store contains no data.
@@ -202,9 +247,11 @@ def build_snapshots(
     num_bins = int((stop_us - origin_us + width - 1) // width)
 
     events = bin_events(store_path, origin_us, bin_seconds, origin_us, stop_us)
-    measurements = bin_measurements(store_path, origin_us, bin_seconds, origin_us, stop_us)
+    measurements = bin_measurements(store_path, origin_us, bin_seconds, origin_us,
+                                    stop_us, gap_fill, gap_fill_limit)
     with store.connect(store_path, read_only=True) as con:
-        known = con.execute("SELECT * FROM devices").df()
+        known = con.execute(
+            "SELECT device, kind, zone, criticality FROM devices").df()
         links = con.execute("SELECT src, dst, weight FROM links").df()
 
     devices = _device_index(events, measurements, known, links)
@@ -237,6 +284,7 @@ def build_snapshots(
         devices=devices, sensors=sensors, comm=comm, sensor_values=sensor_values,
         pairs=pairs, pair_events=pair_events, pair_bytes=pair_bytes,
         links=link_pairs, active=active,
+        imputed_cells=int(measurements["imputed"].sum()) if len(measurements) else 0,
     )
 
 

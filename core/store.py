@@ -43,9 +43,14 @@ RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 LOCK_RETRY_SECONDS = 5.0
 
 # `ingest_reports.checksum` is the SHA-256 of the file's bytes up to `bytes_end`, which
-# this load and the earlier loads of the same `path` read. `quarantine.record` is the
-# whole rejected row as JSON. `outcome` is "row rejected" or "cell stored as NULL".
-# The ALTER statements add the newer columns to stores created before them.
+# this load and the earlier loads of the same `path` read. `options` is the JSON of
+# the ingest options that change what is stored; `withdrawn` is set when the load's
+# rows were removed. `quarantine.record` is the whole rejected row as JSON. `outcome`
+# is "row rejected" or "cell stored as NULL". `events.label` is 0 (normal) or 1
+# (attack) when the file has a label column. `event_attributes` contains the other
+# numeric columns of an event file, one row per (event, column), keyed by the
+# event's `report_id` and file `line`; a missing, non-finite or sentinel cell is
+# NULL. The ALTER statements add the newer columns to stores created before them.
 STORE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     t TIMESTAMPTZ NOT NULL, src VARCHAR NOT NULL, dst VARCHAR NOT NULL,
@@ -77,11 +82,19 @@ ALTER TABLE ingest_reports ADD COLUMN IF NOT EXISTS bytes_end BIGINT;
 ALTER TABLE ingest_reports ADD COLUMN IF NOT EXISTS already_loaded BIGINT;
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS record VARCHAR;
 ALTER TABLE quarantine ADD COLUMN IF NOT EXISTS outcome VARCHAR;
+CREATE TABLE IF NOT EXISTS event_attributes (
+    report_id BIGINT NOT NULL, line BIGINT NOT NULL, name VARCHAR NOT NULL,
+    value DOUBLE);
+ALTER TABLE events ADD COLUMN IF NOT EXISTS label TINYINT;
+ALTER TABLE devices ADD COLUMN IF NOT EXISTS report_id BIGINT;
+ALTER TABLE links ADD COLUMN IF NOT EXISTS report_id BIGINT;
+ALTER TABLE ingest_reports ADD COLUMN IF NOT EXISTS options VARCHAR;
+ALTER TABLE ingest_reports ADD COLUMN IF NOT EXISTS withdrawn TIMESTAMPTZ;
 """
 
 # The column that the last change of STORE_SCHEMA added. A store that has it is
 # current, so `ensure_store_schema` skips the DDL, which costs more than a small load.
-NEWEST_STORE_COLUMN = ("quarantine", "outcome")
+NEWEST_STORE_COLUMN = ("ingest_reports", "withdrawn")
 
 # One run file. `bin` counts base bins from the run's origin at scale 1 and bins of
 # that scale at coarser scales. Element kinds: device, sensor, pair, new_device.

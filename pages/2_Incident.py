@@ -157,7 +157,7 @@ def _export(context: ui.RunContext, row: dict, members: pd.DataFrame,
     incident_id = str(row["incident_id"])
     stem = f"{context.run_id}-{_file_safe(incident_id)}"
     left, middle, right = st.columns(3)
-    left.download_button("Members as CSV", report.members_csv(members),
+    left.download_button("Members as CSV", report.members_csv_file(members),
                          file_name=f"{stem}-members.csv", mime="text/csv",
                          on_click="ignore", key="export_csv")
     middle.download_button("Members as JSON", report.members_json(row, members),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.feedback import list_suppressions, matching_rules
+from core.errors import SuppressionNotFoundError
+from core.feedback import delete_suppression, list_suppressions, matching_rules
 from pages.common import ui
 
 st.set_page_config(page_title="tgloc · Suppressions", layout="wide")
@@ -22,6 +23,9 @@ def main() -> None:
         ui.no_run_message()
         return
 
+    message = st.session_state.pop("suppression_message", None)
+    if message:
+        st.success(message)
     rules = list_suppressions(context.workspace)
     st.metric("Rules", len(rules))
     if rules.empty:
@@ -46,6 +50,20 @@ def main() -> None:
             "incident_id": st.column_config.TextColumn("from incident"),
         },
     )
+    chosen = st.selectbox("Rule to delete", rules["rule_id"].tolist(),
+                          key="rule_to_delete")
+    st.button("Delete rule", key="delete_rule", on_click=_delete,
+              args=(context.workspace, chosen))
+
+
+def _delete(workspace, rule_id: int) -> None:
+    # A callback runs before the page is drawn again, so the table shows the
+    # rules without this one.
+    try:
+        delete_suppression(workspace, int(rule_id))
+        st.session_state.suppression_message = f"Suppression rule {rule_id} deleted."
+    except SuppressionNotFoundError as exc:
+        st.session_state.suppression_message = f"{exc.headline}. {exc.detail}"
 
 
 ui.guard(main)

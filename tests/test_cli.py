@@ -28,6 +28,7 @@ def _tgloc(*arguments: str) -> subprocess.CompletedProcess:
 
 
 def test_incidents_without_run_exits_two(tmp_path):
+    Workspace.create(tmp_path / "empty")
     result = _tgloc("incidents", "--workspace", str(tmp_path / "empty"))
 
     assert result.returncode == 2
@@ -79,7 +80,8 @@ def _subcommands(parser) -> dict:
 def test_build_parser_commands():
     commands = _subcommands(build_parser())
 
-    assert set(commands) == {"demo", "ingest", "run", "incidents", "evaluate"}
+    assert set(commands) == {"demo", "ingest", "run", "incidents", "suppressions",
+                             "evaluate"}
 
 
 def test_build_parser_demo_options():
@@ -184,3 +186,184 @@ def test_bad_time_format_names_directive(tmp_path):
     assert result.returncode == 2
     assert "invalid time format '%Q%Q'" in result.stderr
     assert "unexpected failure" not in result.stderr
+
+
+def test_run_reports_imputed_cells(tmp_path):
+    rows = ["time,A,B,C"]
+    start = pd.Timestamp("2024-05-01T00:00:00Z")
+    for i in range(120):
+        a = "" if i % 17 == 5 else f"{10 + np.sin(i / 7):.3f}"
+        b = "" if i % 23 == 9 else f"{20 + np.cos(i / 5):.3f}"
+        rows.append(f"{(start + pd.Timedelta(seconds=10 * i)).isoformat()},{a},{b},"
+                    f"{i % 3}")
+    data = tmp_path / "wide.csv"
+    data.write_text("\n".join(rows) + "\n")
+    workspace = str(tmp_path / "ws")
+    ingested = _tgloc("ingest", "--workspace", workspace, "--target", "measurements",
+                      "--layout", "wide", str(data))
+    nulls = store.query(Path(workspace) / "store.duckdb",
+                        "SELECT count(*) AS n FROM measurements WHERE value IS NULL")
+    missing = int(nulls["n"][0])
+
+    result = _tgloc("run", "--workspace", workspace, "--bin-seconds", "10",
+                    "--epochs", "1", "--gap-fill", "ffill")
+
+    assert ingested.returncode == 0
+    assert missing == 7 + 5
+    assert result.returncode == 0, result.stderr
+    assert f"  {missing} cells imputed (ffill)\n" in result.stdout
+
+
+def test_ingest_sentinel_option_stores_null(tmp_path):
+    workspace = tmp_path / "ws"
+    result = _tgloc("ingest", "--workspace", str(workspace), "--sentinel",
+                    "Init_Win_bytes_forward=-1", str(FIXTURES / "cic_like_flows.csv"))
+    stored = store.query(
+        workspace / "store.duckdb",
+        "SELECT a.value FROM event_attributes a JOIN events e USING (report_id, line) "
+        "WHERE a.name = 'Init_Win_bytes_forward' ORDER BY e.t")
+
+    assert result.returncode == 0, result.stderr
+    assert stored["value"].isna().tolist() == [True, False, False]
+    assert "equal to the sentinel -1 stored as NULL" in result.stdout
+
+
+@pytest.mark.parametrize("command", [
+    ("run", "--epochs", "1"), ("incidents",), ("suppressions",),
+    ("ingest", "--withdraw", "1"),
+])
+def test_mistyped_workspace_not_created(tmp_path, command):
+    missing = tmp_path / "wrokspace"
+    result = _tgloc(command[0], "--workspace", str(missing), *command[1:])
+
+    assert result.returncode == 2
+    assert f"error: workspace '{missing}' not found (folder not found)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not missing.exists()
+
+
+def test_ingest_withdraw_then_reload(tmp_path):
+    workspace = str(tmp_path / "ws")
+    data = str(FIXTURES / "mixed_iso.csv")
+    first = _tgloc("ingest", "--workspace", workspace, data)
+    withdrawn = _tgloc("ingest", "--workspace", workspace, "--withdraw", "1")
+    again = _tgloc("ingest", "--workspace", workspace, "--withdraw", "1")
+    reloaded = _tgloc("ingest", "--workspace", workspace, data)
+    events = store.query(Path(workspace) / "store.duckdb",
+                         "SELECT DISTINCT report_id FROM events")
+
+    assert first.returncode == 0
+    assert withdrawn.returncode == 0, withdrawn.stderr
+    assert withdrawn.stdout.startswith("report 1 (")
+    assert "withdrawn: 3 events rows removed" in withdrawn.stdout
+    assert again.returncode == 2
+    assert "error: ingest report 1 was already withdrawn" in again.stderr
+    assert reloaded.returncode == 0
+    assert events["report_id"].tolist() == [2]
+
+
+def test_suppressions_listed_and_deleted(tmp_path):
+    from core import feedback
+
+    workspace = Workspace.create(tmp_path / "ws")
+    rule = feedback.add_suppression(workspace, "inc-1", ["plc-1", "hmi-1"], "process")
+
+    listed = _tgloc("suppressions", "--workspace", str(workspace.root))
+    deleted = _tgloc("suppressions", "--workspace", str(workspace.root), "--delete",
+                     str(rule))
+    missing = _tgloc("suppressions", "--workspace", str(workspace.root), "--delete",
+                     str(rule))
+
+    assert listed.stdout == f"{rule}\tprocess\thmi-1 plc-1\tactive\tfrom inc-1\n"
+    assert deleted.stdout == f"suppression rule {rule} deleted\n"
+    assert missing.returncode == 2
+    assert f"error: suppression rule {rule} not found" in missing.stderr
+    assert feedback.list_suppressions(workspace).empty
+
+
+def test_multi_file_ingest_goes_on_after_bad_file(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("ts,src,dst\n2024-03-01T08:00:00Z,a,b\n")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("ts,peer\n2024-03-01T08:00:00Z,a\n")
+    later = tmp_path / "later.csv"
+    later.write_text("ts,src,dst\n2024-03-01T08:00:01Z,a,c\n")
+    workspace = tmp_path / "ws"
+
+    result = _tgloc("ingest", "--workspace", str(workspace), str(good), str(bad),
+                    str(tmp_path / "missing.csv"), str(later))
+    stored = store.query(workspace / "store.duckdb", "SELECT dst FROM events ORDER BY t")
+
+    assert result.returncode == 2
+    assert stored["dst"].tolist() == ["b", "c"]
+    assert f"error: {bad}: no src column found for events in bad.csv" in result.stderr
+    assert "Map one of them with --column src=COLUMN" in result.stderr
+    assert f"error: {tmp_path / 'missing.csv'}: file not found" in result.stderr
+    assert (f"2 of 4 files loaded; 2 failed: {bad}, {tmp_path / 'missing.csv'}"
+            in result.stderr)
+    assert "1 row read, 1 stored" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_reader_rejected_line_has_no_column_none(tmp_path):
+    data = tmp_path / "fields.csv"
+    data.write_text("ts,src,dst\n2024-03-01T08:00:00Z,a,b\n2024-03-01T08:00:01Z,a\n"
+                    "2024-03-01T08:00:02Z,a,b\n")
+
+    result = _tgloc("ingest", "--workspace", str(tmp_path / "ws"), str(data))
+
+    assert result.returncode == 0
+    assert "column None" not in result.stdout
+    assert "  1 row rejected\n  line 3 (row 2), line '2024-03-01T08:00:01Z,a': " in (
+        result.stdout)
+
+
+def test_single_rejected_row_message_singular(tmp_path):
+    data = tmp_path / "one.csv"
+    data.write_text("ts,src,dst\n2024-03-01 08:00:00,a,b\n")
+
+    result = _tgloc("ingest", "--workspace", str(tmp_path / "ws"), "--time-format",
+                    "%Y-%m-%d", str(data))
+
+    assert result.returncode == 2
+    assert "1 row read, 0 stored, 1 rejected" in result.stdout
+    assert "the only row was rejected" in result.stderr
+    assert "1 rows" not in result.stdout + result.stderr
+
+
+def test_run_reports_collection_gap_unscored(tmp_path):
+    rows = ["time,A,B,C"]
+    start = pd.Timestamp("2024-05-01T00:00:00Z")
+    silent = {150, 151, 152}
+    for step in range(180 * 3):
+        if step // 3 in silent:
+            continue
+        t = start + pd.Timedelta(seconds=20 * step)
+        rows.append(f"{t.isoformat()},{10 + np.sin(step / 9):.4f},"
+                    f"{5 + np.cos(step / 7):.4f},{step % 4}")
+    data = tmp_path / "plant.csv"
+    data.write_text("\n".join(rows) + "\n")
+    workspace = tmp_path / "ws"
+    _tgloc("ingest", "--workspace", str(workspace), "--target", "measurements",
+           "--layout", "wide", str(data))
+
+    result = _tgloc("run", "--workspace", str(workspace), "--bin-seconds", "60",
+                    "--epochs", "1", "--run-id", "gaps")
+    run_file = workspace / "runs" / "gaps.duckdb"
+    bins = store.query(run_file, "SELECT bin, period, note FROM bins WHERE scale = 1 "
+                                 "AND bin BETWEEN 149 AND 153 ORDER BY bin")
+    scored = store.query(run_file, "SELECT count(*) AS n FROM elements "
+                                   "WHERE scale = 1 AND bin BETWEEN 150 AND 152")
+    coarse = store.query(run_file, "SELECT period, note FROM bins "
+                                   "WHERE scale = 4 AND bin = 37")
+
+    assert result.returncode == 0, result.stderr
+    assert ("  3 bins without data from any device (1 collection gap, the first "
+            "2024-05-01T02:30:00+00:00 to 2024-05-01T02:33:00+00:00) excluded from "
+            "training and scoring\n") in result.stdout
+    assert bins["period"].tolist() == ["score", "gap", "gap", "gap", "score"]
+    assert bins["note"].tolist()[1:4] == [
+        "collection gap: no data from any device; not scored"] * 3
+    assert int(scored["n"][0]) == 0
+    assert coarse["period"].tolist() == ["mixed"]
+    assert coarse["note"].str.startswith("collection gap").all()

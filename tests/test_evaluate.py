@@ -142,3 +142,32 @@ def test_match_counts_second_piece_as_repeat():
     assert match.truth["incident_id"].tolist() == ["whole"]
     assert match.repeats == ["piece"]
     assert match.unmatched == ["wide", "elsewhere"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_evaluate_rejects_non_finite_threshold(value):
+    # The = form, because argparse reads a bare "-inf" as an option name.
+    result = _tgloc("evaluate", str(FIXTURES / "all_normal_scores.csv"),
+                    f"--threshold={value}")
+
+    assert result.returncode == 2
+    assert (f"argument --threshold: invalid value '{value}': give a finite number "
+            "such as 0.5") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("value", "side"), [
+    ("5", "no window would alarm"), ("0.12", "every window would alarm"),
+    ("-3", "every window would alarm"),
+])
+def test_evaluate_rejects_threshold_outside_scores(value, side):
+    result = _tgloc("evaluate", str(FIXTURES / "all_normal_scores.csv"),
+                    f"--threshold={value}")
+
+    assert result.returncode == 2
+    assert (f"error: invalid --threshold {float(value):g}: outside the scores of "
+            f"{FIXTURES / 'all_normal_scores.csv'} (0.12 to 0.91), so {side}"
+            in result.stderr)
+    assert "Give a threshold above 0.12 and at most 0.91." in result.stderr
+    assert result.stdout == ""

@@ -394,3 +394,136 @@ def test_unsorted_input_same_snapshots_and_scores(tmp_path):
         assert edges(second, bin_index) == edges(first, bin_index)
     for kind, scaled in first_scores.items():
         np.testing.assert_array_equal(second_scores[kind].score, scaled.score)
+
+
+# Gaps in a wide export and the gap-fill policy.
+
+
+def _wide_gaps(tmp_path: Path) -> tuple[Workspace, object]:
+    workspace = _ingest(tmp_path, "ws", FIXTURES / "wadi_like_gaps.csv",
+                        options=IngestOptions("measurements", layout="wide"))
+    report = store.query(workspace.store_path, "SELECT * FROM ingest_reports")
+    return workspace, report
+
+
+def _cell(snapshots, sensor: str, bin_index: int, feature: int) -> float:
+    row = list(snapshots.sensors["sensor"]).index(sensor)
+    return float(snapshots.sensor_values[bin_index, row, feature])
+
+
+def test_wide_gaps_stored_null_and_masked(tmp_path):
+    workspace, report = _wide_gaps(tmp_path)
+    stored = store.query(workspace.store_path,
+                         "SELECT sensor, t, value FROM measurements ORDER BY sensor, t")
+    snapshots = build_snapshots(workspace.store_path, 1)
+
+    assert sorted(stored["sensor"].unique()) == ["1_AIT_001_PV", "1_FIT_001_PV"]
+    assert "2 entirely empty columns dropped: 2_P_001_STATUS, 2_LS_001_AL" in (
+        report["notes"][0])
+    assert stored["value"].isna().tolist() == [
+        False, False, True, False, False, True, False, False]
+    assert snapshots.num_bins == 4
+    assert np.isnan(_cell(snapshots, "1_AIT_001_PV", 2, MEAN))
+    assert _cell(snapshots, "1_AIT_001_PV", 2, COUNT) == 0
+    assert np.isnan(_cell(snapshots, "1_FIT_001_PV", 1, MEAN))
+    assert snapshots.imputed_cells == 0
+
+
+def test_wide_gaps_forward_filled_for_model(tmp_path):
+    workspace, _ = _wide_gaps(tmp_path)
+    snapshots = build_snapshots(workspace.store_path, 1, gap_fill="ffill")
+    prepared = _prepare(snapshots)
+    nulls = store.query(workspace.store_path,
+                        "SELECT count(*) AS n FROM measurements WHERE value IS NULL")
+
+    assert _cell(snapshots, "1_AIT_001_PV", 2, MEAN) == pytest.approx(171.3)
+    assert _cell(snapshots, "1_FIT_001_PV", 1, MEAN) == pytest.approx(0.0012)
+    assert _cell(snapshots, "1_AIT_001_PV", 3, MEAN) == pytest.approx(171.1)
+    assert snapshots.imputed_cells == 2
+    assert int(nulls["n"][0]) == 2
+    assert torch.isfinite(prepared.x).all()
+    assert bool(prepared.mask[..., len(COMM_FEATURES) + MEAN].all())
+
+
+def test_gap_fill_limit_stops_long_runs(tmp_path):
+    path = tmp_path / "long_gap.csv"
+    path.write_text("time,A,B\n"
+                    "2024-05-01T00:00:00Z,1.0,5\n"
+                    "2024-05-01T00:00:01Z,,5\n"
+                    "2024-05-01T00:00:02Z,,5\n"
+                    "2024-05-01T00:00:03Z,,5\n"
+                    "2024-05-01T00:00:04Z,2.0,5\n")
+    workspace = _ingest(tmp_path, "ws", path,
+                        options=IngestOptions("measurements", layout="wide"))
+
+    limited = build_snapshots(workspace.store_path, 1, gap_fill="ffill",
+                              gap_fill_limit=2)
+    unlimited = build_snapshots(workspace.store_path, 1, gap_fill="ffill")
+
+    assert [_cell(limited, "A", b, MEAN) for b in (1, 2)] == [1.0, 1.0]
+    assert np.isnan(_cell(limited, "A", 3, MEAN))
+    assert _cell(limited, "A", 4, MEAN) == 2.0
+    assert limited.imputed_cells == 2
+    assert _cell(unlimited, "A", 3, MEAN) == 1.0
+    assert unlimited.imputed_cells == 3
+
+
+def test_gap_fill_standardized_on_training_bins_only(tmp_path):
+    workspace, _ = _wide_gaps(tmp_path)
+    snapshots = build_snapshots(workspace.store_path, 1, gap_fill="ffill")
+    prepared = _prepare(snapshots, train_bins=np.array([0, 1]))
+    ait = int(snapshots.sensors.set_index("sensor").loc["1_AIT_001_PV", "device_idx"])
+    mean_column = len(COMM_FEATURES) + MEAN
+
+    # Bins 0 and 1 read 171.2 and 171.3; the filled bin 2 and bin 3 are not training.
+    assert prepared.center[ait, mean_column] == pytest.approx(171.25, rel=1e-6)
+
+
+# Bins in which the whole plant is silent.
+
+
+def _plant_with_gaps(tmp_path: Path, silent: set[int], bins: int = 180) -> Workspace:
+    """Three sensors read every 20 s, except in the minutes listed in `silent`."""
+    rows = ["time,A,B,C"]
+    start = pd.Timestamp("2024-05-01T00:00:00Z")
+    for step in range(bins * 3):
+        if step // 3 in silent:
+            continue
+        t = start + pd.Timedelta(seconds=20 * step)
+        rows.append(f"{t.isoformat()},{10 + np.sin(step / 9):.4f},"
+                    f"{5 + np.cos(step / 7):.4f},{step % 4}")
+    path = tmp_path / "plant.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return _ingest(tmp_path, "ws", path,
+                   options=IngestOptions("measurements", layout="wide"))
+
+
+def test_plant_wide_silence_is_gap_not_scored(tmp_path):
+    from core.config import RunConfig
+    from core.pipeline import assign_periods
+
+    silent = {40, 41, 150, 151, 152}
+    workspace = _plant_with_gaps(tmp_path, silent)
+    snapshots = build_snapshots(workspace.store_path, 60)
+    periods, segments = assign_periods(snapshots, RunConfig())
+
+    assert snapshots.num_bins == 180
+    assert set(np.flatnonzero(periods == "gap")) == silent
+    assert segments == [(0, 180)]
+    assert (periods[sorted(silent)] == "gap").all()
+    assert "train" in set(periods[:40])
+    assert set(periods[153:]) == {"score"}
+
+
+def test_long_silence_also_splits_segments(tmp_path):
+    from core.config import RunConfig, StreamConfig
+    from core.pipeline import assign_periods
+
+    silent = set(range(100, 110))
+    workspace = _plant_with_gaps(tmp_path, silent)
+    snapshots = build_snapshots(workspace.store_path, 60)
+    config = RunConfig(stream=StreamConfig(max_empty_bins=5))
+    periods, segments = assign_periods(snapshots, config)
+
+    assert set(np.flatnonzero(periods == "gap")) == silent
+    assert segments == [(0, 100), (110, 180)]

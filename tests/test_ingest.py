@@ -227,7 +227,7 @@ def test_day_month_ambiguous_asks_for_format(workspace):
                     IngestOptions("measurements", layout="wide"))
     assert raised.value.headline == (
         "ambiguous day/month order in column Timestamp; pass an explicit format "
-        "such as %d/%m/%Y %I:%M:%S %p"
+        "such as --time-format '%d/%m/%Y %I:%M:%S %p'"
     )
     assert _counts(workspace)["measurements"] == 0
 
@@ -328,6 +328,75 @@ def test_cic_headers_mapped_infinity_null(workspace):
     assert list(flags) == [0, 0, 1]
 
 
+def test_cic_attributes_sentinel_and_label_stored(workspace):
+    options = IngestOptions("events", sentinels={"Init_Win_bytes_forward": -1})
+    report = ingest_file(workspace, FIXTURES / "cic_like_flows.csv", options)
+    events = _rows(workspace, "SELECT src, dst, label, line FROM events ORDER BY t")
+    attributes = _rows(
+        workspace,
+        "SELECT a.line, a.name, a.value FROM event_attributes a "
+        "JOIN events e USING (report_id, line) ORDER BY e.t, a.name",
+    ).pivot(index="line", columns="name", values="value")
+
+    assert list(zip(events["src"], events["dst"])) == [
+        ("10.0.0.5", "10.0.0.9"), ("10.0.0.5", "10.0.0.9"), ("10.0.0.7", "10.0.0.9")]
+    assert events["label"].tolist() == [0, 0, 1]
+    assert sorted(attributes.columns) == [
+        "Destination Port", "Flow Bytes/s", "Flow Duration", "Flow Packets/s",
+        "Init_Win_bytes_forward", "Source Port"]
+    assert attributes["Init_Win_bytes_forward"].isna().tolist() == [True, False, False]
+    assert attributes["Init_Win_bytes_forward"].tolist()[1:] == [8192.0, 29200.0]
+    assert attributes["Flow Bytes/s"].isna().tolist() == [True, True, False]
+    assert attributes["Flow Bytes/s"].iloc[2] == 4800.0
+    assert attributes["Flow Packets/s"].isna().tolist() == [True, False, False]
+    assert attributes["Flow Packets/s"].tolist()[1:] == [16666.67, 8000.0]
+    assert attributes["Flow Duration"].tolist() == [0.0, 120.0, 250.0]
+    assert "3 non-finite attribute cells (NaN, Infinity) stored as NULL" in report.notes
+    assert ("1 cell of Init_Win_bytes_forward equal to the sentinel -1 stored as NULL"
+            in report.notes)
+    assert "1 text column not stored: Flow ID" in report.notes
+    _assert_counts_add_up(report)
+
+
+def test_cic_model_features_finite(workspace):
+    from core.snapshots import build_snapshots
+
+    ingest_file(workspace, FIXTURES / "cic_like_flows.csv", IngestOptions("events"))
+    snapshots = build_snapshots(workspace.store_path, 60)
+
+    assert snapshots.pair_events.sum() == 3
+    assert np.isfinite(snapshots.comm).all()
+    assert np.isfinite(snapshots.pair_bytes).all()
+
+
+def test_sentinel_on_unknown_column_names_it(workspace):
+    options = IngestOptions("events", sentinels={"Init_Win": -1})
+    with pytest.raises(IngestError) as raised:
+        ingest_file(workspace, FIXTURES / "cic_like_flows.csv", options)
+    assert raised.value.headline == (
+        "sentinel column 'Init_Win' not found in cic_like_flows.csv")
+    assert _counts(workspace)["events"] == 0
+
+
+def test_sentinel_must_be_finite_number():
+    with pytest.raises(IngestError) as raised:
+        IngestOptions("events", sentinels={"Init_Win_bytes_forward": "none"})
+    assert raised.value.headline == (
+        "invalid sentinel 'none' for column 'Init_Win_bytes_forward'")
+
+
+def test_wide_sentinel_stored_as_null(workspace, tmp_path):
+    path = _write(tmp_path, "wide_sentinel.csv", "time,A,B\n"
+                  "2024-05-01T00:00:00Z,-9999,1\n2024-05-01T00:00:01Z,2.5,-9999\n")
+    options = IngestOptions("measurements", layout="wide", sentinels={"A": -9999})
+    report = ingest_file(workspace, path, options)
+    stored = _rows(workspace, "SELECT sensor, value FROM measurements ORDER BY sensor, t")
+
+    assert stored["value"].isna().tolist() == [True, False, False, False]
+    assert stored["value"].tolist()[1:] == [2.5, 1.0, -9999.0]
+    assert "1 cell of A equal to the sentinel -9999 stored as NULL" in report.notes
+
+
 def test_cic_feature_cells_read_as_null():
     values, non_finite, non_numeric = ingest_module._numbers(
         pd.Series(["Infinity", "NaN", "4800", "-", ""], dtype=str)
@@ -362,7 +431,8 @@ def test_missing_required_column_suggests_mapping(workspace, tmp_path):
     with pytest.raises(IngestError) as raised:
         ingest_file(workspace, path, IngestOptions("events"))
     assert raised.value.headline == "no dst column found for events in nodst.csv"
-    assert "columns={'dst': 'COLUMN'}" in raised.value.detail
+    assert "--column dst=COLUMN (in Python, columns={'dst': 'COLUMN'})" in (
+        raised.value.detail)
 
 
 def test_late_text_ids_and_decimals_stay_exact(workspace, tmp_path):
@@ -629,7 +699,7 @@ def test_devices_and_links_upserted(workspace, tmp_path):
                    "hmi-1,plc-1,\n")
     report = ingest_file(workspace, links, IngestOptions("links"))
     again = ingest_file(workspace, links, IngestOptions("links"))
-    stored = _rows(workspace, "SELECT * FROM links")
+    stored = _rows(workspace, "SELECT src, dst, weight FROM links")
     assert report.rows_rejected == 1
     assert stored.to_dict("records") == [{"src": "plc-1", "dst": "hmi-1",
                                           "weight": 3.0}]

@@ -13,6 +13,7 @@ from core import store
 from core.errors import IngestError
 from core.ingest import IngestOptions, ingest_file, ingest_frame
 from core.store import Workspace
+from core.withdraw import withdraw_ingest
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ingest"
 HEADER = "ts,src,dst,bytes\n"
@@ -166,18 +167,81 @@ def test_unterminated_line_read_when_asked(workspace, tmp_path):
     assert report.bytes_end == path.stat().st_size
 
 
-def test_rewritten_file_read_from_start(workspace, tmp_path):
+def test_rewritten_file_refused_names_report(workspace, tmp_path):
     path = tmp_path / "rotated.csv"
     path.write_text(HEADER + _event_lines(3), encoding="utf-8")
     ingest_file(workspace, path, IngestOptions("events"))
     path.write_text(HEADER + _event_lines(4, first=30), encoding="utf-8")
+    before = _counts(workspace)
 
-    report = ingest_file(workspace, path, IngestOptions("events"))
+    with pytest.raises(IngestError) as raised:
+        ingest_file(workspace, path, IngestOptions("events"))
 
-    assert report.rows_read == 4
-    assert report.bytes_start == 0
-    assert report.notes[0].startswith("file changed since report 1")
-    assert _counts(workspace)["events"] == 7
+    assert raised.value.headline == (
+        "rotated.csv changed since report 1 loaded it; nothing stored")
+    assert "--withdraw 1" in raised.value.detail
+    assert _counts(workspace) == before
+
+
+def test_changed_parquet_refused_then_replaced(workspace, tmp_path):
+    path = tmp_path / "events.parquet"
+    frame = pd.DataFrame({
+        "ts": pd.date_range("2024-03-01T08:00:00Z", periods=3, freq="s"),
+        "src": "10.0.0.1", "dst": "10.0.0.2", "bytes": [1.0, 2.0, 3.0],
+    })
+    frame.to_parquet(path)
+    first = ingest_file(workspace, path, IngestOptions("events"))
+    grown = pd.concat([frame, frame.assign(ts=frame["ts"] + pd.Timedelta(minutes=1))])
+    grown.to_parquet(path)
+
+    with pytest.raises(IngestError) as raised:
+        ingest_file(workspace, path, IngestOptions("events"))
+    stored_before = _counts(workspace)["events"]
+    withdraw_ingest(workspace, first.report_id)
+    replaced = ingest_file(workspace, path, IngestOptions("events"))
+
+    assert raised.value.headline == (
+        f"events.parquet changed since report {first.report_id} loaded it; "
+        "nothing stored")
+    assert "Parquet file is read whole" in raised.value.detail
+    assert stored_before == 3
+    assert replaced.rows_read == 6
+    assert replaced.rows_read == (replaced.rows_stored + replaced.rows_rejected
+                                  + replaced.rows_deduplicated)
+    assert _counts(workspace)["events"] == 6
+
+
+def test_same_file_other_options_loaded_again(workspace, tmp_path):
+    path = tmp_path / "local.csv"
+    path.write_text("ts,src,dst\n2024-03-31 02:30:00,a,b\n2024-03-31 03:30:00,a,b\n",
+                    encoding="utf-8")
+    utc = ingest_file(workspace, path, IngestOptions("events"))
+    berlin = ingest_file(workspace, path,
+                         IngestOptions("events", timezone="Europe/Berlin"))
+    again = ingest_file(workspace, path,
+                        IngestOptions("events", timezone="Europe/Berlin"))
+
+    assert utc.rows_stored == 2
+    assert berlin.already_loaded is None
+    assert berlin.rows_read == 2
+    assert berlin.notes[0].startswith(
+        f"this file was also loaded as report {utc.report_id} with other options")
+    assert again.already_loaded == berlin.report_id
+    assert again.rows_stored == 0
+
+
+def test_same_content_other_mapping_not_already_loaded(workspace, tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("ts,a,b\n2024-03-01T08:00:00Z,x,y\n", encoding="utf-8")
+    forward = ingest_file(workspace, path,
+                          IngestOptions("events", columns={"src": "a", "dst": "b"}))
+    backward = ingest_file(workspace, path,
+                           IngestOptions("events", columns={"src": "b", "dst": "a"}))
+    stored = _rows(workspace, "SELECT src, dst FROM events ORDER BY report_id")
+
+    assert forward.rows_stored == 1
+    assert backward.rows_stored == 1
+    assert stored.values.tolist() == [["x", "y"], ["y", "x"]]
 
 
 def test_zeek_log_followed_with_file_lines(workspace, tmp_path):
@@ -369,3 +433,80 @@ def test_quoted_line_break_in_last_record_held(workspace, tmp_path):
     assert first.rows_read == 0
     assert second.rows_read == 1
     assert stored.to_dict("records") == [{"dst": "B\nC", "weight": 5.0, "line": 2}]
+
+
+# The duplicate rule across files.
+
+
+def _long(tmp_path: Path, name: str, rows: list[str]) -> Path:
+    path = tmp_path / name
+    path.write_text("ts,device,sensor,value\n" + "\n".join(rows) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+def test_conflicting_reading_across_files_last_wins(workspace, tmp_path):
+    first = _long(tmp_path, "a.csv", ["2024-03-01T08:00:00Z,plc-1,LIT101,5.0",
+                                      "2024-03-01T08:00:01Z,plc-1,LIT101,6.0"])
+    second = _long(tmp_path, "b.csv", ["2024-03-01T08:00:01Z,plc-1,LIT101,7.5",
+                                       "2024-03-01T08:00:02Z,plc-1,LIT101,8.0"])
+    ingest_file(workspace, first, IngestOptions("measurements"))
+    report = ingest_file(workspace, second, IngestOptions("measurements"))
+    stored = _rows(workspace, "SELECT t, value, report_id FROM measurements ORDER BY t")
+
+    assert stored["value"].tolist() == [5.0, 7.5, 8.0]
+    assert stored["report_id"].tolist() == [1, 2, 2]
+    assert report.rows_stored == 2
+    assert report.rows_deduplicated == 0
+    assert report.notes[-1] == (
+        "1 reading conflicting with report 1 (plc-1/LIT101 at 2024-03-01T08:00:01Z) "
+        "resolved: last, the stored value replaced")
+
+
+def test_exact_reading_across_files_deduplicated(workspace, tmp_path):
+    first = _long(tmp_path, "a.csv", ["2024-03-01T08:00:00Z,plc-1,LIT101,5.0",
+                                      "2024-03-01T08:00:01Z,plc-1,LIT101,"])
+    second = _long(tmp_path, "b.csv", ["2024-03-01T08:00:00Z,plc-1,LIT101,5.0",
+                                       "2024-03-01T08:00:01Z,plc-1,LIT101,NaN",
+                                       "2024-03-01T08:00:02Z,plc-1,LIT101,8.0"])
+    ingest_file(workspace, first, IngestOptions("measurements"))
+    report = ingest_file(workspace, second, IngestOptions("measurements"))
+    stored = _rows(workspace, "SELECT value FROM measurements ORDER BY t")
+
+    assert stored["value"].tolist()[0] == 5.0
+    assert len(stored) == 3
+    assert report.rows_read == 3
+    assert report.rows_stored == 1
+    assert report.rows_deduplicated == 2
+    assert report.notes[-1] == ("2 readings already stored by report 1 not stored "
+                                "again (2 file rows deduplicated)")
+
+
+def test_wide_rows_across_files_counted_per_row(workspace, tmp_path):
+    first = tmp_path / "a.csv"
+    first.write_text("time,A,B\n2024-05-01T00:00:00Z,1,2\n2024-05-01T00:00:01Z,3,4\n")
+    second = tmp_path / "b.csv"
+    second.write_text("time,A,B\n2024-05-01T00:00:01Z,3,4\n2024-05-01T00:00:02Z,5,6\n"
+                      "2024-05-01T00:00:00Z,1,9\n")
+    options = IngestOptions("measurements", layout="wide")
+    ingest_file(workspace, first, options)
+    report = ingest_file(workspace, second, options)
+    stored = _rows(workspace, "SELECT sensor, value FROM measurements ORDER BY t, sensor")
+
+    assert report.rows_read == 3
+    assert report.rows_deduplicated == 1
+    assert report.rows_stored == 2
+    assert stored["value"].tolist() == [1.0, 9.0, 3.0, 4.0, 5.0, 6.0]
+
+
+def test_keep_policy_across_files_keeps_both(workspace, tmp_path):
+    first = _long(tmp_path, "a.csv", ["2024-03-01T08:00:00Z,plc-1,LIT101,5.0"])
+    second = _long(tmp_path, "b.csv", ["2024-03-01T08:00:00Z,plc-1,LIT101,6.0"])
+    options = IngestOptions("measurements", duplicate_policy="keep")
+    ingest_file(workspace, first, options)
+    report = ingest_file(workspace, second, options)
+
+    assert report.rows_stored == 1
+    assert _counts(workspace)["measurements"] == 2
+    assert report.notes[-1] == ("1 reading repeats a (time, device, sensor) stored "
+                                "by report 1; kept")

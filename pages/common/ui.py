@@ -18,7 +18,7 @@ from typing import Any
 import streamlit as st
 
 from core import model_views, pair_views, views
-from core.errors import TglocError
+from core.errors import RunNotFoundError, TglocError
 from core.store import Workspace
 
 log = logging.getLogger(__name__)
@@ -108,9 +108,13 @@ def workspace_path() -> Path:
 def run_sidebar() -> RunContext | None:
     """Render the workspace and run choosers; return the chosen run or None.
 
-    The run comes from the `run` query parameter when it names a published run,
-    then from this session's last choice, then the latest run. When there is no run,
-    the sidebar shows what to do next and None is returned.
+    The run comes from the `run` query parameter, then from this session's last
+    choice, then the latest run. When there is no run, the sidebar shows what to do
+    next and None is returned.
+
+    Raises:
+        RunNotFoundError: the `run` query parameter names no published run; the
+            detail lists the runs that exist.
     """
     root = workspace_path()
     if not root.is_dir():
@@ -122,7 +126,21 @@ def run_sidebar() -> RunContext | None:
         st.sidebar.info("No published run in this workspace yet.")
         return None
 
-    requested = st.query_params.get("run") or st.session_state.get("run_id")
+    in_address = st.query_params.get("run")
+    if in_address and in_address not in runs:
+        # Showing another run under this address would pass it off as the one
+        # requested, so the page stops here until a run is chosen.
+        st.session_state.pop("run_id", None)
+        st.session_state.run_widget = None
+        st.sidebar.selectbox("Run", runs, key="run_widget", on_change=_remember_run,
+                             placeholder="Choose a run",
+                             help="Published runs, newest first.")
+        raise RunNotFoundError(
+            f"run {in_address!r} from the address not found in {root}",
+            f"Published runs, newest first: {', '.join(runs)}. Choose one in the "
+            "sidebar's Run list.",
+        )
+    requested = in_address or st.session_state.get("run_id")
     run_id = requested if requested in runs else runs[0]
     st.session_state.run_id = run_id
     st.session_state.run_widget = run_id

@@ -105,3 +105,40 @@ def test_incident_page_offers_exports(workspace, run_id, monkeypatch):
     assert not app.exception
     labels = [button.proto.label for button in app.get("download_button")]
     assert labels == ["Members as CSV", "Members as JSON", "HTML report"]
+
+
+def test_members_csv_file_has_bom_for_excel():
+    members = _hostile_members()
+    members.loc[1, "device"] = "Pumpe-Süd-µ"
+    data = report.members_csv_file(members)
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+
+    assert data.startswith(b"\xef\xbb\xbf")
+    assert rows[0] == report.MEMBER_COLUMNS
+    assert rows[2][1] == "Pumpe-Süd-µ"
+
+
+def test_incidents_csv_file_bom_and_list_separator(workspace, run_id, tmp_path,
+                                                   capsys):
+    from core import cli
+
+    target = tmp_path / "incidents.csv"
+    status = cli.main(["incidents", "--workspace", str(workspace.root), "--run",
+                       run_id, "--format", "csv", "--output", str(target)])
+    data = target.read_bytes()
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+    status_stdout = cli.main(["incidents", "--workspace", str(workspace.root),
+                              "--run", run_id, "--format", "csv"])
+    piped = capsys.readouterr().out
+
+    assert status == 0
+    assert status_stdout == 0
+    assert data.startswith(b"\xef\xbb\xbf")
+    assert not piped.lstrip().startswith("\ufeff")
+    assert f"incidents of run {run_id} written to {target}" in piped
+    by_id = {row["id"]: row for row in rows}
+    for planted in INCIDENTS:
+        shown = by_id[planted["incident_id"]]["devices"]
+        # A formula-like first name gets a quote in front of the whole cell.
+        assert sorted(shown.lstrip("'").split(cli.LIST_SEPARATOR)) == sorted(
+            planted["devices"])

@@ -136,6 +136,23 @@ def test_false_positive_creates_rule(app, fresh_workspace):
     assert table["suppressed_by"].isna().sum() == len(INCIDENTS) - 1
 
 
+def test_suppression_rule_deleted_from_page(app, fresh_workspace):
+    from core.feedback import add_suppression
+
+    kept = add_suppression(fresh_workspace, "inc-a", ["plc-1"], "process")
+    deleted = add_suppression(fresh_workspace, "inc-b", ["hmi-1"], "communication")
+    app.run()
+    app.switch_page("pages/3_Suppressions.py").run()
+    app.selectbox(key="rule_to_delete").set_value(deleted)
+    app.button(key="delete_rule").click().run()
+
+    assert not app.exception
+    assert any(f"Suppression rule {deleted} deleted." in s.value for s in app.success)
+    assert [m.value for m in app.metric if m.label == "Rules"] == ["1"]
+    assert app.dataframe[0].value["rule_id"].tolist() == [kept]
+    assert list_suppressions(fresh_workspace)["rule_id"].tolist() == [kept]
+
+
 def test_suppressions_empty_state(app):
     app.run()
     app.switch_page("pages/3_Suppressions.py").run()

@@ -195,3 +195,25 @@ def test_heatmap_window_invalid_url(app, run_id):
     assert not app.exception
     assert any("not a UTC time" in w.value for w in app.warning)
     assert _metric(app, "In this window") == str(len(INCIDENTS))
+
+
+@pytest.mark.parametrize("page", ["app.py", "pages/1_Heatmap.py",
+                                  "pages/2_Incident.py", "pages/5_Model.py"])
+def test_unknown_run_in_address_named(app, workspace, run_id, page):
+    app.query_params["run"] = "run-typo"
+    if page != "app.py":
+        app.switch_page(page)
+    app.run()
+
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    assert errors == [escape_markdown(
+        f"run 'run-typo' from the address not found in {workspace.root}")]
+    assert any(run_id in text.value for text in app.text)
+    assert not app.dataframe
+    assert not app.metric
+    picker = [box for box in app.sidebar.selectbox if box.label == "Run"][0]
+    assert picker.value is None
+    picker.set_value(run_id).run()
+    assert not app.error
+    assert app.query_params["run"] == run_id
