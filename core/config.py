@@ -17,6 +17,7 @@ from core.errors import ConfigError
 
 HUB_KINDS = ("plc", "scada", "hmi", "gateway", "historian", "switch")
 GAP_FILL_POLICIES = ("none", "ffill")
+EMPTY_BIN_POLICIES = ("auto", "gap", "score")
 
 
 def _is_time(value: Any) -> bool:
@@ -48,9 +49,14 @@ class StreamConfig:
         timezone: IANA zone used to read timestamps that carry no zone.
         drop_loopback: drop self-loop events on loopback addresses (127.0.0.0/8, ::1).
         max_empty_bins: a stretch of more consecutive bins in which no device has any
-            event or reading (a gap between two files, say) splits the run, and the
-            model restarts after it. Shorter stretches are collection gaps too: no
-            bin without data from any device is trained on or scored.
+            event or reading (a gap between two files, say) is neither trained on
+            nor scored, and the model restarts after it.
+        empty_bins: what a shorter stretch of bins without data from any device
+            is. "gap": a collection gap, neither trained on nor scored. "score":
+            part of the stream, scored like any bin. "auto" (the default): a gap
+            where, from how often each device is active, such a bin would not
+            happen by chance once in the run (a plant that polls all the time);
+            scored otherwise (a sparse contact stream).
         gap_fill: how the model's sensor features treat a stored NULL reading.
             "none" leaves it missing (masked); "ffill" uses the sensor's last
             earlier reading. The stored NULL is never changed.
@@ -63,6 +69,7 @@ class StreamConfig:
     timezone: str = "UTC"
     drop_loopback: bool = True
     max_empty_bins: int = 120
+    empty_bins: str = "auto"
     gap_fill: str = "none"
     gap_fill_limit: int | None = None
 
@@ -78,6 +85,8 @@ class StreamConfig:
                and list(scales) == sorted(set(scales)),
                "increasing whole numbers starting with 1, such as (1, 4, 16)")
         _check("max_empty_bins", self.max_empty_bins, self.max_empty_bins >= 1, ">= 1")
+        _check("empty_bins", self.empty_bins, self.empty_bins in EMPTY_BIN_POLICIES,
+               " or ".join(EMPTY_BIN_POLICIES))
         _check("gap_fill", self.gap_fill, self.gap_fill in GAP_FILL_POLICIES,
                " or ".join(f'"{name}"' for name in GAP_FILL_POLICIES))
         _check("gap_fill_limit", self.gap_fill_limit,

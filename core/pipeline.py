@@ -118,23 +118,25 @@ def run_pipeline(
 def assign_periods(snapshots: Snapshots, config: RunConfig) -> tuple[np.ndarray, list[tuple[int, int]]]:
     """Label each base bin train, calibration, score, gap or none.
 
-    A bin in which no device has any event or reading is a collection gap: the
-    collector or the export lost it, because a device that stops on its own leaves
-    the others running. Every such bin is labelled "gap" and is neither trained on,
-    calibrated on nor scored. A stretch of more than `max_empty_bins` of them also
-    splits the run into segments that the model encodes separately.
+    A stretch of more than `max_empty_bins` bins in which no device has any event
+    or reading is a gap in the data (between two files, say): it is labelled "gap",
+    neither trained on nor scored, and splits the run into segments that the model
+    encodes separately. Shorter silent stretches are gaps too when silence is not
+    part of the stream (`silence_is_gap`): in a plant whose devices poll all the
+    time, a bin without data from any device means the collector lost it.
 
     Returns:
         periods: shape [T], str.
         segments: (start, stop) runs of bins between the long gaps.
     """
     num_bins = snapshots.num_bins
-    silent = ~snapshots.active.any(axis=1)
+    empty = ~snapshots.active.any(axis=1)
     long_gap = np.zeros(num_bins, dtype=bool)
-    for start, stop in _runs(silent):
+    for start, stop in _runs(empty):
         if stop - start > config.stream.max_empty_bins:
             long_gap[start:stop] = True
     segments = _runs(~long_gap)
+    silent = empty if silence_is_gap(snapshots.active, config.stream.empty_bins) else long_gap
 
     width = snapshots.bin_seconds * MICROS
     starts = snapshots.origin_us + np.arange(num_bins, dtype=np.int64) * width
@@ -177,6 +179,30 @@ def assign_periods(snapshots: Snapshots, config: RunConfig) -> tuple[np.ndarray,
         score &= starts < score_to
     periods[score] = "score"
     return periods.astype(str), segments
+
+
+def silence_is_gap(active: np.ndarray, policy: str) -> bool:
+    """Whether a bin without data from any device is a collection gap.
+
+    "gap" and "score" decide it. "auto" asks whether such a bin would happen by
+    chance: with each device active in a share a_i of the bins that have data, and
+    devices independent, a bin is empty with chance prod(1 - a_i). Where that is
+    expected less than once over the run (a plant that polls all the time), an
+    empty bin is a gap; where it is expected more often (a sparse contact stream,
+    whose quiet slots are part of it), empty bins are scored.
+
+    Args:
+        active: shape [T, N], bool, whether each device has data in each bin.
+    """
+    if policy != "auto":
+        return policy == "gap"
+    busy = active[active.any(axis=1)]
+    if len(busy) == 0:
+        return False
+    share = busy.mean(axis=0)
+    with np.errstate(divide="ignore"):
+        log_empty = np.log1p(-np.minimum(share, 1.0)).sum()
+    return bool(np.exp(log_empty) * active.shape[0] < 1.0)
 
 
 def collection_gaps(snapshots: Snapshots, periods: np.ndarray) -> dict:

@@ -527,3 +527,65 @@ def test_long_silence_also_splits_segments(tmp_path):
 
     assert set(np.flatnonzero(periods == "gap")) == silent
     assert segments == [(0, 100), (110, 180)]
+
+
+def _contact_stream(tmp_path: Path, bins: int = 240) -> Workspace:
+    """Twenty people with a contact in about a third of the minutes: quiet
+    minutes are part of such a stream."""
+    rng = np.random.default_rng(5)
+    start = pd.Timestamp("2024-05-01T00:00:00Z")
+    rows = ["src,dst,time"]
+    for minute in np.flatnonzero(rng.random(bins) < 0.35):
+        a, b = rng.choice(20, size=2, replace=False)
+        t = start + pd.Timedelta(seconds=60 * int(minute) + 10)
+        rows.append(f"p{a},p{b},{t.isoformat()}")
+    # The first and last minutes carry a contact, so the stream spans all bins.
+    rows += [f"p0,p1,{start.isoformat()}",
+             f"p2,p3,{(start + pd.Timedelta(seconds=60 * bins - 5)).isoformat()}"]
+    path = tmp_path / "contacts.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return _ingest(tmp_path, "ws", path, options=IngestOptions("events"))
+
+
+def test_quiet_minutes_of_a_contact_stream_are_scored(tmp_path):
+    from core.config import RunConfig, StreamConfig
+    from core.pipeline import assign_periods
+
+    snapshots = build_snapshots(_contact_stream(tmp_path).store_path, 60)
+    empty = ~snapshots.active.any(axis=1)
+    assert empty.sum() > 100
+
+    periods, segments = assign_periods(snapshots, RunConfig())
+    assert "gap" not in set(periods)
+    assert segments == [(0, snapshots.num_bins)]
+    assert (periods[empty] == "score").sum() > 40
+
+    forced, _ = assign_periods(snapshots, RunConfig(stream=StreamConfig(empty_bins="gap")))
+    assert (forced[empty] == "gap").all() and "gap" not in set(forced[~empty])
+
+
+def test_silence_is_gap_weighs_each_devices_activity():
+    from core.pipeline import silence_is_gap
+
+    polling = np.ones((1000, 3), dtype=bool)
+    polling[500] = False
+    assert silence_is_gap(polling, "auto")
+    assert not silence_is_gap(polling, "score")
+
+    # Three devices each active in half of the busy bins: an empty bin has chance
+    # 1/8, expected 125 times in 1,000 bins.
+    rng = np.random.default_rng(0)
+    sparse = rng.random((1000, 3)) < 0.5
+    assert not silence_is_gap(sparse, "auto")
+    assert silence_is_gap(sparse, "gap")
+
+
+def test_polling_plant_silence_scored_when_asked(tmp_path):
+    from core.config import RunConfig, StreamConfig
+    from core.pipeline import assign_periods
+
+    workspace = _plant_with_gaps(tmp_path, {150, 151, 152})
+    snapshots = build_snapshots(workspace.store_path, 60)
+    config = RunConfig(stream=StreamConfig(empty_bins="score"))
+    periods, _ = assign_periods(snapshots, config)
+    assert set(periods[150:153]) == {"score"}
