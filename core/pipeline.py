@@ -184,7 +184,7 @@ def assign_periods(snapshots: Snapshots, config: RunConfig) -> tuple[np.ndarray,
 def silence_is_gap(active: np.ndarray, policy: str) -> bool:
     """Whether a bin without data from any device is a collection gap.
 
-    "gap" and "score" decide it. "auto" asks whether such a bin would happen by
+    "gap" and "score" decide it. "auto" tests whether such a bin would happen by
     chance: with each device active in a share a_i of the bins that have data, and
     devices independent, a bin is empty with chance prod(1 - a_i). Where that is
     expected less than once over the run (a plant that polls all the time), an
