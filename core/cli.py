@@ -307,8 +307,22 @@ def command_run(args: argparse.Namespace) -> int:
     result = pipeline.run_pipeline(workspace, config, run_id=args.run_id,
                                    progress=progress, timer=timer)
     print(f"run {result.run_id}: {len(result.incidents)} incidents -> {result.path}")
+    for line in accepted_lines(result.info.get("accepted", [])):
+        print(line)
     print(timer.table())
     return 0
+
+
+def accepted_lines(accepted: list[dict]) -> list[str]:
+    """Describe the accepted intervals a run trained on, one line each."""
+    lines = []
+    for record in accepted:
+        where = (f"{record['bins']} bins in the reference" if record["bins"]
+                 else "outside this run's data, not used")
+        lines.append(f"accepted as normal: incident {record['incident_id']} "
+                     f"({record['start']} to {record['end']}, by "
+                     f"{record['accepted_by']}): {where}")
+    return lines
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
