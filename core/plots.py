@@ -15,6 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 if TYPE_CHECKING:
+    from core.pair_views import PairMatrix
     from core.views import HeatmapMatrix
 
 MAX_MARKERS = 4000
@@ -35,6 +36,9 @@ CONTEXT_COLOR = "#95a5a6"
 OBSERVED_COLOR = "#1f4e9c"
 EXPECTED_COLOR = "#7f8c8d"
 COLORSCALE = "YlOrRd"
+EVENTS_COLORSCALE = "Blues"
+MATRIX_ROW_HEIGHT = 18
+SELECTED_COLOR = "#16a085"
 
 
 def escape_label(text: object) -> str:
@@ -474,3 +478,117 @@ def p_value_histogram_figure(histogram: pd.DataFrame) -> go.Figure:
         xaxis={"title": "p-value", "range": [0, 1]}, yaxis={"title": "elements"},
     )
     return figure
+
+
+def other_label(count: int, taken: list[str | None], noun: str) -> str:
+    """Return the label of a group of `count` devices, unlike every name in `taken`.
+
+    Device names are free text, so a device could be called "other"; a star is
+    appended until the label differs from every name on the axis.
+    """
+    label = f"other ({count} {noun})"
+    names = {name for name in taken if name is not None}
+    while label in names:
+        label += "*"
+    return label
+
+
+def pair_matrix_figure(
+    matrix: PairMatrix,
+    colour: str = "events",
+    selected: tuple[str, str] | None = None,
+    max_markers: int = MAX_MARKERS,
+) -> go.Figure:
+    """Draw a source x destination grid, coloured by events or by evidence.
+
+    Events are coloured on a log scale, because a few busy pairs carry most of a
+    plant's traffic. A `Scatter` of light markers, one per cell with pairs, carries
+    the clicks (Streamlit 1.67 returns no selection for a `Heatmap` click), with
+    customdata `[source, destination, source grouped, destination grouped]`: the
+    name, or "" with the flag 1 for the "other" row or column.
+
+    Args:
+        matrix: a `core.pair_views.PairMatrix`.
+        colour: "events" or "evidence" (-log10 p-value, higher is more anomalous).
+        selected: (source, destination) to outline, when it has a cell.
+        max_markers: most click markers; the cells with most events keep theirs.
+
+    Raises:
+        ValueError: `colour` is neither "events" nor "evidence".
+    """
+    if colour not in ("events", "evidence"):
+        raise ValueError(f"invalid colour {colour!r}; expected 'events' or 'evidence'")
+    if matrix.empty:
+        return _empty_figure("No pair carried an element in this window.")
+    rows = _matrix_labels(matrix.sources, matrix.grouped_sources, "sources")
+    columns = _matrix_labels(matrix.destinations, matrix.grouped_destinations,
+                             "destinations")
+    figure = go.Figure()
+    if colour == "events":
+        top = max(1.0, float(np.nanmax(matrix.events, initial=0.0)))
+        ticks = [0.0] + [10.0 ** k for k in range(int(math.log10(top)) + 1)]
+        figure.add_trace(go.Heatmap(
+            z=np.log10(1.0 + matrix.events), x=columns, y=rows,
+            colorscale=EVENTS_COLORSCALE, zmin=0.0, zmax=math.log10(1.0 + top),
+            colorbar={"title": {"text": "events", "side": "right"},
+                      "tickvals": [math.log10(1.0 + t) for t in ticks],
+                      "ticktext": [f"{t:,.0f}" for t in ticks]},
+            hoverinfo="skip", name="events",
+        ))
+    else:
+        figure.add_trace(go.Heatmap(
+            z=matrix.evidence, x=columns, y=rows, colorscale=COLORSCALE, zmin=0.0,
+            zmax=max(4.0, float(np.nanmax(matrix.evidence, initial=0.0))),
+            colorbar={"title": {"text": "evidence<br>-log10 p", "side": "right"}},
+            hoverinfo="skip", name="evidence",
+        ))
+    figure.add_trace(_matrix_click_layer(matrix, rows, columns, max_markers))
+    if selected is not None and selected[0] in matrix.sources and (
+            selected[1] in matrix.destinations):
+        row = matrix.sources.index(selected[0])
+        column = matrix.destinations.index(selected[1])
+        figure.add_shape(type="rect", xref="x", yref="y", x0=column - 0.5,
+                         x1=column + 0.5, y0=row - 0.5, y1=row + 0.5,
+                         line={"color": SELECTED_COLOR, "width": 3})
+    figure.update_layout(
+        height=max(360, 160 + MATRIX_ROW_HEIGHT * len(rows)),
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        xaxis={"type": "category", "categoryorder": "array", "categoryarray": columns,
+               "title": "destination", "side": "top", "showgrid": False,
+               "tickangle": -45},
+        yaxis={"type": "category", "categoryorder": "array", "categoryarray": rows,
+               "title": "source", "autorange": "reversed", "showgrid": False},
+        showlegend=False, clickmode="event+select", dragmode="zoom",
+    )
+    return figure
+
+
+def _matrix_labels(names: list[str | None], grouped: int, noun: str) -> list[str]:
+    group = other_label(grouped, names, noun)
+    return [escape_label(name) if name is not None else escape_label(group)
+            for name in names]
+
+
+def _matrix_click_layer(matrix: PairMatrix, rows: list[str], columns: list[str],
+                        max_markers: int) -> go.Scatter:
+    row_index, column_index = np.nonzero(matrix.pairs > 0)
+    events = np.nan_to_num(matrix.events[row_index, column_index])
+    keep = np.argsort(-events, kind="stable")[:max_markers]
+    row_index, column_index = row_index[keep], column_index[keep]
+    customdata, hovertext = [], []
+    for r, c in zip(row_index, column_index):
+        src, dst = matrix.sources[r], matrix.destinations[c]
+        customdata.append([src or "", dst or "", int(src is None), int(dst is None)])
+        evidence = matrix.evidence[r, c]
+        hovertext.append(
+            f"{rows[r]} → {columns[c]}<br>{matrix.events[r, c]:,.0f} events"
+            + (f"<br>evidence {evidence:.2f}" if not np.isnan(evidence) else "")
+            + (f"<br>{matrix.pairs[r, c]} pairs" if matrix.pairs[r, c] > 1 else ""))
+    return go.Scatter(
+        x=[columns[c] for c in column_index], y=[rows[r] for r in row_index],
+        mode="markers",
+        marker={"symbol": "square", "size": CLICK_MARKER_SIZE,
+                "color": "rgba(255,255,255,0.06)", "line": {"width": 0}},
+        customdata=customdata, hovertext=hovertext,
+        hovertemplate="%{hovertext}<extra></extra>", name="pairs",
+    )

@@ -57,6 +57,7 @@ CACHED_VIEWS: dict[str, Callable[..., Any]] = {
     "context_edges": views.context_edges,
     "training_loss": views.training_loss,
     "pair_changes": pair_views.pair_changes,
+    "pair_matrix": pair_views.pair_matrix,
     "reference_p_values": model_views.reference_p_values,
 }
 
