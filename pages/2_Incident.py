@@ -274,12 +274,12 @@ def _acceptance(context: ui.RunContext, incident_id: str, row: dict,
         "it. Nothing stored is deleted."
     )
     with st.form("accept"):
-        who = st.text_input("Your name", key="accepted_by")
+        analyst = st.text_input("Your name", key="accepted_by")
         if not st.form_submit_button("Accept as the new normal"):
             return
     try:
         accept_incident(context.workspace, context.run_id, incident_id, members,
-                        row["start"], row["end"], who)
+                        row["start"], row["end"], analyst)
     except ValueError as error:
         st.error(ui.escape_markdown(error))
         return

@@ -18,6 +18,7 @@ from fixture_run import INCIDENTS, RUN_ID
 from test_browser import (  # noqa: F401 (browser is a fixture)
     PAGE_TIMEOUT_MS,
     SCREENSHOTS,
+    TALL_VIEWPORT,
     _grid_column,
     _incident_labels,
     _metric_value,
@@ -141,6 +142,7 @@ def test_incident_themed(themed, page, feedback_workspace):
 
 def test_suppressions_themed(themed, page):
     theme, url = themed
+    page.set_viewport_size(TALL_VIEWPORT)
     page.goto(f"{url}/Suppressions?run={RUN_ID}")
     page.get_by_role("heading", name="Accepted as the new normal").wait_for()
     page.get_by_test_id("stDataFrame").last.wait_for()
