@@ -8,6 +8,9 @@ incidents are inc-7f3a2c (plc-01, pump-04, 01:20 to 01:32), inc-1b9d04 (hmi_*08*
 
 from __future__ import annotations
 
+import json
+
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -201,7 +204,7 @@ def test_accepted_bins_move_to_training():
     accepted = pd.DataFrame({
         "accept_id": [1, 2, 3],
         "incident_id": ["a", "b", "c"],
-        # Bins 7 to 11: two score bins, then a gap, then a score bin.
+        # Bins 7 to 11: three score bins, a gap, then a score bin.
         "start": [origin + pd.Timedelta(minutes=7, seconds=30),
                   origin + pd.Timedelta(days=1), origin + pd.Timedelta(minutes=5)],
         "end": [origin + pd.Timedelta(minutes=11, seconds=30),
@@ -225,3 +228,24 @@ def test_accept_twice_keeps_one_record(fresh_workspace):
                             row["end"], "bo")
     assert first == again
     assert len(list_accepted(fresh_workspace)) == 1
+
+
+def test_accepted_shown_as_trained(app, fresh_workspace):
+    members = views.incident_members(fresh_workspace, RUN_ID, FIRST)
+    row = views.incident(fresh_workspace, RUN_ID, FIRST)
+    accept_id = accept_incident(fresh_workspace, RUN_ID, FIRST, members,
+                                row["start"], row["end"], "ana")
+    later = accept_incident(fresh_workspace, RUN_ID, SECOND, members, row["start"],
+                            row["end"], "bo")
+    # The run records what a pipeline run records when it trained on an interval.
+    record = [{"accept_id": accept_id, "incident_id": FIRST, "bins": 12,
+               "start": str(row["start"]), "end": str(row["end"]),
+               "accepted_by": "ana"}]
+    with duckdb.connect(str(fresh_workspace.run_path(RUN_ID))) as con:
+        con.execute("INSERT INTO run_info VALUES ('accepted', ?)", [json.dumps(record)])
+    app.run()
+    app.switch_page("pages/3_Suppressions.py").run()
+    assert not app.exception
+    accepted = app.dataframe[-1].value.set_index("accept_id")
+    assert accepted.loc[accept_id, "in_this_run"] == "in the reference, 12 bins"
+    assert accepted.loc[later, "in_this_run"] == "pending: a later run trains on it"
