@@ -17,6 +17,7 @@ from pages.common import ui
 st.set_page_config(page_title="tgloc · Suppressions", layout="wide")
 
 TIME_HELP = "UTC, written as 2026-03-01T08:00."
+TIME_EXAMPLE = "2026-03-01T08:00"
 
 
 def main() -> None:
@@ -110,9 +111,9 @@ def _window_form(context: ui.RunContext) -> None:
         chosen = st.multiselect("Devices", devices, placeholder="all devices",
                                 help="Leave empty for every device.")
         left, right = st.columns(2)
-        start = left.text_input("Start", placeholder=f"{summary['start']:%Y-%m-%dT%H:%M}",
+        start = left.text_input("Start", placeholder=_placeholder(summary["start"]),
                                 help=TIME_HELP)
-        end = right.text_input("End", placeholder=f"{summary['end']:%Y-%m-%dT%H:%M}",
+        end = right.text_input("End", placeholder=_placeholder(summary["end"]),
                                help=TIME_HELP + " The end is excluded.")
         reason = st.text_input("Reason")
         if not st.form_submit_button("Save window"):
@@ -125,6 +126,11 @@ def _window_form(context: ui.RunContext) -> None:
         return
     st.session_state.window_added = window_id
     st.rerun()
+
+
+def _placeholder(stamp) -> str:
+    """Return a run bound as an example time, or a fixed example without one."""
+    return TIME_EXAMPLE if stamp is None else f"{stamp:%Y-%m-%dT%H:%M}"
 
 
 def _accepted(context: ui.RunContext) -> None:
