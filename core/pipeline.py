@@ -76,7 +76,8 @@ def run_pipeline(
         periods, segments = assign_periods(snapshots, config)
         width = snapshots.bin_seconds * MICROS
         starts = snapshots.origin_us + np.arange(snapshots.num_bins, dtype=np.int64) * width
-        periods, accepted = apply_accepted(periods, starts, width, list_accepted(workspace))
+        periods, accepted = apply_accepted(periods, starts, width,
+                                           list_accepted(workspace))
     train_bins = np.flatnonzero(periods == "train")
     if not (periods == "score").any():
         raise DataError("no bins to score",

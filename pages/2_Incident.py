@@ -260,7 +260,8 @@ def _acceptance(context: ui.RunContext, incident_id: str, row: dict,
     accepted = accepted[accepted["incident_id"] == incident_id]
     if not accepted.empty:
         record = accepted.iloc[0]
-        st.success(f"Accepted as the new normal by {ui.escape_markdown(record['accepted_by'])} "
+        analyst = ui.escape_markdown(record["accepted_by"])
+        st.success(f"Accepted as the new normal by {analyst} "
                    f"on {pd.Timestamp(record['created']):%Y-%m-%d %H:%M} UTC. The next "
                    "run of this workspace trains on this interval, for every device, "
                    "and no longer scores it.")

@@ -25,7 +25,8 @@ def _workspace(path) -> Workspace:
     plant = synth.generate_plant(PLANT)
     files = synth.write_plant(plant, workspace.root / "input")
     for target in ("events", "measurements"):
-        ingest.ingest_file(workspace, files[target], ingest.IngestOptions(target=target))
+        options = ingest.IngestOptions(target=target)
+        ingest.ingest_file(workspace, files[target], options)
     synth.store_plant(workspace, plant)
     return workspace
 
@@ -39,7 +40,8 @@ def test_run_trains_on_accepted_interval(tmp_path, capsys):
     end = start + pd.Timedelta(minutes=30)
     members = pd.DataFrame({"role": ["device"], "device": ["plc-1"], "peer": [None],
                             "sensor": [None]})
-    accept_incident(workspace, "earlier-run", "inc-accepted", members, start, end, "ana")
+    accept_incident(workspace, "earlier-run", "inc-accepted", members, start, end,
+                    "ana")
     accept_incident(workspace, "earlier-run", "inc-before-data", members,
                     "2001-01-01T00:00", "2001-01-01T01:00", "bo")
 
@@ -48,7 +50,7 @@ def test_run_trains_on_accepted_interval(tmp_path, capsys):
     output = capsys.readouterr().out
 
     assert code == 0
-    assert ("accepted as normal: incident inc-accepted (" in output)
+    assert "accepted as normal: incident inc-accepted (" in output
     assert "by ana): 30 bins in the reference" in output
     assert "by bo): outside this run's data, not used" in output
     run_path = workspace.run_path("after-accept")

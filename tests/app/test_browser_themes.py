@@ -3,7 +3,8 @@
 One server serves the Device pairs fixture run, with a maintenance window over one
 incident and another incident accepted as normal. The dashboard follows the
 browser's colour scheme (`.streamlit/config.toml` defines a light and a dark
-theme), so each theme is a browser context with that `color_scheme`. Each page is checked for what it shows and saved as
+theme), so each theme is a browser context with that `color_scheme`. Each page is
+checked for what it shows and saved as
 test-artifacts/screenshots/themes/<theme>-<page>.png. A click on a matrix cell is
 checked in the light theme. Run with `pytest -m browser tests/app`.
 """
