@@ -14,7 +14,6 @@ import streamlit as st
 
 from core import plots, views
 from core.errors import StoreBusyError
-from core.feedback import list_suppressions, matching_rules
 from core.store import Workspace, incident_statuses
 from pages.common import ui
 
@@ -28,7 +27,7 @@ STORE_BUSY_MESSAGE = (
 )
 TABLE_COLUMNS = ["rank", "incident_id", "type", "severity", "significance", "start",
                  "end", "devices", "pairs", "sensors", "targets", "status", "owner",
-                 "suppressed_by", "summary"]
+                 "suppressed_by", "maintenance", "accepted_by", "summary"]
 
 st.set_page_config(page_title="tgloc", layout="wide")
 
@@ -80,8 +79,12 @@ def incident_table(context: ui.RunContext) -> None:
     statuses = incident_statuses(context.workspace)[["incident_id", "status", "owner"]]
     table = table.merge(statuses, on="incident_id", how="left")
     table["status"] = table["status"].fillna("new")
-    table["suppressed_by"] = matching_rules(
-        table, list_suppressions(context.workspace))
+    table, flagged = ui.visible_incidents(context, table)
+    table = table.reset_index(drop=True)
+    if table.empty:
+        st.info("Every incident of this run is suppressed or during maintenance. "
+                "Turn on a toggle above to list them.")
+        return
     event = st.dataframe(
         table[TABLE_COLUMNS],
         hide_index=True,
@@ -97,14 +100,22 @@ def incident_table(context: ui.RunContext) -> None:
             "suppressed_by": st.column_config.NumberColumn(
                 "suppressed by rule", format="%d",
                 help="An active suppression rule with these devices and this type."),
+            "maintenance": st.column_config.NumberColumn(
+                "during maintenance", format="%d",
+                help="The maintenance window that covers this incident's interval "
+                "and at least one of its devices."),
+            "accepted_by": st.column_config.TextColumn(
+                "accepted as normal by",
+                help="The next run trains on this incident's interval."),
             "start": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
             "end": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
         },
     )
-    suppressed = int(table["suppressed_by"].notna().sum())
-    st.caption("Select a row to open its drill-down."
-               + (f" Incidents that match a suppression rule: {suppressed}."
-                  if suppressed else ""))
+    hidden = len(flagged) - len(table)
+    st.caption(f"{len(table)} of {len(flagged)} incidents listed"
+               + (f", {hidden} hidden by suppression rules or maintenance windows"
+                  if hidden else "")
+               + ". Select a row to open its drill-down.")
     rows = event.selection.rows if event is not None else []
     if rows:
         chosen = table.iloc[rows[0]]

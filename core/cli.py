@@ -387,6 +387,8 @@ def command_run(args: argparse.Namespace) -> int:
     print(f"run {result.run_id}: {found} incident{_plural(found)} -> {result.path}")
     for line in run_notes(result.info):
         print(f"  {line}")
+    for line in accepted_lines(result.info.get("accepted", [])):
+        print(line)
     print(timer.table())
     return 0
 
@@ -413,6 +415,19 @@ def run_notes(info: dict) -> list[str]:
 
 def _plural(count: int) -> str:
     return "" if count == 1 else "s"
+
+
+def accepted_lines(accepted: list[dict]) -> list[str]:
+    """Describe the accepted intervals a run trained on, one line each."""
+    lines = []
+    for record in accepted:
+        bins = int(record["bins"])
+        where = (f"{bins} bin{_plural(bins)} in the reference" if bins
+                 else "outside this run's data, not used")
+        lines.append(f"accepted as normal: incident {record['incident_id']} "
+                     f"({record['start']} to {record['end']}, by "
+                     f"{record['accepted_by']}): {where}")
+    return lines
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

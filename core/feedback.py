@@ -5,8 +5,13 @@ member devices (role `device`) are exactly the rule's devices and its type is th
 rule's type, so the rule follows the pattern into later runs even though a later
 incident of the same devices gets a new id from its new start time.
 
-NOTE: the pipeline does not read these rules. The dashboard marks matching incidents
-in the incident list and leaves them in the run file, so no rule hides data.
+The dashboard applies the rules when it displays a run: `flag_incidents` marks each
+incident with the rule it matches and the maintenance window it falls in, and the
+pages hide those incidents unless the analyst asks to see them. The run file keeps
+every incident, so a rule hides nothing for good.
+
+NOTE: `tgloc incidents` on the command line prints every incident, including those
+that a rule or a maintenance window hides in the dashboard.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from collections.abc import Iterable
 import pandas as pd
 
 from core.errors import SuppressionNotFoundError
+from core.accepted import list_accepted
+from core.maintenance import list_maintenance_windows, matching_windows
 from core.store import Workspace, init_analyst, sqlite_connect
 
 RULE_COLUMNS = ["rule_id", "incident_id", "devices", "type", "created", "active"]
@@ -117,3 +124,29 @@ def matching_rules(incidents: pd.DataFrame, rules: pd.DataFrame) -> pd.Series:
         names = tuple(sorted(devices)) if devices is not None else ()
         matches.append(lookup.get((names, kind)))
     return pd.Series(matches, index=incidents.index, dtype="Int64")
+
+
+def flag_incidents(workspace: Workspace, incidents: pd.DataFrame) -> pd.DataFrame:
+    """Return `incidents` with the analyst file's feedback on each one.
+
+    Adds the columns suppressed_by (id of the active suppression rule it matches),
+    maintenance (id of the maintenance window it falls in) and accepted_by (the
+    analyst who accepted its behaviour as normal), each NA where none applies.
+
+    Args:
+        incidents: rows of `core.views.incidents` (incident_id, type, start, end
+            and member_devices).
+    """
+    flagged = incidents.copy()
+    if flagged.empty:
+        for column in ("suppressed_by", "maintenance"):
+            flagged[column] = pd.Series(dtype="Int64")
+        flagged["accepted_by"] = pd.Series(dtype=object)
+        return flagged
+    flagged["suppressed_by"] = matching_rules(flagged, list_suppressions(workspace))
+    flagged["maintenance"] = matching_windows(
+        flagged, list_maintenance_windows(workspace))
+    accepted = list_accepted(workspace).drop_duplicates("incident_id")
+    by_incident = dict(zip(accepted["incident_id"], accepted["accepted_by"]))
+    flagged["accepted_by"] = flagged["incident_id"].map(by_incident)
+    return flagged

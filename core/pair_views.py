@@ -20,6 +20,11 @@ The pipeline's expected count of a reference pair is its median count in the
 training bins, 0 for a pair that is silent in most of them, so such a pair counts as
 surging in any window where it is active with a small p-value.
 
+`pair_matrix` sums each pair's events over the window into a source x destination
+grid in the database. The `MAX_MATRIX_DEVICES` sources and destinations with the most
+events get a row or a column of their own, and the rest share one "other" row and
+one "other" column.
+
 NOTE: a large run keeps only elements with small p-values, so a reference pair whose
 calibration bins were all unremarkable may be missing from the run file and then
 shows as new. On such runs the "new" list is an upper bound.
@@ -27,9 +32,11 @@ shows as new. On such runs the "new" list is an upper bound.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from core.errors import DataError
@@ -43,6 +50,9 @@ SURGE_P_VALUE = 0.01
 MAX_PAIRS_PER_CHANGE = 50
 MAX_EVENT_ROWS = 500
 CHANGES = ("new", "missing", "surging")
+# 100 rows and 100 columns keep every cell at least 6 px wide and tall on a plot of
+# 600 px or more, so a click lands on the cell under the pointer.
+MAX_MATRIX_DEVICES = 100
 
 PAIR_CHANGES_SQL = """
 WITH reference AS (
@@ -94,6 +104,42 @@ WHERE position <= $limit
 ORDER BY CASE change WHEN 'new' THEN 0 WHEN 'missing' THEN 1 ELSE 2 END, position
 """
 
+# Sources and destinations are ranked by their events in the window, ties by name;
+# those past `$max_devices` fall into the group whose row or column is NULL.
+PAIR_MATRIX_SQL = """
+WITH windowed AS (
+    SELECT e.device AS src, e.peer AS dst, sum(e.observed) AS events,
+           max(-log10(greatest(e.p_value, 1e-300))) AS evidence
+    FROM elements e
+    JOIN bins b ON b.scale = e.scale AND b.bin = e.bin
+    WHERE e.kind = 'pair' AND e.scale = $scale
+      AND b."end" > coalesce(CAST($start AS TIMESTAMPTZ), '-infinity'::TIMESTAMPTZ)
+      AND b.start < coalesce(CAST($end AS TIMESTAMPTZ), 'infinity'::TIMESTAMPTZ)
+    GROUP BY e.device, e.peer
+),
+sources AS (
+    SELECT src, row_number() OVER (ORDER BY sum(events) DESC, src) AS position,
+           count(*) OVER () AS total
+    FROM windowed GROUP BY src
+),
+destinations AS (
+    SELECT dst, row_number() OVER (ORDER BY sum(events) DESC, dst) AS position,
+           count(*) OVER () AS total
+    FROM windowed GROUP BY dst
+)
+SELECT least(s.position, $max_devices + 1) - 1 AS row,
+       least(d.position, $max_devices + 1) - 1 AS col,
+       CASE WHEN s.position <= $max_devices THEN w.src END AS src,
+       CASE WHEN d.position <= $max_devices THEN w.dst END AS dst,
+       sum(w.events) AS events, max(w.evidence) AS evidence, count(*) AS pairs,
+       any_value(s.total) AS total_sources, any_value(d.total) AS total_destinations
+FROM windowed w
+JOIN sources s ON s.src = w.src
+JOIN destinations d ON d.dst = w.dst
+GROUP BY ALL
+ORDER BY row, col
+"""
+
 PAIR_EVENTS_SQL = """
 SELECT t, src, dst, weight, protocol
 FROM events
@@ -138,6 +184,102 @@ def pair_changes(
         "surge_p": SURGE_P_VALUE, "limit": int(limit),
     }
     return _frame(workspace, run_id, PAIR_CHANGES_SQL, params)
+
+
+@dataclass(frozen=True)
+class PairMatrix:
+    """Events and evidence of device pairs on a source x destination grid.
+
+    Attributes:
+        sources: row names, most events first; the last is None when the row
+            groups the sources beyond `MAX_MATRIX_DEVICES`.
+        destinations: column names, in the same order and with the same rule.
+        events: shape [num_rows, num_columns], events summed over the window, NaN
+            where no pair of the cell has an element.
+        evidence: shape [num_rows, num_columns], the maximum -log10 p-value of the
+            cell's pairs in the window (higher is more anomalous), NaN where none.
+        pairs: shape [num_rows, num_columns], int, pairs that the cell covers.
+        total_sources: distinct sources in the window.
+        total_destinations: distinct destinations in the window.
+    """
+
+    sources: list[str | None]
+    destinations: list[str | None]
+    events: np.ndarray
+    evidence: np.ndarray
+    pairs: np.ndarray
+    total_sources: int
+    total_destinations: int
+
+    @property
+    def empty(self) -> bool:
+        return not self.sources
+
+    @property
+    def grouped_sources(self) -> int:
+        """Sources that share the "other" row (0 when there is none)."""
+        return self.total_sources - sum(name is not None for name in self.sources)
+
+    @property
+    def grouped_destinations(self) -> int:
+        """Destinations that share the "other" column (0 when there is none)."""
+        return self.total_destinations - sum(
+            name is not None for name in self.destinations)
+
+
+def pair_matrix(
+    workspace: Workspace,
+    run_id: str,
+    scale: int,
+    start: pd.Timestamp | None = None,
+    end: pd.Timestamp | None = None,
+    max_devices: int = MAX_MATRIX_DEVICES,
+) -> PairMatrix:
+    """Aggregate the window's pair elements into a source x destination grid.
+
+    Args:
+        scale: bin width as a multiple of the base bin; evidence comes from it.
+        start: first instant (UTC); None for the run's start.
+        end: end of the window (UTC, exclusive); None for the run's end.
+        max_devices: most sources, and most destinations, with a row or column of
+            their own; the rest share an "other" row or column.
+
+    Raises:
+        ValueError: `max_devices` is below 1.
+    """
+    if max_devices < 1:
+        raise ValueError(f"invalid max_devices={max_devices}; it must be >= 1")
+    params = {"scale": int(scale), "start": _bound(start), "end": _bound(end),
+              "max_devices": int(max_devices)}
+    cells = _frame(workspace, run_id, PAIR_MATRIX_SQL, params)
+    if cells.empty:
+        empty = np.zeros((0, 0))
+        return PairMatrix([], [], empty, empty, empty.astype(int), 0, 0)
+
+    num_rows = int(cells["row"].max()) + 1
+    num_columns = int(cells["col"].max()) + 1
+    sources = _axis_names(cells, "row", "src", num_rows)
+    destinations = _axis_names(cells, "col", "dst", num_columns)
+    rows = cells["row"].to_numpy(dtype=int)
+    columns = cells["col"].to_numpy(dtype=int)
+    events = np.full((num_rows, num_columns), np.nan)
+    evidence = np.full((num_rows, num_columns), np.nan)
+    pairs = np.zeros((num_rows, num_columns), dtype=int)
+    events[rows, columns] = cells["events"].to_numpy(dtype=float)
+    evidence[rows, columns] = cells["evidence"].to_numpy(dtype=float)
+    pairs[rows, columns] = cells["pairs"].to_numpy(dtype=int)
+    return PairMatrix(sources, destinations, events, evidence, pairs,
+                      int(cells["total_sources"].iloc[0]),
+                      int(cells["total_destinations"].iloc[0]))
+
+
+def _axis_names(cells: pd.DataFrame, position: str, name: str,
+                count: int) -> list[str | None]:
+    names: list[str | None] = [None] * count
+    for index, value in zip(cells[position], cells[name]):
+        if value is not None and not pd.isna(value):
+            names[int(index)] = str(value)
+    return names
 
 
 def pair_events(

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from core import localize, scoring, store, train
+from core.accepted import apply_accepted, list_accepted
 from core.config import RunConfig
 from core.errors import DataError
 from core.snapshots import COMM_FEATURES, MICROS, SENSOR_FEATURES, Snapshots, build_snapshots
@@ -77,6 +78,10 @@ def run_pipeline(
                                     gap_fill_limit=config.stream.gap_fill_limit)
         train.require_devices(snapshots)
         periods, segments = assign_periods(snapshots, config)
+        width = snapshots.bin_seconds * MICROS
+        starts = snapshots.origin_us + np.arange(snapshots.num_bins, dtype=np.int64) * width
+        periods, accepted = apply_accepted(periods, starts, width,
+                                           list_accepted(workspace))
     train_bins = np.flatnonzero(periods == "train")
     if not (periods == "score").any():
         raise DataError("no bins to score",
@@ -107,6 +112,7 @@ def run_pipeline(
         with timer.stage("publishing"):
             info = run_info(workspace, run_id, config, snapshots, periods, checkpoint,
                             fitted, prepared, thresholds)
+            info["accepted"] = accepted
             tables = run_tables(snapshots, periods, scored, incidents, members, fitted,
                                 null_rows, checkpoint, config)
             tables["sensor_flags"] = sensor_flags(snapshots, prepared, train_bins, periods)

@@ -5,7 +5,8 @@ A workspace is a folder::
     store.duckdb       events, measurements, devices, links, ground truth,
                        ingest reports and the quarantine of rejected rows
     runs/<run>.duckdb  one run: its configuration, bins, elements, incidents
-    analyst.sqlite     incident status, owner, notes, annotations, suppressions
+    analyst.sqlite     incident status, owner, notes, annotations, suppressions,
+                       maintenance windows and behaviour accepted as normal
 
 No process keeps a database open longer than one operation: every helper here opens a
 connection, does its work and closes it. A run file is written under a temporary name
@@ -145,6 +146,10 @@ CREATE TABLE IF NOT EXISTS suppressions (
 CREATE TABLE IF NOT EXISTS maintenance_windows (
     id INTEGER PRIMARY KEY AUTOINCREMENT, start TEXT, "end" TEXT, devices TEXT,
     note TEXT, created TEXT);
+CREATE TABLE IF NOT EXISTS accepted_behaviour (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, incident_id TEXT NOT NULL, run_id TEXT,
+    members TEXT NOT NULL, start TEXT NOT NULL, "end" TEXT NOT NULL,
+    accepted_by TEXT NOT NULL, created TEXT NOT NULL);
 """
 
 STATUSES = ("new", "acknowledged", "false positive", "resolved")

@@ -344,6 +344,12 @@ def device_filters(workspace: Workspace, run_id: str) -> dict[str, list[str]]:
     }
 
 
+def device_names(workspace: Workspace, run_id: str) -> list[str]:
+    """Return the run's device names, sorted."""
+    frame = _frame(workspace, run_id, "SELECT device FROM devices ORDER BY device")
+    return frame["device"].astype(str).tolist()
+
+
 def heatmap_matrix(
     workspace: Workspace,
     run_id: str,

@@ -22,10 +22,12 @@ def main() -> None:
     kinds = left.multiselect("Device kinds", filters["kinds"], placeholder="all")
     zones = right.multiselect("Zones", filters["zones"], placeholder="all")
 
-    incidents = ui.load("incidents", context)
+    incidents, flagged = ui.visible_incidents(context, ui.load("incidents", context))
     in_window = incidents[(incidents["end"] > start) & (incidents["start"] < end)]
     first, second, third = st.columns(3)
-    first.metric("Incidents", len(incidents))
+    first.metric("Incidents", len(incidents),
+                 help=f"Listed of the run's {len(flagged)}; the toggles above show "
+                 "the hidden ones.")
     second.metric("In this window", len(in_window))
 
     page = st.session_state.get("heatmap_page", 1)
@@ -50,7 +52,10 @@ def main() -> None:
     if matrix.factor > 1:
         st.caption(f"Each column is the maximum over {matrix.factor} bins.")
 
-    figure = plots.heatmap_figure(matrix, ui.load("member_cells", context), in_window,
+    cells = ui.load("member_cells", context)
+    # Cells of hidden incidents lead nowhere, so their clicks say "no incident".
+    cells = cells[cells["incident_id"].isin(incidents["incident_id"])]
+    figure = plots.heatmap_figure(matrix, cells, in_window,
                                   periods=ui.load("periods", context))
     event = st.plotly_chart(figure, key="heatmap", on_select="rerun",
                             selection_mode="points", config={"displaylogo": False})

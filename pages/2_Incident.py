@@ -6,7 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from core import plots, report, views
+from core.accepted import accept_incident, list_accepted
 from core.feedback import add_suppression, list_suppressions, matching_rules
+from core.maintenance import list_maintenance_windows, matching_windows
 from core.store import STATUSES, incident_statuses, set_incident_status
 from pages.common import ui
 
@@ -49,6 +51,8 @@ def main() -> None:
     if row.get("summary"):
         st.text(row["summary"])
     _status_form(context, incident_id, row, members)
+    _maintenance_note(context, incidents[incidents["incident_id"] == incident_id])
+    _acceptance(context, incident_id, row, members)
 
     st.subheader("Members")
     number_formats = {
@@ -235,6 +239,52 @@ def _suppression_offer(context: ui.RunContext, incident_id: str, row: dict,
     if st.button("Create suppression rule", key="create_suppression"):
         add_suppression(context.workspace, incident_id, devices, row["type"])
         st.rerun()
+
+
+def _maintenance_note(context: ui.RunContext, listed: pd.DataFrame) -> None:
+    windows = list_maintenance_windows(context.workspace)
+    window_id = matching_windows(listed, windows).iloc[0]
+    if pd.isna(window_id):
+        return
+    window = windows[windows["window_id"] == window_id].iloc[0]
+    st.info(f"During maintenance: window {window_id}, "
+            f"{window['start']:%Y-%m-%d %H:%M} to {window['end']:%Y-%m-%d %H:%M} UTC. "
+            "Reason:")
+    st.text(window["reason"])
+
+
+def _acceptance(context: ui.RunContext, incident_id: str, row: dict,
+                members: pd.DataFrame) -> None:
+    st.subheader("Accept as the new normal")
+    accepted = list_accepted(context.workspace)
+    accepted = accepted[accepted["incident_id"] == incident_id]
+    if not accepted.empty:
+        record = accepted.iloc[0]
+        analyst = ui.escape_markdown(record["accepted_by"])
+        st.success(f"Accepted as the new normal by {analyst} "
+                   f"on {pd.Timestamp(record['created']):%Y-%m-%d %H:%M} UTC. The next "
+                   "run of this workspace trains on this interval, for every device, "
+                   "and no longer scores it.")
+        return
+    st.caption(
+        "Accepting records this incident's id, members and interval, your name and "
+        "the time in the analyst file. The next `tgloc run` on this workspace moves "
+        f"the bins from {pd.Timestamp(row['start']):%Y-%m-%d %H:%M} to "
+        f"{pd.Timestamp(row['end']):%Y-%m-%d %H:%M} UTC into its training period, "
+        "for every device, so the model learns this behaviour and no longer scores "
+        "it. Nothing stored is deleted."
+    )
+    with st.form("accept"):
+        analyst = st.text_input("Your name", key="accepted_by")
+        if not st.form_submit_button("Accept as the new normal"):
+            return
+    try:
+        accept_incident(context.workspace, context.run_id, incident_id, members,
+                        row["start"], row["end"], analyst)
+    except ValueError as error:
+        st.error(ui.escape_markdown(error))
+        return
+    st.rerun()
 
 
 def _picker(context: ui.RunContext, incidents: pd.DataFrame) -> None:

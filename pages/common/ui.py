@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
 from core import model_views, pair_views, views
 from core.errors import RunNotFoundError, TglocError
+from core.feedback import flag_incidents
 from core.store import Workspace
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,13 @@ DEFAULT_WORKSPACE = "./workspace"
 CACHE_SECONDS = 3600
 CACHE_ENTRIES = 256
 INCIDENT_PAGE = "pages/2_Incident.py"
+SHOW_PARAMETER = "show"
+# Incident flags a page hides by default: flag column, name in the `show` query
+# parameter, and the toggle's label.
+HIDDEN_FLAGS = (
+    ("suppressed_by", "suppressed", "Show suppressed"),
+    ("maintenance", "maintenance", "Show during maintenance"),
+)
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+\-.!|~:$])")
 
 # Views a page may call through `load`; each takes (workspace, run_id, ...).
@@ -36,6 +45,7 @@ CACHED_VIEWS: dict[str, Callable[..., Any]] = {
     "run_info": views.run_info,
     "scales": views.scales,
     "device_filters": views.device_filters,
+    "device_names": views.device_names,
     "heatmap_matrix": views.heatmap_matrix,
     "incidents": views.incidents,
     "incident": views.incident,
@@ -47,6 +57,7 @@ CACHED_VIEWS: dict[str, Callable[..., Any]] = {
     "context_edges": views.context_edges,
     "training_loss": views.training_loss,
     "pair_changes": pair_views.pair_changes,
+    "pair_matrix": pair_views.pair_matrix,
     "reference_p_values": model_views.reference_p_values,
 }
 
@@ -159,6 +170,37 @@ def load(view: str, context: RunContext, *args: Any, **kwargs: Any) -> Any:
         view, str(context.workspace.root), context.run_id, context.version,
         tuple(_freeze(a) for a in args), frozen,
     )
+
+
+def visible_incidents(
+    context: RunContext, incidents: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Render the toggles for hidden incidents; return (visible, all flagged).
+
+    Incidents that match an active suppression rule or fall in a maintenance window
+    are hidden unless their toggle is on. Each toggle's label gives the number it
+    hides, and its state lives in the `show` query parameter
+    (`?show=suppressed,maintenance`), so a shared address shows the same list.
+    """
+    flagged = flag_incidents(context.workspace, incidents)
+    requested = set(filter(None, st.query_params.get(SHOW_PARAMETER, "").split(",")))
+    shown = set()
+    columns = st.columns(len(HIDDEN_FLAGS))
+    for column, (flag, name, label) in zip(columns, HIDDEN_FLAGS):
+        count = int(flagged[flag].notna().sum())
+        if column.toggle(f"{label} ({count})", value=name in requested,
+                         key=f"show_{name}"):
+            shown.add(name)
+    if shown:
+        st.query_params[SHOW_PARAMETER] = ",".join(sorted(shown))
+    else:
+        st.query_params.pop(SHOW_PARAMETER, None)
+
+    keep = pd.Series(True, index=flagged.index)
+    for flag, name, _ in HIDDEN_FLAGS:
+        if name not in shown:
+            keep &= flagged[flag].isna()
+    return flagged[keep], flagged
 
 
 def open_incident(run_id: str, incident_id: str, scale: int | None = None) -> None:

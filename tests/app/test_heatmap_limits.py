@@ -1,13 +1,12 @@
 """The heatmap on large and oddly named runs: what the database sends and the page draws.
 
-Each test publishes a run file whose `device_evidence` is a score matrix generated
-here, so the sizes are exact and no model is needed.
+Each test publishes a run file whose `device_evidence` is a generated score matrix
+(`core.score_runs`), so the sizes are exact and no model is needed.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,49 +15,18 @@ from conftest import REPOSITORY
 from streamlit.testing.v1 import AppTest
 
 from core import plots, store, views
-from core.config import RunConfig, StreamConfig
 from core.ingest import IngestOptions, ingest_file
-from core.store import Workspace, publish_run
+from core.score_runs import ORIGIN, device_names, planted_scores, publish_scores
+from core.store import Workspace
 
 FIXTURES = REPOSITORY / "tests" / "fixtures" / "ingest"
-ORIGIN = pd.Timestamp("2024-03-01T00:00:00Z")
 TIMEOUT = 120
 # Streamlit 1.67 rejects a message above server.maxMessageSize, 200 MB by default.
 MESSAGE_LIMIT_BYTES = 200 * 2**20
 
 
-def _publish_scores(root: Path, scores: np.ndarray, names: list[str]) -> Workspace:
-    """Publish a run whose device evidence is `scores`, shape [devices, bins]."""
-    workspace = Workspace.create(root)
-    num_devices, num_bins = scores.shape
-    starts = ORIGIN + pd.to_timedelta(np.arange(num_bins), unit="min")
-    codes = np.repeat(np.arange(num_devices, dtype=np.int32), num_bins)
-    evidence = pd.DataFrame({
-        "device": pd.Categorical.from_codes(codes, categories=names),
-        "scale": np.int32(1),
-        "bin": np.tile(np.arange(num_bins, dtype=np.int32), num_devices),
-        "evidence": scores.reshape(-1),
-    })
-    tables = {
-        "devices": pd.DataFrame({"idx": np.arange(num_devices), "device": names,
-                                 "kind": "plc", "zone": "", "criticality": 0.5,
-                                 "first_bin": 0}),
-        "bins": pd.DataFrame({"scale": 1, "bin": np.arange(num_bins), "start": starts,
-                              "end": starts + pd.Timedelta(minutes=1),
-                              "period": "score"}),
-        "device_evidence": evidence,
-    }
-    config = RunConfig(stream=StreamConfig(bin_seconds=60, scales=(1,)))
-    publish_run(workspace, "big", tables, {"config": config.to_dict()})
-    return workspace
-
-
-def _device_names(count: int) -> list[str]:
-    return [f"dev-{i:04d}" for i in range(count)]
-
-
 def _check_capped_heatmap(workspace, scores, incident_row, incident_bins) -> None:
-    names = _device_names(scores.shape[0])
+    names = device_names(scores.shape[0])
     matrix = views.heatmap_matrix(workspace, "big", 1)
     top = [names[i] for i in np.argsort(-scores.max(axis=1), kind="stable")[:500]]
     row = matrix.devices.index(names[incident_row])
@@ -110,16 +78,9 @@ def _render_heatmap_page(workspace, monkeypatch) -> dict:
     return json.loads(spec)
 
 
-def _planted_scores(devices: int, bins: int, row: int, first: int, last: int):
-    rng = np.random.default_rng(0)
-    scores = rng.gamma(2.0, 0.05, size=(devices, bins)).astype("float32")
-    scores[row, first:last] = 5.0
-    return scores
-
-
 def test_heatmap_caps_cells_and_zooms(tmp_path, monkeypatch):
-    scores = _planted_scores(600, 3000, 234, 1500, 1530)
-    workspace = _publish_scores(tmp_path / "ws", scores, _device_names(600))
+    scores = planted_scores(600, 3000, 234, 1500, 1530)
+    workspace = publish_scores(tmp_path / "ws", scores, device_names(600))
 
     _check_capped_heatmap(workspace, scores, 234, (1500, 1530))
     figure = _render_heatmap_page(workspace, monkeypatch)
@@ -133,8 +94,8 @@ def test_heatmap_caps_cells_and_zooms(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_heatmap_week_of_minutes_capped(tmp_path, monkeypatch):
     """2,000 devices x 10,080 one-minute bins (a week), one incident at row 1234."""
-    scores = _planted_scores(2000, 10080, 1234, 5000, 5030)
-    workspace = _publish_scores(tmp_path / "ws", scores, _device_names(2000))
+    scores = planted_scores(2000, 10080, 1234, 5000, 5030)
+    workspace = publish_scores(tmp_path / "ws", scores, device_names(2000))
 
     _check_capped_heatmap(workspace, scores, 1234, (5000, 5030))
     figure = _render_heatmap_page(workspace, monkeypatch)
@@ -163,7 +124,7 @@ def test_numeric_like_ids_stay_text(tmp_path):
 def test_numeric_like_ids_categorical_rows(tmp_path):
     frame = pd.read_csv(FIXTURES / "numeric_like_ids.csv", dtype=str)
     scores = frame["score"].astype(float).to_numpy()[:, None]
-    workspace = _publish_scores(tmp_path / "ws", scores, frame["device"].tolist())
+    workspace = publish_scores(tmp_path / "ws", scores, frame["device"].tolist())
 
     matrix = views.heatmap_matrix(workspace, "big", 1)
     figure = plots.heatmap_figure(matrix, pd.DataFrame(columns=[

@@ -131,6 +131,13 @@ def test_false_positive_creates_rule(app, fresh_workspace):
     # The sidebar link home drops the incident from the address, as here.
     del app.query_params["incident"]
     app.switch_page("app.py").run()
+    hidden = app.dataframe[0].value
+    assert planted["incident_id"] not in set(hidden["incident_id"])
+    assert len(hidden) == len(INCIDENTS) - 1
+
+    app.toggle(key="show_suppressed").set_value(True).run()
+    assert app.toggle(key="show_suppressed").label == "Show suppressed (1)"
+    assert app.query_params["show"] == "suppressed"
     table = app.dataframe[0].value.set_index("incident_id")
     assert table.loc[planted["incident_id"], "suppressed_by"] == 1
     assert table["suppressed_by"].isna().sum() == len(INCIDENTS) - 1
