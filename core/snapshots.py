@@ -15,53 +15,28 @@ would hide a one-sample spike and a stuck sensor.
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from core import store
+from core import binning, store
+from core.binning import MICROS, align_origin
 from core.errors import DataError
 
 log = logging.getLogger(__name__)
 
 COMM_FEATURES = ("out_count", "in_count", "out_bytes", "in_bytes", "out_degree", "in_degree")
 SENSOR_FEATURES = ("mean", "std", "min", "max", "count", "stale")
-MICROS = 1_000_000
 
-EVENT_BINS_SQL = """
-SELECT CAST(floor((epoch_us(t) - $origin) / $width) AS BIGINT) AS bin,
-       src, dst, count(*) AS events, sum(weight) AS weight
-FROM events
-WHERE epoch_us(t) >= $start AND epoch_us(t) < $stop
-GROUP BY ALL
-"""
-
-MEASUREMENT_BINS_SQL = """
-WITH ordered AS (
-    SELECT device, sensor, t, value,
-           value IS DISTINCT FROM lag(value) OVER w AS changed
-    FROM measurements
-    WHERE epoch_us(t) >= $start AND epoch_us(t) < $stop AND value IS NOT NULL
-    WINDOW w AS (PARTITION BY device, sensor ORDER BY t)
-)
-SELECT CAST(floor((epoch_us(t) - $origin) / $width) AS BIGINT) AS bin,
-       device, sensor,
-       avg(value) AS mean, stddev_pop(value) AS std, min(value) AS min,
-       max(value) AS max, count(value) AS count,
-       max(epoch_us(t)) FILTER (WHERE changed) AS last_change_us
-FROM ordered
-GROUP BY ALL
-"""
-
-SPAN_SQL = """
-SELECT min(lo), max(hi) FROM (
-    SELECT min(epoch_us(t)) AS lo, max(epoch_us(t)) AS hi FROM events
-    UNION ALL
-    SELECT min(epoch_us(t)), max(epoch_us(t)) FROM measurements)
-"""
+EVENT_BINS_SQL = binning.event_bins_sql(binning.DUCKDB)
+MEASUREMENT_BINS_SQL = binning.measurement_bins_sql(binning.DUCKDB)
+SPAN_SQL = binning.span_sql(binning.DUCKDB)
 
 
 @dataclass
@@ -139,12 +114,6 @@ def data_span(store_path: str | os.PathLike) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def align_origin(first_us: int, bin_seconds: int) -> int:
-    """Return the start of the bin holding `first_us`, aligned to the epoch."""
-    width = bin_seconds * MICROS
-    return (first_us // width) * width
-
-
 def bin_events(
     store_path: str | os.PathLike, origin_us: int, width_seconds: int,
     start_us: int, stop_us: int,
@@ -154,8 +123,7 @@ def bin_events(
     Returns:
         Columns bin, src, dst, events, weight; bins with no event have no row.
     """
-    params = {"origin": origin_us, "width": width_seconds * MICROS,
-              "start": start_us, "stop": stop_us}
+    params = binning.parameters(origin_us, width_seconds, start_us, stop_us)
     with store.connect(store_path, read_only=True) as con:
         return con.execute(EVENT_BINS_SQL, params).df()
 
@@ -170,8 +138,7 @@ def bin_measurements(
         Columns bin, device, sensor, mean, std, min, max, count, last_change_us
         (epoch microseconds of the last change of value inside the bin, or NULL).
     """
-    params = {"origin": origin_us, "width": width_seconds * MICROS,
-              "start": start_us, "stop": stop_us}
+    params = binning.parameters(origin_us, width_seconds, start_us, stop_us)
     with store.connect(store_path, read_only=True) as con:
         return con.execute(MEASUREMENT_BINS_SQL, params).df()
 
@@ -194,19 +161,41 @@ def build_snapshots(
         DataError: the store contains no data.
     """
     first_us, last_us = data_span(store_path)
-    if origin_us is None:
-        origin_us = align_origin(first_us, bin_seconds)
-    width = bin_seconds * MICROS
-    if stop_us is None:
-        stop_us = origin_us + ((last_us - origin_us) // width + 1) * width
-    num_bins = int((stop_us - origin_us + width - 1) // width)
-
+    origin_us, stop_us, num_bins = binning.window(first_us, last_us, bin_seconds,
+                                                  origin_us, stop_us)
     events = bin_events(store_path, origin_us, bin_seconds, origin_us, stop_us)
     measurements = bin_measurements(store_path, origin_us, bin_seconds, origin_us, stop_us)
     with store.connect(store_path, read_only=True) as con:
         known = con.execute("SELECT * FROM devices").df()
         links = con.execute("SELECT src, dst, weight FROM links").df()
+    return assemble(events, measurements, known, links, origin_us, bin_seconds,
+                    num_bins)
 
+
+def assemble(
+    events: pd.DataFrame,
+    measurements: pd.DataFrame,
+    known: pd.DataFrame,
+    links: pd.DataFrame,
+    origin_us: int,
+    bin_seconds: int,
+    num_bins: int,
+) -> Snapshots:
+    """Build snapshots from binned rows, whichever SQL engine binned them.
+
+    The rows must come in the key order that the binning queries return them in,
+    because a device's bytes in a bin add up in row order and floating-point sums
+    depend on it.
+
+    Args:
+        events: the rows of `binning.event_bins_sql`.
+        measurements: the rows of `binning.measurement_bins_sql`.
+        known: the devices table (device, kind, zone, criticality, label).
+        links: the static topology (src, dst, weight).
+        origin_us: start of bin 0 in epoch microseconds.
+        bin_seconds: base bin width.
+        num_bins: number of bins, empty ones included.
+    """
     devices = _device_index(events, measurements, known, links)
     index = pd.Series(np.arange(len(devices)), index=devices["device"].to_numpy())
     sensors = _sensor_index(measurements, index)
@@ -339,3 +328,41 @@ def _sensor_values(
     has_reading = values[..., 4] > 0
     values[..., 5] = np.where(has_reading, np.log1p(stale), np.nan)
     return values
+
+
+SNAPSHOT_ARRAYS = ("comm", "sensor_values", "pairs", "pair_events", "pair_bytes",
+                   "links", "active")
+
+
+def save_snapshots(snapshots: Snapshots, path: str | os.PathLike) -> Path:
+    """Write snapshots to one `.npz` file: the arrays, the device and sensor tables."""
+    path = Path(path)
+    header = {"origin_us": snapshots.origin_us, "bin_seconds": snapshots.bin_seconds,
+              "num_bins": snapshots.num_bins,
+              "devices": snapshots.devices.to_json(orient="split"),
+              "sensors": snapshots.sensors.to_json(orient="split")}
+    arrays = {name: getattr(snapshots, name) for name in SNAPSHOT_ARRAYS}
+    with open(path, "wb") as sink:
+        np.savez_compressed(sink, header=np.array(json.dumps(header)), **arrays)
+    return path
+
+
+def load_snapshots(path: str | os.PathLike) -> Snapshots:
+    """Read snapshots written by `save_snapshots`.
+
+    Raises:
+        DataError: the file is missing or is not a snapshots file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            header = json.loads(str(data["header"]))
+            arrays = {name: data[name] for name in SNAPSHOT_ARRAYS}
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"cannot read snapshots from {path}",
+                        f"Write them with `tgloc snapshots --output FILE` ({exc}).") \
+            from exc
+    tables = {name: pd.read_json(io.StringIO(header[name]), orient="split")
+              for name in ("devices", "sensors")}
+    return Snapshots(origin_us=int(header["origin_us"]),
+                     bin_seconds=int(header["bin_seconds"]),
+                     num_bins=int(header["num_bins"]), **tables, **arrays)

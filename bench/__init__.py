@@ -1,0 +1,1 @@
+"""Benchmarks that print a table of measured figures; run as `tgloc bench ...`."""

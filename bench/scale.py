@@ -1,0 +1,334 @@
+"""Scale benchmark: each pipeline stage on synthetic plants of 1 M to 50 M events.
+
+Run as ``tgloc bench scale`` or ``python -m bench.scale``. For each size the
+benchmark writes the events with `bench.bulk` (periodic polling with jitter over a
+plant graph; no sensors and no planted anomalies, which is enough to load every
+stage) as Parquet and as CSV files of at most `PART_EVENTS` events, as a rotated
+log would be, and then runs each measured task in a fresh child process:
+
+- ingest from Parquet into an empty workspace;
+- ingest from CSV, with every row validated, into another;
+- the run on the Parquet workspace: binning, training, scoring, localization
+  and publishing (`core.pipeline.run_pipeline`, with `--epochs` epochs);
+- the dashboard's heatmap query (`core.views.heatmap_matrix`) on that run.
+
+Memory is the peak resident set size (RSS) of the child, sampled every 50 ms with
+psutil (`core.stages.StageTimer`); a stage's peak includes what earlier stages of
+the same child still hold. CPU seconds are the child's user plus system time,
+which shows the work done when other processes share the cores.
+
+The table goes to standard output, and its last line is one JSON object of the
+headline figures and of whether each target was met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+SIZES = {"1M": (1_000_000, 100), "10M": (10_000_000, 1_000), "50M": (50_000_000, 5_000)}
+QUICK_SIZES = ("1M",)
+PART_EVENTS = 5_000_000
+DEFAULT_EPOCHS = 1
+DEFAULT_BIN_SECONDS = 60
+TARGET_PARQUET_EPS = 2_000_000
+TARGET_CSV_EPS = 1_000_000
+TARGET_END_TO_END_S = 300.0
+TARGET_PEAK_MB = 4096.0
+TARGET_SIZE = "10M"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the benchmark's options to `parser` (shared with `tgloc bench scale`)."""
+    parser.add_argument("--sizes", default=",".join(SIZES),
+                        help=f"comma-separated sizes among {', '.join(SIZES)} "
+                        "(default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="run the smallest size only (1 M events, 100 devices)")
+    parser.add_argument("--folder", default=None,
+                        help="work folder for the files and workspaces (default: a "
+                        "new folder under the system's temporary folder, removed "
+                        "afterwards)")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help=f"training epochs of each run (default {DEFAULT_EPOCHS})")
+    parser.add_argument("--bin-seconds", type=int, default=DEFAULT_BIN_SECONDS,
+                        help=f"base bin width in seconds (default {DEFAULT_BIN_SECONDS})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale",
+                                     description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark for the chosen sizes and print the table and the JSON."""
+    sizes = list(QUICK_SIZES) if args.quick else _sizes(args.sizes)
+    if args.epochs < 1:
+        raise SystemExit(f"invalid --epochs {args.epochs}: must be >= 1")
+    own_folder = args.folder is None
+    root = Path(args.folder or _temporary_folder())
+    root.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        for size in sizes:
+            results[size] = _measure_size(root / size, size, args)
+            _print_size(size, results[size])
+    finally:
+        if own_folder:
+            shutil.rmtree(root, ignore_errors=True)
+    headline = _headline(results, args)
+    print(json.dumps(headline, sort_keys=True))
+    return 0
+
+
+def _sizes(text: str) -> list[str]:
+    sizes = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [size for size in sizes if size not in SIZES]
+    if unknown or not sizes:
+        raise SystemExit(f"invalid --sizes {text!r}: choose from {', '.join(SIZES)}")
+    return sizes
+
+
+def _temporary_folder() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="tgloc-bench-scale-")
+
+
+def _measure_size(folder: Path, size: str, args: argparse.Namespace) -> dict[str, Any]:
+    num_events, num_devices = SIZES[size]
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    inputs = _child(_write_inputs, str(folder), num_events, num_devices)
+    parquet = _child(_ingest_task, str(folder / "ws-parquet"), inputs["parquet"])
+    csv = _child(_ingest_task, str(folder / "ws-csv"), inputs["csv"])
+    shutil.rmtree(folder / "ws-csv", ignore_errors=True)
+    pipeline = _child(_run_task, str(folder / "ws-parquet"), args.epochs,
+                      args.bin_seconds)
+    heatmap = _child(_heatmap_task, str(folder / "ws-parquet"), pipeline["run_id"])
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"events": num_events, "devices": num_devices, "inputs": inputs,
+            "parquet": parquet, "csv": csv, "run": pipeline, "heatmap": heatmap}
+
+
+def _child(task, *args):
+    """Run `task(*args)` in a fresh process and return its result."""
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(task, args)
+
+
+# Tasks, each run in its own process.
+
+
+def _write_inputs(folder: str, num_events: int, num_devices: int) -> dict[str, Any]:
+    from bench import bulk
+
+    began = time.perf_counter()
+    links = bulk.build_links(num_devices)
+    parts = max(1, -(-num_events // PART_EVENTS))
+    files: dict[str, list[str]] = {"parquet": [], "csv": []}
+    for part in range(parts):
+        count = min(PART_EVENTS, num_events - part * PART_EVENTS)
+        stem = Path(folder) / f"events-{part:03d}"
+        # Each part is its own stretch of time, as consecutive log files are.
+        start = part * bulk.span_for(links, PART_EVENTS)
+        bulk.write_parquet(links, count, f"{stem}.parquet", seed=part, start_s=start)
+        bulk.write_csv(links, count, f"{stem}.csv", seed=part, start_s=start)
+        files["parquet"].append(f"{stem}.parquet")
+        files["csv"].append(f"{stem}.csv")
+    sizes = {kind: sum(os.path.getsize(p) for p in paths) for kind, paths in files.items()}
+    return {**files, "bytes": sizes, "links": int(len(links.src)),
+            "hours": bulk.span_for(links, num_events) / 3600,
+            "seconds": time.perf_counter() - began}
+
+
+def _ingest_task(workspace_root: str, files: list[str]) -> dict[str, Any]:
+    from core import ingest, store
+    from core.stages import StageTimer
+
+    workspace = store.Workspace.create(workspace_root)
+    timer = StageTimer()
+    cpu = _cpu_seconds()
+    stored = rejected = 0
+    with timer.stage("ingest"):
+        for path in files:
+            report = ingest.ingest_file(workspace, path,
+                                        ingest.IngestOptions(target="events"))
+            stored += report.rows_stored
+            rejected += report.rows_rejected
+    record = timer.records[0]
+    return {"seconds": record.seconds, "cpu_seconds": _cpu_seconds() - cpu,
+            "peak_mb": record.peak_mb, "stored": stored, "rejected": rejected}
+
+
+def _run_task(workspace_root: str, epochs: int, bin_seconds: int) -> dict[str, Any]:
+    from core import pipeline, store
+    from core.config import ModelConfig, RunConfig, StreamConfig
+    from core.stages import StageTimer
+
+    workspace = store.Workspace(Path(workspace_root))
+    config = RunConfig(stream=StreamConfig(bin_seconds=bin_seconds),
+                       model=ModelConfig(epochs=epochs))
+    timer = StageTimer()
+    cpu = _cpu_seconds()
+    result = pipeline.run_pipeline(workspace, config, run_id="scale", timer=timer)
+    stages = {r.stage: {"seconds": r.seconds, "peak_mb": r.peak_mb}
+              for r in timer.records}
+    with store.connect(Path(result.path), read_only=True) as con:
+        devices, bins = con.execute(
+            "SELECT (SELECT count(*) FROM devices), "
+            "(SELECT count(*) FROM bins WHERE scale = 1)").fetchone()
+        epochs_run, train_bins = con.execute(
+            "SELECT count(*), (SELECT count(*) FROM bins WHERE scale = 1 "
+            "AND period = 'train') FROM training_loss").fetchone()
+        elements = con.execute("SELECT count(*) FROM elements").fetchone()[0]
+    return {"run_id": result.run_id, "stages": stages, "devices": int(devices),
+            "bins": int(bins), "train_bins": int(train_bins),
+            "epochs": int(epochs_run), "elements": int(elements),
+            "incidents": len(result.incidents), "cpu_seconds": _cpu_seconds() - cpu}
+
+
+def _heatmap_task(workspace_root: str, run_id: str) -> dict[str, Any]:
+    from core import store, views
+    from core.stages import StageTimer
+
+    workspace = store.Workspace(Path(workspace_root))
+    timer = StageTimer()
+    with timer.stage("heatmap"):
+        matrix = views.heatmap_matrix(workspace, run_id, scale=1)
+    record = timer.records[0]
+    cells = int(matrix.evidence.size)
+    return {"seconds": record.seconds, "peak_mb": record.peak_mb, "cells": cells}
+
+
+def _cpu_seconds() -> float:
+    times = psutil.Process().cpu_times()
+    return times.user + times.system
+
+
+# Output.
+
+
+def _rows(size: str, result: dict[str, Any]) -> list[tuple[str, float, str, float]]:
+    events = result["events"]
+    run = result["run"]
+    stages = run["stages"]
+    device_bins = run["devices"] * run["bins"]
+    train_elements = run["devices"] * run["train_bins"]
+    rows = [
+        ("ingest Parquet", result["parquet"]["seconds"],
+         _rate(events, result["parquet"]["seconds"], "events"),
+         result["parquet"]["peak_mb"]),
+        ("ingest CSV", result["csv"]["seconds"],
+         _rate(events, result["csv"]["seconds"], "events"), result["csv"]["peak_mb"]),
+        ("binning", stages["snapshots"]["seconds"],
+         _rate(events, stages["snapshots"]["seconds"], "events"),
+         stages["snapshots"]["peak_mb"]),
+        ("training/epoch", stages["training"]["seconds"] / max(run["epochs"], 1),
+         _rate(train_elements * max(run["epochs"], 1), stages["training"]["seconds"],
+               "device-bins"), stages["training"]["peak_mb"]),
+        ("scoring", stages["scoring"]["seconds"],
+         _rate(device_bins, stages["scoring"]["seconds"], "device-bins"),
+         stages["scoring"]["peak_mb"]),
+        ("localization", stages["localization"]["seconds"],
+         _rate(device_bins, stages["localization"]["seconds"], "device-bins"),
+         stages["localization"]["peak_mb"]),
+        ("publishing", stages["publishing"]["seconds"],
+         _rate(run["elements"], stages["publishing"]["seconds"], "elements"),
+         stages["publishing"]["peak_mb"]),
+        ("heatmap query", result["heatmap"]["seconds"],
+         _rate(result["heatmap"]["cells"], result["heatmap"]["seconds"], "cells"),
+         result["heatmap"]["peak_mb"]),
+    ]
+    return rows
+
+
+def _rate(count: float, seconds: float, unit: str) -> str:
+    if seconds <= 0:
+        return f"- {unit}/s"
+    return f"{count / seconds:,.0f} {unit}/s"
+
+
+def _print_size(size: str, result: dict[str, Any]) -> None:
+    run = result["run"]
+    print(f"\n{size}: {result['events']:,} events, {run['devices']} devices, "
+          f"{result['inputs']['links']} links, {run['bins']} bins of the run, "
+          f"{run['epochs']} epoch(s), {run['incidents']} incidents")
+    print(f"{'stage':<16} {'seconds':>9} {'throughput':>28} {'peak MB':>9}")
+    for stage, seconds, rate, peak in _rows(size, result):
+        print(f"{stage:<16} {seconds:>9.2f} {rate:>28} {peak:>9.0f}")
+    print(f"{'(CPU seconds: ingest Parquet':<16} {result['parquet']['cpu_seconds']:.1f}, "
+          f"ingest CSV {result['csv']['cpu_seconds']:.1f}, run "
+          f"{run['cpu_seconds']:.1f})")
+    sys.stdout.flush()
+
+
+def _headline(results: dict[str, dict[str, Any]], args: argparse.Namespace
+              ) -> dict[str, Any]:
+    sizes = {}
+    for size, result in results.items():
+        stages = result["run"]["stages"]
+        binning = stages["snapshots"]["seconds"]
+        run_seconds = sum(stage["seconds"] for stage in stages.values())
+        events = result["events"]
+        sizes[size] = {
+            "events": events,
+            "devices": result["devices"],
+            "ingest_parquet_eps": round(events / result["parquet"]["seconds"]),
+            "ingest_csv_eps": round(events / result["csv"]["seconds"]),
+            "parquet_and_binning_eps": round(
+                events / (result["parquet"]["seconds"] + binning)),
+            "csv_and_binning_eps": round(events / (result["csv"]["seconds"] + binning)),
+            "binning_eps": round(events / binning),
+            "training_epoch_s": round(stages["training"]["seconds"]
+                                      / max(result["run"]["epochs"], 1), 2),
+            "end_to_end_s": round(result["parquet"]["seconds"] + run_seconds, 1),
+            "peak_mb": round(max(result["parquet"]["peak_mb"],
+                                 max(s["peak_mb"] for s in stages.values()))),
+            "heatmap_s": round(result["heatmap"]["seconds"], 3),
+            "epochs": result["run"]["epochs"],
+            "incidents": result["run"]["incidents"],
+        }
+    targets = {
+        "parquet_and_binning_2M_eps": all(
+            s["parquet_and_binning_eps"] >= TARGET_PARQUET_EPS for s in sizes.values()
+        ) if sizes else None,
+        "csv_and_binning_1M_eps": all(
+            s["csv_and_binning_eps"] >= TARGET_CSV_EPS for s in sizes.values()
+        ) if sizes else None,
+        "end_to_end_10M_5min_4GB": None,
+    }
+    if TARGET_SIZE in sizes:
+        headline = sizes[TARGET_SIZE]
+        targets["end_to_end_10M_5min_4GB"] = (
+            headline["end_to_end_s"] <= TARGET_END_TO_END_S
+            and headline["peak_mb"] <= TARGET_PEAK_MB)
+    return {
+        "benchmark": "scale",
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+        "machine": f"{os.cpu_count()} cores, "
+                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB, "
+                   f"{platform.machine()}",
+        "load_average_1min": round(os.getloadavg()[0], 1),
+        "epochs": args.epochs,
+        "sizes": sizes,
+        "targets_met": targets,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
