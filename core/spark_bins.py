@@ -215,7 +215,6 @@ def spark_session(master: str = "local[*]"):
     return (SparkSession.builder.master(master).appName("tgloc-binning")
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.shuffle.partitions", str(SHUFFLE_PARTITIONS))
-            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
             .config("spark.ui.enabled", "false")
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.driver.host", "127.0.0.1")
@@ -233,8 +232,12 @@ def _spark_view(spark, name: str, files: list[str], columns: tuple[str, ...]) ->
 
 
 def _spark_frame(frame) -> pd.DataFrame:
-    """Collect a Spark result as pandas through Arrow."""
-    return frame.toPandas()
+    """Collect a Spark result through Arrow.
+
+    `toArrow` skips pyspark's own pandas conversion, which pyspark 4.3 does not
+    yet support for pandas 3.
+    """
+    return frame.toArrow().to_pandas()
 
 
 def _spark_table(spark, files: list[str], columns: tuple[str, ...]) -> pd.DataFrame:
