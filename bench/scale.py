@@ -1,10 +1,11 @@
 """Scale benchmark: each pipeline stage on synthetic plants of 1 M to 50 M events.
 
 Run as ``tgloc bench scale`` or ``python -m bench.scale``. For each size the
-benchmark writes the events with `bench.bulk` (periodic polling with jitter over a
-plant graph; no sensors and no planted anomalies, which is enough to load every
-stage) as Parquet and as CSV files of at most `PART_EVENTS` events, as a rotated
-log would be, and then runs each measured task in a fresh child process:
+benchmark writes the events with `bench.bulk`: periodic polling with jitter over a
+plant graph, without sensors or planted anomalies, which is enough to load every
+stage. The events go to Parquet and to CSV files of at most `PART_EVENTS` events
+each, as a rotated log would. Each measured task then runs in a fresh child
+process:
 
 - ingest from Parquet into an empty workspace;
 - ingest from CSV, with every row validated, into another;
@@ -32,6 +33,8 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                         help=f"training epochs of each run (default {DEFAULT_EPOCHS})")
     parser.add_argument("--bin-seconds", type=int, default=DEFAULT_BIN_SECONDS,
-                        help=f"base bin width in seconds (default {DEFAULT_BIN_SECONDS})")
+                        help="base bin width in seconds "
+                        f"(default {DEFAULT_BIN_SECONDS})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +154,8 @@ def _write_inputs(folder: str, num_events: int, num_devices: int) -> dict[str, A
         bulk.write_csv(links, count, f"{stem}.csv", seed=part, start_s=start)
         files["parquet"].append(f"{stem}.parquet")
         files["csv"].append(f"{stem}.csv")
-    sizes = {kind: sum(os.path.getsize(p) for p in paths) for kind, paths in files.items()}
+    sizes = {kind: sum(os.path.getsize(path) for path in paths)
+             for kind, paths in files.items()}
     return {**files, "bytes": sizes, "links": int(len(links.src)),
             "hours": bulk.span_for(links, num_events) / 3600,
             "seconds": time.perf_counter() - began}
@@ -178,15 +183,15 @@ def _ingest_task(workspace_root: str, files: list[str]) -> dict[str, Any]:
 def _run_task(workspace_root: str, epochs: int, bin_seconds: int) -> dict[str, Any]:
     from core import pipeline, store
     from core.config import ModelConfig, RunConfig, StreamConfig
-    from core.stages import StageTimer
 
     workspace = store.Workspace(Path(workspace_root))
     config = RunConfig(stream=StreamConfig(bin_seconds=bin_seconds),
                        model=ModelConfig(epochs=epochs))
-    timer = StageTimer()
+    timer = _CpuTimer()
     cpu = _cpu_seconds()
     result = pipeline.run_pipeline(workspace, config, run_id="scale", timer=timer)
-    stages = {r.stage: {"seconds": r.seconds, "peak_mb": r.peak_mb}
+    stages = {r.stage: {"seconds": r.seconds, "peak_mb": r.peak_mb,
+                        "cpu_seconds": timer.cpu[r.stage]}
               for r in timer.records}
     with store.connect(Path(result.path), read_only=True) as con:
         devices, bins = con.execute(
@@ -208,11 +213,36 @@ def _heatmap_task(workspace_root: str, run_id: str) -> dict[str, Any]:
 
     workspace = store.Workspace(Path(workspace_root))
     timer = StageTimer()
+    cpu = _cpu_seconds()
     with timer.stage("heatmap"):
         matrix = views.heatmap_matrix(workspace, run_id, scale=1)
     record = timer.records[0]
     cells = int(matrix.evidence.size)
-    return {"seconds": record.seconds, "peak_mb": record.peak_mb, "cells": cells}
+    return {"seconds": record.seconds, "cpu_seconds": _cpu_seconds() - cpu,
+            "peak_mb": record.peak_mb, "cells": cells}
+
+
+class _CpuTimer:
+    """A `StageTimer` that also records each stage's CPU seconds (all threads)."""
+
+    def __init__(self) -> None:
+        from core.stages import StageTimer
+
+        self.timer = StageTimer()
+        self.cpu: dict[str, float] = {}
+
+    @property
+    def records(self):
+        return self.timer.records
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        began = _cpu_seconds()
+        try:
+            with self.timer.stage(name):
+                yield
+        finally:
+            self.cpu[name] = _cpu_seconds() - began
 
 
 def _cpu_seconds() -> float:
@@ -223,37 +253,36 @@ def _cpu_seconds() -> float:
 # Output.
 
 
-def _rows(size: str, result: dict[str, Any]) -> list[tuple[str, float, str, float]]:
+def _rows(result: dict[str, Any]) -> list[tuple[str, float, float, str, float]]:
+    """Return (stage, seconds, CPU seconds, throughput, peak MB) per stage."""
     events = result["events"]
     run = result["run"]
     stages = run["stages"]
+    epochs = max(run["epochs"], 1)
     device_bins = run["devices"] * run["bins"]
-    train_elements = run["devices"] * run["train_bins"]
-    rows = [
-        ("ingest Parquet", result["parquet"]["seconds"],
-         _rate(events, result["parquet"]["seconds"], "events"),
-         result["parquet"]["peak_mb"]),
-        ("ingest CSV", result["csv"]["seconds"],
-         _rate(events, result["csv"]["seconds"], "events"), result["csv"]["peak_mb"]),
-        ("binning", stages["snapshots"]["seconds"],
-         _rate(events, stages["snapshots"]["seconds"], "events"),
-         stages["snapshots"]["peak_mb"]),
-        ("training/epoch", stages["training"]["seconds"] / max(run["epochs"], 1),
-         _rate(train_elements * max(run["epochs"], 1), stages["training"]["seconds"],
-               "device-bins"), stages["training"]["peak_mb"]),
-        ("scoring", stages["scoring"]["seconds"],
-         _rate(device_bins, stages["scoring"]["seconds"], "device-bins"),
-         stages["scoring"]["peak_mb"]),
-        ("localization", stages["localization"]["seconds"],
-         _rate(device_bins, stages["localization"]["seconds"], "device-bins"),
-         stages["localization"]["peak_mb"]),
-        ("publishing", stages["publishing"]["seconds"],
-         _rate(run["elements"], stages["publishing"]["seconds"], "elements"),
-         stages["publishing"]["peak_mb"]),
-        ("heatmap query", result["heatmap"]["seconds"],
-         _rate(result["heatmap"]["cells"], result["heatmap"]["seconds"], "cells"),
-         result["heatmap"]["peak_mb"]),
+    train_elements = run["devices"] * run["train_bins"] * epochs
+
+    def stage(name: str, label: str, count: float, unit: str, per: int = 1):
+        record = stages[name]
+        return (label, record["seconds"] / per, record["cpu_seconds"] / per,
+                _rate(count, record["seconds"], unit), record["peak_mb"])
+
+    rows = []
+    for kind, label in (("parquet", "ingest Parquet"), ("csv", "ingest CSV")):
+        task = result[kind]
+        rows.append((label, task["seconds"], task["cpu_seconds"],
+                     _rate(events, task["seconds"], "events"), task["peak_mb"]))
+    rows += [
+        stage("snapshots", "binning", events, "events"),
+        stage("training", "training/epoch", train_elements, "device-bins", epochs),
+        stage("scoring", "scoring", device_bins, "device-bins"),
+        stage("localization", "localization", device_bins, "device-bins"),
+        stage("publishing", "publishing", run["elements"], "elements"),
     ]
+    heatmap = result["heatmap"]
+    rows.append(("heatmap query", heatmap["seconds"], heatmap["cpu_seconds"],
+                 _rate(heatmap["cells"], heatmap["seconds"], "cells"),
+                 heatmap["peak_mb"]))
     return rows
 
 
@@ -268,12 +297,10 @@ def _print_size(size: str, result: dict[str, Any]) -> None:
     print(f"\n{size}: {result['events']:,} events, {run['devices']} devices, "
           f"{result['inputs']['links']} links, {run['bins']} bins of the run, "
           f"{run['epochs']} epoch(s), {run['incidents']} incidents")
-    print(f"{'stage':<16} {'seconds':>9} {'throughput':>28} {'peak MB':>9}")
-    for stage, seconds, rate, peak in _rows(size, result):
-        print(f"{stage:<16} {seconds:>9.2f} {rate:>28} {peak:>9.0f}")
-    print(f"{'(CPU seconds: ingest Parquet':<16} {result['parquet']['cpu_seconds']:.1f}, "
-          f"ingest CSV {result['csv']['cpu_seconds']:.1f}, run "
-          f"{run['cpu_seconds']:.1f})")
+    print(f"{'stage':<16} {'seconds':>9} {'CPU s':>8} {'throughput':>28} "
+          f"{'peak MB':>9}")
+    for stage, seconds, cpu, rate, peak in _rows(result):
+        print(f"{stage:<16} {seconds:>9.2f} {cpu:>8.2f} {rate:>28} {peak:>9.0f}")
     sys.stdout.flush()
 
 
@@ -294,6 +321,12 @@ def _headline(results: dict[str, dict[str, Any]], args: argparse.Namespace
                 events / (result["parquet"]["seconds"] + binning)),
             "csv_and_binning_eps": round(events / (result["csv"]["seconds"] + binning)),
             "binning_eps": round(events / binning),
+            "parquet_and_binning_events_per_cpu_s": round(
+                events / (result["parquet"]["cpu_seconds"]
+                          + stages["snapshots"]["cpu_seconds"])),
+            "csv_and_binning_events_per_cpu_s": round(
+                events / (result["csv"]["cpu_seconds"]
+                          + stages["snapshots"]["cpu_seconds"])),
             "training_epoch_s": round(stages["training"]["seconds"]
                                       / max(result["run"]["epochs"], 1), 2),
             "end_to_end_s": round(result["parquet"]["seconds"] + run_seconds, 1),

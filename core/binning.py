@@ -4,8 +4,8 @@ A bin is `floor((epoch microseconds - origin) / width)` in UTC, with `origin` an
 `width` in microseconds. DuckDB (`core.snapshots`) and Spark (`core.spark_bins`) run
 the same two queries built here, so both bin the same rows the same way. The
 engines differ only in the name of the function that turns a timestamp into epoch
-microseconds and in how a named parameter is written; a `Dialect` holds those two
-spellings and nothing else. Only module constants are joined into SQL text, never
+microseconds and in how a named parameter is written. A `Dialect` contains those
+two spellings and nothing else. Only module constants are joined into SQL text, never
 input.
 
 Both queries read relations named `events` and `measurements` with the store's
@@ -47,7 +47,8 @@ def bin_of(dialect: Dialect, column: str = "t") -> str:
     below 2^53 microseconds (285 years).
     """
     p = dialect.marker
-    return f"CAST(floor(({dialect.epoch_us}({column}) - {p}origin) / {p}width) AS BIGINT)"
+    micros = f"{dialect.epoch_us}({column})"
+    return f"CAST(floor(({micros} - {p}origin) / {p}width) AS BIGINT)"
 
 
 def in_window(dialect: Dialect, column: str = "t") -> str:

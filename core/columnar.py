@@ -6,11 +6,11 @@ clean, though: every time in one ISO-8601 form with a zone or typed, every addre
 valid, every weight a finite number >= 0. For those files this module does the same
 work with Arrow compute kernels and hands `core.ingest` an Arrow table to store.
 
-The rule is all or nothing. When any row would be rejected, or any column needs
+The rule is all or nothing. A row that would be rejected, or a column that needs
 the general path's detection (epoch numbers, local times, labels, day/month dates),
-`read_events` returns None and the caller reads the file the general way, so
-quarantine rows, notes and counts come from one implementation. Rows are never
-split between the two paths.
+makes the functions here return None. The caller (`core.ingest`) then reads the
+whole file the general way, so quarantine rows, notes and counts come from one
+implementation. Rows are never split between the two paths.
 
 Accepted here:
 
@@ -78,7 +78,7 @@ def read_csv(data: bytes, start: int, end: int, encoding: str) -> Columns | None
     if len(set(header)) != len(header):
         return None
 
-    read_options = pacsv.ReadOptions(column_names=header, autogenerate_column_names=False)
+    read_options = pacsv.ReadOptions(column_names=header)
     parse_options = pacsv.ParseOptions(
         delimiter=separator, quote_char=False, newlines_in_values=False,
         ignore_empty_lines=False,
@@ -122,10 +122,10 @@ def optional_text(column) -> pa.DictionaryArray | None:
 
 
 def times(column, zone: str) -> pa.Array | None:
-    """Return UTC instants of a clean time column, or None if the general path must read it.
+    """Return the UTC instants of a clean time column, else None.
 
-    Text must be ISO-8601 with seconds and a zone in every row; a typed column must
-    have no missing value, and a naive one is read only when `zone` is UTC.
+    Text must be ISO-8601 with seconds and a zone in every row. A typed column
+    must have no missing value, and a naive one is read only when `zone` is UTC.
     """
     column = _plain(column)
     if column.null_count:
@@ -177,7 +177,7 @@ def weights(column) -> pa.Array | None:
 
 @dataclass
 class Addresses:
-    """One address column: row i holds `values[codes[i]]`.
+    """One address column: row i contains `values[codes[i]]`.
 
     Attributes:
         values: the canonical form of each distinct cell (several cells may share
@@ -238,7 +238,7 @@ def _plain(column) -> pa.Array:
 
 
 def _plain_body(data: bytes, start: int, end: int) -> bool:
-    """Return True if the rows hold no quote, no lone CR and no blank line."""
+    """Return True if the rows contain no quote, no lone CR and no blank line."""
     if data.find(b'"', start, end) >= 0:
         return False
     if data.count(b"\r", start, end) != data.count(b"\r\n", start, end):

@@ -17,6 +17,10 @@ appended rows are stored. A last line without a line end is held back until it i
 ended (see `reading.complete_end`). Parquet files are recognised by their checksum
 only: a changed Parquet file is read whole.
 
+Clean event files, CSV or Parquet with zoned ISO-8601 or typed times and no row
+to reject, are checked and stored column by column with Arrow (`core.columnar`),
+several times faster per row. Every other file takes the general path below.
+
 CSV files are read with every column as text and converted here, so a late
 non-numeric id or a late decimal never changes a column's type. Parquet columns that
 already have a type keep it. Zeek logs (TSV with `#fields`, or JSON lines) are read

@@ -200,14 +200,18 @@ def assemble(
     index = pd.Series(np.arange(len(devices)), index=devices["device"].to_numpy())
     sensors = _sensor_index(measurements, index)
 
-    comm, pairs, pair_events, pair_bytes = _communication(events, index, num_bins)
+    names = pd.Index(devices["device"])
+    src = names.get_indexer(events["src"]) if len(events) else np.zeros(0, np.int64)
+    dst = names.get_indexer(events["dst"]) if len(events) else np.zeros(0, np.int64)
+    comm, pairs, pair_events, pair_bytes = _communication(events, src, dst,
+                                                          len(devices), num_bins)
     sensor_values = _sensor_values(measurements, sensors, num_bins, origin_us, bin_seconds)
 
     active = np.zeros((num_bins, len(devices)), dtype=bool)
     if len(events):
         bins = events["bin"].to_numpy()
-        active[bins, index[events["src"]].to_numpy()] = True
-        active[bins, index[events["dst"]].to_numpy()] = True
+        active[bins, src] = True
+        active[bins, dst] = True
     if len(measurements):
         active[measurements["bin"].to_numpy(), index[measurements["device"]].to_numpy()] = True
     first = np.where(active.any(axis=0), active.argmax(axis=0), -1)
@@ -268,36 +272,39 @@ def _sensor_index(measurements: pd.DataFrame, index: pd.Series) -> pd.DataFrame:
 
 
 def _communication(
-    events: pd.DataFrame, index: pd.Series, num_bins: int,
+    events: pd.DataFrame, src: np.ndarray, dst: np.ndarray, num_devices: int,
+    num_bins: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    num_devices = len(index)
     comm = np.zeros((num_bins, num_devices, len(COMM_FEATURES)), dtype=np.float32)
     if len(events) == 0:
         empty = np.zeros((num_bins, 0), dtype=np.float32)
         return comm, np.zeros((0, 2), dtype=np.int64), empty, empty
 
-    src = index[events["src"]].to_numpy()
-    dst = index[events["dst"]].to_numpy()
     bins = events["bin"].to_numpy()
     count = events["events"].to_numpy(dtype=np.float64)
     weight = events["weight"].to_numpy(dtype=np.float64)
 
-    raw = np.zeros((num_bins, num_devices, len(COMM_FEATURES)), dtype=np.float64)
-    np.add.at(raw[..., 0], (bins, src), count)
-    np.add.at(raw[..., 1], (bins, dst), count)
-    np.add.at(raw[..., 2], (bins, src), weight)
-    np.add.at(raw[..., 3], (bins, dst), weight)
-    np.add.at(raw[..., 4], (bins, src), 1.0)
-    np.add.at(raw[..., 5], (bins, dst), 1.0)
-    comm[:] = np.log1p(raw)
+    # bincount adds in row order, as np.add.at does, at a fraction of its cost.
+    cells = num_bins * num_devices
+    out_cell = bins * num_devices + src
+    in_cell = bins * num_devices + dst
+    columns = [
+        np.bincount(out_cell, count, cells), np.bincount(in_cell, count, cells),
+        np.bincount(out_cell, weight, cells), np.bincount(in_cell, weight, cells),
+        np.bincount(out_cell, None, cells), np.bincount(in_cell, None, cells),
+    ]
+    for position, column in enumerate(columns):
+        comm[..., position] = np.log1p(column.reshape(num_bins, num_devices))
 
     pair_codes = src.astype(np.int64) * num_devices + dst
     unique, pair_of_row = np.unique(pair_codes, return_inverse=True)
     pairs = np.stack([unique // num_devices, unique % num_devices], axis=1)
-    pair_events = np.zeros((num_bins, len(unique)), dtype=np.float32)
-    pair_bytes = np.zeros((num_bins, len(unique)), dtype=np.float32)
-    np.add.at(pair_events, (bins, pair_of_row), count)
-    np.add.at(pair_bytes, (bins, pair_of_row), weight)
+    cells = num_bins * len(unique)
+    pair_cell = bins * len(unique) + pair_of_row
+    pair_events = np.bincount(pair_cell, count, cells).astype(np.float32).reshape(
+        num_bins, len(unique))
+    pair_bytes = np.bincount(pair_cell, weight, cells).astype(np.float32).reshape(
+        num_bins, len(unique))
     return comm, pairs.astype(np.int64), pair_events, pair_bytes
 
 

@@ -1,11 +1,11 @@
 """Binning of partitioned Parquet files, on Apache Spark or on DuckDB.
 
-Binning is the stage whose cost grows with the raw events; everything after it
-reads snapshots only. When the raw events outgrow one machine, Spark runs the same
-binning SQL (`core.binning`) over Parquet files that several machines can read,
-and only the binned rows, one per (bin, pair) and (bin, device, sensor), come back
-to build the snapshots. `bin_parquet` runs that SQL on either engine over the same
-files, so the two can be compared row for row.
+Binning is the stage whose cost grows with the raw events, and everything after
+it reads snapshots only. When the raw events outgrow one machine, Spark runs the
+same binning SQL (`core.binning`) over Parquet files that several machines can
+read. Only the binned rows come back to build the snapshots: one per (bin, pair)
+and one per (bin, device, sensor). `bin_parquet` runs that SQL on either engine
+over the same files, so the two can be compared row for row.
 
 Input folder layout (hive partitions such as `day=2024-03-01/` are allowed and
 ignored as columns)::
@@ -41,8 +41,8 @@ EVENT_COLUMNS = ("t", "src", "dst", "weight")
 MEASUREMENT_COLUMNS = ("t", "device", "sensor", "value")
 DEVICE_COLUMNS = ("device", "kind", "zone", "criticality", "label")
 LINK_COLUMNS = ("src", "dst", "weight")
-# Spark writes one partition per core by default; binned rows are few, so a small
-# number of shuffle partitions saves task overhead in local mode.
+# Spark shuffles into 200 partitions by default. Binned rows are few, so fewer
+# partitions save task overhead in local mode.
 SHUFFLE_PARTITIONS = 8
 
 
@@ -145,7 +145,8 @@ def _bin_duckdb(inputs, bin_seconds, origin_us, stop_us):
             _duckdb_view(con, name, inputs[name], columns)
         first, last = con.execute(binning.span_sql(binning.DUCKDB)).fetchone()
         if first is None:
-            raise DataError("the Parquet files hold no rows", "Check the input folder.")
+            raise DataError("the Parquet files contain no rows",
+                            "Check the input folder.")
         origin_us, stop_us, num_bins = binning.window(first, last, bin_seconds,
                                                       origin_us, stop_us)
         params = binning.parameters(origin_us, bin_seconds, origin_us, stop_us)
@@ -160,7 +161,8 @@ def _bin_duckdb(inputs, bin_seconds, origin_us, stop_us):
 
 
 def _duckdb_view(con, name: str, files: list[str], columns: tuple[str, ...]) -> None:
-    # The view's name and columns are module constants; the file list is bound.
+    # The view's name and columns are module constants. The file names reach
+    # DuckDB as values through read_parquet, never as SQL text.
     select = ", ".join(columns)
     if files:
         relation = con.read_parquet(files, hive_partitioning=True)
@@ -196,7 +198,7 @@ def _bin_spark(inputs, bin_seconds, origin_us, stop_us, master):
         _spark_view(spark, name, inputs[name], columns)
     first, last = spark.sql(binning.span_sql(binning.SPARK)).collect()[0]
     if first is None:
-        raise DataError("the Parquet files hold no rows", "Check the input folder.")
+        raise DataError("the Parquet files contain no rows", "Check the input folder.")
     origin_us, stop_us, num_bins = binning.window(first, last, bin_seconds,
                                                   origin_us, stop_us)
     params = binning.parameters(origin_us, bin_seconds, origin_us, stop_us)

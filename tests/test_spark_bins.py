@@ -1,7 +1,7 @@
 """Binning of partitioned Parquet on DuckDB and on Spark gives the store's snapshots.
 
 The Spark tests carry the `spark` marker and skip with the reason when pyspark or
-Java is missing; `make test` installs both.
+Java is missing. `make test` installs pyspark and `.ci/run` installs Java.
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ import pandas as pd
 import pytest
 
 from core import ingest, snapshots, spark_bins, synth
-from core.snapshots import SENSOR_FEATURES, build_snapshots, load_snapshots, save_snapshots
+from core.snapshots import (
+    SENSOR_FEATURES,
+    build_snapshots,
+    load_snapshots,
+    save_snapshots,
+)
 from core.store import Workspace
 
 BIN_SECONDS = 60
@@ -46,12 +51,15 @@ def store_snapshots(plant, tmp_path_factory) -> snapshots.Snapshots:
     workspace = Workspace.create(tmp_path_factory.mktemp("ws"))
     files = synth.write_plant(plant, workspace.root / "input")
     for target in ("events", "measurements"):
-        ingest.ingest_file(workspace, files[target], ingest.IngestOptions(target=target))
+        options = ingest.IngestOptions(target=target)
+        ingest.ingest_file(workspace, files[target], options)
     synth.store_plant(workspace, plant)
     return build_snapshots(workspace.store_path, BIN_SECONDS)
 
 
-def assert_same_snapshots(left: snapshots.Snapshots, right: snapshots.Snapshots) -> None:
+def assert_same_snapshots(
+    left: snapshots.Snapshots, right: snapshots.Snapshots
+) -> None:
     assert left.origin_us == right.origin_us
     assert left.num_bins == right.num_bins
     pd.testing.assert_frame_equal(left.devices.reset_index(drop=True),
