@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from core import binning, store
 from core.binning import MICROS, align_origin
@@ -123,9 +124,27 @@ def bin_events(
     Returns:
         Columns bin, src, dst, events, weight; bins with no event have no row.
     """
+    return _event_rows(store_path, origin_us, width_seconds, start_us, stop_us,
+                       categorical=False)
+
+
+def _event_rows(
+    store_path: str | os.PathLike, origin_us: int, width_seconds: int,
+    start_us: int, stop_us: int, categorical: bool,
+) -> pd.DataFrame:
     params = binning.parameters(origin_us, width_seconds, start_us, stop_us)
     with store.connect(store_path, read_only=True) as con:
-        return con.execute(EVENT_BINS_SQL, params).df()
+        rows = con.sql(EVENT_BINS_SQL, params=params).to_arrow_table()
+    return categorical_addresses(rows) if categorical else rows.to_pandas()
+
+
+def categorical_addresses(table: pa.Table) -> pd.DataFrame:
+    """Return binned events as pandas with src and dst as categoricals.
+
+    There are far fewer devices than binned rows, so a categorical builds a few
+    thousand Python strings where plain text would build two per row.
+    """
+    return table.to_pandas(strings_to_categorical=True)
 
 
 def bin_measurements(
@@ -163,7 +182,8 @@ def build_snapshots(
     first_us, last_us = data_span(store_path)
     origin_us, stop_us, num_bins = binning.window(first_us, last_us, bin_seconds,
                                                   origin_us, stop_us)
-    events = bin_events(store_path, origin_us, bin_seconds, origin_us, stop_us)
+    events = _event_rows(store_path, origin_us, bin_seconds, origin_us, stop_us,
+                         categorical=True)
     measurements = bin_measurements(store_path, origin_us, bin_seconds, origin_us, stop_us)
     with store.connect(store_path, read_only=True) as con:
         known = con.execute("SELECT * FROM devices").df()
@@ -201,8 +221,8 @@ def assemble(
     sensors = _sensor_index(measurements, index)
 
     names = pd.Index(devices["device"])
-    src = names.get_indexer(events["src"]) if len(events) else np.zeros(0, np.int64)
-    dst = names.get_indexer(events["dst"]) if len(events) else np.zeros(0, np.int64)
+    src = _positions(names, events["src"]) if len(events) else np.zeros(0, np.int64)
+    dst = _positions(names, events["dst"]) if len(events) else np.zeros(0, np.int64)
     comm, pairs, pair_events, pair_bytes = _communication(events, src, dst,
                                                           len(devices), num_bins)
     sensor_values = _sensor_values(measurements, sensors, num_bins, origin_us, bin_seconds)
@@ -240,18 +260,19 @@ def _device_index(
     """Order devices by first appearance (bin, then name), then known idle ones."""
     seen = []
     if len(events):
-        for column in ("src", "dst"):
-            seen.append(events[["bin", column]].rename(columns={column: "device"}))
+        seen += [_first_bins(events, "src"), _first_bins(events, "dst")]
     if len(measurements):
-        seen.append(measurements[["bin", "device"]])
+        seen.append(_first_bins(measurements, "device"))
     if seen:
-        first = pd.concat(seen).groupby("device", sort=False)["bin"].min()
-        order = first.reset_index().sort_values(["bin", "device"], kind="stable")
+        first = pd.concat(seen).groupby(level=0).min()
+        order = first.rename_axis("device").reset_index(name="bin")
+        order = order.sort_values(["bin", "device"], kind="stable")
         names = list(order["device"])
     else:
         names = []
-    extra = [d for d in pd.concat([known["device"], links["src"], links["dst"]]).unique()
-             if d not in set(names)]
+    present = set(names)
+    listed = pd.concat([known["device"], links["src"], links["dst"]]).unique()
+    extra = [d for d in listed if d not in present]
     names += sorted(extra)
     devices = pd.DataFrame({"idx": np.arange(len(names)), "device": names})
     devices = devices.merge(known, on="device", how="left")
@@ -259,6 +280,19 @@ def _device_index(
     devices["zone"] = devices["zone"].fillna("").astype(str)
     devices["criticality"] = devices["criticality"].astype(float).fillna(0.5)
     return devices[["idx", "device", "kind", "zone", "criticality"]]
+
+
+def _first_bins(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Return the first bin of each device in `column`, indexed by plain names."""
+    first = frame.groupby(column, observed=True, sort=False)["bin"].min()
+    return pd.Series(first.to_numpy(), index=first.index.astype(object))
+
+
+def _positions(names: pd.Index, column: pd.Series) -> np.ndarray:
+    """Return each row's position in `names`, looking a categorical up per category."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        return names.get_indexer(column.cat.categories)[column.cat.codes.to_numpy()]
+    return names.get_indexer(column)
 
 
 def _sensor_index(measurements: pd.DataFrame, index: pd.Series) -> pd.DataFrame:

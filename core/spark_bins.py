@@ -32,7 +32,7 @@ import pandas as pd
 
 from core import binning
 from core.errors import DataError, TglocError
-from core.snapshots import Snapshots, assemble
+from core.snapshots import Snapshots, assemble, categorical_addresses
 
 log = logging.getLogger(__name__)
 
@@ -143,14 +143,16 @@ def _bin_duckdb(inputs, bin_seconds, origin_us, stop_us):
         for name, columns in (("events", EVENT_COLUMNS),
                               ("measurements", MEASUREMENT_COLUMNS)):
             _duckdb_view(con, name, inputs[name], columns)
-        first, last = con.execute(binning.span_sql(binning.DUCKDB)).fetchone()
+        # fetchall, not fetchone: DuckDB rejects con.sql while a result is pending.
+        first, last = con.execute(binning.span_sql(binning.DUCKDB)).fetchall()[0]
         if first is None:
             raise DataError("the Parquet files contain no rows",
                             "Check the input folder.")
         origin_us, stop_us, num_bins = binning.window(first, last, bin_seconds,
                                                       origin_us, stop_us)
         params = binning.parameters(origin_us, bin_seconds, origin_us, stop_us)
-        events = con.execute(binning.event_bins_sql(binning.DUCKDB), params).df()
+        rows = con.sql(binning.event_bins_sql(binning.DUCKDB), params=params)
+        events = categorical_addresses(rows.to_arrow_table())
         measurements = con.execute(binning.measurement_bins_sql(binning.DUCKDB),
                                    params).df()
         known = _duckdb_table(con, inputs["devices"], DEVICE_COLUMNS)
@@ -202,7 +204,8 @@ def _bin_spark(inputs, bin_seconds, origin_us, stop_us, master):
     origin_us, stop_us, num_bins = binning.window(first, last, bin_seconds,
                                                   origin_us, stop_us)
     params = binning.parameters(origin_us, bin_seconds, origin_us, stop_us)
-    events = _spark_frame(spark.sql(binning.event_bins_sql(binning.SPARK), params))
+    events = categorical_addresses(
+        spark.sql(binning.event_bins_sql(binning.SPARK), params).toArrow())
     measurements = _spark_frame(
         spark.sql(binning.measurement_bins_sql(binning.SPARK), params))
     known = _spark_table(spark, inputs["devices"], DEVICE_COLUMNS)
