@@ -13,6 +13,10 @@ import pandas as pd
 import pytest
 
 from core import ingest, snapshots, spark_bins, synth
+from core.cli import main
+from core.config import RunConfig, StreamConfig
+from core.errors import DataError
+from core.pipeline import run_pipeline
 from core.snapshots import (
     SENSOR_FEATURES,
     build_snapshots,
@@ -94,7 +98,7 @@ def test_snapshots_file_round_trip(store_snapshots, tmp_path):
 
 
 def test_parquet_folder_without_events(tmp_path):
-    with pytest.raises(spark_bins.DataError, match="no Parquet files"):
+    with pytest.raises(DataError, match="no Parquet files"):
         spark_bins.build_snapshots_parquet(tmp_path, BIN_SECONDS, "duckdb")
 
 
@@ -147,3 +151,23 @@ def test_spark_bin_edges(tmp_path):
         assert rows["weight"].tolist() == [3.0, 4.0, 8.0], engine
         assert binned[4] == origin.value // 1000
         assert binned[5] == 4
+
+
+def test_snapshots_command_writes_file(parquet_folder, store_snapshots, tmp_path,
+                                       capsys):
+    output = tmp_path / "bins.npz"
+
+    code = main(["snapshots", "--engine", "duckdb", "--input", str(parquet_folder),
+                 "--bin-seconds", str(BIN_SECONDS), "--output", str(output)])
+
+    assert code == 0
+    assert "(duckdb)" in capsys.readouterr().out
+    assert_same_snapshots(load_snapshots(output), store_snapshots)
+
+
+def test_run_rejects_snapshots_of_other_width(store_snapshots, tmp_path):
+    config = RunConfig(stream=StreamConfig(bin_seconds=2 * BIN_SECONDS))
+
+    with pytest.raises(DataError, match="60 s bins"):
+        run_pipeline(Workspace.create(tmp_path / "ws"), config,
+                     snapshots=store_snapshots)
