@@ -14,7 +14,7 @@ process:
 - the dashboard's heatmap query (`core.views.heatmap_matrix`) on that run.
 
 Memory is the peak resident set size (RSS) of the child, sampled every 50 ms with
-psutil (`core.stages.StageTimer`); a stage's peak includes what earlier stages of
+psutil (`core.stages.StageTimer`). A stage's peak includes what earlier stages of
 the same child still hold. CPU seconds are the child's user plus system time,
 which shows the work done when other processes share the cores.
 

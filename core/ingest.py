@@ -678,7 +678,8 @@ def _columnar_events(
         weights = columnar.weights(table[weight_column])
         if weights is None:
             return None
-    # A self-loop gets a note and, on loopback, a rejection: the general path's work.
+    # A self-loop needs a note, and one on loopback a rejection, so the general
+    # path reads the file.
     if (src.indices.to_numpy() == dst.indices.to_numpy()).any():
         return None
     protocol = pa.nulls(count, pa.string())
@@ -705,7 +706,7 @@ def _columnar_events(
 def _event_order(instants: np.ndarray, notes: list[str]) -> np.ndarray | None:
     """Return a stable time order of epoch microseconds, or None if already sorted.
 
-    Notes out-of-order rows with the same wording as `_sort_events`.
+    Adds a note on out-of-order rows, worded as the general path words it.
     """
     previous_max = np.maximum.accumulate(instants)
     late = instants[1:] < previous_max[:-1]

@@ -147,3 +147,26 @@ def test_latin1_csv_takes_general_path(tmp_path, monkeypatch):
     _, _, taken = _ingest_twice(tmp_path, monkeypatch, [path], encoding="latin-1")
 
     assert taken == [False]
+
+
+def test_crlf_csv_matches_general_path(tmp_path, monkeypatch):
+    path = tmp_path / "events.csv"
+    text = HEADER + "".join(CLEAN_ROWS)
+    path.write_bytes(text.replace("\n", "\r\n").encode())
+
+    columnar, general, taken = _ingest_twice(tmp_path, monkeypatch, [path])
+
+    assert taken == [True]
+    _assert_same(columnar, general)
+    assert len(columnar["events"]) == len(CLEAN_ROWS)
+
+
+def test_unterminated_last_line_held_back(tmp_path, monkeypatch):
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER + "".join(CLEAN_ROWS) + CLEAN_ROWS[0].rstrip("\n"))
+
+    columnar, general, taken = _ingest_twice(tmp_path, monkeypatch, [path])
+
+    assert taken == [True]
+    _assert_same(columnar, general)
+    assert len(columnar["events"]) == len(CLEAN_ROWS)
