@@ -14,9 +14,11 @@ implementation. Rows are never split between the two paths.
 
 Accepted here:
 
-- CSV as UTF-8 without a byte order mark, with no double quote and no lone carriage
-  return in the rows read and no blank line, so that row i is file line i + 2 (or
-  counts on from the offset of a grown file). Every cell is read as text.
+- CSV as UTF-8 without a byte order mark. The rows read contain no double quote,
+  no lone carriage return and no blank line, so row i is file line i + 2, or
+  counts on from the offset of a grown file. Every cell is read as text.
+  NOTE: a quoted CSV file takes the general path even when its quoted fields
+  contain no line break.
 - Parquet whose time column is a timestamp (with a zone, or naive when the
   ingest's zone is UTC) and whose address columns are strings.
 """

@@ -387,7 +387,7 @@ def ingest_file(
     end = reading.complete_end(data, kind, options.read_unterminated_line)
     held_back = []
     if end < len(data):
-        line = data[:end].count(b"\n") + 1
+        line = data.count(b"\n", 0, end) + 1
         held_back.append(
             f"line {line} has no line end and was held back: the next load reads it "
             "once it ends with a newline, or read_unterminated_line "
@@ -724,7 +724,8 @@ def _plan_file(
     workspace: Workspace, path: Path, data: bytes, kind: str, end: int, target: str
 ) -> _Origin:
     """Find what of `data[:end]` the store lacks: nothing, a tail, or all of it."""
-    checksum = _sha256(data[:end])
+    # Memory views, because slicing a large file's bytes would copy them.
+    checksum = _sha256(memoryview(data)[:end])
     resolved = str(path.resolve())
     with _store_connection(workspace) as con:
         already, latest = _stored_state(con, checksum, resolved, target)
@@ -734,8 +735,8 @@ def _plan_file(
         return origin
     report_id, bytes_end, stored_checksum = latest
     if (kind != "parquet" and bytes_end is not None and 0 < bytes_end <= end
-            and _sha256(data[:bytes_end]) == stored_checksum):
-        line = data[:bytes_end].count(b"\n") + 1
+            and _sha256(memoryview(data)[:bytes_end]) == stored_checksum):
+        line = data.count(b"\n", 0, bytes_end) + 1
         note = (f"file grew since report {report_id}: read from byte {bytes_end} "
                 f"(line {line}) on")
         return replace(origin, bytes_start=bytes_end, notes=(note,))
@@ -774,7 +775,7 @@ def _store_connection(workspace: Workspace) -> Iterator[duckdb.DuckDBPyConnectio
         yield con
 
 
-def _sha256(data: bytes) -> str:
+def _sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
