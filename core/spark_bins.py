@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import duckdb
@@ -194,7 +195,17 @@ def _bin_spark(inputs, bin_seconds, origin_us, stop_us, master):
     reason = spark_missing_reason()
     if reason is not None:
         raise SparkUnavailableError("Spark cannot run here", reason)
-    spark = spark_session(master)
+    with warnings.catch_warnings():
+        # pyspark 4.3 warns that it does not fully support pandas 3. Results come
+        # back through Arrow, not through pyspark's pandas conversion, and the
+        # spark tests compare them with DuckDB's.
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support",
+                                category=FutureWarning)
+        return _bin_spark_session(spark_session(master), inputs, bin_seconds,
+                                  origin_us, stop_us)
+
+
+def _bin_spark_session(spark, inputs, bin_seconds, origin_us, stop_us):
     for name, columns in (("events", EVENT_COLUMNS),
                           ("measurements", MEASUREMENT_COLUMNS)):
         _spark_view(spark, name, inputs[name], columns)
@@ -221,6 +232,7 @@ def spark_session(master: str = "local[*]"):
             .config("spark.sql.session.timeZone", "UTC")
             .config("spark.sql.shuffle.partitions", str(SHUFFLE_PARTITIONS))
             .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.driver.host", "127.0.0.1")
             .getOrCreate())
@@ -232,8 +244,8 @@ def _spark_view(spark, name: str, files: list[str], columns: tuple[str, ...]) ->
         frame.select(*columns).createOrReplaceTempView(name)
         return
     types = {"t": "TIMESTAMP", "value": "DOUBLE", "weight": "DOUBLE"}
-    schema = ", ".join(f"{c} {types.get(c, 'STRING')}" for c in columns)
-    spark.createDataFrame([], schema).createOrReplaceTempView(name)
+    fields = [f"CAST(NULL AS {types.get(c, 'STRING')}) AS {c}" for c in columns]
+    spark.range(0).selectExpr(*fields).createOrReplaceTempView(name)
 
 
 def _spark_frame(frame) -> pd.DataFrame:
