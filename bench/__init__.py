@@ -1,1 +1,1 @@
-"""Benchmarks: commands that print a table of measured figures."""
+"""Benchmarks that print a table of measured figures; run as `tgloc bench ...`."""

@@ -1,4 +1,5 @@
-"""The command line: `tgloc demo`, `ingest`, `run`, `incidents`, `suppressions`.
+"""The command line: `tgloc demo`, `ingest`, `run`, `incidents`, `suppressions`,
+`evaluate`, `snapshots`, `bench`.
 
 A thin front end over `core`: it parses arguments, turns progress callbacks into a
 progress line, and prints errors as their headline and detail. A traceback is shown
@@ -153,6 +154,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--progress-file",
                      help="append JSON lines {stage, fraction} to this file")
     run.set_defaults(handler=command_run)
+
+    run.add_argument("--snapshots",
+                     help="run on snapshots written by `tgloc snapshots` instead of "
+                     "binning the store")
+
+    bins = commands.add_parser(
+        "snapshots", help="bin partitioned Parquet files on DuckDB or Spark")
+    bins.add_argument("--input", required=True,
+                      help="folder with events/ (and measurements/) Parquet files")
+    bins.add_argument("--output", required=True, help="snapshots file to write (.npz)")
+    bins.add_argument("--engine", choices=("duckdb", "spark"), default="duckdb",
+                      help="SQL engine that bins the files (default duckdb)")
+    bins.add_argument("--bin-seconds", type=int, default=60,
+                      help="base bin width in seconds (default 60)")
+    bins.add_argument("--master", default="local[*]",
+                      help="Spark master URL (default local[*]: this machine)")
+    bins.set_defaults(handler=command_snapshots)
+
+    from bench import scale as scale_bench
+
+    bench = commands.add_parser("bench", help="run a benchmark and print its table")
+    benchmarks = bench.add_subparsers(dest="benchmark", required=True)
+    scale = benchmarks.add_parser(
+        "scale", help="time, throughput and peak memory of each stage on synthetic "
+        "plants of 1 M, 10 M and 50 M events")
+    scale_bench.add_arguments(scale)
+    scale.set_defaults(handler=scale_bench.run)
 
     show = commands.add_parser("incidents", help="print a run's incidents")
     show.add_argument("--workspace", default=DEFAULT_WORKSPACE)
@@ -381,8 +409,13 @@ def command_run(args: argparse.Namespace) -> int:
 
     timer = StageTimer()
     progress = ProgressPrinter(args.progress_file)
+    snapshots = None
+    if args.snapshots:
+        from core.snapshots import load_snapshots
+
+        snapshots = load_snapshots(args.snapshots)
     result = pipeline.run_pipeline(workspace, config, run_id=args.run_id,
-                                   progress=progress, timer=timer)
+                                   progress=progress, timer=timer, snapshots=snapshots)
     found = len(result.incidents)
     print(f"run {result.run_id}: {found} incident{_plural(found)} -> {result.path}")
     for line in run_notes(result.info):
@@ -428,6 +461,18 @@ def accepted_lines(accepted: list[dict]) -> list[str]:
                      f"({record['start']} to {record['end']}, by "
                      f"{record['accepted_by']}): {where}")
     return lines
+
+
+def command_snapshots(args: argparse.Namespace) -> int:
+    from core import snapshots, spark_bins
+
+    built = spark_bins.build_snapshots_parquet(args.input, args.bin_seconds,
+                                               engine=args.engine, master=args.master)
+    path = snapshots.save_snapshots(built, args.output)
+    print(f"{built.num_bins} bins of {built.bin_seconds} s, {built.num_devices} "
+          f"devices, {len(built.pairs)} pairs, {len(built.sensors)} sensors "
+          f"({args.engine}) -> {path}")
+    return 0
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:

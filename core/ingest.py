@@ -19,6 +19,10 @@ so is any changed Parquet file, because it is read whole: reading either again w
 store the earlier rows twice (`core.withdraw` removes a load first). Only loads made
 with the same options (`IngestOptions.identity`) count as the same load.
 
+Clean event files, CSV or Parquet with zoned ISO-8601 or typed times and no row
+to reject, are checked and stored column by column with Arrow (`core.columnar`),
+several times faster per row. Every other file takes the general path below.
+
 CSV files are read with every column as text and converted here, so a late
 non-numeric id or a late decimal never changes a column's type. Parquet columns that
 already have a type keep it. Zeek logs (TSV with `#fields`, or JSON lines) are read
@@ -46,8 +50,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from core import reading, store
+from core import columnar, reading, store
 from core.errors import IngestError, StoreBusyError
 from core.store import Workspace
 
@@ -446,7 +451,7 @@ def ingest_file(
     end = reading.complete_end(data, kind, options.read_unterminated_line)
     held_back = []
     if end < len(data):
-        line = data[:end].count(b"\n") + 1
+        line = data.count(b"\n", 0, end) + 1
         held_back.append(
             f"line {line} has no line end and was held back: the next load reads it "
             "once it ends with a newline, or read_unterminated_line "
@@ -458,6 +463,9 @@ def ingest_file(
         try:
             if origin.already is not None:
                 return _write_already_loaded(workspace, origin, options)
+            batch = _columnar_batch(data, kind, end, options, origin)
+            if batch is not None:
+                return _write(workspace, batch, options, origin)
             table = reading.read_table(data, kind, path.name, options.encoding,
                                        origin.bytes_start, end)
             notes = [*origin.notes, *table.notes]
@@ -670,6 +678,118 @@ def _ingest(
     return _write(workspace, batch, options, origin)
 
 
+def _columnar_batch(
+    data: bytes, kind: str, end: int, options: IngestOptions, origin: _Origin
+) -> _Batch | None:
+    """Read an events file with Arrow when every row is clean; None otherwise.
+
+    The batch equals what the general path builds for such a file: the same rows,
+    lines, notes and counts (see `core.columnar`).
+    """
+    if options.target != "events" or kind not in ("csv", "parquet"):
+        return None
+    if kind == "csv":
+        columns = columnar.read_csv(data, origin.bytes_start, end, options.encoding)
+    else:
+        columns = columnar.read_parquet(data)
+    if columns is None or columns.table.num_rows == 0:
+        return None
+    source = origin.source
+    probe, trimmed = _trim_headers(pd.DataFrame(columns=columns.table.column_names),
+                                   source)
+    notes = list(origin.notes)
+    if trimmed:
+        notes.append(f"{trimmed} header name{_plural(trimmed)} trimmed")
+    batch = _columnar_events(columns.table.rename_columns(list(probe.columns)),
+                             columns.first_line, options, source)
+    if batch is not None:
+        batch.notes[:0] = notes
+        log.debug("read %s column-wise: every row is clean", source)
+    return batch
+
+
+def _columnar_events(
+    table: pa.Table, first_line: int, options: IngestOptions, source: str
+) -> _Batch | None:
+    probe = pd.DataFrame(columns=table.column_names)
+    required, optional = TARGET_COLUMNS["events"]
+    found = _resolve_columns(probe, options, (*required, *optional), source)
+    _require(found, required, probe, "events", source)
+    if _find_label(probe, options, set(found.values())) is not None:
+        return None
+    # Further columns are stored as event attributes, with sentinels applied, and
+    # the general path does that.
+    if options.sentinels or set(table.column_names) - set(found.values()):
+        return None
+    times = columnar.times(table[found["time"]], options.timezone)
+    if times is None:
+        return None
+    notes: list[str] = []
+    ends = {}
+    for name in ("src", "dst"):
+        ends[name] = columnar.addresses(table[found[name]], _canonical_address)
+        if ends[name] is None:
+            return None
+        changed = ends[name].changed
+        if changed:
+            notes.append(
+                f"{changed} {name} address{'es' if changed != 1 else ''} rewritten to "
+                "canonical form (port removed, IPv6 compressed or IPv4-mapped)"
+            )
+    src, dst = columnar.dictionary_pair(ends["src"], ends["dst"])
+    count = table.num_rows
+    weight_column = found.get("weight")
+    if weight_column is None or options.weight_policy == "count":
+        if weight_column is not None:
+            notes.append(f"weight policy count: column {weight_column} ignored, "
+                         "weight 1")
+        weights = pa.array(np.ones(count))
+    else:
+        weights = columnar.weights(table[weight_column])
+        if weights is None:
+            return None
+    # A self-loop needs a note, and one on loopback a rejection, so the general
+    # path reads the file.
+    if (src.indices.to_numpy() == dst.indices.to_numpy()).any():
+        return None
+    protocol = pa.nulls(count, pa.string())
+    if "protocol" in found:
+        protocol = columnar.optional_text(table[found["protocol"]])
+        if protocol is None:
+            return None
+
+    instants = times.cast(pa.int64()).to_numpy()
+    events = pa.table({
+        "t": times,
+        "src": src,
+        "dst": dst,
+        "weight": weights,
+        "protocol": protocol,
+        "line": pa.array(np.arange(first_line, first_line + count, dtype=np.int64)),
+    })
+    order = _event_order(instants, notes)
+    if order is not None:
+        events = events.take(pa.array(order))
+    return _Batch("events", events, count, count, notes=notes)
+
+
+def _event_order(instants: np.ndarray, notes: list[str]) -> np.ndarray | None:
+    """Return a stable time order of epoch microseconds, or None if already sorted.
+
+    Adds a note on out-of-order rows, worded as the general path words it.
+    """
+    previous_max = np.maximum.accumulate(instants)
+    late = instants[1:] < previous_max[:-1]
+    if not late.any():
+        return None
+    lag = int((previous_max[:-1] - instants[1:]).max())
+    notes.append(
+        f"{len(instants)} event{_plural(len(instants))}, {int(late.sum())} out of "
+        f"order, max lag {_format_seconds(lag / 1e6)} s; sorted"
+    )
+    return np.argsort(instants, kind="stable")
+
+
 def _plan_file(
     workspace: Workspace, path: Path, data: bytes, kind: str, end: int,
     options: IngestOptions,
@@ -680,7 +800,8 @@ def _plan_file(
         IngestError: the file changed since its last load in a way other than an
             append, so loading it again would store its earlier rows twice.
     """
-    checksum = _sha256(data[:end])
+    # Memory views, because slicing a large file's bytes would copy them.
+    checksum = _sha256(memoryview(data)[:end])
     resolved = str(path.resolve())
     target, identity = options.target, options.identity()
     with _store_connection(workspace) as con:
@@ -698,8 +819,8 @@ def _plan_file(
         return origin
     report_id, bytes_end, stored_checksum = latest
     if (kind != "parquet" and bytes_end is not None and 0 < bytes_end <= end
-            and _sha256(data[:bytes_end]) == stored_checksum):
-        line = data[:bytes_end].count(b"\n") + 1
+            and _sha256(memoryview(data)[:bytes_end]) == stored_checksum):
+        line = data.count(b"\n", 0, bytes_end) + 1
         note = (f"file grew since report {report_id}: read from byte {bytes_end} "
                 f"(line {line}) on")
         return replace(origin, bytes_start=bytes_end, notes=(*notes, note))
@@ -770,7 +891,7 @@ def _store_connection(workspace: Workspace) -> Iterator[duckdb.DuckDBPyConnectio
         yield con
 
 
-def _sha256(data: bytes) -> str:
+def _sha256(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -839,7 +960,11 @@ def _write_batch(
 
     rows = batch.rows
     if "report_id" in _table_columns(batch.table):
-        rows = rows.assign(report_id=report_id)
+        if isinstance(rows, pa.Table):
+            rows = rows.append_column(
+                "report_id", pa.array(np.full(len(rows), report_id, dtype=np.int64)))
+        else:
+            rows = rows.assign(report_id=report_id)
     if batch.table == "measurements" and not rows.empty:
         rows = _against_stored(con, batch, rows, options, notes)
     if batch.replace and not rows.empty:
@@ -1814,18 +1939,8 @@ def _weights(
 def _sort_events(events: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     if events.empty:
         return events
-    times = _utc_numpy(events["t"])
-    previous_max = np.maximum.accumulate(times)
-    late = np.zeros(len(times), dtype=bool)
-    late[1:] = times[1:] < previous_max[:-1]
-    if late.any():
-        lag = (previous_max[:-1] - times[1:]).max()
-        seconds = lag / np.timedelta64(1, "s")
-        notes.append(
-            f"{len(events)} event{_plural(len(events))}, {int(late.sum())} out of "
-            f"order, max lag "
-            f"{_format_seconds(seconds)} s; sorted"
-        )
+    instants = _utc_numpy(events["t"]).view(np.int64)
+    if _event_order(instants, notes) is not None:
         events = events.sort_values("t", kind="stable")
     return events.reset_index(drop=True)
 

@@ -50,6 +50,7 @@ def run_pipeline(
     run_id: str | None = None,
     progress: Progress | None = None,
     timer: StageTimer | None = None,
+    snapshots: Snapshots | None = None,
 ) -> RunResult:
     """Bin, train, score, localize and publish one run of `workspace`.
 
@@ -59,6 +60,9 @@ def run_pipeline(
         run_id: the run's name; a UTC timestamp by default.
         progress: called with (stage, fraction done) as the run advances.
         timer: records each stage's time and peak memory.
+        snapshots: snapshots binned elsewhere (on Spark, say, see
+            `core.spark_bins`); their bin width must be the configured one. By
+            default the store of `workspace` is binned.
 
     Raises:
         DataError: the store cannot support a run (no data, one device, too few bins).
@@ -73,9 +77,22 @@ def run_pipeline(
 
     report("snapshots", 0.0)
     with timer.stage("snapshots"):
-        snapshots = build_snapshots(workspace.store_path, config.stream.bin_seconds,
-                                    gap_fill=config.stream.gap_fill,
-                                    gap_fill_limit=config.stream.gap_fill_limit)
+        if snapshots is None:
+            snapshots = build_snapshots(workspace.store_path, config.stream.bin_seconds,
+                                        gap_fill=config.stream.gap_fill,
+                                        gap_fill_limit=config.stream.gap_fill_limit)
+        elif snapshots.bin_seconds != config.stream.bin_seconds:
+            raise DataError(
+                f"the snapshots have {snapshots.bin_seconds} s bins, the run "
+                f"configuration {config.stream.bin_seconds} s",
+                f"Run with --bin-seconds {snapshots.bin_seconds}, or bin again.",
+            )
+        elif config.stream.gap_fill != "none":
+            raise DataError(
+                f"gap_fill={config.stream.gap_fill!r} applies where tgloc bins the "
+                "store, and these snapshots were binned already",
+                "Run without --snapshots, or without --gap-fill.",
+            )
         train.require_devices(snapshots)
         periods, segments = assign_periods(snapshots, config)
         width = snapshots.bin_seconds * MICROS

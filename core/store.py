@@ -32,6 +32,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from core.errors import RunNotFoundError, StoreBusyError
 
@@ -293,14 +294,16 @@ def query(
         return con.execute(sql, params or []).df()
 
 
-def insert_frame(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> int:
-    """Append a DataFrame to `table` by column name; return the rows written.
+def insert_frame(
+    con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame | pa.Table
+) -> int:
+    """Append a DataFrame or Arrow table to `table` by column name; return the rows.
 
     `table` must be one of the schema's own table names, never input text.
     """
     if not re.fullmatch(r"[a-z_]+", table):
         raise ValueError(f"invalid table name {table!r}")
-    if frame.empty:
+    if len(frame) == 0:
         return 0
     con.register("_frame", frame)
     try:

@@ -81,7 +81,19 @@ def test_build_parser_commands():
     commands = _subcommands(build_parser())
 
     assert set(commands) == {"demo", "ingest", "run", "incidents", "suppressions",
-                             "evaluate"}
+                             "evaluate", "snapshots", "bench"}
+
+
+def test_build_parser_bench_scale_options():
+    parser = build_parser()
+
+    args = parser.parse_args(["bench", "scale", "--quick", "--epochs", "2"])
+
+    assert args.benchmark == "scale"
+    assert args.quick is True
+    assert args.epochs == 2
+    with pytest.raises(SystemExit):
+        parser.parse_args(["bench"])
 
 
 def test_build_parser_demo_options():
