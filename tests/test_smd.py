@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,3 +173,20 @@ def test_smd_real_machine(tmp_path):
     assert len(first["sensors"]) == 11
     machine = read_machine(folder, "machine-1-6")
     assert int(machine.labels.sum()) == 3708
+
+
+def test_cli_ingest_smd(tmp_path):
+    folder = _machine(tmp_path / "smd")
+    root = Path(__file__).resolve().parent.parent
+    environment = dict(os.environ, PYTHONPATH=str(root))
+    command = [sys.executable, "-m", "core.cli", "ingest", "--workspace",
+               str(tmp_path / "ws"), "--smd", str(folder), "--machine", "machine-9-1"]
+    done = subprocess.run(command, cwd=root, env=environment, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "machine-9-1_test -> measurements: 6 rows read, 6 stored" in done.stdout
+    missing = subprocess.run(command[:-2], cwd=root, env=environment,
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2
+    assert "--smd needs --machine" in missing.stderr
+    assert "Traceback" not in missing.stderr
