@@ -201,9 +201,12 @@ def families(
         mean_center = prepared.center[device_idx, starts]
         # The within-bin range residual, (max - min) observed minus expected, shows a
         # one-sample spike even while the model misjudges the level of the whole bin.
+        # A bin with one reading has a range of 0 by construction, so its residual
+        # would be the model's own expected range: it counts only with 2 readings.
         at_min, at_max = SENSOR_FEATURES.index("min"), SENSOR_FEATURES.index("max")
         spread = (xs[..., at_max] - xs[..., at_min]) - (hats[..., at_max] - hats[..., at_min])
-        spread_weight = ms[..., at_max] * ms[..., at_min]
+        several = snapshots.sensor_values[..., 4] >= 2
+        spread_weight = ms[..., at_max] * ms[..., at_min] * several
         residual = np.concatenate([(xs - hats) * ms, (spread * spread_weight)[..., None]], -1)
         weight = np.concatenate([ms, spread_weight[..., None]], -1)
         result.append(Family(
