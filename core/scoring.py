@@ -191,6 +191,17 @@ def families(
         reported = snapshots.sensor_values[..., 4] > 0
         exists = (reported | reported[in_train].any(axis=0)[None, :]) & present[:, device_idx]
         ms = ms * exists[..., None]
+        # A sensor constant in training is expected to keep its constant, which is
+        # 0 once standardized. The model's output for it only echoes its
+        # neighbours, and a time since change that grew through all of training
+        # says nothing a change of value would not.
+        constant = set(prepared.constant)
+        fixed = np.array([(str(d), str(s)) in constant
+                          for d, s in zip(sensors["device"], sensors["sensor"])], bool)
+        if fixed.any():
+            for name in ("mean", "min", "max"):
+                hats[:, fixed, SENSOR_FEATURES.index(name)] = 0.0
+            ms[:, fixed, SENSOR_FEATURES.index("stale")] = 0.0
         # The score reads the value features (mean, min, max, time since change).
         # It reads the count only where a bin has no reading, and never the
         # within-bin standard deviation of two or three samples, whose noise would
