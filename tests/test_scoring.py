@@ -7,7 +7,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from core.scoring import P_FLOOR, Family, aggregate, coarse_periods, tail_pvalues
+from core import store, train
+from core.ingest import IngestOptions, ingest_frame
+from core.scoring import (P_FLOOR, Family, aggregate, coarse_periods, families,
+                          tail_pvalues)
+from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, build_snapshots
 
 
 def test_tail_pvalues_uniform_on_null():
@@ -211,3 +215,56 @@ def test_aggregate_observed_mean_skips_bins_without_reading():
     # Bin 0 averages 0, 2 and 3; bin 1 has no reading at all.
     assert scaled.observed[0, 0] == pytest.approx(5 / 3)
     assert np.isnan(scaled.observed[1, 0])
+
+
+def _one_reading_per_bin(tmp_path):
+    """A store of 3 sensors read once a minute for 40 minutes; `flat` is 0 in the
+    first 30 (the training bins) and 2.0 at minute 35."""
+    minutes = np.arange(40)
+    flat = np.zeros(40)
+    flat[35] = 2.0
+    frame = pd.DataFrame({
+        "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(minutes, unit="min"),
+        "a": np.sin(minutes / 3.0), "b": np.cos(minutes / 4.0), "flat": flat,
+    })
+    workspace = store.Workspace.create(tmp_path / "ws")
+    ingest_frame(workspace, frame, IngestOptions(target="measurements", layout="wide"),
+                 "one reading per bin")
+    snapshots = build_snapshots(workspace.store_path, 60)
+    train_bins = np.arange(30)
+    prepared = train.prepare(snapshots, train_bins, [(0, snapshots.num_bins)])
+    return snapshots, prepared, train_bins
+
+
+def test_families_constant_sensor_expects_its_constant(tmp_path):
+    snapshots, prepared, train_bins = _one_reading_per_bin(tmp_path)
+    assert ("flat", "flat") in prepared.constant
+    # A model output that echoes neighbours: 3 standard units off everywhere.
+    x_hat = prepared.x.numpy() + 3.0
+    sensor = next(f for f in families(snapshots, prepared, x_hat, np.zeros((40, 0, 2)),
+                                      pd.DataFrame({"column": []}), train_bins)
+                  if f.kind == "sensor")
+    column = list(sensor.ids["sensor"]).index("flat")
+    mean = SENSOR_FEATURES.index("mean")
+    stale = SENSOR_FEATURES.index("stale")
+    unchanged = np.delete(np.arange(40), 35)
+    assert np.abs(sensor.residual[unchanged, column, mean]).max() == 0.0
+    assert sensor.residual[35, column, mean] > 0
+    assert sensor.weight[:, column, stale].max() == 0.0
+    assert np.allclose(sensor.expected[:, column], 0.0)
+    other = list(sensor.ids["sensor"]).index("a")
+    assert np.abs(sensor.residual[:, other, mean]).min() > 0
+
+
+def test_families_range_needs_two_readings(tmp_path):
+    snapshots, prepared, train_bins = _one_reading_per_bin(tmp_path)
+    x_hat = prepared.x.numpy().copy()
+    # The model expects a range of 2 standard units where one reading has none.
+    x_hat[..., len(COMM_FEATURES) + SENSOR_FEATURES.index("max")] += 1.0
+    x_hat[..., len(COMM_FEATURES) + SENSOR_FEATURES.index("min")] -= 1.0
+    sensor = next(f for f in families(snapshots, prepared, x_hat, np.zeros((40, 0, 2)),
+                                      pd.DataFrame({"column": []}), train_bins)
+                  if f.kind == "sensor")
+    spread = sensor.residual.shape[-1] - 1
+    assert sensor.weight[..., spread].max() == 0.0
+    assert np.abs(sensor.residual[..., spread]).max() == 0.0
