@@ -193,11 +193,12 @@ def families(
         ms = ms * exists[..., None]
         # A sensor constant in training is expected to keep its constant, which is
         # 0 once standardized. The model's output for it only echoes its
-        # neighbours, and a time since change that grew through all of training
-        # says nothing a change of value would not.
+        # neighbours. Its time since change grew through all of training, so it
+        # adds nothing to the value residual.
         constant = set(prepared.constant)
-        fixed = np.array([(str(d), str(s)) in constant
-                          for d, s in zip(sensors["device"], sensors["sensor"])], bool)
+        fixed = np.array([(str(device), str(name)) in constant
+                          for device, name in zip(sensors["device"], sensors["sensor"])],
+                         dtype=bool)
         if fixed.any():
             for name in ("mean", "min", "max"):
                 hats[:, fixed, SENSOR_FEATURES.index(name)] = 0.0
@@ -213,7 +214,7 @@ def families(
         # The within-bin range residual, (max - min) observed minus expected, shows a
         # one-sample spike even while the model misjudges the level of the whole bin.
         # A bin with one reading has a range of 0 by construction, so its residual
-        # would be the model's own expected range: it counts only with 2 readings.
+        # would be the model's own expected range. It counts only with 2 readings.
         at_min, at_max = SENSOR_FEATURES.index("min"), SENSOR_FEATURES.index("max")
         spread = (xs[..., at_max] - xs[..., at_min]) - (hats[..., at_max] - hats[..., at_min])
         several = snapshots.sensor_values[..., 4] >= 2

@@ -218,8 +218,10 @@ def test_aggregate_observed_mean_skips_bins_without_reading():
 
 
 def _one_reading_per_bin(tmp_path):
-    """A store of 3 sensors read once a minute for 40 minutes; `flat` is 0 in the
-    first 30 (the training bins) and 2.0 at minute 35."""
+    """Build a store of 3 sensors read once a minute for 40 minutes.
+
+    The first 30 minutes are the training bins. Sensor `flat` is 0 except 2.0 at
+    minute 35."""
     minutes = np.arange(40)
     flat = np.zeros(40)
     flat[35] = 2.0
