@@ -250,8 +250,8 @@ def score_autoencoder(machine: smd.Machine, epochs: int, seed: int = 0) -> Evide
 
 
 def measure(evidence: Evidence, machine: smd.Machine) -> dict:
-    """HitRate@100/150%, NDCG@100% over labelled minutes; point-wise and
-    point-adjusted F1 of the alarms."""
+    """Compute HitRate@100/150% and NDCG@100% over the labelled minutes, and the
+    point-wise and point-adjusted F1 of the alarms."""
     labelled = machine.segment_labels()
     index = {name: i for i, name in enumerate(machine.metrics)}
     hits = {percent: [] for percent in PERCENTS}
