@@ -52,7 +52,7 @@ def test_hit_rate_full_tie_ignores_column_order():
 
 def test_hit_rate_tie_straddling_cut():
     # Item 0 leads, items 1-3 tie; k = 2 gives 3 places at 150%, 2 of them for
-    # the tie, which holds one relevant item: 1 + 2/3 hits of 2.
+    # the tie, which contains one relevant item: 1 + 2/3 hits of 2.
     priority = np.array([3.0, 1.0, 1.0, 1.0, 0.0])
     tiebreak = np.zeros(5)
     relevant = np.array([True, False, True, False, False])
