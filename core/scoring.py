@@ -195,6 +195,9 @@ def families(
         # 0 once standardized. The model's output for it only echoes its
         # neighbours. Its time since change grew through all of training, so it
         # adds nothing to the value residual.
+        # NOTE: a sensor that is constant in training but for a few spikes is still
+        # scored against the model's output, so the echo of drifting neighbours can
+        # rank it first while it stays at its usual level.
         constant = set(prepared.constant)
         fixed = np.array([(str(device), str(name)) in constant
                           for device, name in zip(sensors["device"], sensors["sensor"])],
