@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import ingest, store
+from core import ingest, smd, store
 from core.config import (
     GAP_FILL_POLICIES,
     ModelConfig,
@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--withdraw", type=int, metavar="REPORT_ID",
                       help="remove every row that ingest report REPORT_ID stored, in "
                       "one transaction, so the file can be loaded again")
+    load.add_argument("--smd", metavar="FOLDER",
+                      help="import one machine of the Server Machine Dataset from "
+                      "FOLDER (csv/, interpretation_label/); needs --machine")
+    load.add_argument("--machine", help="SMD machine to import, such as machine-1-6")
+    load.add_argument("--step-seconds", type=int, default=smd.DEFAULT_STEP_SECONDS,
+                      help="SMD: seconds between two rows (default 60)")
     load.set_defaults(handler=command_ingest)
 
     run = commands.add_parser("run", help="bin, train, score and localize a workspace")
@@ -304,8 +310,17 @@ def command_ingest(args: argparse.Namespace) -> int:
         for report in ingest.ingest_batadal(workspace, args.batadal):
             print(report.summary())
         return 0
+    if args.smd:
+        if not args.machine:
+            raise TglocError("--smd needs --machine",
+                             "Name the machine, such as --machine machine-1-6.")
+        reports = smd.ingest_smd(workspace, args.smd, args.machine, args.step_seconds)
+        for report in reports:
+            print(report.summary())
+        return 0
     if not args.files:
-        raise TglocError("no file to ingest", "Name one or more files, or --batadal FOLDER.")
+        raise TglocError("no file to ingest",
+                         "Name one or more files, --batadal FOLDER or --smd FOLDER.")
     columns = {}
     for item in args.column:
         ours, _, theirs = item.partition("=")

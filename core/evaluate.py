@@ -9,7 +9,9 @@ point-adjusted side by side.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 import pandas as pd
@@ -244,3 +246,88 @@ def read_windows(path: str) -> pd.DataFrame:
             )
         result[column] = values.to_numpy()
     return result
+
+
+def top_count(percent: float, relevant: int) -> int:
+    """Return round(percent * relevant / 100), rounding halves up.
+
+    Exact in decimal: 150% of 3 is 4.5, which gives 5.
+    """
+    share = Fraction(str(percent)) * relevant / 100
+    return math.floor(share + Fraction(1, 2))
+
+
+def tie_groups(priority: np.ndarray, tiebreak: np.ndarray) -> list[np.ndarray]:
+    """Split items into groups of equal (priority, tiebreak), best group first.
+
+    Higher is more anomalous for both keys; `tiebreak` orders items of equal
+    `priority`. Items equal in both keys form one group, whose internal order
+    is left open (never the item order).
+    """
+    priority = np.asarray(priority, dtype=float)
+    tiebreak = np.asarray(tiebreak, dtype=float)
+    if priority.shape != tiebreak.shape or priority.ndim != 1:
+        raise ValueError(f"priority {priority.shape} and tiebreak {tiebreak.shape} "
+                         "must be 1-D arrays of one length")
+    order = np.lexsort((-tiebreak, -priority))
+    keys = np.stack([priority[order], tiebreak[order]], axis=1)
+    changes = np.flatnonzero(np.any(keys[1:] != keys[:-1], axis=1)) + 1
+    return np.split(order, changes)
+
+
+def hit_rate(priority: np.ndarray, tiebreak: np.ndarray, relevant: np.ndarray,
+             percent: float) -> float:
+    """HitRate@P%: the share of the relevant items among the top round(P% of k).
+
+    k is the number of relevant items. A tie group that straddles the cut counts
+    its relevant items in proportion to the places left for it, which is the
+    expected hit count over every order of the tie.
+
+    Args:
+        priority, tiebreak: shape [M], higher is more anomalous.
+        relevant: shape [M], bool, the labelled items.
+        percent: P, such as 100 or 150.
+
+    Raises:
+        ValueError: no item is relevant.
+    """
+    relevant = np.asarray(relevant, dtype=bool)
+    count = int(relevant.sum())
+    if count == 0:
+        raise ValueError("hit_rate needs at least one relevant item")
+    cut = min(top_count(percent, count), len(relevant))
+    hits, position = 0.0, 0
+    for group in tie_groups(priority, tiebreak):
+        if position >= cut:
+            break
+        places = min(len(group), cut - position)
+        hits += relevant[group].sum() * places / len(group)
+        position += len(group)
+    return hits / count
+
+
+def ndcg(priority: np.ndarray, tiebreak: np.ndarray, relevant: np.ndarray,
+         percent: float = 100) -> float:
+    """NDCG@P% with binary gains over the top round(P% of k) places.
+
+    A tie group spreads its relevant items evenly over its places (the expected
+    gain over every order of the tie). The ideal ranking puts the k relevant
+    items first.
+
+    Raises:
+        ValueError: no item is relevant.
+    """
+    relevant = np.asarray(relevant, dtype=bool)
+    count = int(relevant.sum())
+    if count == 0:
+        raise ValueError("ndcg needs at least one relevant item")
+    cut = min(top_count(percent, count), len(relevant))
+    discounts = 1.0 / np.log2(np.arange(cut) + 2.0)
+    gain, position = 0.0, 0
+    for group in tie_groups(priority, tiebreak):
+        if position >= cut:
+            break
+        share = relevant[group].sum() / len(group)
+        gain += share * discounts[position : position + len(group)].sum()
+        position += len(group)
+    return float(gain / discounts[: min(count, cut)].sum())

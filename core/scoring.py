@@ -193,6 +193,21 @@ def families(
         reported = snapshots.sensor_values[..., 4] > 0
         exists = (reported | reported[in_train].any(axis=0)[None, :]) & present[:, device_idx]
         ms = ms * exists[..., None]
+        # A sensor constant in training is expected to keep its constant, which is
+        # 0 once standardized. The model's output for it only echoes its
+        # neighbours. Its time since change grew through all of training, so it
+        # adds nothing to the value residual.
+        # NOTE: a sensor that is constant in training but for a few spikes is still
+        # scored against the model's output, so the echo of drifting neighbours can
+        # rank it first while it stays at its usual level.
+        constant = set(prepared.constant)
+        fixed = np.array([(str(device), str(name)) in constant
+                          for device, name in zip(sensors["device"], sensors["sensor"])],
+                         dtype=bool)
+        if fixed.any():
+            for name in ("mean", "min", "max"):
+                hats[:, fixed, SENSOR_FEATURES.index(name)] = 0.0
+            ms[:, fixed, SENSOR_FEATURES.index("stale")] = 0.0
         # The score reads the value features (mean, min, max, time since change).
         # It reads the count only where a bin has no reading, and never the
         # within-bin standard deviation of two or three samples, whose noise would
@@ -203,9 +218,12 @@ def families(
         mean_center = prepared.center[device_idx, starts]
         # The within-bin range residual, (max - min) observed minus expected, shows a
         # one-sample spike even while the model misjudges the level of the whole bin.
+        # A bin with one reading has a range of 0 by construction, so its residual
+        # would be the model's own expected range. It counts only with 2 readings.
         at_min, at_max = SENSOR_FEATURES.index("min"), SENSOR_FEATURES.index("max")
         spread = (xs[..., at_max] - xs[..., at_min]) - (hats[..., at_max] - hats[..., at_min])
-        spread_weight = ms[..., at_max] * ms[..., at_min]
+        several = snapshots.sensor_values[..., 4] >= 2
+        spread_weight = ms[..., at_max] * ms[..., at_min] * several
         residual = np.concatenate([(xs - hats) * ms, (spread * spread_weight)[..., None]], -1)
         weight = np.concatenate([ms, spread_weight[..., None]], -1)
         result.append(Family(

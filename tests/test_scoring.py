@@ -7,8 +7,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from core.scoring import (P_FLOOR, Family, aggregate, coarse_periods, recalibrate,
-                          tail_pvalues)
+from core import store, train
+from core.ingest import IngestOptions, ingest_frame
+from core.scoring import (P_FLOOR, Family, aggregate, coarse_periods, families,
+                          recalibrate, tail_pvalues)
+from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, build_snapshots
 
 
 def test_tail_pvalues_uniform_on_null():
@@ -231,11 +234,67 @@ def test_recalibrate_null_stays_uniform():
 
 def test_recalibrate_extrapolates_the_most_inflated_elements():
     # An element's p-value deeper than any null one is as rare as the inflated
-    # elements make it: 5% of elements fall below 1e-12 with chance sqrt(1e-12) = 1e-6, so the
-    # share is about 0.05 * 1e-6 = 5e-8, not the 1e-12 of a uniform null.
+    # elements make it: 5% of the elements fall below 1e-12 with chance
+    # sqrt(1e-12) = 1e-6, so the share is about 0.05 * 1e-6 = 5e-8, not the 1e-12
+    # of a uniform null.
     null = _inflated_null(np.random.default_rng(4))
     deep = np.array([[1e-8, 1e-12, 1e-16]])
     mapped, _ = recalibrate(deep, null)
     truth = 0.05 * np.sqrt(deep[0])
     assert np.all(np.diff(mapped[0]) < 0)
     assert np.all(mapped[0] > truth / 10) and np.all(mapped[0] < truth * 10), mapped
+
+
+def _one_reading_per_bin(tmp_path):
+    """Build a store of 3 sensors read once a minute for 40 minutes.
+
+    The first 30 minutes are the training bins. Sensor `flat` is 0 except 2.0 at
+    minute 35."""
+    minutes = np.arange(40)
+    flat = np.zeros(40)
+    flat[35] = 2.0
+    frame = pd.DataFrame({
+        "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(minutes, unit="min"),
+        "a": np.sin(minutes / 3.0), "b": np.cos(minutes / 4.0), "flat": flat,
+    })
+    workspace = store.Workspace.create(tmp_path / "ws")
+    ingest_frame(workspace, frame, IngestOptions(target="measurements", layout="wide"),
+                 "one reading per bin")
+    snapshots = build_snapshots(workspace.store_path, 60)
+    train_bins = np.arange(30)
+    prepared = train.prepare(snapshots, train_bins, [(0, snapshots.num_bins)])
+    return snapshots, prepared, train_bins
+
+
+def test_families_constant_sensor_expects_its_constant(tmp_path):
+    snapshots, prepared, train_bins = _one_reading_per_bin(tmp_path)
+    assert ("flat", "flat") in prepared.constant
+    # A model output that echoes neighbours: 3 standard units off everywhere.
+    x_hat = prepared.x.numpy() + 3.0
+    sensor = next(f for f in families(snapshots, prepared, x_hat, np.zeros((40, 0, 2)),
+                                      pd.DataFrame({"column": []}), train_bins)
+                  if f.kind == "sensor")
+    column = list(sensor.ids["sensor"]).index("flat")
+    mean = SENSOR_FEATURES.index("mean")
+    stale = SENSOR_FEATURES.index("stale")
+    unchanged = np.delete(np.arange(40), 35)
+    assert np.abs(sensor.residual[unchanged, column, mean]).max() == 0.0
+    assert sensor.residual[35, column, mean] > 0
+    assert sensor.weight[:, column, stale].max() == 0.0
+    assert np.allclose(sensor.expected[:, column], 0.0)
+    other = list(sensor.ids["sensor"]).index("a")
+    assert np.abs(sensor.residual[:, other, mean]).min() > 0
+
+
+def test_families_range_needs_two_readings(tmp_path):
+    snapshots, prepared, train_bins = _one_reading_per_bin(tmp_path)
+    x_hat = prepared.x.numpy().copy()
+    # The model expects a range of 2 standard units where one reading has none.
+    x_hat[..., len(COMM_FEATURES) + SENSOR_FEATURES.index("max")] += 1.0
+    x_hat[..., len(COMM_FEATURES) + SENSOR_FEATURES.index("min")] -= 1.0
+    sensor = next(f for f in families(snapshots, prepared, x_hat, np.zeros((40, 0, 2)),
+                                      pd.DataFrame({"column": []}), train_bins)
+                  if f.kind == "sensor")
+    spread = sensor.residual.shape[-1] - 1
+    assert sensor.weight[..., spread].max() == 0.0
+    assert np.abs(sensor.residual[..., spread]).max() == 0.0
