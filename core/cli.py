@@ -142,7 +142,52 @@ def build_parser() -> argparse.ArgumentParser:
                        help="alarm where score >= THRESHOLD (needed without pred)")
     evaluation.add_argument("--format", choices=("text", "json"), default="text")
     evaluation.set_defaults(handler=command_evaluate)
+
+    follow = commands.add_parser(
+        "watch", help="score new data bin by bin as it arrives and alert on incidents")
+    follow.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    follow.add_argument("--source", required=True,
+                        help="folder where CSV/Parquet files land, or one growing file")
+    follow.add_argument("--target", choices=("auto", "events", "measurements"),
+                        default="auto",
+                        help="table of the source files (default: from each file's header)")
+    follow.add_argument("--lateness", type=float, default=0.0, metavar="S",
+                        help="seconds a bin stays open after its end for late rows "
+                             "(data clock; default 0)")
+    follow.add_argument("--poll", type=float, default=1.0, metavar="S",
+                        help="seconds between looks at the source (default 1)")
+    add_online_arguments(follow)
+    follow.set_defaults(handler=command_watch)
+
+    again = commands.add_parser(
+        "replay", help="feed the stored data after the reference through the online path")
+    again.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    again.add_argument("--speed", default="max",
+                       help="times real time, such as 60, or 'max' (default)")
+    again.add_argument("--from", dest="start", metavar="TIME",
+                       help="ISO time of the first replayed bin (default: the run's "
+                            "first scored bin)")
+    add_online_arguments(again)
+    again.set_defaults(handler=command_replay)
     return parser
+
+
+def add_online_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `watch` and `replay`."""
+    parser.add_argument("--webhook", action="append", default=[], metavar="URL",
+                        help="POST each alert as JSON to URL (repeatable)")
+    parser.add_argument("--syslog", action="append", default=[], metavar="HOST:PORT",
+                        help="send each alert as an RFC 5424 line over UDP (repeatable)")
+    parser.add_argument("--min-severity", type=float, default=0.0,
+                        help="alert on incidents at or above this severity, 0 to 100 "
+                             "(default 0)")
+    parser.add_argument("--name", help="name of the online results file under online/ "
+                                       "(default: the run id, plus -replay for replay)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="discard earlier online results and alerts of this name")
+    parser.add_argument("--max-bins", type=int, help="stop after closing this many bins")
+    parser.add_argument("--until", metavar="TIME",
+                        help="stop once the bins up to this ISO time (data clock) are closed")
 
 
 class ProgressPrinter:
@@ -308,6 +353,85 @@ def command_run(args: argparse.Namespace) -> int:
                                    progress=progress, timer=timer)
     print(f"run {result.run_id}: {len(result.incidents)} incidents -> {result.path}")
     print(timer.table())
+    return 0
+
+
+def online_session(args: argparse.Namespace, default_suffix: str, fresh: bool):
+    from core import alerts, stream
+
+    if not 0 <= args.min_severity <= 100:
+        raise TglocError(f"invalid --min-severity {args.min_severity}",
+                         "Give a severity from 0 to 100.")
+    if args.max_bins is not None and args.max_bins < 1:
+        raise TglocError(f"invalid --max-bins {args.max_bins}", "Give a whole number >= 1.")
+    sinks = alerts.build_sinks(args.webhook, args.syslog)
+    workspace = store.Workspace.create(args.workspace)
+    name = args.name or (workspace.resolve_run(None) + default_suffix)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    session = stream.OnlineSession.open(workspace, name, sinks, args.min_severity, fresh, say)
+    limits = stream.Limits(max_bins=args.max_bins,
+                           until_us=parse_time(args.until, "--until") if args.until else None)
+    return workspace, session, limits
+
+
+def parse_time(text: str, option: str) -> int:
+    """Return epoch microseconds of an ISO-8601 time (UTC when it has no zone)."""
+    from core import online
+
+    try:
+        return online.micros(text)
+    except ValueError as exc:
+        raise TglocError(f"invalid {option} {text!r}",
+                         "Give an ISO-8601 time such as 2024-03-04T12:00:00Z.") from exc
+
+
+def command_watch(args: argparse.Namespace) -> int:
+    from core import stream
+
+    if args.lateness < 0:
+        raise TglocError(f"invalid --lateness {args.lateness}", "Give seconds >= 0.")
+    if args.poll <= 0:
+        raise TglocError(f"invalid --poll {args.poll}", "Give seconds > 0.")
+    workspace, session, limits = online_session(args, "", args.fresh)
+    stop = stream.stop_event()
+    try:
+        stream.watch(workspace, Path(args.source), session, args.lateness, limits,
+                     args.poll, args.target, stop)
+    finally:
+        session.close()
+    scorer = session.scorer
+    print(f"stopped after bin {scorer.last_bin}: {len(scorer.tracked)} online incidents, "
+          f"{scorer.late_rows} late rows, {len(session.alerted)} alerts queued "
+          f"-> {scorer.path}")
+    return 0
+
+
+def command_replay(args: argparse.Namespace) -> int:
+    from core import stream
+
+    speed: float | None = None
+    if args.speed != "max":
+        try:
+            speed = float(args.speed)
+        except ValueError:
+            speed = -1.0
+        if not speed > 0:
+            raise TglocError(f"invalid --speed {args.speed!r}",
+                             "Give a factor of real time > 0, such as 60, or 'max'.")
+    start = parse_time(args.start, "--from") if args.start else None
+    # A replay starts over unless it resumes an earlier one of the same name.
+    workspace, session, limits = online_session(args, "-replay", True)
+    stop = stream.stop_event()
+    try:
+        stream.replay(workspace, session, speed, limits, stop, start)
+    finally:
+        session.close()
+    scorer = session.scorer
+    print(f"replayed to bin {scorer.last_bin}: {len(scorer.tracked)} online incidents, "
+          f"{len(session.alerted)} alerts queued -> {scorer.path}")
     return 0
 
 
