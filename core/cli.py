@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "(data clock; default 0)")
     follow.add_argument("--poll", type=float, default=1.0, metavar="S",
                         help="seconds between looks at the source (default 1)")
+    follow.add_argument("--fresh", action="store_true",
+                        help="discard earlier online results and alerts of this name "
+                             "(default: resume after the last bin they hold)")
     add_online_arguments(follow)
     follow.set_defaults(handler=command_watch)
 
@@ -167,9 +170,41 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--from", dest="start", metavar="TIME",
                        help="ISO time of the first replayed bin (default: the run's "
                             "first scored bin)")
+    again.add_argument("--resume", action="store_true",
+                       help="continue an earlier replay of the same name after its last "
+                            "bin (default: start over)")
     add_online_arguments(again)
     again.set_defaults(handler=command_replay)
+
+    planting = commands.add_parser(
+        "plant", help="copy a workspace and plant faults with ground truth into the copy")
+    planting.add_argument("--workspace", required=True, help="the workspace to copy")
+    planting.add_argument("--into", required=True, help="new folder for the copy")
+    planting.add_argument("--fault", action="append", default=[], metavar="TYPE[:DEVICES]",
+                          help="fault type (scan, new_link, silence, flood, drift, stuck, "
+                               "spike, process_fault) and optional comma-separated devices; "
+                               "repeatable")
+    planting.add_argument("--seed", type=int, default=0,
+                          help="seed of the devices and sizes drawn (default 0)")
+    planting.add_argument("--minutes", type=float, default=30.0,
+                          help="length of each fault window in minutes (default 30)")
+    planting.set_defaults(handler=command_plant)
     return parser
+
+
+def command_plant(args: argparse.Namespace) -> int:
+    from core import plant
+
+    requests = [plant.FaultRequest.parse(text) for text in args.fault]
+    truth = plant.plant_faults(Path(args.workspace), Path(args.into), requests,
+                               seed=args.seed, minutes=args.minutes)
+    for row in truth.itertuples():
+        print(f"{row.anomaly_id}  {row.start:%Y-%m-%d %H:%M} to {row.end:%H:%M}  "
+              f"{', '.join(row.devices)}: {row.description}")
+    print(f"planted {len(truth)} faults into {args.into}; ground truth in its store's "
+          "ground_truth table. Run `tgloc run --workspace "
+          f"{args.into}` to localize them.")
+    return 0
 
 
 def add_online_arguments(parser: argparse.ArgumentParser) -> None:
@@ -183,8 +218,6 @@ def add_online_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default 0)")
     parser.add_argument("--name", help="name of the online results file under online/ "
                                        "(default: the run id, plus -replay for replay)")
-    parser.add_argument("--fresh", action="store_true",
-                        help="discard earlier online results and alerts of this name")
     parser.add_argument("--max-bins", type=int, help="stop after closing this many bins")
     parser.add_argument("--until", metavar="TIME",
                         help="stop once the bins up to this ISO time (data clock) are closed")
@@ -422,8 +455,7 @@ def command_replay(args: argparse.Namespace) -> int:
             raise TglocError(f"invalid --speed {args.speed!r}",
                              "Give a factor of real time > 0, such as 60, or 'max'.")
     start = parse_time(args.start, "--from") if args.start else None
-    # A replay starts over unless it resumes an earlier one of the same name.
-    workspace, session, limits = online_session(args, "-replay", True)
+    workspace, session, limits = online_session(args, "-replay", not args.resume)
     stop = stream.stop_event()
     try:
         stream.replay(workspace, session, speed, limits, stop, start)

@@ -966,3 +966,16 @@ def latest_online(workspace: store.Workspace) -> Path | None:
         return None
     files = [p for p in folder.glob("*.duckdb") if not p.name.startswith(".")]
     return max(files, key=lambda p: p.stat().st_mtime) if files else None
+
+
+def read_live(workspace: store.Workspace) -> dict | None:
+    """The newest online results of a workspace for the dashboard: info, incidents
+    (strongest first) and the scoring time of the last bins; None without any."""
+    path = latest_online(workspace)
+    if path is None:
+        return None
+    info = read_online_info(path)
+    incidents = store.query(path, "SELECT incident_id, version, type, severity, start, "
+                                  "\"end\", summary FROM incidents ORDER BY severity DESC")
+    bins = store.query(path, "SELECT bin, \"end\", seconds FROM bins ORDER BY bin DESC LIMIT 60")
+    return {"path": path, "info": info, "incidents": incidents, "bins": bins}
