@@ -18,7 +18,7 @@ thresholds. It scores the run's reference period once for that, and never again.
    id and grows, one that matches none is new.
 
 An incident gets a new version when devices join it or its interval doubles since
-its last version; alerts are sent per (incident id, version) by `core.alerts`.
+its last version. `core.alerts` sends one alert per (incident id, version).
 
 Known limits: devices and sensors that the run's reference period never saw are not
 scored online (their events and readings are counted and reported), and the time
@@ -68,10 +68,10 @@ class Calibrator:
     """The calibration of one family at one scale, fitted once, applied per bin.
 
     It computes what `scoring.calibrate` computes for a target bin, with the pools
-    taken from the run's calibration bins: an element's own reference scores when it
-    has `min_reference` of them, else its kind's, else the family's; novel pairs
-    get the novelty rate of their sender kind. The result goes through the null
-    mapping of `scoring.recalibrate`.
+    taken from the run's calibration bins. An element's pool is its own reference
+    scores when it has `min_reference` of them, else its kind's, else the family's.
+    Novel pairs get the novelty rate of their sender kind. The result goes through
+    the null mapping of `scoring.recalibrate`.
     """
 
     kind: str
@@ -149,13 +149,13 @@ class Calibrator:
 
 
     def _rows(self, ids: pd.DataFrame) -> np.ndarray:
-        """The calibration row of each element of `ids`, -1 for elements the
-        calibration bins never had."""
+        """Return the calibration row of each element of `ids`, or -1 for elements
+        the calibration bins never had."""
         return self.keys.reindex(element_keys(ids)).fillna(-1).to_numpy(dtype=np.int64)
 
 
 def element_keys(ids: pd.DataFrame) -> pd.Index:
-    """The identity of each element across windows: its device, peer and sensor."""
+    """Return the identity of each element across windows: device, peer and sensor."""
     text = (ids["device"].astype(str) + "\x1f" + ids["peer"].astype(str) + "\x1f"
             + ids["sensor"].astype(str))
     return pd.Index(text.to_numpy())
@@ -163,7 +163,8 @@ def element_keys(ids: pd.DataFrame) -> pd.Index:
 
 @dataclass
 class OnlineModel:
-    """What a published run learned, ready to score bins after it."""
+    """The model, calibration and thresholds of a published run, for scoring the
+    bins after it."""
 
     run_id: str
     info: dict
@@ -445,8 +446,8 @@ class OnlineScorer:
         return online_path(self.workspace, self.name)
 
     def first_bin(self) -> int:
-        """The first bin after the run's scored data, or after the last bin this
-        scorer published."""
+        """Return the next bin to score: the first after the run's data, or after
+        the last bin this scorer closed."""
         if self.last_bin is not None:
             return self.last_bin + 1
         return int(self.online.info["num_bins"])
@@ -960,7 +961,7 @@ def read_online_info(path: Path) -> dict:
 
 
 def latest_online(workspace: store.Workspace) -> Path | None:
-    """The most recently written online results file of a workspace, or None."""
+    """Return the most recently written online results file, or None."""
     folder = workspace.root / ONLINE_DIR
     if not folder.is_dir():
         return None
@@ -969,8 +970,8 @@ def latest_online(workspace: store.Workspace) -> Path | None:
 
 
 def read_live(workspace: store.Workspace) -> dict | None:
-    """The newest online results of a workspace for the dashboard: info, incidents
-    (strongest first) and the scoring time of the last bins; None without any."""
+    """Read the newest online results for the dashboard: info, incidents (strongest
+    first) and the scoring time of the last bins. Return None without any."""
     path = latest_online(workspace)
     if path is None:
         return None
