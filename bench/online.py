@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -183,7 +184,9 @@ def main() -> int:
         timed = timing_plant(args.timing_devices, args.timing_bins)
         print(f"seconds to score one bin (about {args.timing_devices} field devices): "
               f"{describe(timed)}")
-    print(f"\nmachine: {platform.machine()}, Python {platform.python_version()}, "
+    load = os.getloadavg()
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{load[0]:.1f} at the end, Python {platform.python_version()}, "
           f"{pd.Timestamp.now(tz='UTC'):%Y-%m-%d}")
     return 0
 

@@ -465,6 +465,8 @@ class OnlineScorer:
             self.rows[bin_index] = self.feed.read(bin_index)
             if bin_index >= first - self.horizon:
                 self._score_elements(bin_index)
+            else:
+                self._reconstruct(bin_index)
             self._forget(bin_index)
 
     # ---------------------------------------------------------------- one bin

@@ -31,6 +31,7 @@ LATE_SQL = """
 SELECT (SELECT count(*) FROM events WHERE report_id = $report AND epoch_us(t) < $closed)
      + (SELECT count(*) FROM measurements WHERE report_id = $report AND epoch_us(t) < $closed)
 """
+PUBLISH_SECONDS = 2.0
 NEWEST_SQL = """
 SELECT greatest((SELECT max(epoch_us(t)) FROM events),
                 (SELECT max(epoch_us(t)) FROM measurements))
@@ -60,6 +61,7 @@ class OnlineSession:
     say: Say
     closed: int = 0
     alerted: list[str] = field(default_factory=list)
+    published: float = 0.0
 
     @classmethod
     def open(cls, workspace: store.Workspace, name: str | None, sinks: list,
@@ -90,7 +92,12 @@ class OnlineSession:
                 pace(bin_index)
             result = scorer.close_bin(bin_index)
             self._alert(result)
-            scorer.publish()
+            # Alerts are in the outbox before the results that contain them are
+            # published. Without news, publishing waits up to PUBLISH_SECONDS, so a
+            # fast replay does not rewrite the file for every bin.
+            if result.new or result.grown or time.monotonic() - self.published >= PUBLISH_SECONDS:
+                scorer.publish()
+                self.published = time.monotonic()
             self.closed += 1
             if limits.max_bins is not None and self.closed >= limits.max_bins:
                 return True
