@@ -250,7 +250,12 @@ class OnlineModel:
                     scaled, calibration, config.search.min_reference, null_p, rng)
         thresholds, singleton = {}, {}
         for scale, value in info.get("thresholds", {}).items():
-            thresholds[int(scale)] = {int(k): float(v) for k, v in value["by_length"].items()}
+            # A threshold of 0 comes from null windows without any evidence (a
+            # calibration period of one or two bins at a coarse scale), and would
+            # make every interval a hit, so that length is not scanned online.
+            # NOTE: the batch scan still uses such a threshold.
+            thresholds[int(scale)] = {int(k): float(v) for k, v in value["by_length"].items()
+                                      if float(v) > 0}
             singleton[int(scale)] = {k: float(v) for k, v in value["singleton_p"].items()}
         log.info("online model of run %s ready in %.1f s: %d devices, %d sensors, %d pairs",
                  run_id, time.perf_counter() - started, reference.num_devices,
