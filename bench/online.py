@@ -148,6 +148,8 @@ def main() -> int:
     started = time.perf_counter()
     found, live, live_members, seconds, _ = replay(workspace, truth)
     elapsed = time.perf_counter() - started
+    record = workspace.root / "online" / "bench-found.json"
+    record.write_text(json.dumps({"found": found, "seconds": seconds}))
 
     def bin_of(stamp: pd.Timestamp) -> int:
         return int((stamp - origin) // width)
@@ -161,7 +163,7 @@ def main() -> int:
         live_bin = found.get(row.anomaly_id)
         batch_id = batch_match.truth.set_index("anomaly_id").loc[row.anomaly_id, "incident_id"]
         batch_bin = None
-        if batch_id is not None:
+        if pd.notna(batch_id):
             batch_bin = bin_of(batch.set_index("incident_id").loc[batch_id, "start"])
         if row.kind in ABRUPT:
             target = "online <= onset + 2"
