@@ -119,6 +119,22 @@ def timing_plant(devices: int, bins: int) -> list[float]:
                 for b in range(first, min(first + bins, int(model.info["num_bins"])))]
 
 
+def build_workspace(folder: str, hours: float, epochs: int) -> None:
+    """Build the sample plant of `tgloc demo` (seed 0) over `hours` and run it with at
+    most `epochs` training epochs."""
+    workspace = store.Workspace.create(folder)
+    plant = synth.generate_plant(synth.PlantConfig(seed=0, hours=hours))
+    files = synth.write_plant(plant, workspace.root / "input")
+    ingest.ingest_file(workspace, files["events"], ingest.IngestOptions(target="events"))
+    ingest.ingest_file(workspace, files["measurements"],
+                       ingest.IngestOptions(target="measurements"))
+    synth.store_plant(workspace, plant)
+    started = time.perf_counter()
+    pipeline.run_pipeline(workspace, RunConfig(stream=StreamConfig(bin_seconds=60),
+                                               model=ModelConfig(epochs=epochs)))
+    print(f"built {folder}: batch run {time.perf_counter() - started:.0f} s", flush=True)
+
+
 def describe(seconds: list[float]) -> str:
     values = np.asarray(seconds)
     return (f"median {np.median(values):.3f} s, 95th percentile "
@@ -130,8 +146,15 @@ def main() -> int:
     parser.add_argument("--workspace", required=True, help="a workspace built by tgloc demo")
     parser.add_argument("--timing-devices", type=int, help="also time bins on this many devices")
     parser.add_argument("--timing-bins", type=int, default=30)
+    parser.add_argument("--build-hours", type=float,
+                        help="first build the sample plant over this many hours into "
+                             "--workspace (instead of tgloc demo)")
+    parser.add_argument("--build-epochs", type=int, default=100,
+                        help="training epochs at most for --build-hours (default 100)")
     args = parser.parse_args()
 
+    if args.build_hours:
+        build_workspace(args.workspace, args.build_hours, args.build_epochs)
     workspace = store.Workspace.create(args.workspace)
     run_id = workspace.resolve_run(None)
     run_path = workspace.run_path(run_id)
