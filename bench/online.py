@@ -67,7 +67,7 @@ def replay(workspace: store.Workspace, truth: pd.DataFrame) -> tuple[dict, pd.Da
         incidents, members = scorer.incident_table()
         match = evaluate.match_incidents(incidents, members, truth)
         for row in match.truth.itertuples():
-            if row.incident_id is not None and row.anomaly_id not in found:
+            if pd.notna(row.incident_id) and row.anomaly_id not in found:
                 found[row.anomaly_id] = bin_index
     incidents, members = scorer.incident_table()
     scorer.publish()
