@@ -79,7 +79,8 @@ def _subcommands(parser) -> dict:
 def test_build_parser_commands():
     commands = _subcommands(build_parser())
 
-    assert set(commands) == {"demo", "ingest", "run", "incidents", "evaluate"}
+    assert set(commands) == {"demo", "ingest", "run", "incidents", "evaluate", "watch",
+                             "replay", "plant"}
 
 
 def test_build_parser_demo_options():
