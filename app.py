@@ -20,6 +20,7 @@ from pages.common import ui
 REPOSITORY = Path(__file__).resolve().parent
 PROGRESS_SECONDS = 1.0
 STORE_RETRY_SECONDS = 2.0
+LIVE_SECONDS = 3.0
 STORE_BUSY_MESSAGE = (
     "An ingest is writing the store right now, so its counts are not shown. The "
     "run below is the last published one. This panel retries every "
@@ -39,6 +40,7 @@ def main() -> None:
     pipeline_panel(root)
     if root.is_dir():
         store_panel(Workspace(root.resolve()))
+        live_panel(Workspace(root.resolve()))
     if context is None:
         ui.no_run_message()
         return
@@ -121,6 +123,42 @@ def incident_table(context: ui.RunContext) -> None:
         chosen = table.iloc[rows[0]]
         incident_id = str(chosen["incident_id"])
         ui.open_incident(context.run_id, incident_id, int(chosen["scale"]))
+
+
+def live_panel(workspace: Workspace) -> None:
+    """Show the online results (`tgloc watch` or `tgloc replay`), refreshed on a
+    timer without reloading the page while the toggle is on."""
+    live = st.toggle("Live mode", key="live_mode",
+                     help="Show the online incidents and refresh them every "
+                          f"{LIVE_SECONDS:g} s.")
+    if live:
+        st.fragment(_live_view, run_every=LIVE_SECONDS)(workspace)
+
+
+def _live_view(workspace: Workspace) -> None:
+    from core import online
+
+    st.subheader("Live")
+    live = online.read_live(workspace)
+    if live is None:
+        st.info("No online results yet. Start `tgloc watch` or `tgloc replay` on this "
+                "workspace; this panel refreshes on its own.")
+        return
+    info = live["info"]
+    bins = live["bins"]
+    first, second, third, fourth = st.columns(4)
+    first.metric("Last closed bin", "none" if bins.empty else f"{bins['end'].iloc[0]:%H:%M}")
+    second.metric("Online incidents", len(live["incidents"]))
+    third.metric("Late rows", info.get("late_rows", 0))
+    fourth.metric("Seconds per bin", "-" if bins.empty else f"{bins['seconds'].median():.2f}")
+    st.caption(f"{live['path'].name} (run {info.get('base_run')}), updated "
+               f"{info.get('updated', '')[:19]} UTC")
+    st.dataframe(live["incidents"], hide_index=True, key="live_incidents",
+                 column_config={
+                     "severity": st.column_config.NumberColumn(format="%.1f"),
+                     "start": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+                     "end": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm"),
+                 })
 
 
 def store_panel(workspace: Workspace) -> None:

@@ -212,7 +212,85 @@ def build_parser() -> argparse.ArgumentParser:
                             "inside the scores' range (needed without pred)")
     evaluation.add_argument("--format", choices=("text", "json"), default="text")
     evaluation.set_defaults(handler=command_evaluate)
+
+    follow = commands.add_parser(
+        "watch", help="score new data bin by bin as it arrives and alert on incidents")
+    follow.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    follow.add_argument("--source", required=True,
+                        help="folder where CSV/Parquet files land, or one growing file")
+    follow.add_argument("--target", choices=("auto", "events", "measurements"),
+                        default="auto",
+                        help="table of the source files (default: from each file's header)")
+    follow.add_argument("--lateness", type=float, default=0.0, metavar="S",
+                        help="seconds a bin stays open after its end for late rows "
+                             "(data clock; default 0)")
+    follow.add_argument("--poll", type=float, default=1.0, metavar="S",
+                        help="seconds between looks at the source (default 1)")
+    follow.add_argument("--fresh", action="store_true",
+                        help="discard earlier online results and alerts of this name "
+                             "(default: resume after the last bin they hold)")
+    add_online_arguments(follow)
+    follow.set_defaults(handler=command_watch)
+
+    again = commands.add_parser(
+        "replay", help="feed the stored data after the reference through the online path")
+    again.add_argument("--workspace", default=DEFAULT_WORKSPACE)
+    again.add_argument("--speed", default="max",
+                       help="times real time, such as 60, or 'max' (default)")
+    again.add_argument("--from", dest="start", metavar="TIME",
+                       help="ISO time of the first replayed bin (default: the run's "
+                            "first scored bin)")
+    again.add_argument("--resume", action="store_true",
+                       help="continue an earlier replay of the same name after its last "
+                            "bin (default: start over)")
+    add_online_arguments(again)
+    again.set_defaults(handler=command_replay)
+
+    planting = commands.add_parser(
+        "plant", help="copy a workspace and plant faults with ground truth into the copy")
+    planting.add_argument("--workspace", required=True, help="the workspace to copy")
+    planting.add_argument("--into", required=True, help="new folder for the copy")
+    planting.add_argument("--fault", action="append", default=[], metavar="TYPE[:DEVICES]",
+                          help="fault type (scan, new_link, silence, flood, drift, stuck, "
+                               "spike, process_fault) and optional comma-separated devices; "
+                               "repeatable")
+    planting.add_argument("--seed", type=int, default=0,
+                          help="seed of the devices and sizes drawn (default 0)")
+    planting.add_argument("--minutes", type=float, default=30.0,
+                          help="length of each fault window in minutes (default 30)")
+    planting.set_defaults(handler=command_plant)
     return parser
+
+
+def command_plant(args: argparse.Namespace) -> int:
+    from core import plant
+
+    requests = [plant.FaultRequest.parse(text) for text in args.fault]
+    truth = plant.plant_faults(Path(args.workspace), Path(args.into), requests,
+                               seed=args.seed, minutes=args.minutes)
+    for row in truth.itertuples():
+        print(f"{row.anomaly_id}  {row.start:%Y-%m-%d %H:%M} to {row.end:%H:%M}  "
+              f"{', '.join(row.devices)}: {row.description}")
+    print(f"planted {len(truth)} faults into {args.into}; ground truth in its store's "
+          "ground_truth table. Run `tgloc run --workspace "
+          f"{args.into}` to localize them.")
+    return 0
+
+
+def add_online_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `watch` and `replay`."""
+    parser.add_argument("--webhook", action="append", default=[], metavar="URL",
+                        help="POST each alert as JSON to URL (repeatable)")
+    parser.add_argument("--syslog", action="append", default=[], metavar="HOST:PORT",
+                        help="send each alert as an RFC 5424 line over UDP (repeatable)")
+    parser.add_argument("--min-severity", type=float, default=0.0,
+                        help="alert on incidents at or above this severity, 0 to 100 "
+                             "(default 0)")
+    parser.add_argument("--name", help="name of the online results file under online/ "
+                                       "(default: the run id, plus -replay for replay)")
+    parser.add_argument("--max-bins", type=int, help="stop after closing this many bins")
+    parser.add_argument("--until", metavar="TIME",
+                        help="stop once the bins up to this ISO time (data clock) are closed")
 
 
 class ProgressPrinter:
@@ -487,6 +565,84 @@ def command_snapshots(args: argparse.Namespace) -> int:
     print(f"{built.num_bins} bins of {built.bin_seconds} s, {built.num_devices} "
           f"devices, {len(built.pairs)} pairs, {len(built.sensors)} sensors "
           f"({args.engine}) -> {path}")
+    return 0
+
+
+def online_session(args: argparse.Namespace, default_suffix: str, fresh: bool):
+    from core import alerts, stream
+
+    if not 0 <= args.min_severity <= 100:
+        raise TglocError(f"invalid --min-severity {args.min_severity}",
+                         "Give a severity from 0 to 100.")
+    if args.max_bins is not None and args.max_bins < 1:
+        raise TglocError(f"invalid --max-bins {args.max_bins}", "Give a whole number >= 1.")
+    sinks = alerts.build_sinks(args.webhook, args.syslog)
+    workspace = store.Workspace.create(args.workspace)
+    name = args.name or (workspace.resolve_run(None) + default_suffix)
+
+    def say(text: str) -> None:
+        print(text, flush=True)
+
+    session = stream.OnlineSession.open(workspace, name, sinks, args.min_severity, fresh, say)
+    limits = stream.Limits(max_bins=args.max_bins,
+                           until_us=parse_time(args.until, "--until") if args.until else None)
+    return workspace, session, limits
+
+
+def parse_time(text: str, option: str) -> int:
+    """Return epoch microseconds of an ISO-8601 time (UTC when it has no zone)."""
+    from core import online
+
+    try:
+        return online.micros(text)
+    except ValueError as exc:
+        raise TglocError(f"invalid {option} {text!r}",
+                         "Give an ISO-8601 time such as 2024-03-04T12:00:00Z.") from exc
+
+
+def command_watch(args: argparse.Namespace) -> int:
+    from core import stream
+
+    if args.lateness < 0:
+        raise TglocError(f"invalid --lateness {args.lateness}", "Give seconds >= 0.")
+    if args.poll <= 0:
+        raise TglocError(f"invalid --poll {args.poll}", "Give seconds > 0.")
+    workspace, session, limits = online_session(args, "", args.fresh)
+    stop = stream.stop_event()
+    try:
+        stream.watch(workspace, Path(args.source), session, args.lateness, limits,
+                     args.poll, args.target, stop)
+    finally:
+        session.close()
+    scorer = session.scorer
+    print(f"stopped after bin {scorer.last_bin}: {len(scorer.tracked)} online incidents, "
+          f"{scorer.late_rows} late rows, {len(session.alerted)} alerts queued "
+          f"-> {scorer.path}")
+    return 0
+
+
+def command_replay(args: argparse.Namespace) -> int:
+    from core import stream
+
+    speed: float | None = None
+    if args.speed != "max":
+        try:
+            speed = float(args.speed)
+        except ValueError:
+            speed = -1.0
+        if not speed > 0:
+            raise TglocError(f"invalid --speed {args.speed!r}",
+                             "Give a factor of real time > 0, such as 60, or 'max'.")
+    start = parse_time(args.start, "--from") if args.start else None
+    workspace, session, limits = online_session(args, "-replay", not args.resume)
+    stop = stream.stop_event()
+    try:
+        stream.replay(workspace, session, speed, limits, stop, start)
+    finally:
+        session.close()
+    scorer = session.scorer
+    print(f"replayed to bin {scorer.last_bin}: {len(scorer.tracked)} online incidents, "
+          f"{len(session.alerted)} alerts queued -> {scorer.path}")
     return 0
 
 

@@ -523,7 +523,8 @@ def best_hit(
     evidence = state.evidence()
     longest = max(state.thresholds, default=0)
     intervals, best, alpha_index, members = scan_intervals(
-        evidence, state.runs, replace(config, max_interval_bins=min(config.max_interval_bins, longest)))
+        evidence, state.runs,
+        replace(config, max_interval_bins=max(1, min(config.max_interval_bins, longest))))
     result: tuple[float, Hit] | None = None
     if len(intervals) and longest:
         limit = np.array([threshold_for(state.thresholds, int(b - a)) for a, b in intervals])

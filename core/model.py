@@ -107,6 +107,13 @@ class ChannelEncoder(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor, kinds: Tensor, edge_index: Tensor,
                 edge_weight: Tensor) -> Tensor:
+        return self.temporal(self.spatial(x, mask, kinds, edge_index, edge_weight))
+
+    def spatial(self, x: Tensor, mask: Tensor, kinds: Tensor, edge_index: Tensor,
+                edge_weight: Tensor) -> Tensor:
+        """Return the input of the temporal layers, shape [T, N, H]. Bin t reads the
+        bin's snapshot and the device's own inputs `own_lag` bins earlier, so its
+        value needs only bins t - own_lag .. t."""
         num_bins, num_devices, _ = x.shape
         u = torch.cat([x * mask, mask, kinds.expand(num_bins, -1, -1)], dim=-1)
 
@@ -127,8 +134,11 @@ class ChannelEncoder(nn.Module):
         if self.own_lag < num_bins:
             past[self.own_lag:] = u[: num_bins - self.own_lag]
         past[..., -self.num_kinds:] = kinds
-        h = torch.relu(self.temporal_in(torch.cat([context, torch.relu(neighbours), past], -1)))
+        return torch.relu(self.temporal_in(torch.cat([context, torch.relu(neighbours), past], -1)))
 
+    def temporal(self, h: Tensor) -> Tensor:
+        """Apply the causal convolutions along time to `spatial`'s output; bin t of
+        the result reads bins t - 2 * sum(dilations) .. t."""
         # Causal convolutions along time: [N, H, T].
         h = h.permute(1, 2, 0)
         for conv, dilation in zip(self.convs, self.dilations):
@@ -206,12 +216,24 @@ class TemporalGraphAutoEncoder(nn.Module):
             raise ValueError(
                 f"invalid edge_index: max index {int(edge_index.max())} >= "
                 f"{x.shape[1]} devices")
+        return self.encode_temporal(self.encode_spatial(x, mask, kind, edge_index, edge_weight))
+
+    def encode_spatial(
+        self, x: Tensor, mask: Tensor, kind: Tensor, edge_index: Tensor,
+        edge_weight: Tensor,
+    ) -> list[Tensor]:
+        """Return each channel's input to its temporal layers, shape [T, N, H] each."""
         kinds = nn.functional.one_hot(kind, self.num_kinds).to(x.dtype)
-        parts = [
-            encoder(x[..., start:stop], mask[..., start:stop], kinds, edge_index, edge_weight)
+        return [
+            encoder.spatial(x[..., start:stop], mask[..., start:stop], kinds, edge_index,
+                            edge_weight)
             for encoder, (start, stop) in zip(self.encoders, self.slices)
         ]
-        return torch.cat(parts, dim=-1)
+
+    def encode_temporal(self, parts: list[Tensor]) -> Tensor:
+        """Return z, shape [T, N, C * H], from `encode_spatial`'s output."""
+        return torch.cat([encoder.temporal(h) for encoder, h in zip(self.encoders, parts)],
+                         dim=-1)
 
     def decode_nodes(self, z: Tensor) -> Tensor:
         """Return x_hat, shape [T, N, F], in standardized units."""

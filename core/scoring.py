@@ -136,11 +136,49 @@ def candidate_pairs(snapshots: Snapshots, prepared: Prepared) -> pd.DataFrame:
     })
 
 
+@dataclass
+class TrainingStats:
+    """What the families read from the training bins, so that bins scored later
+    (online, without the training bins at hand) get the same residual scales.
+
+    Attributes:
+        talked: shape [N], bool, the device sent or received in a training bin.
+        device_scales: shape [6], `balance` divisors of the communication features.
+        reported: shape [S], bool, the sensor reported in a training bin.
+        sensor_scales: shape [7], `balance` divisors of the sensor residuals.
+        typical_range: shape [S], median within-bin range in the training bins.
+        pair_median: shape [P], median events per training bin of each candidate
+            pair, in the order of the candidates.
+    """
+
+    talked: np.ndarray
+    device_scales: np.ndarray | None
+    reported: np.ndarray
+    sensor_scales: np.ndarray | None
+    typical_range: np.ndarray
+    pair_median: np.ndarray
+
+
 def families(
     snapshots: Snapshots, prepared: Prepared, x_hat: np.ndarray,
     pair_hat: np.ndarray, candidates: pd.DataFrame, train_bins: np.ndarray,
 ) -> list[Family]:
     """Build the device, sensor and pair families of base-bin residuals."""
+    return families_with_stats(snapshots, prepared, x_hat, pair_hat, candidates,
+                               train_bins)[0]
+
+
+def families_with_stats(
+    snapshots: Snapshots, prepared: Prepared, x_hat: np.ndarray,
+    pair_hat: np.ndarray, candidates: pd.DataFrame, train_bins: np.ndarray,
+    stats: TrainingStats | None = None,
+) -> tuple[list[Family], TrainingStats]:
+    """Build the families and return the training statistics they used.
+
+    With `stats` given, the statistics come from it and `train_bins` is not read,
+    so `snapshots` may hold a short window of bins after the training period.
+    Every device that talked in training keeps its device element then.
+    """
     x = prepared.x.numpy()
     mask = prepared.mask.numpy()
     devices = snapshots.devices
@@ -158,8 +196,13 @@ def families(
     comm = slice(0, len(COMM_FEATURES))
     talks = snapshots.comm[..., 0:2].sum(axis=-1) > 0
     has_traffic = talks.any(axis=0)
-    talked_in_train = talks[in_train].any(axis=0)
+    if stats is None:
+        talked_in_train = talks[in_train].any(axis=0)
+    else:
+        talked_in_train = stats.talked
+        has_traffic = has_traffic | talked_in_train
     columns = np.flatnonzero(has_traffic)
+    device_scales = stats.device_scales if stats is not None else None
     if len(columns):
         exists = (talks[:, columns] | talked_in_train[columns][None, :]) & present[:, columns]
         center = prepared.center[columns, comm][None]
@@ -167,13 +210,16 @@ def families(
         observed_raw = np.expm1(snapshots.comm[:, columns, 0:2]).sum(-1)
         expected_log = x_hat[:, columns, comm] * scale + center
         expected_raw = np.expm1(np.clip(expected_log[..., 0:2], 0, 30)).sum(-1)
+        raw_residual = (x[:, columns, comm] - x_hat[:, columns, comm]) * exists[..., None]
+        raw_observed = exists[..., None] & np.ones(len(COMM_FEATURES), bool)
+        if device_scales is None:
+            device_scales = balance_scales(raw_residual, raw_observed, in_train)
         result.append(Family(
             kind="device",
             ids=pd.DataFrame({"device": names[columns], "peer": None, "sensor": None,
                               "device_idx": columns, "peer_idx": -1,
                               "group": kinds[columns]}),
-            residual=balance((x[:, columns, comm] - x_hat[:, columns, comm]) * exists[..., None],
-                             exists[..., None] & np.ones(len(COMM_FEATURES), bool), in_train),
+            residual=balance(raw_residual, raw_observed, in_train, device_scales),
             weight=np.broadcast_to(exists[..., None], exists.shape + (len(COMM_FEATURES),)).astype(np.float32),
             exists=exists,
             observed=observed_raw,
@@ -191,7 +237,8 @@ def families(
         hats = x_hat[:, device_idx[:, None], gather]
         ms = mask[:, device_idx[:, None], gather]
         reported = snapshots.sensor_values[..., 4] > 0
-        exists = (reported | reported[in_train].any(axis=0)[None, :]) & present[:, device_idx]
+        reported_in_train = reported[in_train].any(axis=0) if stats is None else stats.reported
+        exists = (reported | reported_in_train[None, :]) & present[:, device_idx]
         ms = ms * exists[..., None]
         # A sensor constant in training is expected to keep its constant, which is
         # 0 once standardized. The model's output for it only echoes its
@@ -226,6 +273,8 @@ def families(
         spread_weight = ms[..., at_max] * ms[..., at_min] * several
         residual = np.concatenate([(xs - hats) * ms, (spread * spread_weight)[..., None]], -1)
         weight = np.concatenate([ms, spread_weight[..., None]], -1)
+        sensor_scales = stats.sensor_scales if stats is not None else \
+            balance_scales(residual, weight > 0, in_train)
         result.append(Family(
             kind="sensor",
             ids=pd.DataFrame({"device": sensors["device"].astype(str).to_numpy(),
@@ -233,7 +282,7 @@ def families(
                               "sensor": sensors["sensor"].astype(str).to_numpy(),
                               "device_idx": device_idx, "peer_idx": -1,
                               "group": kinds[device_idx]}),
-            residual=balance(residual, weight > 0, in_train),
+            residual=balance(residual, weight > 0, in_train, sensor_scales),
             weight=weight,
             exists=exists,
             # A bin without a reading has no observed value (a silent sensor is
@@ -248,8 +297,12 @@ def families(
         ranges = (snapshots.sensor_values[..., at_max] - snapshots.sensor_values[..., at_min])
         ranges = ranges / mean_scale[None]
         enough = (snapshots.sensor_values[..., 4] >= 2) & exists
-        train_ranges = np.where(enough[train_bins], ranges[train_bins], np.nan)
-        typical = np.nan_to_num(np.nanmedian(train_ranges, axis=0)) if len(train_bins) else 0.0
+        if stats is None:
+            train_ranges = np.where(enough[train_bins], ranges[train_bins], np.nan)
+            typical = np.nan_to_num(np.nanmedian(train_ranges, axis=0)) if len(train_bins) \
+                else np.zeros(len(sensors))
+        else:
+            typical = stats.typical_range
         widening = np.where(enough, np.clip(np.nan_to_num(ranges) - typical, 0, None), 0.0)
         result.append(Family(
             kind="sensor_range",
@@ -273,7 +326,10 @@ def families(
         observed_log = np.log1p(events)
         model_log = pair_hat[..., 0] * pair_hat[..., 1]
         is_reference = candidates["reference"].to_numpy()
-        median = np.median(events[train_bins], axis=0) if len(train_bins) else 0 * columns
+        if stats is None:
+            median = np.median(events[train_bins], axis=0) if len(train_bins) else 0 * columns
+        else:
+            median = stats.pair_median
         expected_log = np.where(is_reference[None, :], np.log1p(median)[None, :], model_log)
         src = candidates["src_idx"].to_numpy()
         dst = candidates["dst_idx"].to_numpy()
@@ -291,12 +347,24 @@ def families(
             observed=events,
             expected=np.expm1(expected_log),
         ))
-    return result
+    if stats is None:
+        empty = np.zeros(0)
+        stats = TrainingStats(
+            talked=talked_in_train,
+            device_scales=device_scales,
+            reported=reported_in_train if len(sensors) else np.zeros(0, bool),
+            sensor_scales=sensor_scales if len(sensors) else None,
+            typical_range=np.asarray(typical) if len(sensors) else empty,
+            pair_median=np.asarray(median) if len(candidates) else empty,
+        )
+    return result, stats
 
 
-def balance(residual: np.ndarray, observed: np.ndarray, in_train: np.ndarray) -> np.ndarray:
+def balance(residual: np.ndarray, observed: np.ndarray, in_train: np.ndarray,
+            scales: np.ndarray | None = None) -> np.ndarray:
     """Divide each feature's residuals by its `BALANCE_QUANTILE` absolute residual
-    over the training bins, pooled over the family's elements.
+    over the training bins, pooled over the family's elements, or by `scales`
+    when given (see `balance_scales`).
 
     An element's score is its largest feature residual. Without this, a feature with
     heavy tails would set the scale for all of them: the time since a reading last
@@ -307,13 +375,20 @@ def balance(residual: np.ndarray, observed: np.ndarray, in_train: np.ndarray) ->
         residual: shape [T, J, D]. observed: bool, broadcastable to it.
         in_train: shape [T], bool.
     """
+    if scales is None:
+        scales = balance_scales(residual, observed, in_train)
+    return (residual / scales).astype(np.float32)
+
+
+def balance_scales(residual: np.ndarray, observed: np.ndarray, in_train: np.ndarray) -> np.ndarray:
+    """Return the per-feature divisors of `balance`, shape [D]."""
     observed = np.broadcast_to(observed, residual.shape)
     scales = np.ones(residual.shape[-1], dtype=np.float64)
     for feature in range(residual.shape[-1]):
         values = np.abs(residual[in_train, :, feature][observed[in_train, :, feature]])
         if len(values):
             scales[feature] = max(float(np.quantile(values, BALANCE_QUANTILE)), 1e-6)
-    return (residual / scales).astype(np.float32)
+    return scales
 
 
 def aggregate(family: Family, scale: int) -> ScaledFamily:
@@ -540,9 +615,10 @@ def recalibrate(p_value: np.ndarray, null_p: np.ndarray) -> tuple[np.ndarray, np
 
     Beyond the smallest null p-value the share is extrapolated with an exponential
     tail on -log10(p), fitted to the deepest `RECALIBRATION_TAIL` null p-values. An
-    element whose p-values are too small, say u**k for a uniform u and k > 1, has such a tail, and
-    the null is a mix of elements inflated to different degrees: its tail is that
-    of the most inflated elements, which the deepest null p-values measure. A
+    element whose p-values are too small, say u**k for a uniform u and k > 1, has
+    such a tail, and the null is a mix of elements inflated to different degrees:
+    its tail is that of the most inflated elements, which the deepest null p-values
+    measure. A
     generalized Pareto shape fitted to the mix would extrapolate its curvature
     between elements, and call a spike twice as deep as any null value as common
     as one just beyond them.
@@ -550,9 +626,19 @@ def recalibrate(p_value: np.ndarray, null_p: np.ndarray) -> tuple[np.ndarray, np
     Returns:
         The recalibrated score-period and null p-values (NaN stays NaN).
     """
+    mapped = null_mapping(null_p)
+    if mapped is None:
+        return p_value, null_p
+    return mapped(p_value), mapped(null_p)
+
+
+def null_mapping(null_p: np.ndarray):
+    """Return the map of `recalibrate` fitted to `null_p` (a function from an array
+    of p-values to recalibrated ones, NaN kept), or None with fewer than 100 null
+    p-values."""
     null = null_p[~np.isnan(null_p)]
     if len(null) < 100:
-        return p_value, null_p
+        return None
     depth = np.sort(-np.log10(np.clip(null, 1e-300, 1.0)))
     count = len(depth)
     top = max(MIN_TAIL, min(RECALIBRATION_TAIL, count // 20))
@@ -571,7 +657,7 @@ def recalibrate(p_value: np.ndarray, null_p: np.ndarray) -> tuple[np.ndarray, np
         result[finite] = np.clip(np.minimum(share, 1.0), P_FLOOR, 1.0)
         return result
 
-    return mapped(p_value), mapped(null_p)
+    return mapped
 
 
 def window_scores(

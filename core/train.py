@@ -97,22 +97,11 @@ def prepare(
         kinds: a fixed kind vocabulary (from a checkpoint); built from the run if None.
     """
     require_devices(snapshots)
-    num_bins, num_devices = snapshots.num_bins, snapshots.num_devices
+    num_bins = snapshots.num_bins
     sensors = snapshots.sensors
     slots = int(sensors.groupby("device_idx").size().max()) if len(sensors) else 0
-    width = len(COMM_FEATURES) + len(SENSOR_FEATURES) * slots
-
-    raw = np.zeros((num_bins, num_devices, width), dtype=np.float64)
-    mask = np.zeros_like(raw, dtype=np.float32)
-    raw[..., : len(COMM_FEATURES)] = snapshots.comm
-    mask[..., : len(COMM_FEATURES)] = 1.0
+    raw, mask = raw_inputs(snapshots, slots)
     columns = _sensor_columns(sensors)
-    values = snapshots.sensor_values.astype(np.float64)
-    for row, (device_idx, start) in enumerate(columns):
-        block = values[:, row, :]
-        observed = ~np.isnan(block)
-        raw[:, device_idx, start : start + len(SENSOR_FEATURES)] = np.where(observed, block, 0.0)
-        mask[:, device_idx, start : start + len(SENSOR_FEATURES)] = observed
 
     center, scale, constant = _standardization(raw, mask, train_bins, sensors, columns)
     # Clipped, so one wild sensor cannot drive its neighbours' reconstruction far
@@ -143,6 +132,22 @@ def prepare(
         center=center.astype(np.float32), scale=scale.astype(np.float32),
         constant=constant, reference_pairs=reference_pairs, segments=list(segments),
     )
+
+
+def raw_inputs(snapshots: Snapshots, slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the unstandardized model inputs and their mask, shape [T, N, F]."""
+    width = len(COMM_FEATURES) + len(SENSOR_FEATURES) * slots
+    raw = np.zeros((snapshots.num_bins, snapshots.num_devices, width), dtype=np.float64)
+    mask = np.zeros_like(raw, dtype=np.float32)
+    raw[..., : len(COMM_FEATURES)] = snapshots.comm
+    mask[..., : len(COMM_FEATURES)] = 1.0
+    values = snapshots.sensor_values.astype(np.float64)
+    for row, (device_idx, start) in enumerate(_sensor_columns(snapshots.sensors)):
+        block = values[:, row, :]
+        observed = ~np.isnan(block)
+        raw[:, device_idx, start : start + len(SENSOR_FEATURES)] = np.where(observed, block, 0.0)
+        mask[:, device_idx, start : start + len(SENSOR_FEATURES)] = observed
+    return raw, mask
 
 
 def require_devices(snapshots: Snapshots) -> None:

@@ -81,7 +81,8 @@ def test_build_parser_commands():
     commands = _subcommands(build_parser())
 
     assert set(commands) == {"demo", "ingest", "run", "incidents", "suppressions",
-                             "evaluate", "snapshots", "bench"}
+                             "evaluate", "snapshots", "bench", "watch",
+                             "replay", "plant"}
 
 
 def test_build_parser_bench_scale_options():

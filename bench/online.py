@@ -1,0 +1,220 @@
+"""Measure the online path against the batch run on a sample plant.
+
+Usage:
+    tgloc demo --no-serve --workspace W      # builds, trains and runs the sample plant
+    python bench/online.py --workspace W [--timing-devices 1000]
+
+It replays the batch run's scored bins through the online path (the same code as
+`tgloc replay --speed max`), and prints per planted anomaly: the bin of onset, the
+first bin after which an online incident matched it (time overlap and device
+Jaccard >= 0.5, as `core.evaluate` matches), the start bin of the batch run's
+matching incident, and whether the target holds (abrupt types: online within two
+bins of onset; gradual types: no later than the batch run's start plus one bin).
+Then how many batch incidents have an online incident with the same devices and
+start and end within one bin, and the seconds to score one bin after it closes.
+With --timing-devices N it also builds a plant of about N devices, trains it for
+one epoch (speed does not depend on model quality) and times bins on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core import evaluate, ingest, online, pipeline, store, synth  # noqa: E402
+from core.config import ModelConfig, RunConfig, StreamConfig  # noqa: E402
+
+ABRUPT = ("port_scan", "new_link", "silence", "flood", "spike")
+GRADUAL = ("drift", "stuck", "process_fault")
+
+
+def read_truth(workspace: store.Workspace) -> pd.DataFrame:
+    truth = store.query(workspace.store_path, "SELECT * FROM ground_truth")
+    truth["devices"] = truth["devices"].map(lambda v: list(v) if not isinstance(v, str)
+                                            else json.loads(v))
+    for column in ("start", "end"):
+        truth[column] = pd.to_datetime(truth[column], utc=True)
+    return truth
+
+
+def replay(workspace: store.Workspace, truth: pd.DataFrame) -> tuple[dict, pd.DataFrame,
+                                                                     pd.DataFrame, list[float],
+                                                                     online.OnlineScorer]:
+    """Replay the scored bins; return the first bin each anomaly was matched."""
+    model = online.OnlineModel.load(workspace)
+    scorer = online.OnlineScorer(model, workspace, name="bench-replay")
+    width = model.bin_seconds * 1_000_000
+    first = (online.micros(model.info["periods"]["score"]["start"]) - model.origin_us) // width
+    scorer.warm_up(first)
+    found: dict[str, int] = {}
+    seconds = []
+    for bin_index in range(first, int(model.info["num_bins"])):
+        result = scorer.close_bin(bin_index)
+        seconds.append(result.seconds)
+        if not (result.new or result.grown) or len(found) == len(truth):
+            continue
+        incidents, members = scorer.incident_table()
+        match = evaluate.match_incidents(incidents, members, truth)
+        for row in match.truth.itertuples():
+            if pd.notna(row.incident_id) and row.anomaly_id not in found:
+                found[row.anomaly_id] = bin_index
+    incidents, members = scorer.incident_table()
+    scorer.publish()
+    return found, incidents, members, seconds, scorer
+
+
+def same_incidents(batch: pd.DataFrame, batch_members: pd.DataFrame,
+                   live: pd.DataFrame, live_members: pd.DataFrame, width: pd.Timedelta) -> int:
+    """Count batch incidents with an online incident of the same devices whose start
+    and end are each within one bin."""
+    def devices(members: pd.DataFrame) -> dict[str, frozenset]:
+        chosen = members[members["role"] == "device"]
+        return chosen.groupby("incident_id")["device"].apply(frozenset).to_dict()
+
+    batch_devices, live_devices = devices(batch_members), devices(live_members)
+    count = 0
+    for row in batch.itertuples():
+        for other in live.itertuples():
+            if (live_devices.get(other.incident_id) == batch_devices.get(row.incident_id)
+                    and abs(other.start - row.start) <= width
+                    and abs(other.end - row.end) <= width):
+                count += 1
+                break
+    return count
+
+
+def timing_plant(devices: int, bins: int) -> list[float]:
+    """Seconds per closed bin on a plant of about `devices` devices."""
+    with tempfile.TemporaryDirectory() as folder:
+        workspace = store.Workspace.create(folder)
+        plant = synth.generate_plant(synth.PlantConfig(seed=0, field_devices=devices,
+                                                       hours=4.0))
+        files = synth.write_plant(plant, workspace.root / "input")
+        ingest.ingest_file(workspace, files["events"], ingest.IngestOptions(target="events"))
+        ingest.ingest_file(workspace, files["measurements"],
+                           ingest.IngestOptions(target="measurements"))
+        synth.store_plant(workspace, plant)
+        config = RunConfig(stream=StreamConfig(bin_seconds=60), model=ModelConfig(epochs=1))
+        started = time.perf_counter()
+        pipeline.run_pipeline(workspace, config, run_id="timing")
+        print(f"timing plant: {len(plant.devices)} devices, batch run "
+              f"{time.perf_counter() - started:.0f} s", flush=True)
+        model = online.OnlineModel.load(workspace)
+        scorer = online.OnlineScorer(model, workspace, name="timing")
+        width = model.bin_seconds * 1_000_000
+        first = (online.micros(model.info["periods"]["score"]["start"]) - model.origin_us) // width
+        scorer.warm_up(first)
+        return [scorer.close_bin(b).seconds
+                for b in range(first, min(first + bins, int(model.info["num_bins"])))]
+
+
+def build_workspace(folder: str, hours: float, epochs: int) -> None:
+    """Build the sample plant of `tgloc demo` (seed 0) over `hours` and run it with at
+    most `epochs` training epochs."""
+    workspace = store.Workspace.create(folder)
+    plant = synth.generate_plant(synth.PlantConfig(seed=0, hours=hours))
+    files = synth.write_plant(plant, workspace.root / "input")
+    ingest.ingest_file(workspace, files["events"], ingest.IngestOptions(target="events"))
+    ingest.ingest_file(workspace, files["measurements"],
+                       ingest.IngestOptions(target="measurements"))
+    synth.store_plant(workspace, plant)
+    started = time.perf_counter()
+    pipeline.run_pipeline(workspace, RunConfig(stream=StreamConfig(bin_seconds=60),
+                                               model=ModelConfig(epochs=epochs)))
+    print(f"built {folder}: batch run {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def describe(seconds: list[float]) -> str:
+    values = np.asarray(seconds)
+    return (f"median {np.median(values):.3f} s, 95th percentile "
+            f"{np.quantile(values, 0.95):.3f} s, max {values.max():.3f} s over {len(values)} bins")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workspace", required=True, help="a workspace built by tgloc demo")
+    parser.add_argument("--timing-devices", type=int, help="also time bins on this many devices")
+    parser.add_argument("--timing-bins", type=int, default=30)
+    parser.add_argument("--build-hours", type=float,
+                        help="first build the sample plant over this many hours into "
+                             "--workspace (instead of tgloc demo)")
+    parser.add_argument("--build-epochs", type=int, default=100,
+                        help="training epochs at most for --build-hours (default 100)")
+    args = parser.parse_args()
+
+    if args.build_hours:
+        build_workspace(args.workspace, args.build_hours, args.build_epochs)
+    workspace = store.Workspace.create(args.workspace)
+    run_id = workspace.resolve_run(None)
+    run_path = workspace.run_path(run_id)
+    info = store.read_run_info(workspace, run_id)
+    origin = pd.Timestamp(info["origin_us"], unit="us", tz="UTC")
+    width = pd.Timedelta(seconds=int(info["bin_seconds"]))
+    truth = read_truth(workspace)
+    batch = store.query(run_path, "SELECT * FROM incidents")
+    batch_members = store.query(run_path, "SELECT * FROM incident_members")
+    for column in ("start", "end"):
+        batch[column] = pd.to_datetime(batch[column], utc=True)
+    batch_match = evaluate.match_incidents(batch, batch_members, truth)
+
+    started = time.perf_counter()
+    found, live, live_members, seconds, _ = replay(workspace, truth)
+    elapsed = time.perf_counter() - started
+    record = workspace.root / "online" / "bench-found.json"
+    record.write_text(json.dumps({"found": found, "seconds": seconds}))
+
+    def bin_of(stamp: pd.Timestamp) -> int:
+        return int((stamp - origin) // width)
+
+    print(f"\nrun {run_id}, {len(truth)} planted anomalies; replay of {len(seconds)} bins "
+          f"took {elapsed:.0f} s\n")
+    print(f"{'anomaly':<14} {'onset':>6} {'online':>7} {'batch':>6}  {'target':<22} met")
+    met = 0
+    for row in truth.sort_values("start").itertuples():
+        onset = bin_of(row.start)
+        live_bin = found.get(row.anomaly_id)
+        batch_id = batch_match.truth.set_index("anomaly_id").loc[row.anomaly_id, "incident_id"]
+        batch_bin = None
+        if pd.notna(batch_id):
+            batch_bin = bin_of(batch.set_index("incident_id").loc[batch_id, "start"])
+        if row.kind in ABRUPT:
+            target = "online <= onset + 2"
+            ok = live_bin is not None and live_bin <= onset + 2
+        else:
+            target = "online <= batch + 1"
+            ok = live_bin is not None and batch_bin is not None and live_bin <= batch_bin + 1
+        met += ok
+        print(f"{row.kind:<14} {onset:>6} {str(live_bin if live_bin is not None else '-'):>7} "
+              f"{str(batch_bin if batch_bin is not None else '-'):>6}  {target:<22} "
+              f"{'yes' if ok else 'no'}")
+    same = same_incidents(batch, batch_members, live, live_members, width)
+    print(f"\ntargets met: {met} of {len(truth)}")
+    print(f"batch incidents: {len(batch)}; online incidents: {len(live)}; batch incidents "
+          f"with an online incident of the same devices, start and end within one bin: "
+          f"{same}")
+    print(f"planted anomalies found: batch {batch_match.found}, online {len(found)}")
+    print(f"seconds to score one bin ({info['num_devices']} devices): {describe(seconds)}")
+    if args.timing_devices:
+        timed = timing_plant(args.timing_devices, args.timing_bins)
+        print(f"seconds to score one bin (about {args.timing_devices} field devices): "
+              f"{describe(timed)}")
+    load = os.getloadavg()
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{load[0]:.1f} at the end, Python {platform.python_version()}, "
+          f"{pd.Timestamp.now(tz='UTC'):%Y-%m-%d}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,276 @@
+"""The online path: replay, watch, alerts with retries, restart without repeats.
+
+One small sample plant is trained once per module on its first three hours; the
+tests copy that workspace and feed it the rest (replay from the store, or watch a
+folder of CSV files). Alert receivers listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from core import alerts, cli, ingest, online, pipeline, store, synth
+from core.config import ModelConfig, RunConfig, StreamConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+PLANT = synth.PlantConfig(seed=5, field_devices=8, hours=4.0, anomaly_start_share=0.5)
+TRAINED_HOURS = 3.0
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> Path:
+    frame = frame.copy()
+    frame["t"] = frame["t"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, synth.Plant, pd.Timestamp]:
+    """A workspace trained on the plant's first hours, and the plant."""
+    root = tmp_path_factory.mktemp("online") / "ws"
+    workspace = store.Workspace.create(root)
+    plant = synth.generate_plant(PLANT)
+    cut = plant.events["t"].min().floor("min") + pd.Timedelta(hours=TRAINED_HOURS)
+    folder = root / "input"
+    folder.mkdir()
+    events = write_csv(plant.events[plant.events["t"] < cut], folder / "events.csv")
+    readings = write_csv(plant.measurements[plant.measurements["t"] < cut],
+                         folder / "measurements.csv")
+    ingest.ingest_file(workspace, events, ingest.IngestOptions(target="events"))
+    ingest.ingest_file(workspace, readings, ingest.IngestOptions(target="measurements"))
+    synth.store_plant(workspace, plant)
+    config = RunConfig(stream=StreamConfig(bin_seconds=60), model=ModelConfig(epochs=3),
+                       reference_share=0.5)
+    pipeline.run_pipeline(workspace, config, run_id="base")
+    return root, plant, cut
+
+
+def copy_workspace(trained, tmp_path: Path) -> Path:
+    target = tmp_path / "ws"
+    shutil.copytree(trained[0], target)
+    return target
+
+
+def ingest_rest(root: Path, plant: synth.Plant, cut: pd.Timestamp) -> None:
+    """Store the plant's rows after `cut` (the stream a replay feeds)."""
+    workspace = store.Workspace.create(root)
+    folder = root / "rest"
+    folder.mkdir()
+    events = write_csv(plant.events[plant.events["t"] >= cut], folder / "events.csv")
+    readings = write_csv(plant.measurements[plant.measurements["t"] >= cut],
+                         folder / "measurements.csv")
+    ingest.ingest_file(workspace, events, ingest.IngestOptions(target="events"))
+    ingest.ingest_file(workspace, readings, ingest.IngestOptions(target="measurements"))
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that answers 503 to its first request and 200
+    to the rest, and records every body it accepted."""
+
+    def __init__(self) -> None:
+        self.accepted: list[dict] = []
+        self.refused = 0
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (the http.server interface)
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with owner.lock:
+                    refuse = owner.refused == 0
+                    if refuse:
+                        owner.refused += 1
+                    else:
+                        owner.accepted.append({"body": json.loads(body),
+                                               "key": self.headers["Idempotency-Key"]})
+                self.send_response(503 if refuse else 200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def outbox_keys(path: Path) -> list[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as con:
+        return [row[0] for row in con.execute("SELECT key FROM alerts ORDER BY key")]
+
+
+@pytest.mark.slow
+def test_replay_alerts_exactly_once_across_restart(trained, tmp_path, caplog, capsys):
+    root = copy_workspace(trained, tmp_path)
+    ingest_rest(root, trained[1], trained[2])
+    receiver = Receiver()
+    caplog.set_level("WARNING", logger="core.alerts")
+    onset = trained[1].truth["start"].min() - pd.Timedelta(minutes=5)
+    try:
+        first = cli.main(["replay", "--workspace", str(root), "--speed", "max",
+                          "--from", onset.isoformat(), "--max-bins", "20",
+                          "--webhook", receiver.url])
+        assert first == 0
+        middle = len(receiver.accepted)
+        second = cli.main(["replay", "--workspace", str(root), "--speed", "max",
+                           "--resume", "--max-bins", "30", "--webhook", receiver.url])
+        assert second == 0
+    finally:
+        receiver.close()
+    output = capsys.readouterr().out
+    path = online.online_path(store.Workspace(root), "base-replay")
+    keys = outbox_keys(path.with_suffix(".outbox.sqlite"))
+    received = [item["key"] for item in receiver.accepted]
+
+    assert "resuming base-replay.duckdb" in output
+    assert receiver.refused == 1
+    assert any("failed (attempt 1): HTTP 503" in r.getMessage() for r in caplog.records)
+    assert middle >= 1, "the first part of the replay raised no alert"
+    assert len(keys) > middle, "the resumed replay raised no alert of its own"
+    assert sorted(received) == keys
+    assert len(set(received)) == len(received)
+    for item in receiver.accepted:
+        assert item["body"]["idempotency_key"] == item["key"]
+        assert item["key"] == f"{item['body']['incident_id']}:{item['body']['version']}"
+
+    info = online.read_online_info(path)
+    incidents = store.query(path, "SELECT * FROM incidents")
+    assert info["base_run"] == "base"
+    width = pd.Timedelta(minutes=1)
+    origin = pd.Timestamp(info["origin_us"], unit="us", tz="UTC")
+    assert origin + info["last_bin"] * width == onset.floor("min") + 49 * width
+    assert len(incidents) >= 1
+    assert set(incidents["incident_id"]) == {key.split(":")[0] for key in keys}
+
+
+@pytest.mark.slow
+def test_watch_folder_scores_new_files_and_counts_late_rows(trained, tmp_path):
+    root = copy_workspace(trained, tmp_path)
+    plant, cut = trained[1], trained[2]
+    source = tmp_path / "landing"
+    source.mkdir()
+    later = plant.events[(plant.events["t"] >= cut)
+                         & (plant.events["t"] < cut + pd.Timedelta(minutes=30))]
+    readings = plant.measurements[(plant.measurements["t"] >= cut)
+                                  & (plant.measurements["t"] < cut + pd.Timedelta(minutes=30))]
+    write_csv(later, source / "events-1.csv")
+    write_csv(readings, source / "measurements-1.csv")
+    until = cut + pd.Timedelta(minutes=20)
+
+    command = [sys.executable, "-m", "core.cli", "watch", "--workspace", str(root),
+               "--source", str(source), "--poll", "0.2", "--until", until.isoformat()]
+    first = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert first.returncode == 0, first.stderr
+    path = online.online_path(store.Workspace(root), "base")
+    info = online.read_online_info(path)
+    width = pd.Timedelta(minutes=1)
+    origin = pd.Timestamp(info["origin_us"], unit="us", tz="UTC")
+    closed_end = origin + (info["last_bin"] + 1) * width
+    assert closed_end == until
+    assert info["late_rows"] == 0
+
+    # Rows for a bin already closed: stored, counted and reported, not dropped.
+    stale = later[later["t"] < cut + pd.Timedelta(minutes=5)].head(7)
+    write_csv(stale.assign(t=stale["t"] + pd.Timedelta(seconds=1)), source / "late.csv")
+    command[-1] = (until + pd.Timedelta(minutes=3)).isoformat()
+    second = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert second.returncode == 0, second.stderr
+    assert "resuming base.duckdb" in second.stdout
+    assert "7 rows of late.csv arrived after their bin closed" in second.stdout
+    info = online.read_online_info(path)
+    assert info["late_rows"] == 7
+    stored = store.query(root / "store.duckdb",
+                         "SELECT count(*) AS n FROM events WHERE report_id IN "
+                         "(SELECT report_id FROM ingest_reports WHERE file LIKE '%late.csv')")
+    assert int(stored["n"].iloc[0]) == 7
+    assert origin + (info["last_bin"] + 1) * width == until + pd.Timedelta(minutes=3)
+
+
+@pytest.mark.slow
+def test_watch_stops_cleanly_on_sigterm(trained, tmp_path):
+    root = copy_workspace(trained, tmp_path)
+    source = tmp_path / "empty"
+    source.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "watch", "--workspace", str(root),
+         "--source", str(source), "--poll", "0.2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    try:
+        deadline = time.monotonic() + 300
+        line = ""
+        while time.monotonic() < deadline and "watching" not in line:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+        assert "watching" in line, process.stderr.read()
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    assert "stopped after bin" in out
+    assert "Traceback" not in err
+    assert online.online_path(store.Workspace(root), "base").exists()
+
+
+def test_syslog_line_is_rfc5424_over_udp():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        port = sock.getsockname()[1]
+        sink = alerts.SyslogSink(f"127.0.0.1:{port}")
+        sink.send({"idempotency_key": "inc-1:2", "incident_id": "inc-1", "version": 2,
+                   "severity": 85.0, "event": "grown", "summary": 'Flood on "plc-1".'})
+        line = sock.recv(4096).decode("utf-8")
+    pattern = (r'^<130>1 \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+ tgloc - incident '
+               r'\[tgloc@32473 id="inc-1" version="2" key="inc-1:2" severity="85.0"\] '
+               r'grown incident: Flood on "plc-1"\.$')
+    assert re.match(pattern, line), line
+
+
+def test_outbox_enqueue_twice_stores_once(tmp_path):
+    outbox = alerts.Outbox(tmp_path / "a.outbox.sqlite")
+    sink = alerts.WebhookSink("http://127.0.0.1:9/x")
+    payload = {"idempotency_key": "inc-9:1", "incident_id": "inc-9", "version": 1,
+               "severity": 10.0}
+    assert outbox.enqueue(payload, [sink]) is True
+    again = alerts.Outbox(tmp_path / "a.outbox.sqlite")
+    assert again.enqueue(payload, [sink]) is False
+    assert again.counts() == {"pending": 1}
+
+
+@pytest.mark.parametrize("value", ["ftp://127.0.0.1/x", "127.0.0.1:80", "http://"])
+def test_webhook_url_invalid_rejected(value):
+    with pytest.raises(Exception, match="invalid webhook URL"):
+        alerts.WebhookSink(value)
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1", "host:port", "127.0.0.1:70000"])
+def test_syslog_address_invalid_rejected(value):
+    with pytest.raises(Exception, match="invalid syslog address"):
+        alerts.SyslogSink(value)
