@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import ingest, store
+from core import ingest, linkstream, store
 from core.config import ModelConfig, RunConfig, SearchConfig, StreamConfig
 from core.errors import TglocError
 from core.stages import StageTimer
@@ -110,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--read-unterminated-line", action="store_true",
                       help="also read a last line without a line end (by default it "
                       "is held back until a writer ends it)")
+    load.add_argument("--format", choices=("auto", "uvt"), default="auto",
+                      help="auto: detect CSV, Parquet, Zeek or JSON lines; uvt: "
+                      "headerless integer lines u,v,t with t a slot index "
+                      "(needs --slot-seconds)")
+    load.add_argument("--slot-seconds", type=float,
+                      help="uvt: length of one slot in seconds")
+    load.add_argument("--origin", default=linkstream.DEFAULT_ORIGIN,
+                      help="uvt: ISO-8601 start of slot 0 (default "
+                      f"{linkstream.DEFAULT_ORIGIN})")
+    load.add_argument("--undirected", action="store_true",
+                      help="uvt: contacts have no direction; store each as "
+                      "(smaller id, larger id)")
     load.add_argument("--batadal", metavar="FOLDER",
                       help="import the BATADAL water network data set from FOLDER")
     load.set_defaults(handler=command_ingest)
@@ -232,6 +244,11 @@ def command_ingest(args: argparse.Namespace) -> int:
         return 0
     if not args.files:
         raise TglocError("no file to ingest", "Name one or more files, or --batadal FOLDER.")
+    if args.format == "uvt":
+        return ingest_uvt_files(workspace, args)
+    if args.slot_seconds is not None or args.undirected:
+        raise TglocError("--slot-seconds and --undirected need --format uvt",
+                         "Add --format uvt for headerless u,v,t slot files.")
     columns = {}
     for item in args.column:
         ours, _, theirs = item.partition("=")
@@ -264,16 +281,37 @@ def command_ingest(args: argparse.Namespace) -> int:
     return status
 
 
+def ingest_uvt_files(workspace: store.Workspace, args: argparse.Namespace) -> int:
+    """Ingest each file as a headerless u,v,t link stream with a slot clock."""
+    if args.slot_seconds is None:
+        raise TglocError("--format uvt needs --slot-seconds",
+                         "Give the length of one slot, e.g. --slot-seconds 20.")
+    status = 0
+    for path in args.files:
+        report = linkstream.ingest_uvt(workspace, path, args.slot_seconds,
+                                       args.origin, args.undirected)
+        print(report.summary())
+        print(ingest_details(workspace, report, header=False))
+        if report.rows_stored == 0 and report.rows_rejected > 0:
+            print(f"error: nothing stored from {path}: all {report.rows_rejected} rows "
+                  "were rejected; a uvt file holds lines of three integers u,v,t",
+                  file=sys.stderr)
+            status = 2
+    return status
+
+
 MAX_REJECTED_SHOWN = 10
 TARGET_TABLES = {"events": "events", "measurements": "measurements",
                  "devices": "devices", "links": "links"}
 
 
-def ingest_details(workspace: store.Workspace, report: ingest.IngestReport) -> str:
+def ingest_details(workspace: store.Workspace, report: ingest.IngestReport,
+                   header: bool = True) -> str:
     """Return the stored column types and the first rejected rows of one report.
 
-    Each rejected row names its file line, its data row (line - 1), the column,
-    the value and the reason, so the user can fix the file.
+    Each rejected row names its file line, its data row (line - 1 after a header
+    line, the line itself in a file without one), the column, the value and the
+    reason, so the user can fix the file.
     """
     table = TARGET_TABLES[report.target]
     kinds = store.query(workspace.store_path, f"DESCRIBE {table}")
@@ -289,7 +327,8 @@ def ingest_details(workspace: store.Workspace, report: ingest.IngestReport) -> s
         {"id": report.report_id, "limit": MAX_REJECTED_SHOWN},
     )
     for row in rejected.itertuples(index=False):
-        lines.append(f"  line {row.line} (row {row.line - 1}), column {row.column}, "
+        row_number = row.line - 1 if header else row.line
+        lines.append(f"  line {row.line} (row {row_number}), column {row.column}, "
                      f"value {row.value!r}: {row.reason}")
     if report.rows_rejected > len(rejected):
         lines.append(f"  +{report.rows_rejected - len(rejected)} more in the quarantine "
