@@ -1,4 +1,4 @@
-"""The command line: `tgloc demo`, `ingest`, `run` and `incidents`.
+"""The command line: `tgloc demo`, `ingest`, `run`, `incidents`, `evaluate`, `bench`.
 
 A thin front end over `core`: it parses arguments, turns progress callbacks into a
 progress line, and prints errors as their headline and detail. A traceback is shown
@@ -146,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--run", help="run id (default: the latest published run)")
     show.add_argument("--format", choices=("json", "csv"), default="json")
     show.set_defaults(handler=command_incidents)
+
+    bench = commands.add_parser("bench", help="benchmarks (run from the repository root)")
+    benchmarks = bench.add_subparsers(dest="benchmark", required=True)
+    real = benchmarks.add_parser(
+        "real", help="public real data sets against their published results")
+    real.add_argument("--data", default=os.environ.get("TGLOC_DATA"),
+                      help="folder holding the data sets (default: $TGLOC_DATA)")
+    real.add_argument("--only", help="run one data set only (mad, smd)")
+    real.add_argument("--quick", action="store_true",
+                      help="a short version of each benchmark, for a smoke test")
+    real.set_defaults(handler=command_bench_real)
 
     evaluation = commands.add_parser(
         "evaluate", help="score window labels against window scores or predictions")
@@ -375,6 +386,19 @@ def run_config(args: argparse.Namespace) -> RunConfig:
               "search": config.search if isinstance(config.search, SearchConfig) else SearchConfig()}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return RunConfig(**values)
+
+
+def command_bench_real(args: argparse.Namespace) -> int:
+    try:
+        from bench import real
+    except ModuleNotFoundError as exc:
+        raise TglocError("the benchmarks are not importable",
+                         "Run tgloc bench from the repository root, where the bench "
+                         "folder is.") from exc
+    if args.only is not None and args.only not in real.DATA_SETS:
+        raise TglocError(f"invalid --only {args.only!r}",
+                         f"Choose one of: {', '.join(sorted(real.DATA_SETS))}.")
+    return real.run(args)
 
 
 def command_evaluate(args: argparse.Namespace) -> int:

@@ -46,6 +46,7 @@ BALANCE_QUANTILE = 0.99
 COUNT_KINDS = ("device", "pair")
 MIN_TAIL = 15
 P_FLOOR = 1e-12
+PAIR_DECODE_ROWS = 65_536
 
 
 @dataclass
@@ -108,12 +109,16 @@ def reconstruct(
         pair_hat = np.zeros((num_bins, len(candidates), 2), dtype=np.float32)
         src = torch.tensor(candidates["src_idx"].to_numpy(), dtype=torch.long)
         dst = torch.tensor(candidates["dst_idx"].to_numpy(), dtype=torch.long)
-        for t in range(num_bins):
-            if len(candidates) == 0:
-                break
-            out = model.decode_pairs(z, torch.full_like(src, t), src, dst)
-            pair_hat[t, :, 0] = torch.sigmoid(out[:, 0]).numpy()
-            pair_hat[t, :, 1] = out[:, 1].clamp_min(0).numpy()
+        # Several bins per decoder call: one call per bin costs more in call
+        # overhead than in arithmetic on streams of many short bins.
+        step = max(1, PAIR_DECODE_ROWS // max(1, len(candidates)))
+        for first in range(0, num_bins if len(candidates) else 0, step):
+            bins = torch.arange(first, min(first + step, num_bins))
+            out = model.decode_pairs(z, bins.repeat_interleave(len(src)),
+                                     src.repeat(len(bins)), dst.repeat(len(bins)))
+            out = out.reshape(len(bins), len(src), 2)
+            pair_hat[first : first + len(bins), :, 0] = torch.sigmoid(out[..., 0]).numpy()
+            pair_hat[first : first + len(bins), :, 1] = out[..., 1].clamp_min(0).numpy()
     log.info("reconstructed %d bins x %d devices, %d candidate pairs",
              x_hat.shape[0], num_devices, len(candidates))
     return x_hat, pair_hat, candidates, z.numpy()
@@ -137,8 +142,15 @@ def candidate_pairs(snapshots: Snapshots, prepared: Prepared) -> pd.DataFrame:
 def families(
     snapshots: Snapshots, prepared: Prepared, x_hat: np.ndarray,
     pair_hat: np.ndarray, candidates: pd.DataFrame, train_bins: np.ndarray,
+    pair_expectation: str = "median",
 ) -> list[Family]:
-    """Build the device, sensor and pair families of base-bin residuals."""
+    """Build the device, sensor and pair families of base-bin residuals.
+
+    `pair_expectation` sets what a reference pair's count is compared with:
+    "median", its median count in the training bins (polling links, whose
+    count per bin is steady), or "model", the pair decoder's expectation in that
+    bin (sporadic links such as contacts, whose median count is 0).
+    """
     x = prepared.x.numpy()
     mask = prepared.mask.numpy()
     devices = snapshots.devices
@@ -254,7 +266,11 @@ def families(
         model_log = pair_hat[..., 0] * pair_hat[..., 1]
         is_reference = candidates["reference"].to_numpy()
         median = np.median(events[train_bins], axis=0) if len(train_bins) else 0 * columns
-        expected_log = np.where(is_reference[None, :], np.log1p(median)[None, :], model_log)
+        if pair_expectation == "model":
+            expected_log = model_log
+        else:
+            expected_log = np.where(is_reference[None, :], np.log1p(median)[None, :],
+                                    model_log)
         src = candidates["src_idx"].to_numpy()
         dst = candidates["dst_idx"].to_numpy()
         started = np.arange(snapshots.num_bins)[:, None] >= np.maximum(first[src], first[dst])[None, :]
