@@ -240,3 +240,30 @@ def headline(outcomes: list[Outcome]) -> dict:
     figures["mad_tgloc_seconds_total"] = round(sum(i.seconds for i in five), 2)
     figures["mad_reference_seconds_total"] = round(sum(i.mad_seconds for i in five), 1)
     return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure the named settings only and print their table and headline."""
+    import argparse
+    import json
+    import os
+
+    parser = argparse.ArgumentParser(prog="bench.real_mad", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.environ.get("TGLOC_DATA"),
+                        help="folder holding mad_hospital (default: $TGLOC_DATA)")
+    parser.add_argument("--setting", action="append", required=True,
+                        choices=[setting.name for setting in SETTINGS],
+                        help="a setting to measure (repeatable)")
+    args = parser.parse_args(argv)
+    if not args.data:
+        parser.error("no data folder; pass --data DIR or set TGLOC_DATA")
+    chosen = [setting for setting in SETTINGS if setting.name in args.setting]
+    outcomes = [measure(Path(args.data) / FOLDER, setting) for setting in chosen]
+    print(table(outcomes))
+    print(caveats(outcomes))
+    print(json.dumps(headline(outcomes)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
