@@ -23,7 +23,8 @@ DATA_SETS = {"mad": "mad_hospital", "smd": "smd"}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench.real", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench.real",
+                                     description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 
@@ -39,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.data:
-        print("error: no data folder; pass --data DIR or set TGLOC_DATA", file=sys.stderr)
+        print("error: no data folder; pass --data DIR or set TGLOC_DATA",
+              file=sys.stderr)
         return 2
     data = Path(args.data)
     if not data.is_dir():

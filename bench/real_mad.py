@@ -5,8 +5,8 @@ Detection in Link Streams", WSDM 2024): a contact stream of 75 people in 20-seco
 slots, into which edge, node and whole-graph anomalies were injected, with ground
 truth per (pair, slot), (node, slot) and slot. For each setting this module imports
 the stream with injections, trains tgloc on it (never on the clean stream, which
-would leak the answer), scores every slot, and measures the ROC-AUC on the ground
-truth rows with t >= 300, as MAD does. The wall time runs from the data file to a
+would leak the ground truth), scores every slot, and measures the ROC-AUC on the
+ground-truth rows with t >= 300, as MAD does. The wall time runs from the data file to a
 score for every labelled row, training included.
 
 Scores (higher is more anomalous; `core.selfscore` gives the detail):
@@ -41,7 +41,7 @@ FIRST_SCORED_SLOT = 300
 MAD_NODE_RATE = 1100.0
 MAD_GRAPH_RATE = 42.0
 SPEED_TARGET = 20.0
-# One slot per bin, so each labelled slot has its own elements; the coarser scales
+# One slot per bin gives each labelled slot its own elements. The coarser scales
 # (4 and 16 slots, 80 s and about 5 minutes) see bursts and lulls.
 CONFIG = RunConfig(
     stream=StreamConfig(bin_seconds=SLOT_SECONDS, scales=(1, 4, 16)),
@@ -66,7 +66,8 @@ class Setting:
 SETTINGS = (
     Setting("edge", "densif", "edge_anomaly/hospital_densif", 0.823, 1.4),
     Setting("node", "densif", "node_anomaly/hospital_densif", None, None, False),
-    Setting("node", "densif+sparsif", "node_anomaly/hospital_densif_sparsif", 0.920, None),
+    Setting("node", "densif+sparsif", "node_anomaly/hospital_densif_sparsif", 0.920,
+            None),
     Setting("node", "rewiring", "node_anomaly/hospital_rewiring", 0.995, 140.0),
     Setting("graph", "densif+sparsif", "graph_anomaly/hospital_densif_sparsif", 0.955,
             None),
@@ -168,7 +169,8 @@ def score_rows(rows: pd.DataFrame, level: str, scores: selfscore.StreamScores,
     return values
 
 
-def silent_node_auc(rows: pd.DataFrame, row_scores: np.ndarray, snapshots) -> float | None:
+def silent_node_auc(rows: pd.DataFrame, row_scores: np.ndarray,
+                    snapshots) -> float | None:
     """ROC-AUC on the rows whose node has no contact in the slot.
 
     There an anomalous row can only be removed activity, so a score above 0.5 shows
@@ -203,8 +205,12 @@ def table(outcomes: list[Outcome]) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for item in outcomes:
-        mad_auc = "—" if item.setting.mad_auc is None else f"{item.setting.mad_auc:.3f}"
-        mad_seconds = f"{item.mad_seconds:.1f}" + (" (est.)" if item.mad_estimated else "")
+        mad_auc = "—"
+        if item.setting.mad_auc is not None:
+            mad_auc = f"{item.setting.mad_auc:.3f}"
+        mad_seconds = f"{item.mad_seconds:.1f}"
+        if item.mad_estimated:
+            mad_seconds += " (est.)"
         lines.append(
             f"| {item.setting.level} | {item.setting.anomaly} | {item.rows} | "
             f"{item.anomalous} | {item.auc:.3f} | {mad_auc} | {item.seconds:.1f} | "
@@ -223,7 +229,8 @@ def caveats(outcomes: list[Outcome]) -> str:
     silent = [f"{item.setting.name} rows with a silent node {item.silent_auc:.3f}"
               for item in outcomes if item.silent_auc is not None]
     return ("caveats: trained on each stream with its injections, every slot scored; "
-            f"MAD/tgloc time ratio {speedup:.1f} (target {SPEED_TARGET:.0f}); MAD times "
+            f"MAD/tgloc time ratio {speedup:.1f} (target {SPEED_TARGET:.0f}); "
+            "MAD times "
             "marked est. are its measured rate times the rows of the ground-truth file"
             + ("; ROC-AUC on " + ", ".join(silent) if silent else ""))
 
@@ -248,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     import json
     import os
 
-    parser = argparse.ArgumentParser(prog="bench.real_mad", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bench.real_mad",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.environ.get("TGLOC_DATA"),
                         help="folder holding mad_hospital (default: $TGLOC_DATA)")
     parser.add_argument("--setting", action="append", required=True,

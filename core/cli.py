@@ -147,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--format", choices=("json", "csv"), default="json")
     show.set_defaults(handler=command_incidents)
 
-    bench = commands.add_parser("bench", help="benchmarks (run from the repository root)")
+    bench = commands.add_parser("bench",
+                                help="benchmarks (run from the repository root)")
     benchmarks = bench.add_subparsers(dest="benchmark", required=True)
     real = benchmarks.add_parser(
         "real", help="public real data sets against their published results")

@@ -52,7 +52,9 @@ def slot_origin_us(origin: str) -> int:
     if stamp is pd.NaT:
         raise IngestError(f"invalid origin {origin!r}",
                           "Give the start of slot 0 as an ISO-8601 time.")
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    stamp = stamp.tz_convert("UTC")
     return int(stamp.value // 1000)
 
 
@@ -78,7 +80,8 @@ def ingest_uvt(
     Raises:
         IngestError: the file cannot be read, or an option is invalid.
     """
-    if not (isinstance(slot_seconds, (int, float)) and 0 < slot_seconds <= MAX_SLOT_SECONDS):
+    number = isinstance(slot_seconds, (int, float))
+    if not (number and 0 < slot_seconds <= MAX_SLOT_SECONDS):
         raise IngestError(
             f"invalid slot length {slot_seconds!r}",
             f"--slot-seconds must be a number of seconds in (0, {MAX_SLOT_SECONDS}].",
@@ -99,12 +102,15 @@ def ingest_uvt(
         "src": frame["u"].astype(str),
         "dst": frame["v"].astype(str),
     })
-    notes.insert(0, f"format uvt: slot t -> {origin} + t * {slot_seconds:g} s"
-                 + ("; undirected, stored as (smaller id, larger id)" if undirected else ""))
+    clock = f"format uvt: slot t -> {origin} + t * {slot_seconds:g} s"
+    if undirected:
+        clock += "; undirected, stored as (smaller id, larger id)"
+    notes.insert(0, clock)
     # The slot clock and direction are part of what is stored, so the same bytes
     # read with another clock are a different load.
     digest = hashlib.sha256(data)
-    digest.update(f"\x00uvt\x00{slot_seconds!r}\x00{origin_us}\x00{undirected}".encode())
+    clock = f"\x00uvt\x00{slot_seconds!r}\x00{origin_us}\x00{undirected}"
+    digest.update(clock.encode())
     options = ingest.IngestOptions(target="events")
     return ingest.ingest_parsed_events(workspace, events, lines, options, str(path),
                                        digest.hexdigest(), notes, rejected)
@@ -142,8 +148,7 @@ def parse_uvt(
         else:
             bad.append({"line": number, "column": None, "value": reading.printable(raw),
                         "reason": reason,
-                        "record": reading.record_text(list(FIELDS[: len(cells)]) or ["u"],
-                                                      cells or [raw])})
+                        "record": reading.record_text(list(FIELDS), cells)})
     frame = pd.DataFrame(values if values else np.zeros((0, 3), np.int64),
                          columns=list(FIELDS)).astype(np.int64)
     notes: list[str] = []
@@ -156,7 +161,8 @@ def parse_uvt(
             count = int(swapped.sum())
             notes.append(f"{count} contact{'' if count == 1 else 's'} given as "
                          "(larger id, smaller id) stored as (smaller id, larger id)")
-    rejected = pd.DataFrame(bad, columns=["line", "column", "value", "reason", "record"])
+    rejected = pd.DataFrame(bad,
+                            columns=["line", "column", "value", "reason", "record"])
     rejected["line"] = rejected["line"].astype(np.int64)
     return frame, np.asarray(lines, dtype=np.int64), rejected, notes
 

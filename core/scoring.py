@@ -117,8 +117,9 @@ def reconstruct(
             out = model.decode_pairs(z, bins.repeat_interleave(len(src)),
                                      src.repeat(len(bins)), dst.repeat(len(bins)))
             out = out.reshape(len(bins), len(src), 2)
-            pair_hat[first : first + len(bins), :, 0] = torch.sigmoid(out[..., 0]).numpy()
-            pair_hat[first : first + len(bins), :, 1] = out[..., 1].clamp_min(0).numpy()
+            rows = slice(first, first + len(bins))
+            pair_hat[rows, :, 0] = torch.sigmoid(out[..., 0]).numpy()
+            pair_hat[rows, :, 1] = out[..., 1].clamp_min(0).numpy()
     log.info("reconstructed %d bins x %d devices, %d candidate pairs",
              x_hat.shape[0], num_devices, len(candidates))
     return x_hat, pair_hat, candidates, z.numpy()

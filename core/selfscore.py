@@ -112,7 +112,8 @@ def score_stream(
                 ends.append(scaled.ids["peer_idx"].to_numpy())
             for end in ends:
                 for column, device in enumerate(end):
-                    device_p[:, device] = np.minimum(device_p[:, device], filled[:, column])
+                    device_p[:, device] = np.minimum(device_p[:, device],
+                                                     filled[:, column])
                     element_count[:, device] += exists[:, column]
         corrected = np.minimum(device_p * np.maximum(element_count, 1), 1.0)
         device_now = -np.log10(np.maximum(corrected * len(scales), P_MIN).clip(max=1.0))
@@ -120,8 +121,12 @@ def score_stream(
                                                                          device_now)
         if pair_p is not None:
             pair_now = -np.log10(np.clip(pair_p * len(scales), P_MIN, 1.0))
-            pair_score = pair_now if pair_score is None else np.fmax(pair_score, pair_now)
-        graph_now = _graph_statistic(np.concatenate(all_p, axis=1), config.search.alphas)
+            if pair_score is None:
+                pair_score = pair_now
+            else:
+                pair_score = np.fmax(pair_score, pair_now)
+        graph_now = _graph_statistic(np.concatenate(all_p, axis=1),
+                                     config.search.alphas)
         graph_score = graph_now if graph_score is None else np.maximum(graph_score,
                                                                       graph_now)
     if pair_score is None:

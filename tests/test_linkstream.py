@@ -42,7 +42,8 @@ def test_uvt_undirected_canonical_pair(tmp_path):
     path = write(tmp_path / "s.txt", ["5,3,0", "3,5,1", "12,9,2"])
     report = linkstream.ingest_uvt(workspace, path, 1, undirected=True)
     events = stored_events(workspace)
-    assert list(zip(events["src"], events["dst"])) == [("3", "5"), ("3", "5"), ("9", "12")]
+    pairs = list(zip(events["src"], events["dst"]))
+    assert pairs == [("3", "5"), ("3", "5"), ("9", "12")]
     assert any("2 contacts given as (larger id" in note for note in report.notes)
 
 
@@ -133,7 +134,8 @@ def test_cli_uvt_ingest(tmp_path, capsys):
 
 def test_cli_uvt_needs_slot_seconds(tmp_path, capsys):
     path = write(tmp_path / "s.txt", ["0,1,0"])
-    code = main(["ingest", "--workspace", str(tmp_path / "ws"), path, "--format", "uvt"])
+    code = main(["ingest", "--workspace", str(tmp_path / "ws"), path,
+                 "--format", "uvt"])
     assert code == 2
     assert "--slot-seconds" in capsys.readouterr().err
 
