@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from core import store
-from core.cli import build_parser, sanitize_cell
+from core.cli import build_parser, main, sanitize_cell
 from core.store import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,21 @@ def _subcommands(parser) -> dict:
 def test_build_parser_commands():
     commands = _subcommands(build_parser())
 
-    assert set(commands) == {"demo", "ingest", "run", "incidents", "evaluate"}
+    assert set(commands) == {"demo", "ingest", "run", "incidents", "evaluate", "bench"}
+
+
+def test_bench_real_missing_data_folder(tmp_path, capsys):
+    code = main(["bench", "real", "--data", str(tmp_path / "absent")])
+
+    assert code == 2
+    assert "data folder not found" in capsys.readouterr().err
+
+
+def test_bench_real_invalid_only(tmp_path, capsys):
+    code = main(["bench", "real", "--data", str(tmp_path), "--only", "nope"])
+
+    assert code == 2
+    assert "invalid --only 'nope'" in capsys.readouterr().err
 
 
 def test_build_parser_demo_options():
