@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import ingest, smd, store
+from core import ingest, linkstream, smd, store
 from core.config import (
     GAP_FILL_POLICIES,
     ModelConfig,
@@ -128,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--read-unterminated-line", action="store_true",
                       help="also read a last line without a line end (by default it "
                       "is held back until a writer ends it)")
+    load.add_argument("--format", choices=("auto", "uvt"), default="auto",
+                      help="auto: detect CSV, Parquet, Zeek or JSON lines; uvt: "
+                      "headerless integer lines u,v,t with t a slot index "
+                      "(needs --slot-seconds)")
+    load.add_argument("--slot-seconds", type=float,
+                      help="uvt: length of one slot in seconds")
+    load.add_argument("--origin", default=linkstream.DEFAULT_ORIGIN,
+                      help="uvt: ISO-8601 start of slot 0 (default "
+                      f"{linkstream.DEFAULT_ORIGIN})")
+    load.add_argument("--undirected", action="store_true",
+                      help="uvt: contacts have no direction; store each as "
+                      "(smaller id, larger id)")
     load.add_argument("--batadal", metavar="FOLDER",
                       help="import the BATADAL water network data set from FOLDER")
     load.add_argument("--withdraw", type=int, metavar="REPORT_ID",
@@ -187,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
         "plants of 1 M, 10 M and 50 M events")
     scale_bench.add_arguments(scale)
     scale.set_defaults(handler=scale_bench.run)
+    real = benchmarks.add_parser(
+        "real", help="public real data sets against their published results")
+    real.add_argument("--data", default=os.environ.get("TGLOC_DATA"),
+                      help="folder holding the data sets (default: $TGLOC_DATA)")
+    real.add_argument("--only", help="run one data set only (mad, smd)")
+    real.add_argument("--quick", action="store_true",
+                      help="a short version of each benchmark, for a smoke test")
+    real.set_defaults(handler=command_bench_real)
 
     show = commands.add_parser("incidents", help="print a run's incidents")
     show.add_argument("--workspace", default=DEFAULT_WORKSPACE)
@@ -399,6 +419,11 @@ def command_ingest(args: argparse.Namespace) -> int:
     if not args.files:
         raise TglocError("no file to ingest",
                          "Name one or more files, --batadal FOLDER or --smd FOLDER.")
+    if args.format == "uvt":
+        return ingest_uvt_files(workspace, args)
+    if args.slot_seconds is not None or args.undirected:
+        raise TglocError("--slot-seconds and --undirected need --format uvt",
+                         "Add --format uvt for headerless u,v,t slot files.")
     columns = {}
     for item in args.column:
         ours, _, theirs = item.partition("=")
@@ -456,16 +481,37 @@ def command_ingest(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def ingest_uvt_files(workspace: store.Workspace, args: argparse.Namespace) -> int:
+    """Ingest each file as a headerless u,v,t link stream with a slot clock."""
+    if args.slot_seconds is None:
+        raise TglocError("--format uvt needs --slot-seconds",
+                         "Give the length of one slot, e.g. --slot-seconds 20.")
+    status = 0
+    for path in args.files:
+        report = linkstream.ingest_uvt(workspace, path, args.slot_seconds,
+                                       args.origin, args.undirected)
+        print(report.summary())
+        print(ingest_details(workspace, report, header=False))
+        if report.rows_stored == 0 and report.rows_rejected > 0:
+            print(f"error: nothing stored from {path}: all {report.rows_rejected} rows "
+                  "were rejected; a uvt file holds lines of three integers u,v,t",
+                  file=sys.stderr)
+            status = 2
+    return status
+
+
 MAX_REJECTED_SHOWN = 10
 TARGET_TABLES = {"events": "events", "measurements": "measurements",
                  "devices": "devices", "links": "links"}
 
 
-def ingest_details(workspace: store.Workspace, report: ingest.IngestReport) -> str:
+def ingest_details(workspace: store.Workspace, report: ingest.IngestReport,
+                   header: bool = True) -> str:
     """Return the stored column types and the first rejected rows of one report.
 
-    Each rejected row names its file line, its data row (line - 1), the column,
-    the value and the reason, so the user can fix the file.
+    Each rejected row names its file line, its data row (line - 1 after a header
+    line, the line itself in a file without one), the column, the value and the
+    reason, so the user can fix the file.
     """
     table = TARGET_TABLES[report.target]
     kinds = store.query(workspace.store_path, f"DESCRIBE {table}")
@@ -483,7 +529,7 @@ def ingest_details(workspace: store.Workspace, report: ingest.IngestReport) -> s
     for row in rejected.itertuples(index=False):
         # A row the reader rejected whole (bad encoding, wrong field count) has no
         # column; its value is the whole line.
-        where = f"line {row.line} (row {row.line - 1})"
+        where = f"line {row.line} (row {row.line - 1 if header else row.line})"
         if isinstance(row.column, str):
             where += f", column {row.column}"
         what = "line" if not isinstance(row.column, str) else "value"
@@ -676,6 +722,19 @@ def run_config(args: argparse.Namespace) -> RunConfig:
               "search": config.search if isinstance(config.search, SearchConfig) else SearchConfig()}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return RunConfig(**values)
+
+
+def command_bench_real(args: argparse.Namespace) -> int:
+    try:
+        from bench import real
+    except ModuleNotFoundError as exc:
+        raise TglocError("the benchmarks are not importable",
+                         "Run tgloc bench from the repository root, where the bench "
+                         "folder is.") from exc
+    if args.only is not None and args.only not in real.DATA_SETS:
+        raise TglocError(f"invalid --only {args.only!r}",
+                         f"Choose one of: {', '.join(sorted(real.DATA_SETS))}.")
+    return real.run(args)
 
 
 def command_evaluate(args: argparse.Namespace) -> int:

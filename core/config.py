@@ -116,6 +116,9 @@ class ModelConfig:
             hides suspect devices this way to tell a faulty device from a neighbour
             whose reconstruction it moved.
         seed: seed of every random draw in training and scoring.
+        windows_per_epoch: training windows drawn at random per epoch; None
+            steps through every window of the training bins once per epoch. A
+            budget for long runs of short bins, where one pass costs minutes.
     """
 
     hidden: int = 32
@@ -128,9 +131,13 @@ class ModelConfig:
     huber_delta: float = 1.0
     hide_share: float = 0.15
     seed: int = 0
+    windows_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(self.dilations))
+        _check("windows_per_epoch", self.windows_per_epoch,
+               self.windows_per_epoch is None or self.windows_per_epoch >= 1,
+               "None or a whole number >= 1")
         _check("hidden", self.hidden, 4 <= self.hidden <= 1024, "between 4 and 1024")
         _check("epochs", self.epochs, 1 <= self.epochs <= 10_000, "between 1 and 10000")
         _check("patience", self.patience, self.patience >= 1, ">= 1")

@@ -520,6 +520,46 @@ def ingest_frame(
     )
 
 
+def ingest_parsed_events(
+    workspace: Workspace, frame: pd.DataFrame, lines: np.ndarray,
+    options: IngestOptions, source: str, checksum: str, notes: list[str],
+    rejected: pd.DataFrame | None,
+) -> IngestReport:
+    """Ingest rows that a format-specific reader has already split, with their lines.
+
+    An importer on top of the general ingest (`core.linkstream`) reads its own
+    format, rejects the lines it cannot split, and hands the rest here with their
+    file lines, so messages and the quarantine name the real line numbers.
+
+    Args:
+        frame: the rows, with columns the target's parser finds.
+        lines: shape [rows], file line of each row.
+        source: the file, recorded in the report.
+        checksum: identifies the content (and how it was read) for the
+            already-loaded check.
+        notes: what the reader did, for the report.
+        rejected: the reader's rejected lines (columns line, column, value,
+            reason, record), or None.
+    """
+    resolved = str(Path(source).resolve())
+    for _ in range(PLAN_ATTEMPTS):
+        with _store_connection(workspace) as con:
+            already, latest = _stored_state(con, checksum, resolved, options.target)
+        origin = _Origin(source, options.target, checksum, resolved,
+                         latest=latest[0] if latest else None, already=already)
+        try:
+            if already is not None:
+                return _write_already_loaded(workspace, origin, options)
+            return _ingest(workspace, frame, lines, options, origin, list(notes),
+                           rejected)
+        except _StoreChanged:
+            log.info("store changed while %s was read; planning again", source)
+    raise StoreBusyError(
+        f"{Path(source).name} was not stored: other loads kept changing the store",
+        "Retry when the other ingest processes have finished.",
+    )
+
+
 def load_sensor_map(
     path: str | Path, device_column: str = "device", columns_column: str = "columns"
 ) -> dict[str, str]:

@@ -48,6 +48,7 @@ MIN_TAIL = 15
 # Deepest null p-values that set the recalibration tail.
 RECALIBRATION_TAIL = 100
 P_FLOOR = 1e-12
+PAIR_DECODE_ROWS = 65_536
 
 
 @dataclass
@@ -110,12 +111,17 @@ def reconstruct(
         pair_hat = np.zeros((num_bins, len(candidates), 2), dtype=np.float32)
         src = torch.tensor(candidates["src_idx"].to_numpy(), dtype=torch.long)
         dst = torch.tensor(candidates["dst_idx"].to_numpy(), dtype=torch.long)
-        for t in range(num_bins):
-            if len(candidates) == 0:
-                break
-            out = model.decode_pairs(z, torch.full_like(src, t), src, dst)
-            pair_hat[t, :, 0] = torch.sigmoid(out[:, 0]).numpy()
-            pair_hat[t, :, 1] = out[:, 1].clamp_min(0).numpy()
+        # Several bins per decoder call: one call per bin costs more in call
+        # overhead than in arithmetic on streams of many short bins.
+        step = max(1, PAIR_DECODE_ROWS // max(1, len(candidates)))
+        for first in range(0, num_bins if len(candidates) else 0, step):
+            bins = torch.arange(first, min(first + step, num_bins))
+            out = model.decode_pairs(z, bins.repeat_interleave(len(src)),
+                                     src.repeat(len(bins)), dst.repeat(len(bins)))
+            out = out.reshape(len(bins), len(src), 2)
+            rows = slice(first, first + len(bins))
+            pair_hat[rows, :, 0] = torch.sigmoid(out[..., 0]).numpy()
+            pair_hat[rows, :, 1] = out[..., 1].clamp_min(0).numpy()
     log.info("reconstructed %d bins x %d devices, %d candidate pairs",
              x_hat.shape[0], num_devices, len(candidates))
     return x_hat, pair_hat, candidates, z.numpy()
@@ -162,22 +168,30 @@ class TrainingStats:
 def families(
     snapshots: Snapshots, prepared: Prepared, x_hat: np.ndarray,
     pair_hat: np.ndarray, candidates: pd.DataFrame, train_bins: np.ndarray,
+    pair_expectation: str = "median",
 ) -> list[Family]:
-    """Build the device, sensor and pair families of base-bin residuals."""
+    """Build the device, sensor and pair families of base-bin residuals.
+
+    `pair_expectation` sets what a reference pair's count is compared with:
+    "median", its median count in the training bins (polling links, whose
+    count per bin is steady), or "model", the pair decoder's expectation in that
+    bin (sporadic links such as contacts, whose median count is 0).
+    """
     return families_with_stats(snapshots, prepared, x_hat, pair_hat, candidates,
-                               train_bins)[0]
+                               train_bins, pair_expectation=pair_expectation)[0]
 
 
 def families_with_stats(
     snapshots: Snapshots, prepared: Prepared, x_hat: np.ndarray,
     pair_hat: np.ndarray, candidates: pd.DataFrame, train_bins: np.ndarray,
-    stats: TrainingStats | None = None,
+    stats: TrainingStats | None = None, pair_expectation: str = "median",
 ) -> tuple[list[Family], TrainingStats]:
     """Build the families and return the training statistics they used.
 
     With `stats` given, the statistics come from it and `train_bins` is not read,
     so `snapshots` may hold a short window of bins after the training period.
     Every device that talked in training keeps its device element then.
+    `pair_expectation` is as in `families`.
     """
     x = prepared.x.numpy()
     mask = prepared.mask.numpy()
@@ -330,7 +344,11 @@ def families_with_stats(
             median = np.median(events[train_bins], axis=0) if len(train_bins) else 0 * columns
         else:
             median = stats.pair_median
-        expected_log = np.where(is_reference[None, :], np.log1p(median)[None, :], model_log)
+        if pair_expectation == "model":
+            expected_log = model_log
+        else:
+            expected_log = np.where(is_reference[None, :], np.log1p(median)[None, :],
+                                    model_log)
         src = candidates["src_idx"].to_numpy()
         dst = candidates["dst_idx"].to_numpy()
         started = np.arange(snapshots.num_bins)[:, None] >= np.maximum(first[src], first[dst])[None, :]

@@ -38,6 +38,7 @@ MIN_HELD_OUT_BINS = 8
 MAX_LOGGED_SNAPSHOTS = 3
 STD_FLOOR = 1e-6
 INPUT_CLIP = 6.0
+ENCODE_CHUNK_BINS = 512
 
 
 @dataclass
@@ -272,17 +273,22 @@ def encode_segments(model: TemporalGraphAutoEncoder, prepared: Prepared) -> Tens
         raise DataError("no bins to encode: every bin lies in a gap of the data",
                         "Load data covering the reference and scored periods.")
     num_bins = prepared.x.shape[0]
-    pieces = []
+    reach = 2 * sum(model.encoders[0].dilations) + model.own_lag
+    z = None
     for start, stop in prepared.segments:
-        piece = model.encode(
-            prepared.x[start:stop], prepared.mask[start:stop], prepared.kind,
-            prepared.edge_index, prepared.edge_weight,
-        )
-        pieces.append((start, stop, piece))
-    hidden = pieces[0][2].shape[-1]
-    z = torch.zeros(num_bins, prepared.x.shape[1], hidden)
-    for start, stop, piece in pieces:
-        z[start:stop] = piece
+        # In chunks, each encoded with the `reach` bins before it that the
+        # temporal layers read: the result equals one pass over the segment, and
+        # the messages of a chunk ([bins, edges, hidden]) stay small in memory.
+        for first in range(start, stop, ENCODE_CHUNK_BINS):
+            context = max(start, first - reach)
+            last = min(stop, first + ENCODE_CHUNK_BINS)
+            piece = model.encode(
+                prepared.x[context:last], prepared.mask[context:last], prepared.kind,
+                prepared.edge_index, prepared.edge_weight,
+            )
+            if z is None:
+                z = torch.zeros(num_bins, prepared.x.shape[1], piece.shape[-1])
+            z[first:last] = piece[first - context :]
     return z
 
 
@@ -338,7 +344,10 @@ def fit(
         began = time.perf_counter()
         model.train()
         losses = []
-        for position in rng.permutation(len(windows)):
+        order = rng.permutation(len(windows))
+        if config.windows_per_epoch is not None:
+            order = order[: config.windows_per_epoch]
+        for position in order:
             optimizer.zero_grad()
             hidden = hide_mask(prepared, windows[position], config.hide_share, rng)
             loss = _window_loss(model, prepared, windows[position], pair_rows, config, hidden)

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from core import store
-from core.cli import build_parser, sanitize_cell
+from core.cli import build_parser, main, sanitize_cell
 from core.store import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +95,20 @@ def test_build_parser_bench_scale_options():
     assert args.epochs == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["bench"])
+
+
+def test_bench_real_missing_data_folder(tmp_path, capsys):
+    code = main(["bench", "real", "--data", str(tmp_path / "absent")])
+
+    assert code == 2
+    assert "data folder not found" in capsys.readouterr().err
+
+
+def test_bench_real_invalid_only(tmp_path, capsys):
+    code = main(["bench", "real", "--data", str(tmp_path), "--only", "nope"])
+
+    assert code == 2
+    assert "invalid --only 'nope'" in capsys.readouterr().err
 
 
 def test_build_parser_demo_options():

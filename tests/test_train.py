@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from core import store
+from core import train as train_module
 from core.config import ModelConfig
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, build_snapshots
 from core.store import Workspace
 from core.train import (
@@ -282,3 +283,43 @@ def test_fit_repeats_bit_for_bit_when_deterministic(tmp_path):
 
     for name, value in states[0].items():
         assert torch.equal(value, states[1][name]), name
+
+
+def test_encode_segments_chunks_match_one_pass(tmp_path, monkeypatch):
+    _, prepared = _sensor_plant(tmp_path)
+    config = ModelConfig(hidden=4, dilations=(1, 2), own_lag=2, epochs=1, seed=0)
+    model = build_model(prepared, config)
+    model.eval()
+    with torch.no_grad():
+        whole = encode_segments(model, prepared)
+        monkeypatch.setattr("core.train.ENCODE_CHUNK_BINS", 3)
+        chunked = encode_segments(model, prepared)
+    assert chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_windows_per_epoch_budget(tmp_path, monkeypatch):
+    snapshots, prepared = _sensor_plant(tmp_path)
+    windows = train_module._windows
+    monkeypatch.setattr(train_module, "_windows", lambda bins, segments, reach, size=2:
+                        windows(bins, segments, reach, size))
+    losses = []
+    window_loss = train_module._window_loss
+
+    def counted(model, prepared, window, pair_rows, config, hidden=None):
+        losses.append(window)
+        return window_loss(model, prepared, window, pair_rows, config, hidden)
+
+    monkeypatch.setattr(train_module, "_window_loss", counted)
+    config = ModelConfig(hidden=4, dilations=(1,), own_lag=1, epochs=2, patience=2,
+                         windows_per_epoch=1, seed=0)
+    result = fit(prepared, snapshots, np.arange(12), config)
+    # Per epoch: 1 training window of the 5 there are, then 1 validation window
+    # (validation is one window of the last training bins).
+    assert len(result.history) == 2
+    assert len(losses) == 2 * (1 + 1)
+
+
+def test_windows_per_epoch_rejects_zero():
+    with pytest.raises(ConfigError, match="windows_per_epoch"):
+        ModelConfig(windows_per_epoch=0)
