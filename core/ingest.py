@@ -542,11 +542,14 @@ def ingest_parsed_events(
             reason, record), or None.
     """
     resolved = str(Path(source).resolve())
+    identity = options.identity()
     for _ in range(PLAN_ATTEMPTS):
         with _store_connection(workspace) as con:
-            already, latest = _stored_state(con, checksum, resolved, options.target)
+            already, latest = _stored_state(con, checksum, resolved, options.target,
+                                            identity)
         origin = _Origin(source, options.target, checksum, resolved,
-                         latest=latest[0] if latest else None, already=already)
+                         latest=latest[0] if latest else None, already=already,
+                         options=identity)
         try:
             if already is not None:
                 return _write_already_loaded(workspace, origin, options)
