@@ -121,7 +121,8 @@ def build_evidence(
             for a, alpha in enumerate(alphas):
                 chosen = keep & (p <= alpha)
                 np.add.at(counts[..., a], (bins[chosen], device[chosen]), 1)
-    return Evidence(np.cumsum(counts, axis=0), np.cumsum(totals, axis=0))
+    return Evidence(np.cumsum(counts, axis=0, dtype=np.int32),
+                    np.cumsum(totals, axis=0, dtype=np.int32))
 
 
 def scan_intervals(

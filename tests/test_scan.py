@@ -108,7 +108,8 @@ def test_prefix_scan_equals_exhaustive_scan(statistic):
         best, size, order = prefix_scan(counts, totals, ALPHAS, statistic)
 
         assert best.shape == (3, len(ALPHAS))
-        assert order.shape == (3, len(ALPHAS), num_devices)
+        assert order.shape[:2] == (3, len(ALPHAS))
+        assert order.shape[2] <= num_devices
         for interval in range(3):
             expected, _ = exhaustive_scan(counts[interval], totals[interval], ALPHAS,
                                           statistic)
