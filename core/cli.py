@@ -1,4 +1,5 @@
-"""The command line: `tgloc demo`, `ingest`, `run` and `incidents`.
+"""The command line: `tgloc demo`, `ingest`, `run`, `incidents`, `evaluate` and
+`bench localization`.
 
 A thin front end over `core`: it parses arguments, turns progress callbacks into a
 progress line, and prints errors as their headline and detail. A traceback is shown
@@ -31,7 +32,10 @@ APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "handler", None) is not command_bench_localization:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.options = extra
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -142,7 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
                        help="alarm where score >= THRESHOLD (needed without pred)")
     evaluation.add_argument("--format", choices=("text", "json"), default="text")
     evaluation.set_defaults(handler=command_evaluate)
+
+    bench = commands.add_parser("bench", help="benchmarks that print tables")
+    benches = bench.add_subparsers(dest="bench", required=True)
+    # The options belong to bench.localization, which imports the whole pipeline, so
+    # they are parsed there and other commands start without importing it.
+    localization = benches.add_parser(
+        "localization", add_help=False,
+        help="localization against baselines on synthetic plants, scan time, null runs; "
+        "--help lists its options")
+    localization.set_defaults(handler=command_bench_localization)
     return parser
+
+
+def _bench_module(name: str):
+    """Import bench.NAME. The benchmarks live beside `core` in the repository and are
+    not installed, so the repository root joins the import path when needed."""
+    import importlib
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.append(root)
+    return importlib.import_module(f"bench.{name}")
+
+
+def command_bench_localization(args: argparse.Namespace) -> int:
+    return _bench_module("localization").main(args.options)
 
 
 class ProgressPrinter:

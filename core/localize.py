@@ -41,7 +41,9 @@ from core.scan import STATISTICS, dyadic_intervals, prefix_scan
 
 log = logging.getLogger(__name__)
 
-INTERVAL_BATCH = 2048
+# Interval counts are read in batches of at most this many (interval, device, alpha)
+# cells, so memory stays flat as plants grow.
+INTERVAL_CELLS = 2048 * 1000 * 7
 
 
 @dataclass
@@ -140,8 +142,9 @@ def scan_intervals(
     best = np.zeros(len(intervals))
     alpha_index = np.zeros(len(intervals), dtype=np.int64)
     members = np.empty(len(intervals), dtype=object)
-    for begin in range(0, len(intervals), INTERVAL_BATCH):
-        chunk = intervals[begin : begin + INTERVAL_BATCH]
+    batch = max(1, INTERVAL_CELLS // max(evidence.totals.shape[1] * len(config.alphas), 1))
+    for begin in range(0, len(intervals), batch):
+        chunk = intervals[begin : begin + batch]
         counts, totals = evidence.interval(chunk[:, 0], chunk[:, 1])
         scores, size, order = prefix_scan(counts, totals, config.alphas, config.statistic)
         a = scores.argmax(axis=1)
