@@ -106,7 +106,7 @@ def field_devices_for(total: int) -> int:
     DMZ devices come on top), or the nearest below."""
     best = synth.MIN_FIELD_DEVICES
     for field in range(synth.MIN_FIELD_DEVICES, total):
-        plcs = max(1, math.ceil(field / synth.FIELD_PER_PLC))
+        plcs = max(1, int(round(field / synth.FIELD_PER_PLC)))
         if field + plcs + 8 <= total:
             best = field
     return best
@@ -137,13 +137,14 @@ def run_config(settings: Settings) -> RunConfig:
 
 def _workspace(settings: Settings, size: int, seed: int, planted: bool) -> store.Workspace:
     """The plant's workspace, generated and ingested unless the cache holds it."""
-    name = f"n{size}-h{settings.hours:g}-s{seed}-{'planted' if planted else 'null'}"
+    field = field_devices_for(size)
+    name = f"n{size}-f{field}-h{settings.hours:g}-s{seed}-{'planted' if planted else 'null'}"
     root = settings.cache / name
     done = root / "ingested"
     workspace = store.Workspace.create(root)
     if done.exists():
         return workspace
-    config = synth.PlantConfig(seed=seed, field_devices=field_devices_for(size),
+    config = synth.PlantConfig(seed=seed, field_devices=field,
                                hours=settings.hours,
                                anomalies=synth.ANOMALY_TYPES if planted else ())
     plant = synth.generate_plant(config)
@@ -167,8 +168,8 @@ def run_plant(settings: Settings, size: int, seed: int, planted: bool) -> PlantR
     snapshots = build_snapshots(workspace.store_path, config.stream.bin_seconds)
     periods, segments = pipeline.assign_periods(snapshots, config)
     train_bins = np.flatnonzero(periods == "train")
-    model_path = settings.cache / (f"n{size}-h{settings.hours:g}-s{seed}"
-                                   f"-e{settings.epochs}.model")
+    model_path = settings.cache / (f"n{size}-f{field_devices_for(size)}-h{settings.hours:g}"
+                                   f"-s{seed}-e{settings.epochs}.model")
     with train.deterministic():
         if model_path.exists():
             model, payload = train.load_checkpoint(model_path.read_bytes())

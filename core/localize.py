@@ -35,6 +35,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from core.config import SearchConfig
 from core.scan import STATISTICS, dyadic_intervals, prefix_scan
@@ -222,28 +224,20 @@ def adjacency(
 
 
 def components(members: np.ndarray, matrix: np.ndarray, hubs: np.ndarray) -> list[np.ndarray]:
-    """Connected components of `members`: linked directly, or both linked to a hub."""
+    """Connected components of `members`: linked directly, or both linked to a hub.
+
+    Components come in the order of their first member, each in the order of
+    `members`.
+    """
     members = np.asarray(members)
     if len(members) == 0:
         return []
     direct = matrix[np.ix_(members, members)]
-    via_hub = (matrix[members][:, hubs].astype(np.int32) @ matrix[hubs][:, members].astype(np.int32)) > 0
-    linked = direct | via_hub
-    seen = np.zeros(len(members), dtype=bool)
-    result = []
-    for root in range(len(members)):
-        if seen[root]:
-            continue
-        stack, group = [root], []
-        seen[root] = True
-        while stack:
-            node = stack.pop()
-            group.append(node)
-            for other in np.flatnonzero(linked[node] & ~seen):
-                seen[other] = True
-                stack.append(other)
-        result.append(members[np.sort(group)])
-    return result
+    to_hubs = matrix[members][:, hubs].astype(np.float32)
+    linked = direct | ((to_hubs @ to_hubs.T) > 0) if hubs.any() else direct
+    _, labels = connected_components(csr_matrix(linked), directed=False)
+    # Labels are numbered in the order of each component's first member.
+    return [members[labels == label] for label in range(int(labels.max()) + 1)]
 
 
 def connected_best(
@@ -922,7 +916,7 @@ def _refine(state: ScaleState, hit: Hit, config: SearchConfig) -> tuple[int, int
 def linked_devices(matrix: np.ndarray, hubs: np.ndarray) -> np.ndarray:
     """Bool [N, N]: the relation `components` joins devices by, linked directly or
     both linked to one hub."""
-    via_hub = (matrix[:, hubs].astype(np.int32) @ matrix[hubs].astype(np.int32)) > 0
-    linked = matrix | via_hub
+    to_hubs = matrix[:, hubs].astype(np.float32)
+    linked = matrix | ((to_hubs @ to_hubs.T) > 0)
     np.fill_diagonal(linked, False)
     return linked

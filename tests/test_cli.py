@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from core import store
-from core.cli import build_parser, sanitize_cell
+from core.cli import build_parser, main, sanitize_cell
 from core.store import Workspace
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,22 @@ def _subcommands(parser) -> dict:
 def test_build_parser_commands():
     commands = _subcommands(build_parser())
 
-    assert set(commands) == {"demo", "ingest", "run", "incidents", "evaluate"}
+    assert set(commands) == {"demo", "ingest", "run", "incidents", "evaluate", "bench"}
+
+
+def test_bench_localization_passes_its_options(capsys):
+    code = main(["bench", "localization", "--seeds", "0"])
+
+    assert code == 2
+    assert "invalid --seeds 0" in capsys.readouterr().err
+
+
+def test_unknown_option_rejected_outside_bench(capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["incidents", "--seeds", "3"])
+
+    assert raised.value.code == 2
+    assert "unrecognized arguments: --seeds 3" in capsys.readouterr().err
 
 
 def test_build_parser_demo_options():
