@@ -6,8 +6,8 @@ scan time against the number of devices and against the exact search, and null r
 Plants come from `core.synth` (every anomaly type, one of each per plant) at each
 size. Each plant goes through the pipeline's own stages (snapshots, training,
 scoring, `pipeline.localize_run`). A trained model is cached per (size, seed, hours,
-epochs) in the cache folder, and the same plant with nothing planted shares it
-because its reference period is the same; so is each workspace, so a rerun skips
+epochs) in the cache folder. The same plant with nothing planted shares it, because
+its reference period is the same. Workspaces are cached too, so a rerun skips
 generation, ingest and training.
 
 Every method turns its scores into flags per (device, base bin) and, where it has
@@ -53,6 +53,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import sys
 import time
 import warnings
@@ -81,7 +82,8 @@ TIMING_BINS = 1024
 
 @dataclass(frozen=True)
 class Settings:
-    """What one benchmark run covers."""
+    """Settings of one benchmark run: plant sizes, seeds, plant length, epochs and the
+    timing sizes."""
 
     sizes: tuple[int, ...] = (50, 200, 1000)
     seeds: int = 10
@@ -136,7 +138,7 @@ def run_config(settings: Settings) -> RunConfig:
 
 
 def _workspace(settings: Settings, size: int, seed: int, planted: bool) -> store.Workspace:
-    """The plant's workspace, generated and ingested unless the cache holds it."""
+    """The plant's workspace, generated and ingested unless the cache contains it."""
     field = field_devices_for(size)
     name = f"n{size}-f{field}-h{settings.hours:g}-s{seed}-{'planted' if planted else 'null'}"
     root = settings.cache / name
@@ -353,7 +355,7 @@ def _version(package: str) -> str:
 
 
 def dominant_available() -> str | None:
-    """None when PyGOD's DOMINANT fits a three-node graph here, else why not."""
+    """Return None when PyGOD's DOMINANT fits a three-node graph here, else the error."""
     try:
         import torch
         from pygod.detector import DOMINANT
@@ -550,16 +552,17 @@ def plant_graph(num_devices: int) -> tuple[np.ndarray, np.ndarray]:
 def synthetic_evidence(num_devices: int, num_bins: int, alphas, seed: int = 0
                        ) -> localize.Evidence:
     """Prefix sums of uniform p-values, three elements per device and bin, with five
-    linked devices pulled towards 0 over 40 bins."""
+    linked devices pulled towards 0 over 40 bins (fewer in a short series)."""
     rng = np.random.default_rng(seed)
     counts = np.zeros((num_bins + 1, num_devices, len(alphas)), dtype=np.int32)
     totals = np.zeros((num_bins + 1, num_devices), dtype=np.int32)
     totals[1:] = 3
     middle = num_bins // 2
+    length = min(40, num_bins - middle)
     for a, alpha in enumerate(alphas):
         counts[1:, :, a] = rng.binomial(3, alpha, size=(num_bins, num_devices))
-        counts[1 + middle : 41 + middle, 2:7, a] = rng.binomial(
-            3, min(1.0, alpha ** 0.2), size=(40, 5))
+        counts[1 + middle : 1 + middle + length, 2:7, a] = rng.binomial(
+            3, min(1.0, alpha ** 0.2), size=(length, 5))
     return localize.Evidence(np.cumsum(counts, axis=0, dtype=np.int32),
                              np.cumsum(totals, axis=0, dtype=np.int32))
 
@@ -897,6 +900,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
+    # A shell starts background jobs with SIGINT ignored; restoring the handler lets
+    # `kill -INT` end the test seeds early there too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     settings = settings_from(args)
     settings.cache.mkdir(parents=True, exist_ok=True)
     out = sys.stdout

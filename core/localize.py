@@ -248,7 +248,7 @@ def connected_best(
 
     Each component of `members` is rescanned on its own devices (prefix search); a
     result that is still disconnected is split again. The best `GROW_STARTS`
-    connected sets found so then grow (`grow_connected`), and the best grown set is
+    connected sets found this way then grow (`grow_connected`), and the best grown set is
     returned.
 
     Args:
@@ -364,8 +364,8 @@ BRIDGE_HOPS = 6
 def _paths_to(
     inside: np.ndarray, targets: np.ndarray, linked: np.ndarray, hops: int,
 ) -> list[list[int]]:
-    """A shortest path from the set `inside` to each of `targets` that lies 2 to
-    `hops` links away, as the devices it adds (the target last)."""
+    """Return a shortest path from the set `inside` to each of `targets` that lies 2
+    to `hops` links away, as the devices it adds (the target last)."""
     parent = np.full(len(inside), -1)
     reached = inside.copy()
     layer = np.flatnonzero(inside)
@@ -914,8 +914,8 @@ def _refine(state: ScaleState, hit: Hit, config: SearchConfig) -> tuple[int, int
 
 
 def linked_devices(matrix: np.ndarray, hubs: np.ndarray) -> np.ndarray:
-    """Bool [N, N]: the relation `components` joins devices by, linked directly or
-    both linked to one hub."""
+    """Return bool [N, N], the relation `components` joins devices by: linked
+    directly or both linked to one hub."""
     to_hubs = matrix[:, hubs].astype(np.float32)
     linked = matrix | ((to_hubs @ to_hubs.T) > 0)
     np.fill_diagonal(linked, False)
