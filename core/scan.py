@@ -7,7 +7,8 @@ over S. For Berk-Jones and higher criticism the best S is one of the prefixes of
 devices sorted by N_d / n_d (linear-time subset scanning: McFowland, Speakman and
 Neill, "Fast generalized subset scan for anomalous pattern detection", JMLR 2013), so
 the search costs N log N instead of 2^N. `exhaustive_scan` is the reference that
-tries every subset, for tests on small graphs.
+tries every subset, and `exact_connected_scan` the one that tries every connected
+subset, for tests and benchmarks on small graphs.
 """
 
 from __future__ import annotations
