@@ -43,7 +43,10 @@ APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "handler", None) is not command_bench_localization:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.options = extra
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -207,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--quick", action="store_true",
                       help="a short version of each benchmark, for a smoke test")
     real.set_defaults(handler=command_bench_real)
+    # The options of bench localization belong to bench.localization, which imports
+    # the whole pipeline, so they are parsed there and other commands start without
+    # importing it.
+    localization = benchmarks.add_parser(
+        "localization", add_help=False,
+        help="localization against baselines on synthetic plants, scan time, null runs; "
+        "--help lists its options")
+    localization.set_defaults(handler=command_bench_localization)
 
     show = commands.add_parser("incidents", help="print a run's incidents")
     show.add_argument("--workspace", default=DEFAULT_WORKSPACE)
@@ -311,6 +322,21 @@ def add_online_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-bins", type=int, help="stop after closing this many bins")
     parser.add_argument("--until", metavar="TIME",
                         help="stop once the bins up to this ISO time (data clock) are closed")
+
+
+def _bench_module(name: str):
+    """Import bench.NAME. The benchmarks live beside `core` in the repository and are
+    not installed, so the repository root joins the import path when needed."""
+    import importlib
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.append(root)
+    return importlib.import_module(f"bench.{name}")
+
+
+def command_bench_localization(args: argparse.Namespace) -> int:
+    return _bench_module("localization").main(args.options)
 
 
 class ProgressPrinter:

@@ -35,13 +35,17 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import connected_components
 
 from core.config import SearchConfig
 from core.scan import STATISTICS, dyadic_intervals, prefix_scan
 
 log = logging.getLogger(__name__)
 
-INTERVAL_BATCH = 2048
+# Interval counts are read in batches of at most this many (interval, device, alpha)
+# cells, so memory stays flat as plants grow.
+INTERVAL_CELLS = 2048 * 1000 * 7
 
 
 @dataclass
@@ -121,7 +125,8 @@ def build_evidence(
             for a, alpha in enumerate(alphas):
                 chosen = keep & (p <= alpha)
                 np.add.at(counts[..., a], (bins[chosen], device[chosen]), 1)
-    return Evidence(np.cumsum(counts, axis=0), np.cumsum(totals, axis=0))
+    return Evidence(np.cumsum(counts, axis=0, dtype=np.int32),
+                    np.cumsum(totals, axis=0, dtype=np.int32))
 
 
 def scan_intervals(
@@ -139,8 +144,9 @@ def scan_intervals(
     best = np.zeros(len(intervals))
     alpha_index = np.zeros(len(intervals), dtype=np.int64)
     members = np.empty(len(intervals), dtype=object)
-    for begin in range(0, len(intervals), INTERVAL_BATCH):
-        chunk = intervals[begin : begin + INTERVAL_BATCH]
+    batch = max(1, INTERVAL_CELLS // max(evidence.totals.shape[1] * len(config.alphas), 1))
+    for begin in range(0, len(intervals), batch):
+        chunk = intervals[begin : begin + batch]
         counts, totals = evidence.interval(chunk[:, 0], chunk[:, 1])
         scores, size, order = prefix_scan(counts, totals, config.alphas, config.statistic)
         a = scores.argmax(axis=1)
@@ -218,45 +224,41 @@ def adjacency(
 
 
 def components(members: np.ndarray, matrix: np.ndarray, hubs: np.ndarray) -> list[np.ndarray]:
-    """Connected components of `members`: linked directly, or both linked to a hub."""
+    """Connected components of `members`: linked directly, or both linked to a hub.
+
+    Components come in the order of their first member, each in the order of
+    `members`.
+    """
     members = np.asarray(members)
     if len(members) == 0:
         return []
     direct = matrix[np.ix_(members, members)]
-    via_hub = (matrix[members][:, hubs].astype(np.int32) @ matrix[hubs][:, members].astype(np.int32)) > 0
-    linked = direct | via_hub
-    seen = np.zeros(len(members), dtype=bool)
-    result = []
-    for root in range(len(members)):
-        if seen[root]:
-            continue
-        stack, group = [root], []
-        seen[root] = True
-        while stack:
-            node = stack.pop()
-            group.append(node)
-            for other in np.flatnonzero(linked[node] & ~seen):
-                seen[other] = True
-                stack.append(other)
-        result.append(members[np.sort(group)])
-    return result
+    to_hubs = matrix[members][:, hubs].astype(np.float32)
+    linked = direct | ((to_hubs @ to_hubs.T) > 0) if hubs.any() else direct
+    _, labels = connected_components(csr_matrix(linked), directed=False)
+    # Labels are numbered in the order of each component's first member.
+    return [members[labels == label] for label in range(int(labels.max()) + 1)]
 
 
 def connected_best(
     counts: np.ndarray, totals: np.ndarray, alpha: float, members: np.ndarray,
-    matrix: np.ndarray, hubs: np.ndarray, statistic: str,
+    matrix: np.ndarray, hubs: np.ndarray, statistic: str, linked: np.ndarray | None = None,
 ) -> tuple[float, np.ndarray]:
     """Best connected subset near the unconstrained optimum `members`.
 
     Each component of `members` is rescanned on its own devices (prefix search); a
-    result that is still disconnected is split again. The best connected set then
-    grows greedily by adjacent devices while that raises the score.
+    result that is still disconnected is split again. The best `GROW_STARTS`
+    connected sets found this way then grow (`grow_connected`), and the best grown set is
+    returned.
 
     Args:
         counts: shape [N], elements with p <= alpha per device in the interval.
         totals: shape [N], elements per device in the interval.
+        linked: `linked_devices(matrix, hubs)`, computed here when not given.
     """
     function = STATISTICS[statistic]
+    if linked is None:
+        linked = linked_devices(matrix, hubs)
 
     def score(subset: np.ndarray) -> float:
         return float(function(counts[subset].sum(), totals[subset].sum(), alpha))
@@ -267,7 +269,7 @@ def connected_best(
         values = function(np.cumsum(counts[ranked]), np.cumsum(totals[ranked]), alpha)
         return ranked[: int(values.argmax()) + 1]
 
-    best_value, best_set = 0.0, np.zeros(0, dtype=np.int64)
+    starts: dict[tuple[int, ...], float] = {}
     queue = components(members, matrix, hubs)
     for _ in range(4):
         next_queue = []
@@ -275,34 +277,118 @@ def connected_best(
             chosen = prefix_best(component)
             parts = components(chosen, matrix, hubs)
             if len(parts) == 1:
-                value = score(chosen)
-                if value > best_value:
-                    best_value, best_set = value, np.sort(chosen)
+                starts[tuple(np.sort(chosen).tolist())] = score(chosen)
             else:
                 next_queue.extend(parts)
                 for part in parts:
-                    value = score(part)
-                    if value > best_value:
-                        best_value, best_set = value, np.sort(part)
+                    starts[tuple(np.sort(part).tolist())] = score(part)
         if not next_queue:
             break
         queue = next_queue
 
-    # Grow by neighbours (direct, or sharing a hub) while the score rises.
-    while len(best_set):
-        linked = matrix[best_set].any(axis=0)
-        linked |= (matrix[best_set][:, hubs].any(axis=0) @ matrix[hubs]) > 0 if hubs.any() else False
-        linked[best_set] = False
-        linked &= totals > 0
-        candidates = np.flatnonzero(linked)
-        if len(candidates) == 0:
-            break
-        values = np.array([score(np.append(best_set, c)) for c in candidates])
-        if values.max() <= best_value + 1e-9:
-            break
-        pick = candidates[int(values.argmax())]
-        best_value, best_set = float(values.max()), np.sort(np.append(best_set, pick))
+    best_value, best_set = 0.0, np.zeros(0, dtype=np.int64)
+    ranked_starts = sorted(starts.items(), key=lambda item: -item[1])[:GROW_STARTS]
+    for subset, value in ranked_starts:
+        if value <= 0:
+            continue
+        value, grown = grow_connected(np.array(subset, dtype=np.int64), value, counts,
+                                      totals, alpha, linked, statistic)
+        if value > best_value:
+            best_value, best_set = value, grown
     return best_value, best_set
+
+
+GROW_STARTS = 4
+
+
+def grow_connected(
+    chosen: np.ndarray, value: float, counts: np.ndarray, totals: np.ndarray,
+    alpha: float, linked: np.ndarray, statistic: str,
+) -> tuple[float, np.ndarray]:
+    """Grow the connected set `chosen` (score `value`) while its score rises.
+
+    A step adds the linked device that raises the score most, or a linked device
+    together with the best prefix (by share of p-values <= alpha) of its own
+    evidence neighbours outside the set. The second move crosses a device without
+    evidence, such as the quiet centre of a star whose leaves are abnormal, which a
+    one-device step never takes because it lowers the score on its own. Only
+    devices whose share of p-values <= alpha exceeds alpha are evidence: for
+    Berk-Jones, adding any other device never raises the score (n KL(N/n, alpha) is
+    subadditive and 0 for such a device).
+    """
+    function = STATISTICS[statistic]
+    evidence = (totals > 0) & (counts > alpha * totals)
+    priority = counts / np.maximum(totals, 1)
+    inside = np.zeros(len(counts), dtype=bool)
+    inside[chosen] = True
+    while True:
+        frontier = np.flatnonzero(linked[inside].any(axis=0) & ~inside)
+        if len(frontier) == 0:
+            break
+        base_count, base_total = counts[inside].sum(), totals[inside].sum()
+        single = function(base_count + counts[frontier], base_total + totals[frontier],
+                          alpha)
+        pick = int(single.argmax())
+        step_value, step = float(single[pick]), [int(frontier[pick])]
+        outside = np.flatnonzero(evidence & ~inside)
+        if len(outside):
+            reach = linked[np.ix_(frontier, outside)]
+            for row in np.flatnonzero(reach.any(axis=1)):
+                bridge = int(frontier[row])
+                extra = outside[reach[row]]
+                extra = extra[extra != bridge]
+                if len(extra) == 0:
+                    continue
+                extra = extra[np.argsort(-priority[extra], kind="stable")]
+                values = function(base_count + counts[bridge] + np.cumsum(counts[extra]),
+                                  base_total + totals[bridge] + np.cumsum(totals[extra]),
+                                  alpha)
+                k = int(values.argmax())
+                if values[k] > step_value:
+                    step_value, step = float(values[k]), [bridge] + extra[: k + 1].tolist()
+        for path in _paths_to(inside, outside, linked, BRIDGE_HOPS):
+            path_value = float(function(base_count + counts[path].sum(),
+                                        base_total + totals[path].sum(), alpha))
+            if path_value > step_value:
+                step_value, step = path_value, path
+        if step_value <= value + 1e-9 * max(1.0, abs(value)):
+            break
+        value = step_value
+        inside[step] = True
+    return value, np.flatnonzero(inside)
+
+
+BRIDGE_HOPS = 6
+
+
+def _paths_to(
+    inside: np.ndarray, targets: np.ndarray, linked: np.ndarray, hops: int,
+) -> list[list[int]]:
+    """Return a shortest path from the set `inside` to each of `targets` that lies 2
+    to `hops` links away, as the devices it adds (the target last)."""
+    parent = np.full(len(inside), -1)
+    reached = inside.copy()
+    layer = np.flatnonzero(inside)
+    wanted = np.zeros(len(inside), dtype=bool)
+    wanted[targets] = True
+    paths = []
+    for depth in range(1, hops + 1):
+        step = linked[layer]
+        fresh = step.any(axis=0) & ~reached
+        if not fresh.any():
+            break
+        nodes = np.flatnonzero(fresh)
+        parent[nodes] = layer[step[:, nodes].argmax(axis=0)]
+        reached |= fresh
+        if depth >= 2:
+            for target in nodes[wanted[nodes]]:
+                path, node = [], int(target)
+                while not inside[node]:
+                    path.append(node)
+                    node = int(parent[node])
+                paths.append(path[::-1])
+        layer = nodes
+    return paths
 
 
 def refine_interval(
@@ -826,3 +912,12 @@ def _refine(state: ScaleState, hit: Hit, config: SearchConfig) -> tuple[int, int
         if value > best[2]:
             best = (start, stop, value, alpha)
     return best[0], best[1], best[3]
+
+
+def linked_devices(matrix: np.ndarray, hubs: np.ndarray) -> np.ndarray:
+    """Return bool [N, N], the relation `components` joins devices by: linked
+    directly or both linked to one hub."""
+    to_hubs = matrix[:, hubs].astype(np.float32)
+    linked = matrix | ((to_hubs @ to_hubs.T) > 0)
+    np.fill_diagonal(linked, False)
+    return linked

@@ -111,6 +111,21 @@ def test_bench_real_invalid_only(tmp_path, capsys):
     assert "invalid --only 'nope'" in capsys.readouterr().err
 
 
+def test_bench_localization_passes_its_options(capsys):
+    code = main(["bench", "localization", "--seeds", "0"])
+
+    assert code == 2
+    assert "invalid --seeds 0" in capsys.readouterr().err
+
+
+def test_unknown_option_rejected_outside_bench(capsys):
+    with pytest.raises(SystemExit) as raised:
+        main(["incidents", "--seeds", "3"])
+
+    assert raised.value.code == 2
+    assert "unrecognized arguments: --seeds 3" in capsys.readouterr().err
+
+
 def test_build_parser_demo_options():
     parser = build_parser()
 

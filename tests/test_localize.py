@@ -15,9 +15,10 @@ from core.localize import (
     components,
     connected_best,
     detect,
+    linked_devices,
     singleton_limits,
 )
-from core.scan import berk_jones
+from core.scan import berk_jones, exact_connected_scan, prefix_scan
 
 ALPHAS = (0.01, 0.1)
 
@@ -102,6 +103,127 @@ def test_connected_best_grows_by_neighbour():
 
     assert chosen.tolist() == [0, 1, 2]
     assert value == pytest.approx(float(berk_jones(26, 30, 0.01)), rel=1e-12)
+
+
+def test_connected_best_crosses_quiet_star_centre():
+    # Leaves 1-3 are abnormal, the centre 0 is quiet: each leaf alone is its own
+    # component, and only a step that adds the centre with its leaves joins them.
+    links = np.array([[0, 1], [0, 2], [0, 3], [0, 4]])
+    matrix, hubs = adjacency(5, links, np.array(["x"] * 5), ())
+    counts = np.array([0.0, 9.0, 8.0, 7.0, 0.0])
+    totals = np.full(5, 10.0)
+
+    value, chosen = connected_best(counts, totals, 0.01, np.array([1, 2, 3]), matrix,
+                                   hubs, "bj")
+
+    assert chosen.tolist() == [0, 1, 2, 3]
+    assert value == pytest.approx(float(berk_jones(24, 40, 0.01)), rel=1e-12)
+
+
+def test_connected_best_crosses_quiet_path():
+    # Devices 0 and 4 are abnormal, joined only through quiet devices 1-3.
+    links = np.array([[0, 1], [1, 2], [2, 3], [3, 4], [4, 5]])
+    matrix, hubs = adjacency(6, links, np.array(["x"] * 6), ())
+    counts = np.array([6.0, 0.0, 0.0, 0.0, 5.0, 0.0])
+    totals = np.array([8.0, 2.0, 1.0, 2.0, 6.0, 9.0])
+
+    value, chosen = connected_best(counts, totals, 1e-4, np.array([0, 4]), matrix, hubs,
+                                   "bj")
+
+    assert chosen.tolist() == [0, 1, 2, 3, 4]
+    assert value == pytest.approx(float(berk_jones(11, 19, 1e-4)), rel=1e-12)
+
+
+SEARCH_ALPHAS = SearchConfig().alphas
+
+
+def _random_graph(rng: np.random.Generator, shape: str, size: int) -> np.ndarray:
+    """Links [L, 2] of a star, a random tree, a sparse random graph, or three trees
+    with no link between them (decoy components)."""
+    if shape == "star":
+        return np.array([[0, v] for v in range(1, size)])
+    if shape == "tree":
+        return np.array([[int(rng.integers(0, v)), v] for v in range(1, size)])
+    if shape == "sparse":
+        upper = np.triu(rng.random((size, size)) < 2.5 / size, 1)
+        return np.argwhere(upper).reshape(-1, 2)
+    cuts = sorted(rng.choice(np.arange(2, size - 1), size=2, replace=False).tolist())
+    links = []
+    for lower, upper in ((0, cuts[0]), (cuts[0], cuts[1]), (cuts[1], size)):
+        links += [[int(rng.integers(lower, v)), v] for v in range(lower + 1, upper)]
+    return np.array(links).reshape(-1, 2)
+
+
+def _planted_evidence(
+    rng: np.random.Generator, shape: str, matrix: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Counts [N, A] and totals [N] from drawn p-values: a connected planted set
+    pulls its p-values towards 0, a star may have a quiet centre with abnormal
+    leaves, and decoy graphs get abnormal devices in every component."""
+    size = len(matrix)
+    totals = rng.integers(0, 15, size).astype(float)
+    power = np.ones(size)
+    planted, frontier = [int(rng.integers(size))], []
+    frontier.append(planted[0])
+    wanted = int(rng.integers(1, max(2, size // 3)))
+    while frontier and len(planted) < wanted:
+        node = frontier.pop(0)
+        for other in np.flatnonzero(matrix[node]).tolist():
+            if other not in planted and len(planted) < wanted and rng.random() < 0.7:
+                planted.append(other)
+                frontier.append(other)
+    power[planted] = rng.choice([0.05, 0.1, 0.3], len(planted))
+    if shape == "star" and rng.random() < 0.5:
+        power[0] = 1.0
+        power[1:][rng.random(size - 1) < 0.4] = 0.1
+    if shape == "decoy":
+        others = rng.choice(size, size=max(1, size // 4), replace=False)
+        power[others] = np.minimum(power[others], rng.choice([0.05, 0.2], len(others)))
+    counts = np.zeros((size, len(SEARCH_ALPHAS)))
+    for device in range(size):
+        p_values = rng.random(int(totals[device])) ** (1 / power[device])
+        counts[device] = [(p_values <= alpha).sum() for alpha in SEARCH_ALPHAS]
+    return counts, totals
+
+
+def test_connected_best_near_exact_search():
+    """On 100 random graphs of 5 to 20 devices, the fast connected search reaches at
+    least 95% of the best connected score over all subsets (max over alpha)."""
+    rng = np.random.default_rng(20261204)
+    ratios, per_alpha = [], []
+    for graph in range(100):
+        shape = ("star", "tree", "sparse", "decoy")[graph % 4]
+        size = int(rng.integers(5, 21))
+        links = _random_graph(rng, shape, size)
+        kinds = np.array(["field"] * size)
+        if shape == "sparse" and rng.random() < 0.5:
+            kinds[int(rng.integers(size))] = "scada"
+        matrix, hubs = adjacency(size, links, kinds, ("scada",))
+        counts, totals = _planted_evidence(rng, shape, matrix)
+        linked = linked_devices(matrix, hubs)
+        _, prefix_size, order = prefix_scan(counts[None], totals[None], SEARCH_ALPHAS)
+        fast, exact = [], []
+        for a, alpha in enumerate(SEARCH_ALPHAS):
+            members = order[0, a, : prefix_size[0, a]]
+            value, chosen = connected_best(counts[:, a], totals, alpha, members, matrix,
+                                           hubs, "bj")
+            best, _ = exact_connected_scan(counts[:, a], totals, alpha, linked)
+            assert value <= best + 1e-9 * max(1.0, best), (graph, a)
+            if len(chosen):
+                assert len(components(chosen, matrix, hubs)) == 1, (graph, a)
+            fast.append(value)
+            exact.append(best)
+            if best > 0:
+                per_alpha.append(value / best)
+        ratios.append(max(fast) / max(exact) if max(exact) > 0 else 1.0)
+
+    ratios = np.array(ratios)
+    print(f"\nfast / exact connected score over 100 graphs: min {ratios.min():.3f}, "
+          f"5th percentile {np.percentile(ratios, 5):.3f}, "
+          f"median {np.median(ratios):.3f}; per alpha: min {min(per_alpha):.3f}, "
+          f"share below 0.95 {np.mean(np.array(per_alpha) < 0.95):.3f}")
+    worst = int(ratios.argmin())
+    assert ratios.min() >= 0.95, f"graph {worst} reaches {ratios.min():.3f} of exact"
 
 
 def test_singleton_limits_small_null():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -9,7 +10,9 @@ import pytest
 
 from core.scan import (
     berk_jones,
+    MAX_EXACT_DEVICES,
     dyadic_intervals,
+    exact_connected_scan,
     exhaustive_scan,
     higher_criticism,
     prefix_scan,
@@ -99,13 +102,14 @@ def _random_counts(
 def test_prefix_scan_equals_exhaustive_scan(statistic):
     rng = np.random.default_rng(20240611)
     for graph in range(50):
-        num_devices = int(rng.integers(1, 13))
+        num_devices = int(rng.integers(1, 17))
         counts, totals = _random_counts(rng, 3, num_devices)
 
         best, size, order = prefix_scan(counts, totals, ALPHAS, statistic)
 
         assert best.shape == (3, len(ALPHAS))
-        assert order.shape == (3, len(ALPHAS), num_devices)
+        assert order.shape[:2] == (3, len(ALPHAS))
+        assert order.shape[2] <= num_devices
         for interval in range(3):
             expected, _ = exhaustive_scan(counts[interval], totals[interval], ALPHAS,
                                           statistic)
@@ -171,3 +175,66 @@ def test_dyadic_intervals_stay_inside_range():
     assert intervals[:, 0].min() == 3
     assert intervals[:, 1].max() <= 40
     assert sorted(set(lengths.tolist())) == [1, 2, 4, 8, 16, 32]
+
+
+def _brute_connected(counts, totals, alpha, linked):
+    """Best connected subset by trying every subset and a breadth-first search."""
+    num_devices = len(counts)
+    best, chosen = 0.0, ()
+    for size in range(1, num_devices + 1):
+        for subset in itertools.combinations(range(num_devices), size):
+            seen, stack = {subset[0]}, [subset[0]]
+            while stack:
+                node = stack.pop()
+                for other in subset:
+                    if other not in seen and linked[node, other]:
+                        seen.add(other)
+                        stack.append(other)
+            if len(seen) != size:
+                continue
+            value = float(berk_jones(counts[list(subset)].sum(),
+                                     totals[list(subset)].sum(), alpha))
+            if value > best:
+                best, chosen = value, subset
+    return best, chosen
+
+
+def test_exact_connected_scan_equals_brute_force():
+    rng = np.random.default_rng(5)
+    for graph in range(30):
+        num_devices = int(rng.integers(1, 10))
+        upper = np.triu(rng.random((num_devices, num_devices)) < 0.3, 1)
+        linked = upper | upper.T
+        counts, totals = _random_counts(rng, 1, num_devices)
+        for a, alpha in enumerate(ALPHAS):
+            expected, _ = _brute_connected(counts[0, :, a], totals[0], alpha, linked)
+
+            value, subset = exact_connected_scan(counts[0, :, a], totals[0], alpha, linked)
+
+            assert value == pytest.approx(expected, rel=1e-12, abs=1e-12), (graph, a)
+            chosen = list(subset)
+            if chosen:
+                assert value == pytest.approx(float(berk_jones(
+                    counts[0, chosen, a].sum(), totals[0, chosen].sum(), alpha)), rel=1e-12)
+
+
+def test_exact_connected_scan_bridges_quiet_centre():
+    # A star whose centre 0 has no small p-values and whose leaves 1-3 do; device 4
+    # is as abnormal as a leaf but linked to nothing.
+    linked = np.zeros((5, 5), dtype=bool)
+    for leaf in (1, 2, 3):
+        linked[0, leaf] = linked[leaf, 0] = True
+    counts = np.array([0.0, 9.0, 9.0, 9.0, 9.0])
+    totals = np.full(5, 10.0)
+
+    value, subset = exact_connected_scan(counts, totals, 0.01, linked)
+
+    assert subset == (0, 1, 2, 3)
+    assert value == pytest.approx(float(berk_jones(27, 40, 0.01)), rel=1e-12)
+
+
+def test_exact_connected_scan_rejects_large_graph():
+    size = MAX_EXACT_DEVICES + 1
+    with pytest.raises(ValueError, match=f"got {size} devices"):
+        exact_connected_scan(np.zeros(size), np.ones(size), 0.01,
+                             np.zeros((size, size), dtype=bool))
