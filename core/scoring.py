@@ -45,8 +45,6 @@ BALANCE_QUANTILE = 0.99
 # Families whose observed and expected values are event counts per bin.
 COUNT_KINDS = ("device", "pair")
 MIN_TAIL = 15
-# Deepest null p-values that set the recalibration tail.
-RECALIBRATION_TAIL = 100
 P_FLOOR = 1e-12
 PAIR_DECODE_ROWS = 65_536
 
@@ -628,18 +626,9 @@ def recalibrate(p_value: np.ndarray, null_p: np.ndarray) -> tuple[np.ndarray, np
     future. A process excursion beyond the reference range breaks that, and then the
     element p-values of normal bins reach 1e-7 far more often than 1e-7 of the time.
     The null p-values (calibration bins scored out of sample) show how often:
-    a p-value p becomes the share of null p-values at most p. On the null itself the
+    a p-value p becomes the share of null p-values at most p, with a generalized
+    Pareto tail on -log10(p) beyond the smallest null p-value. On the null itself the
     result is uniform by construction.
-
-    Beyond the smallest null p-value the share is extrapolated with an exponential
-    tail on -log10(p), fitted to the deepest `RECALIBRATION_TAIL` null p-values. An
-    element whose p-values are too small, say u**k for a uniform u and k > 1, has
-    such a tail, and the null is a mix of elements inflated to different degrees:
-    its tail is that of the most inflated elements, which the deepest null p-values
-    measure. A
-    generalized Pareto shape fitted to the mix would extrapolate its curvature
-    between elements, and call a spike twice as deep as any null value as common
-    as one just beyond them.
 
     Returns:
         The recalibrated score-period and null p-values (NaN stays NaN).
@@ -659,9 +648,9 @@ def null_mapping(null_p: np.ndarray):
         return None
     depth = np.sort(-np.log10(np.clip(null, 1e-300, 1.0)))
     count = len(depth)
-    top = max(MIN_TAIL, min(RECALIBRATION_TAIL, count // 20))
+    top = max(MIN_TAIL, min(500, count // 20))
     base = depth[count - top - 1]
-    mean_excess = max(float((depth[count - top:] - base).mean()), 1e-6)
+    excess = depth[count - top:] - base
 
     def mapped(values: np.ndarray) -> np.ndarray:
         result = values.copy()
@@ -669,9 +658,11 @@ def null_mapping(null_p: np.ndarray):
         y = -np.log10(np.clip(values[finite], 1e-300, 1.0))
         deeper = count - np.searchsorted(depth, y, side="left")
         share = (deeper + 1) / (count + 1)
-        beyond = y > depth[-1]
-        share[beyond] = np.minimum(
-            share[beyond], top / (count + 1) * np.exp(-(y[beyond] - base) / mean_excess))
+        above = y > base
+        survival = _gpd_survival(excess, y[above] - base)
+        if survival is not None:
+            share[above] = np.minimum(share[above], top / (count + 1) * survival
+                                      + (y[above] <= depth[-1]) * share[above])
         result[finite] = np.clip(np.minimum(share, 1.0), P_FLOOR, 1.0)
         return result
 

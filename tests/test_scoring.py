@@ -232,19 +232,6 @@ def test_recalibrate_null_stays_uniform():
         assert abs((mapped <= level).mean() - level) < 0.3 * level + 2e-4
 
 
-def test_recalibrate_extrapolates_the_most_inflated_elements():
-    # An element's p-value deeper than any null one is as rare as the inflated
-    # elements make it: 5% of the elements fall below 1e-12 with chance
-    # sqrt(1e-12) = 1e-6, so the share is about 0.05 * 1e-6 = 5e-8, not the 1e-12
-    # of a uniform null.
-    null = _inflated_null(np.random.default_rng(4))
-    deep = np.array([[1e-8, 1e-12, 1e-16]])
-    mapped, _ = recalibrate(deep, null)
-    truth = 0.05 * np.sqrt(deep[0])
-    assert np.all(np.diff(mapped[0]) < 0)
-    assert np.all(mapped[0] > truth / 10) and np.all(mapped[0] < truth * 10), mapped
-
-
 def _one_reading_per_bin(tmp_path):
     """Build a store of 3 sensors read once a minute for 40 minutes.
 
