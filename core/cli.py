@@ -390,7 +390,8 @@ def command_demo(args: argparse.Namespace) -> int:
     found, unmatched = len(result.incidents), len(match.unmatched)
     print(f"\nrun {result.run_id}: {found} incident{_plural(found)}; "
           f"{match.found} of {len(plant.truth)} planted anomalies found, "
-          f"{unmatched} incident{_plural(unmatched)} match none")
+          f"{unmatched} incident{_plural(unmatched)} "
+          f"{'matches' if unmatched == 1 else 'match'} none")
     for row in result.incidents.itertuples():
         print(f"  {row.incident_id}  {row.type:<13} severity {row.severity:5.1f}  {row.summary}")
     for row in match.truth.itertuples():
