@@ -16,8 +16,9 @@ SEEDS = (0, 1, 2, 3, 4)
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "acceptance"
 # NOTE: the target is all 8 planted anomalies found with at most two incidents that
 # match none. Runs repeat bit for bit on one machine, and on these plants 39 of 40
-# are found with 0 or 1 unmatched per plant. The miss is a spike on a sensor whose
-# normal residuals reach the spike's size, so one anomaly per plant may be missed.
+# are found with 0 or 1 unmatched per plant. The miss is a spike whose element
+# p-value the recalibration tail maps just above what one element of a run needs,
+# so one anomaly per plant may be missed.
 MIN_FOUND = 7
 MAX_UNMATCHED = 2
 
