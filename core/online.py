@@ -40,12 +40,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from core import localize, pipeline, scoring, store, train
+from core import binning, localize, pipeline, scoring, store, train
 from core.config import RunConfig
 from core.errors import DataError
 from core.snapshots import (COMM_FEATURES, EVENT_BINS_SQL, MEASUREMENT_BINS_SQL, MICROS,
-                            SENSOR_FEATURES, Snapshots, _communication, _sensor_values,
-                            build_snapshots)
+                            SENSOR_FEATURES, Snapshots, _communication, _positions,
+                            _sensor_values, build_snapshots)
 
 log = logging.getLogger(__name__)
 
@@ -324,9 +324,12 @@ class BinFeed:
                 "stop": start + width}).df()
             # One bin of look-back, so a reading's change is judged against the
             # previous reading even across the bin edge.
-            readings = con.execute(MEASUREMENT_BINS_SQL, {
-                "origin": online.origin_us, "width": width, "start": start - width,
-                "stop": start + width}).df()
+            # NOTE: forward fill reaches back one bin here, where the batch run
+            # fills from any earlier reading.
+            stream = online.config.stream
+            readings = con.execute(MEASUREMENT_BINS_SQL, binning.measurement_parameters(
+                online.origin_us, online.bin_seconds, start - width, start + width,
+                stream.gap_fill == "ffill", stream.gap_fill_limit)).df()
         readings = readings[readings["bin"] == bin_index]
 
         known = events["src"].isin(self.index.index) & events["dst"].isin(self.index.index)
@@ -336,8 +339,10 @@ class BinFeed:
         events = events[known].assign(bin=0)
         readings = readings[known_readings].assign(bin=0)
 
+        names = pd.Index(self.index.index)
         comm, local_pairs, local_events, local_bytes = _communication(
-            events, self.index, 1)
+            events, _positions(names, events["src"]), _positions(names, events["dst"]),
+            len(self.index), 1)
         columns = []
         for src, dst in local_pairs:
             key = (int(src), int(dst))
