@@ -102,7 +102,13 @@ def syslog_line(payload: dict) -> str:
     """Format an alert as an RFC 5424 message: the header, one structured-data
     element with the incident id, version and key, and the summary as the message."""
     severity = float(payload.get("severity", 0.0))
-    level = 2 if severity >= 80 else 3 if severity >= 50 else 4  # crit, err, warning
+    # Syslog levels: 2 critical, 3 error, 4 warning.
+    if severity >= 80:
+        level = 2
+    elif severity >= 50:
+        level = 3
+    else:
+        level = 4
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
     stamp = stamp.replace("+00:00", "Z")
     host = socket.gethostname() or "-"

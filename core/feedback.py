@@ -7,7 +7,7 @@ incident of the same devices gets a new id from its new start time.
 
 The dashboard applies the rules when it displays a run: `flag_incidents` marks each
 incident with the rule it matches and the maintenance window it falls in, and the
-pages hide those incidents unless the analyst asks to see them. The run file keeps
+pages hide those incidents unless the analyst turns on their toggle. The run file keeps
 every incident, so a rule hides nothing for good.
 
 NOTE: `tgloc incidents` on the command line prints every incident, including those

@@ -849,7 +849,7 @@ class OnlineScorer:
         info = read_online_info(self.path)
         if info.get("base_run") != self.online.run_id:
             raise DataError(
-                f"{self.path} holds the online results of run {info.get('base_run')}, "
+                f"{self.path} contains the online results of run {info.get('base_run')}, "
                 f"not of run {self.online.run_id}",
                 "Start with --fresh to score from the end of the latest run again.")
         self.last_bin = info.get("last_bin")

@@ -211,7 +211,7 @@ def silence_is_gap(active: np.ndarray, policy: str) -> bool:
     chance: with each device active in a share a_i of the bins that have data, and
     devices independent, a bin is empty with chance prod(1 - a_i). Where that is
     expected less than once over the run (a plant that polls all the time), an
-    empty bin is a gap; where it is expected more often (a sparse contact stream,
+    empty bin is a gap. Where it is expected more often (a sparse contact stream,
     whose quiet slots are part of it), empty bins are scored.
 
     Args:

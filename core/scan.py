@@ -167,7 +167,7 @@ def exact_connected_scan(
 
     The reference for the fast connected search on small graphs. Every subset's
     sums come from one pass over the subsets in bit order. Subsets are then visited
-    from the highest score down, and the first connected one is the answer, so
+    from the highest score down, and the first connected one is the result, so
     connectivity is checked only for subsets that beat the connected optimum.
 
     Args:

@@ -4,7 +4,7 @@
 streams have no clean reference: the anomalies are a small share of one recording,
 and every slot of it needs a score (link-stream benchmarks such as MAD's). Here the
 model trains on the whole stream, and each element's scores are calibrated against
-the same element's scores over the whole stream: a p-value says how rare a (device,
+the same element's scores over the whole stream: a p-value measures how rare a (device,
 bin) or (pair, bin) is within its own history. The anomalies are part of that
 history, so they cost some power, as a few anomalies in a reference period do.
 
@@ -69,8 +69,8 @@ def score_stream(
     """Train on every bin of `snapshots`, calibrate each element on its own bins,
     and return the pair, device and graph scores of every base bin.
 
-    Every bin is used, empty ones included, whatever `max_empty_bins` says: this is
-    for streams whose empty slots are part of the recording.
+    Every bin is used, empty ones included, whatever `max_empty_bins` is set to,
+    because this is for streams whose empty slots are part of the recording.
 
     Raises:
         DataError: the stream has fewer than 2 devices or fewer than 16 bins.

@@ -123,7 +123,8 @@ class OnlineSession:
 
 
 def stop_event() -> threading.Event:
-    """An event set by SIGTERM (and SIGINT), so a loop can finish its bin and stop."""
+    """Return an event that SIGTERM (and SIGINT) sets, so a loop can finish its bin
+    and stop."""
     event = threading.Event()
 
     def handler(signum, frame) -> None:  # noqa: ARG001

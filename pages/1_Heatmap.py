@@ -53,7 +53,7 @@ def main() -> None:
         st.caption(f"Each column is the maximum over {matrix.factor} bins.")
 
     cells = ui.load("member_cells", context)
-    # Cells of hidden incidents lead nowhere, so their clicks say "no incident".
+    # Cells of hidden incidents lead nowhere, so a click on one shows "no incident".
     cells = cells[cells["incident_id"].isin(incidents["incident_id"])]
     figure = plots.heatmap_figure(matrix, cells, in_window,
                                   periods=ui.load("periods", context))

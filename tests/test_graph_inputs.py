@@ -561,7 +561,8 @@ def test_quiet_minutes_of_a_contact_stream_are_scored(tmp_path):
     assert (periods[empty] == "score").sum() > 40
 
     forced, _ = assign_periods(snapshots, RunConfig(stream=StreamConfig(empty_bins="gap")))
-    assert (forced[empty] == "gap").all() and "gap" not in set(forced[~empty])
+    assert (forced[empty] == "gap").all()
+    assert "gap" not in set(forced[~empty])
 
 
 def test_silence_is_gap_weighs_each_devices_activity():
