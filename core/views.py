@@ -29,10 +29,11 @@ import pandas as pd
 from core.errors import DataError, RunNotFoundError, TglocError
 from core.store import Workspace, connect
 
-# One heatmap page sends at most 500 x 1,000 cells: about 5 MB as Plotly's base64
-# float64 array (estimated from the cell count), far below Streamlit's message size
-# limit (200 MB by default in 1.67).
-MAX_HEATMAP_ROWS = 500
+# One heatmap page sends at most 200 x 1,000 cells: under 1 MB as Plotly's base64
+# float32 array, far below Streamlit's message size limit (200 MB by default in
+# 1.67). More rows make a figure taller than a browser draws quickly; the devices
+# beyond the first 200 are on the next pages.
+MAX_HEATMAP_ROWS = 200
 MAX_HEATMAP_COLUMNS = 1000
 MAX_TARGETS_SHOWN = 20
 MAX_CONTEXT_EDGES = 60

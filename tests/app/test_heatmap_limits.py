@@ -28,18 +28,22 @@ MESSAGE_LIMIT_BYTES = 200 * 2**20
 def _check_capped_heatmap(workspace, scores, incident_row, incident_bins) -> None:
     names = device_names(scores.shape[0])
     matrix = views.heatmap_matrix(workspace, "big", 1)
-    top = [names[i] for i in np.argsort(-scores.max(axis=1), kind="stable")[:500]]
+    rows = views.MAX_HEATMAP_ROWS
+    top = [names[i] for i in np.argsort(-scores.max(axis=1), kind="stable")[:rows]]
     row = matrix.devices.index(names[incident_row])
     covering = np.flatnonzero((matrix.ends > ORIGIN + pd.Timedelta(
         minutes=incident_bins[0])) & (matrix.starts < ORIGIN + pd.Timedelta(
             minutes=incident_bins[1])))
 
-    assert len(matrix.devices) == 500
+    assert len(matrix.devices) == rows <= 500
     assert matrix.evidence.shape[1] <= 1000
-    assert matrix.evidence.size <= 500 * 1000
+    assert matrix.evidence.size <= rows * 1000
     assert matrix.total_rows == scores.shape[0]
     assert set(matrix.devices) == set(top)
     assert row == 0
+    ranked = [names[i] for i in np.argsort(-scores.max(axis=1), kind="stable")]
+    second = views.heatmap_matrix(workspace, "big", 1, offset=rows)
+    assert set(second.devices) == set(ranked[rows:2 * rows])
     np.testing.assert_allclose(matrix.evidence[row, covering], 5.0)
     # Each column is the maximum of the bins it covers.
     factor = matrix.factor
@@ -87,7 +91,7 @@ def test_heatmap_caps_cells_and_zooms(tmp_path, monkeypatch):
     heatmap = figure["data"][0]
 
     assert heatmap["type"] == "heatmap"
-    assert _z_shape(heatmap) == (500, 1000)
+    assert _z_shape(heatmap) == (views.MAX_HEATMAP_ROWS, 1000)
     assert heatmap["y"][0] == "dev-0234"
 
 
@@ -101,7 +105,7 @@ def test_heatmap_week_of_minutes_capped(tmp_path, monkeypatch):
     figure = _render_heatmap_page(workspace, monkeypatch)
     heatmap = figure["data"][0]
 
-    assert _z_shape(heatmap)[0] == 500
+    assert _z_shape(heatmap)[0] == views.MAX_HEATMAP_ROWS
     assert _z_shape(heatmap)[1] <= 1000
     assert heatmap["y"][0] == "dev-1234"
 
