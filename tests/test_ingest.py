@@ -315,6 +315,11 @@ def test_cic_headers_mapped_infinity_null(workspace):
                          IngestOptions("events"))
     events = _rows(workspace, "SELECT * FROM events ORDER BY t")
     pairs = events.groupby(["src", "dst"]).size().to_dict()
+    assert _instants(events["t"]) == [
+        "2017-07-03T08:55:10+00:00",
+        "2017-07-03T08:55:11+00:00",
+        "2017-07-03T08:56:02+00:00",
+    ]
     assert pairs == {("10.0.0.5", "10.0.0.9"): 2, ("10.0.0.7", "10.0.0.9"): 1}
     assert list(events["weight"]) == [1.0, 1.0, 1.0]
     assert list(events["protocol"]) == ["6", "6", "6"]
@@ -670,6 +675,29 @@ def test_zeek_tsv_and_json_give_same_events(workspace):
                                   second.reset_index(drop=True))
     assert {"fe80::1", "ff02::fb"} <= set(first["src"]) | set(first["dst"])
     assert list(stored.loc[stored["report_id"] == tsv.report_id, "line"]) == [8, 9, 10]
+
+
+def test_zeek_missing_fields_stored_null(workspace):
+    tsv = ingest_file(workspace, FIXTURES / "conn.log", IngestOptions("events"))
+    json = ingest_file(workspace, FIXTURES / "conn.json.log", IngestOptions("events"))
+    attributes = _rows(
+        workspace,
+        "SELECT e.report_id, e.t, a.name, a.value FROM event_attributes a "
+        "JOIN events e USING (report_id, line) ORDER BY e.t, a.name",
+    )
+
+    def by_time(report_id: int) -> pd.DataFrame:
+        rows = attributes[attributes["report_id"] == report_id]
+        return rows.pivot(index="t", columns="name", values="value")
+
+    first, second = by_time(tsv.report_id), by_time(json.report_id)
+    # The TSV writes "-" for an unset field, and the JSON log leaves the key out.
+    pd.testing.assert_frame_equal(first, second)
+    assert first["duration"].isna().tolist() == [False, True, True]
+    assert first["orig_bytes"].isna().tolist() == [False, True, False]
+    assert first["resp_bytes"].isna().tolist() == [False, True, False]
+    assert first["orig_bytes"].iloc[2] == 0.0
+    assert first["duration"].iloc[0] == 0.002104
 
 
 def test_zeek_unset_field_reads_as_missing():
