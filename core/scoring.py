@@ -32,7 +32,7 @@ from scipy import stats
 
 from core.model import TemporalGraphAutoEncoder
 from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, Snapshots
-from core.train import Prepared, encode_segments
+from core.train import INPUT_CLIP, STD_FLOOR, Prepared, encode_segments
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,8 @@ def families_with_stats(
         # A sensor constant in training is expected to keep its constant, which is
         # 0 once standardized. The model's output for it only echoes its
         # neighbours. Its time since change grew through all of training, so it
-        # adds nothing to the value residual.
+        # adds nothing to the value residual. Its standardized value is in the
+        # sensor's own units, so a departure is scored at the input clip instead.
         # NOTE: a sensor that is constant in training but for a few spikes is still
         # scored against the model's output, so the echo of drifting neighbours can
         # rank it first while it stays at its usual level.
@@ -265,7 +266,9 @@ def families_with_stats(
                          dtype=bool)
         if fixed.any():
             for name in ("mean", "min", "max"):
-                hats[:, fixed, SENSOR_FEATURES.index(name)] = 0.0
+                column = SENSOR_FEATURES.index(name)
+                hats[:, fixed, column] = 0.0
+                xs[:, fixed, column] = constant_departure(xs[:, fixed, column])
             ms[:, fixed, SENSOR_FEATURES.index("stale")] = 0.0
         # The score reads the value features (mean, min, max, time since change).
         # It reads the count only where a bin has no reading, and never the
@@ -750,3 +753,27 @@ def sensor_deviations(
     frame = frame.sort_values(["bin", "_flagged", "_size"], ascending=[True, False, False],
                               kind="stable")
     return frame[columns].reset_index(drop=True)
+
+
+def constant_departure(x: np.ndarray) -> np.ndarray:
+    """Map standardized values of sensors constant in training to their scored size.
+
+    Training gives such a sensor no spread, so `core.train` scales it by 1 in its
+    own units, and its standardized value is a distance in whatever unit the
+    sensor reports. A pump status stepping from 1 to 2 would then count no more
+    than one standard deviation of a noisy sensor. Any departure from the training
+    constant is instead scored as `INPUT_CLIP`, the largest standardized size the
+    model input carries, because training never saw the sensor move.
+
+    NOTE: the size of the departure is lost, so a setpoint nudged by a harmless
+    fraction scores as high as a pump switched on.
+
+    Args:
+        x: standardized values of constant sensors, any shape.
+
+    Returns:
+        Same shape and dtype: 0 where |x| is at most `STD_FLOOR` (the tolerance
+        under which training calls a sensor constant), else sign(x) * `INPUT_CLIP`.
+    """
+    moved = np.abs(x) > STD_FLOOR
+    return np.where(moved, np.sign(x) * INPUT_CLIP, 0.0).astype(x.dtype)

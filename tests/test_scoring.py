@@ -232,14 +232,14 @@ def test_recalibrate_null_stays_uniform():
         assert abs((mapped <= level).mean() - level) < 0.3 * level + 2e-4
 
 
-def _one_reading_per_bin(tmp_path):
+def _one_reading_per_bin(tmp_path, step: float = 2.0):
     """Build a store of 3 sensors read once a minute for 40 minutes.
 
-    The first 30 minutes are the training bins. Sensor `flat` is 0 except 2.0 at
-    minute 35."""
+    The first 30 minutes are the training bins. Sensor `flat` is 0 except `step`
+    at minute 35."""
     minutes = np.arange(40)
     flat = np.zeros(40)
-    flat[35] = 2.0
+    flat[35] = step
     frame = pd.DataFrame({
         "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(minutes, unit="min"),
         "a": np.sin(minutes / 3.0), "b": np.cos(minutes / 4.0), "flat": flat,
@@ -271,6 +271,28 @@ def test_families_constant_sensor_expects_its_constant(tmp_path):
     assert np.allclose(sensor.expected[:, column], 0.0)
     other = list(sensor.ids["sensor"]).index("a")
     assert np.abs(sensor.residual[:, other, mean]).min() > 0
+
+
+def test_families_constant_sensor_any_step(tmp_path):
+    mean = SENSOR_FEATURES.index("mean")
+    scored = {}
+    for step in (2.0, 0.02):
+        snapshots, prepared, train_bins = _one_reading_per_bin(tmp_path / str(step), step)
+        # A model that misses every value by noise of 0.3 standard units.
+        noise = np.random.default_rng(0).normal(0.0, 0.3, prepared.x.shape)
+        x_hat = prepared.x.numpy() + noise.astype(np.float32)
+        sensor = next(f for f in families(snapshots, prepared, x_hat,
+                                          np.zeros((40, 0, 2)),
+                                          pd.DataFrame({"column": []}), train_bins)
+                      if f.kind == "sensor")
+        column = list(sensor.ids["sensor"]).index("flat")
+        scored[step] = sensor.residual[:, column, mean]
+
+    # Training never saw `flat` move, so a step of any size scores alike, and far
+    # above the balanced training residuals, whose 99th percentile is 1.
+    assert scored[2.0][35] == scored[0.02][35]
+    assert scored[0.02][35] > 3.0
+    assert np.abs(np.delete(scored[0.02], 35)).max() == 0.0
 
 
 def test_families_range_needs_two_readings(tmp_path):
