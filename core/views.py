@@ -179,6 +179,24 @@ WHERE m.role IN ('device', 'sensor', 'pair') AND d.device IS NOT NULL
 ORDER BY i.rank, i.incident_id, d.device
 """
 
+# Flags of each member sensor in the base bins that start inside its incident, with
+# the number of such bins. `sensor_flags` has one row per (bin, sensor, flag).
+SENSOR_FLAGS_SQL = """
+WITH members AS (
+    SELECT DISTINCT m.incident_id, m.device, m.sensor, i.start, i."end"
+    FROM incident_members m
+    JOIN incidents i USING (incident_id)
+    WHERE m.role = 'sensor'
+      AND ($incident IS NULL OR m.incident_id = $incident)
+)
+SELECT m.incident_id, m.device, m.sensor, f.flag, count(*) AS bins
+FROM members m
+JOIN sensor_flags f ON f.device = m.device AND f.sensor = m.sensor
+    AND f.start >= m.start AND f.start < m."end"
+GROUP BY m.incident_id, m.device, m.sensor, f.flag
+ORDER BY m.incident_id, m.device, m.sensor, f.flag
+"""
+
 # Consecutive base bins of one period form one interval ("gaps and islands").
 PERIODS_SQL = """
 WITH base AS (
@@ -469,6 +487,26 @@ def split_targets(
         kind="stable")
     shown = pd.concat([members[~is_target], targets.head(limit)])
     return shown.reset_index(drop=True), max(0, len(targets) - limit)
+
+
+def member_sensor_flags(
+    workspace: Workspace, run_id: str, incident_id: str | None = None
+) -> pd.DataFrame:
+    """Return the flags of incident member sensors during their incidents.
+
+    A flag is "constant in training" (the sensor never changed in the training
+    bins) or "outside training range" (its bin mean lies outside the training bin
+    means). Only base bins that start inside the incident count, and a member
+    sensor without a flag there has no row.
+
+    Args:
+        incident_id: one incident, or None for every incident of the run.
+
+    Returns:
+        Columns incident_id, device, sensor, flag and bins (flagged base bins),
+        ordered by incident, device, sensor and flag.
+    """
+    return _frame(workspace, run_id, SENSOR_FLAGS_SQL, {"incident": incident_id})
 
 
 def member_cells(workspace: Workspace, run_id: str) -> pd.DataFrame:

@@ -127,15 +127,28 @@ def _sensor_charts(context, row, members, window, scale: int) -> list:
         return []
     st.subheader("Sensors against their expected value")
     _too_many(len(sensors))
+    flags = ui.load("member_sensor_flags", context, row["incident_id"])
     figures = []
     for device, sensor in sensors.head(MAX_SERIES).itertuples(index=False):
         series = ui.load("sensor_series", context, device, sensor, scale, *window)
         title = f"{device} · {sensor}"
+        own = flags[(flags["device"] == device) & (flags["sensor"] == sensor)]
+        # st.text shows the names literally, where Markdown would render them.
+        st.text(f"{title}: {_flag_phrase(own)}")
         figure = plots.series_figure(series, title, "bin mean", row["start"],
                                      row["end"])
         st.plotly_chart(figure)
         figures.append((title, figure))
     return figures
+
+
+def _flag_phrase(flags: pd.DataFrame) -> str:
+    """Describe one sensor's flags in the incident, with the base bins of each."""
+    if flags.empty:
+        return "no flags in this incident"
+    parts = [f"{flag} ({bins} bin{'' if bins == 1 else 's'})"
+             for flag, bins in zip(flags["flag"], flags["bins"])]
+    return "flags in this incident: " + ", ".join(parts)
 
 
 def _pair_charts(context, row, members, window, scale: int) -> list:

@@ -51,6 +51,7 @@ CACHED_VIEWS: dict[str, Callable[..., Any]] = {
     "incident": views.incident,
     "incident_members": views.incident_members,
     "member_cells": views.member_cells,
+    "member_sensor_flags": views.member_sensor_flags,
     "periods": views.periods,
     "sensor_series": views.sensor_series,
     "pair_series": views.pair_series,

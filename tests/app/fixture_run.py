@@ -91,6 +91,15 @@ INCIDENTS = [
     },
 ]
 
+# Flagged sensor bins: device, sensor, flag, first and last base bin (inclusive).
+# Only the first two rows lie inside an incident that has the sensor as a member.
+SENSOR_FLAGS = [
+    ("pump-04", "temperature", "constant in training", 78, 95),
+    ("pump-04", "temperature", "outside training range", 82, 83),
+    ("historian-10", "temperature", "outside training range", 100, 107),
+    ("ws-11", "pressure", "constant in training", 108, 115),
+]
+
 
 def build_fixture_workspace(path: str | os.PathLike) -> Workspace:
     """Create a workspace at `path` and publish the fixture run into it.
@@ -114,6 +123,7 @@ def build_fixture_workspace(path: str | os.PathLike) -> Workspace:
         "incident_members": _members(elements),
         "training_loss": _training_loss(),
         "null_scan": _null_scan(),
+        "sensor_flags": _sensor_flags(),
     }
     info = {
         "config": config.to_dict(),
@@ -302,3 +312,12 @@ def _null_scan() -> pd.DataFrame:
         "shift": range(len(NULL_MAX_SCORES)),
         "max_score": NULL_MAX_SCORES,
     })
+
+
+def _sensor_flags() -> pd.DataFrame:
+    rows = []
+    for device, sensor, flag, first, last in SENSOR_FLAGS:
+        for index in range(first, last + 1):
+            rows.append({"bin": index, "start": _bin_start(1, index), "device": device,
+                         "sensor": sensor, "value": 1.0, "scaled": 0.0, "flag": flag})
+    return pd.DataFrame(rows)

@@ -100,6 +100,19 @@ def test_drilldown_lists_member_devices(app, workspace, run_id, planted):
     assert any(heading in header.value for header in app.subheader)
 
 
+def test_drilldown_shows_sensor_flags(app, run_id):
+    app.query_params["run"] = run_id
+    app.query_params["incident"] = INCIDENTS[0]["incident_id"]
+    app.run()
+    app.switch_page("pages/2_Incident.py").run()
+    lines = {text.value for text in app.text}
+
+    assert not app.exception
+    assert ("pump-04 · temperature: flags in this incident: constant in training "
+            "(12 bins), outside training range (2 bins)") in lines
+    assert "plc-01 · pressure: no flags in this incident" in lines
+
+
 def test_drilldown_unknown_incident(app, run_id):
     app.query_params["run"] = run_id
     app.query_params["incident"] = "no-such-incident"

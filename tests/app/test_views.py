@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from fixture_run import INCIDENTS, NUM_BINS
+from fixture_run import INCIDENTS, NUM_BINS, SENSOR_FLAGS
 
 from core import plots, views
 from core.errors import RunNotFoundError, StoreBusyError, TglocError
@@ -89,6 +89,32 @@ def test_incident_members_match_run_file(workspace, run_id):
         assert len(members) == len(stored)
         devices = members.loc[members["role"] == "device", "device"]
         assert sorted(devices) == sorted(planted["devices"])
+
+
+def _expected_sensor_flags() -> list[tuple]:
+    """Count each member sensor's flagged bins inside its incident, from the
+    fixture's definitions."""
+    rows = []
+    for incident in INCIDENTS:
+        for device, sensor, flag, first, last in SENSOR_FLAGS:
+            if (device, sensor) not in incident["sensors"]:
+                continue
+            bins = min(last, incident["last"]) - max(first, incident["first"]) + 1
+            if bins > 0:
+                rows.append((incident["incident_id"], device, sensor, flag, bins))
+    return sorted(rows)
+
+
+def test_member_sensor_flags_inside_incident(workspace, run_id):
+    flags = views.member_sensor_flags(workspace, run_id)
+    first_only = views.member_sensor_flags(workspace, run_id,
+                                           INCIDENTS[0]["incident_id"])
+    expected = _expected_sensor_flags()
+
+    assert list(flags.itertuples(index=False, name=None)) == expected
+    assert len(expected) == 2
+    assert set(first_only["incident_id"]) == {INCIDENTS[0]["incident_id"]}
+    assert len(first_only) == 2
 
 
 def test_unknown_incident_raises(workspace, run_id):
