@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import ingest, linkstream, smd, store
+from core import ingest, linkstream, smd, store, views
 from core.config import (
     GAP_FILL_POLICIES,
     ModelConfig,
@@ -883,10 +883,16 @@ def _write_incidents(handle, run_id: str, incidents: list[dict], kind: str) -> N
 
 
 def incident_records(workspace: store.Workspace, run_id: str) -> tuple[list[dict], Any]:
-    """Incidents of a run with their members grouped by role."""
+    """Incidents of a run with their members grouped by role.
+
+    `sensor_flags` lists each member sensor flagged during the incident, with its
+    flags and the base bins of each (see `core.views.member_sensor_flags`). The CSV
+    format leaves it out.
+    """
     path = workspace.run_path(run_id)
     incidents = store.query(path, "SELECT * FROM incidents ORDER BY rank")
     members = store.query(path, "SELECT * FROM incident_members")
+    flags = views.member_sensor_flags(workspace, run_id)
     records = []
     for row in incidents.itertuples(index=False):
         own = members[members["incident_id"] == row.incident_id]
@@ -902,8 +908,19 @@ def incident_records(workspace: store.Workspace, run_id: str) -> tuple[list[dict
             "sensors": [[d, s] for d, s in own.loc[own["role"] == "sensor", ["device", "sensor"]]
                         .itertuples(index=False)],
             "summary": row.summary,
+            "sensor_flags": _sensor_flag_records(
+                flags[flags["incident_id"] == row.incident_id]),
         })
     return records, members
+
+
+def _sensor_flag_records(flags) -> list[dict]:
+    records = []
+    for (device, sensor), rows in flags.groupby(["device", "sensor"], sort=True):
+        bins = dict(zip(rows["flag"], rows["bins"].astype(int).tolist()))
+        records.append({"device": device, "sensor": sensor,
+                        "flags": list(bins), "flagged_bins": bins})
+    return records
 
 
 def write_csv(records: list[dict], handle=None) -> None:
