@@ -415,11 +415,22 @@ def explain_away(
         return devices
     x_hat = train.hidden_reconstruction(model, prepared, devices, start, stop).numpy()
     stop = start + x_hat.shape[0]
-    x = prepared.x[start:stop].numpy()
+    x = prepared.x[start:stop].numpy().copy()
     mask = prepared.mask[start:stop].numpy()
     column = (len(COMM_FEATURES) + len(SENSOR_FEATURES) * sensors["slot"].to_numpy()
               + SENSOR_FEATURES.index("mean"))
     owner = sensors["device_idx"].to_numpy()
+    # As in `scoring.families`, a sensor constant in training counts by its departure
+    # from the constant against an expected 0, because the model's output for it
+    # only echoes its neighbours.
+    constant = set(prepared.constant)
+    fixed = np.array([(str(device), str(name)) in constant
+                      for device, name in zip(sensors["device"], sensors["sensor"])],
+                     dtype=bool)
+    if fixed.any():
+        rows, columns = owner[fixed], column[fixed]
+        x[:, rows, columns] = scoring.constant_departure(x[:, rows, columns])
+        x_hat[:, rows, columns] = 0.0
     strength = {}
     for device in devices:
         own = column[owner == device]

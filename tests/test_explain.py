@@ -24,10 +24,11 @@ def _stamps(seconds) -> pd.Series:
         "datetime64[us, UTC]")
 
 
-def _plant(tmp_path):
+def _plant(tmp_path, switch: bool = False):
     """Field devices A, B and C poll each other every 30 s. Their sensors follow one
     fast-moving process, which their own past does not predict; from bin 130 on, A's
-    reads 6 standard deviations high."""
+    reads 6 standard deviations high. With `switch`, C also has a status sensor C-2
+    that reads 1 until bin 130 and 2 from then on."""
     rng = np.random.default_rng(2)
     seconds = np.arange(2 * NUM_BINS) * 30 + 5
     events = pd.concat([
@@ -44,6 +45,10 @@ def _plant(tmp_path):
             values[2 * SHIFT_FROM:] += 6 * np.std(values[: 2 * SHIFT_FROM])
         readings.append(pd.DataFrame({"t": _stamps(seconds + 10), "device": device,
                                       "sensor": f"{device}-1", "value": values}))
+    if switch:
+        status = np.where(np.arange(len(seconds)) < 2 * SHIFT_FROM, 1.0, 2.0)
+        readings.append(pd.DataFrame({"t": _stamps(seconds + 10), "device": "C",
+                                      "sensor": "C-2", "value": status}))
     workspace = Workspace.create(tmp_path / "ws")
     with store.connect(workspace.store_path) as con:
         store.insert_frame(con, "events", events)
@@ -75,3 +80,24 @@ def test_faulty_device_kept_neighbours_dropped(tmp_path):
     assert during[b] > 1.3 * before[b]
     assert during[c] > 1.3 * before[c]
     assert kept == [a]
+
+
+def test_constant_sensor_switch_kept(tmp_path):
+    snapshots = _plant(tmp_path, switch=True)
+    train_bins = np.arange(100)
+    prepared = prepare(snapshots, train_bins, [(0, snapshots.num_bins)])
+    config = ModelConfig(hidden=16, dilations=(1, 2), own_lag=8, epochs=5, patience=5,
+                         hide_share=0.3, seed=0)
+    model = fit(prepared, snapshots, train_bins, config).model
+    index = dict(zip(snapshots.devices["device"], snapshots.devices["idx"]))
+    a, b, c = index["A"], index["B"], index["C"]
+    x_before = prepared.x.clone()
+
+    kept = explain_away(model, prepared, snapshots, [a, b, c], SHIFT_FROM, NUM_BINS, 0.5)
+
+    # C-2 never moved in training, so its step of one unit counts as a departure at
+    # the input clip, as large as A's shift of 6 standard deviations.
+    assert prepared.constant == [("C", "C-2")]
+    assert a in kept
+    assert c in kept
+    assert torch.equal(prepared.x, x_before)
