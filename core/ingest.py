@@ -731,10 +731,14 @@ def _columnar_batch(
     """
     if options.target != "events" or kind not in ("csv", "parquet"):
         return None
+    def encoded(names: list[str]) -> list[str]:
+        return _address_columns(names, options, origin.source)
+
     if kind == "csv":
-        columns = columnar.read_csv(data, origin.bytes_start, end, options.encoding)
+        columns = columnar.read_csv(data, origin.bytes_start, end, options.encoding,
+                                    encoded)
     else:
-        columns = columnar.read_parquet(data)
+        columns = columnar.read_parquet(data, encoded)
     if columns is None or columns.table.num_rows == 0:
         return None
     source = origin.source
@@ -749,6 +753,24 @@ def _columnar_batch(
         batch.notes[:0] = notes
         log.debug("read %s column-wise: every row is clean", source)
     return batch
+
+
+def _address_columns(
+    names: list[str], options: IngestOptions, source: str
+) -> list[str]:
+    """Return the file columns that contain addresses or protocols.
+
+    Such columns have few distinct values, so the fast path reads them
+    dictionary-encoded. When the names do not resolve, this returns no column,
+    so every column is read as plain text and the checks after reading decide.
+    """
+    try:
+        probe, _ = _trim_headers(pd.DataFrame(columns=names), source)
+        found = _resolve_columns(probe, options, ("src", "dst", "protocol"), source)
+    except IngestError:
+        return []
+    position = {name: i for i, name in enumerate(probe.columns)}
+    return [names[position[column]] for column in found.values()]
 
 
 def _columnar_events(
