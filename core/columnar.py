@@ -314,12 +314,15 @@ def _plain_body(data: bytes, start: int, end: int) -> bool:
     """Return True if the rows contain no quote, no lone CR and no blank line."""
     if data.find(b'"', start, end) >= 0:
         return False
-    if data.count(b"\r", start, end) != data.count(b"\r\n", start, end):
+    carriage_return = data.find(b"\r", start, end) >= 0
+    # Counting CRs costs about 80 ms on a 60 MB file, so only a file with a CR
+    # is counted.
+    if carriage_return and (
+            data.count(b"\r", start, end) != data.count(b"\r\n", start, end)):
         return False
-    body = memoryview(data)[start:end]
-    if bytes(body[:1]) in (b"\n", b"\r"):
+    if data[start:start + 1] in (b"\n", b"\r"):
         return False
-    return re.search(rb"\n\r?\n", body) is None
+    return re.search(rb"\n\r?\n", memoryview(data)[start:end]) is None
 
 
 def _count_rows(data: bytes, start: int, end: int) -> int:
