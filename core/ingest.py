@@ -463,9 +463,10 @@ def ingest_file(
         try:
             if origin.already is not None:
                 return _write_already_loaded(workspace, origin, options)
-            batch = _columnar_batch(data, kind, end, options, origin)
-            if batch is not None:
-                return _write(workspace, batch, options, origin)
+            with columnar.jemalloc_pool():
+                batch = _columnar_batch(data, kind, end, options, origin)
+                if batch is not None:
+                    return _write(workspace, batch, options, origin)
             table = reading.read_table(data, kind, path.name, options.encoding,
                                        origin.bytes_start, end)
             notes = [*origin.notes, *table.notes]
@@ -843,10 +844,11 @@ def _event_order(instants: np.ndarray, notes: list[str]) -> np.ndarray | None:
 
     Adds a note on out-of-order rows, worded as the general path words it.
     """
+    # Most files are in order, and checking that needs no running maximum.
+    if (instants[1:] >= instants[:-1]).all():
+        return None
     previous_max = np.maximum.accumulate(instants)
     late = instants[1:] < previous_max[:-1]
-    if not late.any():
-        return None
     lag = int((previous_max[:-1] - instants[1:]).max())
     notes.append(
         f"{len(instants)} event{_plural(len(instants))}, {int(late.sum())} out of "
@@ -1027,7 +1029,7 @@ def _write_batch(
     if "report_id" in _table_columns(batch.table):
         if isinstance(rows, pa.Table):
             rows = rows.append_column(
-                "report_id", pa.array(np.full(len(rows), report_id, dtype=np.int64)))
+                "report_id", pa.repeat(pa.scalar(report_id, pa.int64()), len(rows)))
         else:
             rows = rows.assign(report_id=report_id)
     if batch.table == "measurements" and not rows.empty:
