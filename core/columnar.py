@@ -29,9 +29,7 @@ import codecs
 import csv
 import io
 import re
-import threading
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,46 +47,6 @@ ZONED_ISO_PATTERN = (
 )
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
 DICTIONARY_TYPE = pa.dictionary(pa.int32(), pa.string())
-
-
-_pool_lock = threading.Lock()
-_pool_users = 0
-_pool_previous: pa.MemoryPool | None = None
-
-
-@contextmanager
-def jemalloc_pool() -> Iterator[None]:
-    """Make jemalloc Arrow's default memory pool while the block runs, if Arrow has it.
-
-    The default pool of pyarrow 26 on Linux is mimalloc, and its pages faulted
-    in as transparent huge pages. On the 2-core virtual machine of
-    docs/benchmarks.md, the kernel spent more than half of the CPU time of the
-    fast path zeroing those pages (perf). A clean file of 1 M events took 1.0 to
-    1.4 CPU s from Parquet and 2.2 to 2.6 from CSV, against 0.55 and 1.0 with
-    jemalloc. The Parquet reader takes no pool argument, so the default
-    pool is switched. Threads share it: the first block in switches it and the
-    last one out restores it. Arrow builds without jemalloc (macOS, Windows)
-    keep their default pool.
-    """
-    global _pool_users, _pool_previous
-    try:
-        pool = pa.jemalloc_memory_pool()
-    except NotImplementedError:
-        yield
-        return
-    with _pool_lock:
-        if _pool_users == 0:
-            _pool_previous = pa.default_memory_pool()
-            pa.set_memory_pool(pool)
-        _pool_users += 1
-    try:
-        yield
-    finally:
-        with _pool_lock:
-            _pool_users -= 1
-            if _pool_users == 0:
-                pa.set_memory_pool(_pool_previous)
-                _pool_previous = None
 
 
 @dataclass

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core import columnar, reading, store
+from core import allocation, columnar, reading, store
 from core.errors import IngestError, StoreBusyError
 from core.store import Workspace
 
@@ -463,7 +463,7 @@ def ingest_file(
         try:
             if origin.already is not None:
                 return _write_already_loaded(workspace, origin, options)
-            with columnar.jemalloc_pool():
+            with allocation.small_pages():
                 batch = _columnar_batch(data, kind, end, options, origin)
                 if batch is not None:
                     return _write(workspace, batch, options, origin)

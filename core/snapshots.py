@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core import binning, store
+from core import allocation, binning, store
 from core.binning import MICROS, align_origin
 from core.config import GAP_FILL_POLICIES
 from core.errors import DataError
@@ -212,22 +212,23 @@ def build_snapshots(
     Raises:
         DataError: the store contains no data.
     """
-    # One connection for every query, because opening and closing the store took
-    # 15 to 25 ms each time, against about 300 ms of CPU for binning 1 M events
-    # (bench/scale.py, 2 cores).
-    with store.connect(store_path, read_only=True) as con:
-        first_us, last_us = _data_span(con)
-        origin_us, stop_us, num_bins = binning.window(first_us, last_us, bin_seconds,
-                                                      origin_us, stop_us)
-        rows = _event_rows(con, origin_us, bin_seconds, origin_us, stop_us)
-        measurements = _measurement_rows(con, origin_us, bin_seconds, origin_us,
-                                         stop_us, gap_fill, gap_fill_limit)
-        known = con.execute(
-            "SELECT device, kind, zone, criticality FROM devices").df()
-        links = con.execute("SELECT src, dst, weight FROM links").df()
-    events = categorical_addresses(rows)
-    return assemble(events, measurements, known, links, origin_us, bin_seconds,
-                    num_bins)
+    with allocation.small_pages():
+        # One connection for every query, because opening and closing the store
+        # took 15 to 25 ms each time, against about 300 ms of CPU for binning 1 M
+        # events (bench/scale.py, 2 cores).
+        with store.connect(store_path, read_only=True) as con:
+            first_us, last_us = _data_span(con)
+            origin_us, stop_us, num_bins = binning.window(
+                first_us, last_us, bin_seconds, origin_us, stop_us)
+            rows = _event_rows(con, origin_us, bin_seconds, origin_us, stop_us)
+            measurements = _measurement_rows(con, origin_us, bin_seconds, origin_us,
+                                             stop_us, gap_fill, gap_fill_limit)
+            known = con.execute(
+                "SELECT device, kind, zone, criticality FROM devices").df()
+            links = con.execute("SELECT src, dst, weight FROM links").df()
+        events = categorical_addresses(rows)
+        return assemble(events, measurements, known, links, origin_us, bin_seconds,
+                        num_bins)
 
 
 def assemble(

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core import columnar, ingest, store
+from core import ingest, store
 from core.store import Workspace
 
 HEADER = "time,src,dst,bytes,protocol\n"
@@ -128,25 +128,6 @@ def test_parquet_dictionary_unused_entries_ignored(tmp_path, monkeypatch):
     protocol = columnar["events"]["protocol"]
     assert protocol.isna().tolist() == [True, False, False, False]
     assert protocol.tolist()[1:] == ["modbus", "modbus", "opc"]
-
-
-def test_jemalloc_pool_restores_default():
-    before = pa.default_memory_pool().backend_name
-    try:
-        pa.jemalloc_memory_pool()
-    except NotImplementedError:
-        pytest.skip("this Arrow build has no jemalloc")
-
-    with pytest.raises(RuntimeError):
-        with columnar.jemalloc_pool():
-            with columnar.jemalloc_pool():
-                inner = pa.default_memory_pool().backend_name
-            outer = pa.default_memory_pool().backend_name
-            raise RuntimeError("leave the block early")
-
-    assert inner == "jemalloc"
-    assert outer == "jemalloc"
-    assert pa.default_memory_pool().backend_name == before
 
 
 def test_grown_csv_continues_line_numbers(tmp_path, monkeypatch):
