@@ -57,23 +57,14 @@ class Columns:
     first_line: int
 
 
-def csv_header(data: bytes) -> list[str] | None:
-    """Return the column names of a CSV file's first line, or None if not simple.
-
-    The line is split by the same delimiter choice as `core.reading`.
-    """
-    found = _header(data)
-    return None if found is None else found[0]
-
-
 def read_csv(
     data: bytes, start: int, end: int, encoding: str,
     encoded: Callable[[list[str]], Collection[str]] = lambda names: (),
 ) -> Columns | None:
     """Read `data[start:end]` of a CSV file as text columns, or None if not simple.
 
-    The header comes from the first line of `data` (see `csv_header`). None means
-    the general reader must read the file.
+    The header comes from the first line of `data`, split by the same delimiter
+    choice as `core.reading`. None means the general reader must read the file.
 
     Args:
         encoded: returns, from the header names, the columns to read as
@@ -255,6 +246,7 @@ def dictionary_pair(
 
 
 def _header(data: bytes) -> tuple[list[str], str] | None:
+    """Return the header line's names and delimiter, or None if not simple."""
     head_end = reading.header_end(data, "csv")
     try:
         first = data[:head_end].decode("utf-8").removesuffix("\n").removesuffix("\r")

@@ -732,6 +732,7 @@ def _columnar_batch(
     """
     if options.target != "events" or kind not in ("csv", "parquet"):
         return None
+
     def encoded(names: list[str]) -> list[str]:
         return _address_columns(names, options, origin.source)
 
