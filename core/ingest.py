@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from core import columnar, reading, store
+from core import allocation, columnar, reading, store
 from core.errors import IngestError, StoreBusyError
 from core.store import Workspace
 
@@ -463,9 +463,10 @@ def ingest_file(
         try:
             if origin.already is not None:
                 return _write_already_loaded(workspace, origin, options)
-            batch = _columnar_batch(data, kind, end, options, origin)
-            if batch is not None:
-                return _write(workspace, batch, options, origin)
+            with allocation.small_pages():
+                batch = _columnar_batch(data, kind, end, options, origin)
+                if batch is not None:
+                    return _write(workspace, batch, options, origin)
             table = reading.read_table(data, kind, path.name, options.encoding,
                                        origin.bytes_start, end)
             notes = [*origin.notes, *table.notes]
@@ -731,10 +732,15 @@ def _columnar_batch(
     """
     if options.target != "events" or kind not in ("csv", "parquet"):
         return None
+
+    def encoded(names: list[str]) -> list[str]:
+        return _address_columns(names, options, origin.source)
+
     if kind == "csv":
-        columns = columnar.read_csv(data, origin.bytes_start, end, options.encoding)
+        columns = columnar.read_csv(data, origin.bytes_start, end, options.encoding,
+                                    encoded)
     else:
-        columns = columnar.read_parquet(data)
+        columns = columnar.read_parquet(data, encoded)
     if columns is None or columns.table.num_rows == 0:
         return None
     source = origin.source
@@ -749,6 +755,24 @@ def _columnar_batch(
         batch.notes[:0] = notes
         log.debug("read %s column-wise: every row is clean", source)
     return batch
+
+
+def _address_columns(
+    names: list[str], options: IngestOptions, source: str
+) -> list[str]:
+    """Return the file columns that contain addresses or protocols.
+
+    Such columns have few distinct values, so the fast path reads them
+    dictionary-encoded. When the names do not resolve, this returns no column,
+    so every column is read as plain text and the checks after reading decide.
+    """
+    try:
+        probe, _ = _trim_headers(pd.DataFrame(columns=names), source)
+        found = _resolve_columns(probe, options, ("src", "dst", "protocol"), source)
+    except IngestError:
+        return []
+    position = {name: i for i, name in enumerate(probe.columns)}
+    return [names[position[column]] for column in found.values()]
 
 
 def _columnar_events(
@@ -821,10 +845,11 @@ def _event_order(instants: np.ndarray, notes: list[str]) -> np.ndarray | None:
 
     Adds a note on out-of-order rows, worded as the general path words it.
     """
+    # Most files are in order, and checking that needs no running maximum.
+    if (instants[1:] >= instants[:-1]).all():
+        return None
     previous_max = np.maximum.accumulate(instants)
     late = instants[1:] < previous_max[:-1]
-    if not late.any():
-        return None
     lag = int((previous_max[:-1] - instants[1:]).max())
     notes.append(
         f"{len(instants)} event{_plural(len(instants))}, {int(late.sum())} out of "
@@ -1005,7 +1030,7 @@ def _write_batch(
     if "report_id" in _table_columns(batch.table):
         if isinstance(rows, pa.Table):
             rows = rows.append_column(
-                "report_id", pa.array(np.full(len(rows), report_id, dtype=np.int64)))
+                "report_id", pa.repeat(pa.scalar(report_id, pa.int64()), len(rows)))
         else:
             rows = rows.assign(report_id=report_id)
     if batch.table == "measurements" and not rows.empty:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from core import ingest, store
@@ -94,6 +96,38 @@ def test_clean_parquet_matches_general_path(tmp_path, monkeypatch):
     assert taken == [True]
     _assert_same(columnar, general)
     assert columnar["events"]["weight"].tolist() == [20.0, 10.0]
+
+
+def test_parquet_dictionary_unused_entries_ignored(tmp_path, monkeypatch):
+    # Parquet keeps an Arrow dictionary as written, with entries no row uses. An
+    # invalid unused address must not send the file to the general path, and an
+    # unused address with a port must not count as rewritten.
+    addresses = pa.array(["10.0.0.1", "not an address", "10.0.0.9:502",
+                          "10.0.0.2:502"])
+    protocols = pa.array(["modbus", "unused", "opc"])
+    table = pa.table({
+        "time": pa.array([3, 1, 2, 4], pa.timestamp("s", tz="UTC")),
+        "src": pa.DictionaryArray.from_arrays(
+            pa.array([0, 3, 0, 3], pa.int32()), addresses),
+        "dst": ["10.0.0.2", "10.0.0.1", "10.0.0.2", "10.0.0.1"],
+        "protocol": pa.DictionaryArray.from_arrays(
+            pa.array([0, None, 0, 2], pa.int32()), protocols),
+    })
+    path = tmp_path / "events.parquet"
+    pq.write_table(table, path, row_group_size=2)
+
+    columnar, general, taken = _ingest_twice(tmp_path, monkeypatch, [path])
+
+    assert taken == [True]
+    _assert_same(columnar, general)
+    notes = list(columnar["reports"]["notes"][0])
+    assert "1 src address rewritten to canonical form (port removed, IPv6 " \
+        "compressed or IPv4-mapped)" in notes
+    assert columnar["events"]["src"].tolist() == [
+        "10.0.0.2", "10.0.0.1", "10.0.0.1", "10.0.0.2"]
+    protocol = columnar["events"]["protocol"]
+    assert protocol.isna().tolist() == [True, False, False, False]
+    assert protocol.tolist()[1:] == ["modbus", "modbus", "opc"]
 
 
 def test_grown_csv_continues_line_numbers(tmp_path, monkeypatch):
