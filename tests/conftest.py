@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# Before anything loads numpy or torch: `core` fixes which vector code they run.
+import core  # noqa: F401, I001
+
 import os
 from pathlib import Path
 
