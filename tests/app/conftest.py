@@ -22,11 +22,25 @@ from core import ingest, synth  # noqa: E402
 from core.config import ModelConfig, RunConfig  # noqa: E402
 from core.pipeline import run_pipeline  # noqa: E402
 from core.store import Workspace  # noqa: E402
+from streamlit.testing.v1 import AppTest  # noqa: E402
 
 # Measured at about 30 s on two shared CPU cores: 35 devices, 600 one-minute bins,
 # 15 epochs at most.
 PIPELINE_PLANT = synth.PlantConfig(seed=3, field_devices=24, hours=10)
 PIPELINE_EPOCHS = 15
+
+
+def incident_page(workspace: Workspace, run_id: str, incident_id: str, monkeypatch,
+                  timeout: int = 60) -> AppTest:
+    """Run the Incident page on `workspace` as its URL opens one incident."""
+    monkeypatch.setenv("TGLOC_WORKSPACE", str(workspace.root))
+    monkeypatch.chdir(REPOSITORY)
+    app = AppTest.from_file(str(REPOSITORY / "pages" / "2_Incident.py"),
+                            default_timeout=timeout)
+    app.query_params["run"] = run_id
+    app.query_params["incident"] = incident_id
+    app.run()
+    return app
 
 
 def ingest_sample_plant(path: Path, plant_config: synth.PlantConfig) -> Workspace:

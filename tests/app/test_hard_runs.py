@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPOSITORY
-from streamlit.testing.v1 import AppTest
+from conftest import REPOSITORY, incident_page
 
 from core import store, views
 from core.cli import main
@@ -142,13 +141,7 @@ def test_sweep_window_scores_finite(scan_workspace):
 
 def test_sweep_drilldown_lists_top_targets(scan_workspace, monkeypatch):
     incident_id = views.incidents(scan_workspace, "run")["incident_id"].iloc[0]
-    monkeypatch.setenv("TGLOC_WORKSPACE", str(scan_workspace.root))
-    monkeypatch.chdir(REPOSITORY)
-    app = AppTest.from_file(str(REPOSITORY / "pages" / "2_Incident.py"),
-                            default_timeout=TIMEOUT)
-    app.query_params["run"] = "run"
-    app.query_params["incident"] = incident_id
-    app.run()
+    app = incident_page(scan_workspace, "run", incident_id, monkeypatch, TIMEOUT)
     table = app.dataframe[0].value
     targets = table[table["role"] == "target"]
 
@@ -213,13 +206,7 @@ def test_constant_pump_flags_in_json(pump_workspace, capsys):
 
 def test_constant_pump_drilldown_shows_flags(pump_workspace, monkeypatch):
     incident_id = _pump_incident(pump_workspace)
-    monkeypatch.setenv("TGLOC_WORKSPACE", str(pump_workspace.root))
-    monkeypatch.chdir(REPOSITORY)
-    app = AppTest.from_file(str(REPOSITORY / "pages" / "2_Incident.py"),
-                            default_timeout=TIMEOUT)
-    app.query_params["run"] = "run"
-    app.query_params["incident"] = incident_id
-    app.run()
+    app = incident_page(pump_workspace, "run", incident_id, monkeypatch, TIMEOUT)
     lines = [text.value for text in app.text
              if text.value.startswith(f"{PUMP} · {PUMP}: ")]
 

@@ -13,8 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPOSITORY
-from streamlit.testing.v1 import AppTest
+from conftest import REPOSITORY, incident_page
 from test_browser import _grid_column, _streamlit, _wait_idle, browser, page  # noqa: F401
 
 from core import store, views
@@ -85,13 +84,7 @@ def test_hostile_incident_found(hostile_workspace):
 
 def test_drilldown_shows_names_literally(hostile_workspace, monkeypatch):
     incident_id = views.incidents(hostile_workspace, "run")["incident_id"].iloc[0]
-    monkeypatch.setenv("TGLOC_WORKSPACE", str(hostile_workspace.root))
-    monkeypatch.chdir(REPOSITORY)
-    app = AppTest.from_file(str(REPOSITORY / "pages" / "2_Incident.py"),
-                            default_timeout=TIMEOUT)
-    app.query_params["run"] = "run"
-    app.query_params["incident"] = incident_id
-    app.run()
+    app = incident_page(hostile_workspace, "run", incident_id, monkeypatch, TIMEOUT)
     subgraph = json.loads(app.get("plotly_chart")[0].proto.spec)
     labels = [text for trace in subgraph["data"] for text in trace.get("text", [])]
 
