@@ -16,6 +16,15 @@ first output arrived) and when the largest frame, the one that carries the figur
 arrived, which splits a load into the frontend's start, the server's part and the
 browser's drawing. Prints one row per
 load and the median.
+
+A second table times the Heatmap page opened from the sidebar of a dashboard that is
+already open in the tab, as an analyst moves between pages. Each measured switch goes
+to the home page, then clicks "Heatmap" and waits for the drawn heatmap. The tab
+keeps the frontend and Plotly loaded, so this time is Streamlit's page run, the
+transfer and the drawing. The figure is the one the tab received on its first visit,
+so Streamlit's message cache in the tab replaces most of the transfer. A third table
+therefore times new figures in the open tab: the next device pages (200 other
+devices each), from the change of the page number until the new rows are drawn.
 """
 
 from __future__ import annotations
@@ -55,6 +64,13 @@ HEATMAP_DRAWN = (
     "\"[data-testid='stPlotlyChart'] .js-plotly-plot .heatmaplayer image\")"
 )
 
+# The label of the heatmap's first row, which changes with the device page.
+FIRST_ROW = (
+    "() => { const tick = document.querySelector("
+    "\"[data-testid='stPlotlyChart'] .js-plotly-plot .ytick text\"); "
+    "return tick ? tick.textContent : null; }"
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,20 +98,28 @@ def main(argv: list[str] | None = None) -> int:
               f"{built:.1f} s")
         load_before = os.getloadavg()
         with _dashboard(workspace.root, Path(folder) / "server.log") as url:
-            rows = _measure(f"{url}/Heatmap?run={RUN_ID}", args.loads)
+            rows, switches, pages = _measure(url, args.loads)
         load_after = os.getloadavg()
 
+    print("Heatmap page opened in a new tab:")
     _print_table(rows)
+    print("Heatmap page opened from the sidebar of the open dashboard:")
+    _print_table(switches)
+    print("Next device page in the open Heatmap page (a new figure):")
+    _print_table(pages)
     print(f"load average (1 min) before {load_before[0]:.2f}, after "
           f"{load_after[0]:.2f}, on {os.cpu_count()} CPUs; "
           f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
     return 0
 
 
-def _measure(url: str, loads: int) -> list[dict]:
+def _measure(url: str, loads: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """Time `loads` new-tab loads, sidebar switches and device pages of the Heatmap
+    page."""
     from playwright.sync_api import sync_playwright
 
-    rows = []
+    heatmap_url = f"{url}/Heatmap?run={RUN_ID}"
+    rows, switches, pages = [], [], []
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True,
@@ -104,26 +128,78 @@ def _measure(url: str, loads: int) -> list[dict]:
         )
         context = browser.new_context(viewport=VIEWPORT)
         try:
-            _load(context, url)  # warms Streamlit's cache and the browser's
+            _load(context, heatmap_url)  # warms Streamlit's cache and the browser's
             for number in range(1, loads + 1):
-                rows.append({"load": number, **_load(context, url)})
+                rows.append({"load": number, **_load(context, heatmap_url)})
+            switches, pages = _switch(context, url, loads)
         finally:
             context.close()
             browser.close()
-    return rows
+    return rows, switches, pages
 
 
-def _load(context, url: str) -> dict:
-    """Open `url` in a new tab and time it until the heatmap drew.
-
-    Returns:
-        seconds (until drawn), title_seconds (until the page title showed),
-        figure_seconds (until the largest websocket frame arrived), http and
-        websocket (bytes received).
-    """
+def _switch(context, url: str, loads: int) -> tuple[list[dict], list[dict]]:
+    """Open the dashboard in one tab, then time `loads` switches to the Heatmap page
+    from the sidebar, each after a visit to the home page, and then `loads` changes
+    to the next device page. The first switch, which loads Plotly into the tab, is
+    not measured."""
     page = context.new_page()
     page.set_default_timeout(PAGE_TIMEOUT_MS)
     session = context.new_cdp_session(page)
+    counts = _count_bytes(session)
+    rows = []
+    try:
+        page.goto(url)
+        page.wait_for_function(TITLE_SHOWN, polling="raf")
+        for number in range(loads + 1):
+            _settle(page)
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name="app").click()
+            page.wait_for_function(f"() => !({HEATMAP_DRAWN})()", polling="raf")
+            _settle(page)
+            counts.update(http=0, websocket=0, largest=0, largest_at=0.0)
+            began = time.perf_counter()
+            page.get_by_test_id("stSidebarNav").get_by_role("link", name="Heatmap").click()
+            page.wait_for_function(HEATMAP_DRAWN, polling="raf")
+            seconds = time.perf_counter() - began
+            _settle(page)
+            if number:
+                rows.append({"load": number, "seconds": seconds, "title_seconds": 0.0,
+                             "figure_seconds": counts["largest_at"] - began,
+                             "http": counts["http"], "websocket": counts["websocket"]})
+        pages = []
+        for number in range(1, loads + 1):
+            first_row = page.evaluate(FIRST_ROW)
+            counts.update(http=0, websocket=0, largest=0, largest_at=0.0)
+            began = time.perf_counter()
+            field = page.get_by_label("Device page (sorted by peak evidence)")
+            field.fill(str(number + 1))
+            field.press("Enter")
+            page.wait_for_function(f"(before) => ({FIRST_ROW})() !== before",
+                                   arg=first_row, polling="raf")
+            seconds = time.perf_counter() - began
+            _settle(page)
+            pages.append({"load": number, "seconds": seconds, "title_seconds": 0.0,
+                          "figure_seconds": counts["largest_at"] - began,
+                          "http": counts["http"], "websocket": counts["websocket"]})
+    finally:
+        session.detach()
+        page.close()
+    return rows, pages
+
+
+def _settle(page) -> None:
+    """Wait until the script run ended and its last frames arrived."""
+    page.wait_for_selector("[data-testid='stStatusWidget']", state="detached")
+    page.wait_for_timeout(500)
+
+
+def _count_bytes(session) -> dict:
+    """Count the bytes a tab receives through its DevTools session.
+
+    Returns:
+        The running counts: http and websocket (bytes), largest (the largest
+        websocket frame) and largest_at (when it arrived, perf_counter seconds).
+    """
     counts = {"http": 0, "websocket": 0, "largest": 0, "largest_at": 0.0}
 
     def finished(event: dict) -> None:
@@ -144,6 +220,21 @@ def _load(context, url: str) -> dict:
     session.on("Network.loadingFinished", finished)
     session.on("Network.webSocketFrameReceived", frame)
     session.send("Network.enable")
+    return counts
+
+
+def _load(context, url: str) -> dict:
+    """Open `url` in a new tab and time it until the heatmap drew.
+
+    Returns:
+        seconds (until drawn), title_seconds (until the page title showed),
+        figure_seconds (until the largest websocket frame arrived), http and
+        websocket (bytes received).
+    """
+    page = context.new_page()
+    page.set_default_timeout(PAGE_TIMEOUT_MS)
+    session = context.new_cdp_session(page)
+    counts = _count_bytes(session)
     try:
         began = time.perf_counter()
         page.goto(url, wait_until="commit")
@@ -152,8 +243,7 @@ def _load(context, url: str) -> dict:
         page.wait_for_function(HEATMAP_DRAWN, polling="raf")
         seconds = time.perf_counter() - began
         # Frames still arriving after the draw belong to this load too.
-        page.wait_for_selector("[data-testid='stStatusWidget']", state="detached")
-        page.wait_for_timeout(500)
+        _settle(page)
     finally:
         session.detach()
         page.close()
