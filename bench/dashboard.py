@@ -13,9 +13,8 @@ image. The Chrome DevTools Protocol counts the bytes the browser receives: HTTP
 response bodies as sent (`encodedDataLength`) and websocket frames from the server.
 It also notes when the page title appeared (the frontend has started and the script's
 first output arrived) and when the largest frame, the one that carries the figure,
-arrived, which splits a load into the frontend's start, the server's part and the
-browser's drawing. Prints one row per
-load and the median.
+arrived. These two times split a load into the frontend's start, the server's part
+and the browser's drawing. Prints one row per load and the median.
 
 A second table times the Heatmap page opened from the sidebar of a dashboard that is
 already open in the tab, as an analyst moves between pages. Each measured switch goes
