@@ -2,7 +2,7 @@
 
 Usage:
     tgloc demo --no-serve --workspace W      # builds, trains and runs the sample plant
-    python bench/online.py --workspace W [--timing-devices 1000]
+    python bench/online.py [--workspace W] [--timing-devices 1000]
 
 It replays the batch run's scored bins through the online path (the same code as
 `tgloc replay --speed max`), and prints per planted anomaly: the bin of onset, the
@@ -12,7 +12,7 @@ matching incident, and whether the target holds (abrupt types: online within two
 bins of onset; gradual types: no later than the batch run's start plus one bin).
 Then how many batch incidents have an online incident with the same devices and
 start and end within one bin, and the seconds to score one bin after it closes.
-With --timing-devices N it also builds a plant of about N devices, trains it for
+With --timing-devices N it builds a plant of about N devices, trains it for
 one epoch (speed does not depend on model quality) and times bins on it.
 """
 
@@ -27,10 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import core  # noqa: E402,F401  (first: it caps vector code before numpy loads)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 from core import evaluate, ingest, online, pipeline, store, synth  # noqa: E402
 from core.config import ModelConfig, RunConfig, StreamConfig  # noqa: E402
@@ -115,8 +116,11 @@ def timing_plant(devices: int, bins: int) -> list[float]:
         width = model.bin_seconds * 1_000_000
         first = (online.micros(model.info["periods"]["score"]["start"]) - model.origin_us) // width
         scorer.warm_up(first)
-        return [scorer.close_bin(b).seconds
-                for b in range(first, min(first + bins, int(model.info["num_bins"])))]
+        seconds = []
+        for bin_index in range(first, min(first + bins, int(model.info["num_bins"]))):
+            seconds.append(scorer.close_bin(bin_index).seconds)
+            print(f"  bin {bin_index}: {seconds[-1]:.3f} s", flush=True)
+        return seconds
 
 
 def build_workspace(folder: str, hours: float, epochs: int) -> None:
@@ -143,7 +147,7 @@ def describe(seconds: list[float]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workspace", required=True, help="a workspace built by tgloc demo")
+    parser.add_argument("--workspace", help="a workspace built by tgloc demo")
     parser.add_argument("--timing-devices", type=int, help="also time bins on this many devices")
     parser.add_argument("--timing-bins", type=int, default=30)
     parser.add_argument("--build-hours", type=float,
@@ -152,7 +156,23 @@ def main() -> int:
     parser.add_argument("--build-epochs", type=int, default=100,
                         help="training epochs at most for --build-hours (default 100)")
     args = parser.parse_args()
+    if not args.workspace and not args.timing_devices:
+        parser.error("give --workspace, --timing-devices or both")
+    if args.workspace:
+        replay_report(args)
+    if args.timing_devices:
+        timed = timing_plant(args.timing_devices, args.timing_bins)
+        print(f"seconds to score one bin (about {args.timing_devices} field devices): "
+              f"{describe(timed)}")
+    load = os.getloadavg()
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
+          f"{load[0]:.1f} at the end, Python {platform.python_version()}, "
+          f"{pd.Timestamp.now(tz='UTC'):%Y-%m-%d}")
+    return 0
 
+
+def replay_report(args: argparse.Namespace) -> None:
+    """Replay the workspace's run and print the table of onsets against the batch run."""
     if args.build_hours:
         build_workspace(args.workspace, args.build_hours, args.build_epochs)
     workspace = store.Workspace.create(args.workspace)
@@ -205,15 +225,6 @@ def main() -> int:
           f"{same}")
     print(f"planted anomalies found: batch {batch_match.found}, online {len(found)}")
     print(f"seconds to score one bin ({info['num_devices']} devices): {describe(seconds)}")
-    if args.timing_devices:
-        timed = timing_plant(args.timing_devices, args.timing_bins)
-        print(f"seconds to score one bin (about {args.timing_devices} field devices): "
-              f"{describe(timed)}")
-    load = os.getloadavg()
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} CPUs, load average "
-          f"{load[0]:.1f} at the end, Python {platform.python_version()}, "
-          f"{pd.Timestamp.now(tz='UTC'):%Y-%m-%d}")
-    return 0
 
 
 if __name__ == "__main__":

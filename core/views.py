@@ -86,40 +86,49 @@ WITH span AS (
 
 # Bins in the window are numbered by position, and `factor` consecutive bins share one
 # column, so a long window never sends more than `max_cols` columns. Rows are ranked
-# by their peak evidence in the window, with devices without evidence last.
+# by their peak evidence in the window, with devices without evidence last. Bin numbers
+# of one scale grow with time, so the window is a range of bin numbers: the two scans of
+# device evidence filter on that range, and only the page's rows meet the column join.
 HEATMAP_SQL = SPAN_CTE + """,
 columns AS (
     SELECT bin, start, "end",
            position // greatest(1, CAST(ceil(total / $max_cols) AS BIGINT)) AS col
     FROM span
 ),
+bounds AS (SELECT min(bin) AS first_bin, max(bin) AS last_bin FROM span),
 chosen AS (
     SELECT device FROM devices
     WHERE ($kinds IS NULL OR list_contains($kinds, kind))
       AND ($zones IS NULL OR list_contains($zones, zone))
       AND ($devices IS NULL OR list_contains($devices, device))
 ),
-windowed AS (
-    SELECT e.device, c.col, e.evidence
-    FROM device_evidence e
-    JOIN columns c ON c.bin = e.bin
-    WHERE e.scale = $scale
+peaks AS (
+    SELECT e.device, max(e.evidence) AS peak
+    FROM device_evidence e, bounds b
+    WHERE e.scale = $scale AND e.bin BETWEEN b.first_bin AND b.last_bin
+    GROUP BY e.device
 ),
 ranked AS (
-    SELECT c.device, max(w.evidence) AS peak,
-           row_number() OVER (ORDER BY max(w.evidence) DESC NULLS LAST, c.device) - 1
-               AS row,
+    SELECT c.device, p.peak,
+           row_number() OVER (ORDER BY p.peak DESC NULLS LAST, c.device) - 1 AS row,
            count(*) OVER () AS total_rows
     FROM chosen c
-    LEFT JOIN windowed w ON w.device = c.device
-    GROUP BY c.device
+    LEFT JOIN peaks p ON p.device = c.device
+),
+page AS (
+    SELECT * FROM ranked WHERE row >= $offset AND row < $offset + $max_rows
+),
+cells AS (
+    SELECT e.device, e.bin, e.evidence
+    FROM device_evidence e, bounds b
+    WHERE e.scale = $scale AND e.bin BETWEEN b.first_bin AND b.last_bin
+      AND e.device IN (SELECT device FROM page)
 )
-SELECT r.row, r.device, r.peak, r.total_rows, w.col, max(w.evidence) AS evidence
-FROM ranked r
-LEFT JOIN windowed w ON w.device = r.device
-WHERE r.row >= $offset AND r.row < $offset + $max_rows
-GROUP BY r.row, r.device, r.peak, r.total_rows, w.col
-ORDER BY r.row, w.col
+SELECT r.row, r.device, r.peak, r.total_rows, c.col, max(x.evidence) AS evidence
+FROM page r
+LEFT JOIN (cells x JOIN columns c ON c.bin = x.bin) ON x.device = r.device
+GROUP BY r.row, r.device, r.peak, r.total_rows, c.col
+ORDER BY r.row, c.col
 """
 
 HEATMAP_COLUMNS_SQL = SPAN_CTE + """
