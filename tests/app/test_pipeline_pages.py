@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import duckdb
+import pandas as pd
 import pytest
 from conftest import REPOSITORY
 from streamlit.testing.v1 import AppTest
+
+from core import views
 
 TIMEOUT = 60
 EMPTY_RUN_TEXT = "This run found no incident"
@@ -83,6 +88,27 @@ def test_heatmap_incident_count_matches_run(app, pipeline_workspace):
     # The time range starts as the whole run, so every incident is in the window.
     assert _metric(app, "In this window") == str(count)
     assert app.get("plotly_chart")
+
+
+def test_heatmap_window_in_training_period(app, pipeline_workspace):
+    # The training period has bins but no evidence, so the page shows its shading
+    # and a heatmap without cells to click instead of failing.
+    run_id = pipeline_workspace.latest_run()
+    periods = views.periods(pipeline_workspace, run_id)
+    training = periods[periods["period"] == "train"].iloc[0]
+    start, end = training["start"], training["end"]
+    app.query_params["run"] = run_id
+    app.query_params["start"] = f"{start:%Y-%m-%dT%H:%M}"
+    app.query_params["end"] = f"{min(end, start + pd.Timedelta(hours=1)):%Y-%m-%dT%H:%M}"
+    app.run()
+    app.switch_page("pages/1_Heatmap.py").run()
+    assert not app.exception
+    assert not app.error
+    figure = json.loads(app.get("plotly_chart")[0].proto.spec)
+    cells = [trace for trace in figure["data"] if trace.get("name") == "cells"]
+    assert cells and not cells[0].get("x")
+    assert any("training period" in note.get("text", "")
+               for note in figure["layout"].get("annotations", []))
 
 
 def test_drilldown_lists_first_incident_devices(app, pipeline_workspace):
