@@ -361,14 +361,14 @@ def _click_layer(
     evidence, group_starts, group_ends = _click_groups(matrix, max_click_columns)
     incident_of = _cell_incidents(matrix.devices, group_starts, group_ends, member_cells)
     rows, columns = np.nonzero(~np.isnan(evidence))
-    if len(rows) == 0:
-        # A window inside the training period has no evidence, so nothing to click.
-        return go.Scatter(x=[], y=[], mode="markers", name="cells")
     values = evidence[rows, columns]
     # Keep incident markers, then the strongest others, and draw them in reverse so
     # that the last marker in reach of a click is the most relevant one.
     order = np.lexsort((-values, incident_of[rows, columns] == ""))[:max_markers]
     order = order[::-1]
+    if len(order) == 0:
+        # A window inside the training period has no evidence, so nothing to click.
+        return go.Scatter(x=[], y=[], mode="markers", name="cells")
     rows, columns, values = rows[order], columns[order], values[order]
 
     starts = _utc_naive(group_starts[columns])
