@@ -44,7 +44,7 @@ APP_PATH = Path(__file__).resolve().parent.parent / "app.py"
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and getattr(args, "handler", None) is not command_bench_localization:
+    if extra and getattr(args, "handler", None) not in PASS_THROUGH:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.options = extra
     logging.basicConfig(
@@ -218,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="localization against baselines on synthetic plants, scan time, null runs; "
         "--help lists its options")
     localization.set_defaults(handler=command_bench_localization)
+    null = benchmarks.add_parser(
+        "null", add_help=False,
+        help="how often the full pipeline reports an incident on plants with nothing "
+        "planted; --help lists its options")
+    null.set_defaults(handler=command_bench_null)
 
     show = commands.add_parser("incidents", help="print a run's incidents")
     show.add_argument("--workspace", default=DEFAULT_WORKSPACE)
@@ -337,6 +342,14 @@ def _bench_module(name: str):
 
 def command_bench_localization(args: argparse.Namespace) -> int:
     return _bench_module("localization").main(args.options)
+
+
+def command_bench_null(args: argparse.Namespace) -> int:
+    return _bench_module("null_runs").main(args.options)
+
+
+# Commands whose options their benchmark module parses.
+PASS_THROUGH = (command_bench_localization, command_bench_null)
 
 
 class ProgressPrinter:
