@@ -8,9 +8,9 @@ trains on the first 60% of it and the rest calibrates p-values and the scan's nu
 After the reference come `--periods` null periods of 9.6 hours each, the length of
 the demo's scored period. Each null period is one run: the pipeline scores it with
 `score_start` and `score_end` set to its bounds, sets the scan thresholds for a
-period of that size and takes out the incidents. Binning, training and the
-model's reconstruction are done once per seed and shared by its runs, because the
-reference period is the same; everything after them runs once per period.
+period of that size and takes out the incidents. The runs of one seed share its
+reference period. So binning, training and the model's reconstruction are done once
+per seed, and everything after them once per period.
 
 A run counts as a false alarm when it reports any incident. The thresholds are set
 for a family-wise level of 0.05 per run, so the share of runs with an incident
@@ -149,7 +149,7 @@ def null_seed(cache: Path, seed: int, args: argparse.Namespace) -> dict:
 
 
 def _workspace(root: Path, plant_config: synth.PlantConfig) -> store.Workspace:
-    """The plant's workspace, generated and ingested unless `root` already holds it."""
+    """The plant's workspace, generated and ingested unless `root` already has it."""
     workspace = store.Workspace.create(root)
     done = root / "ingested"
     if done.exists():
