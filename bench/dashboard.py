@@ -63,11 +63,18 @@ HEATMAP_DRAWN = (
     "\"[data-testid='stPlotlyChart'] .js-plotly-plot .heatmaplayer image\")"
 )
 
-# The label of the heatmap's first row, which changes with the device page.
+# The label of the heatmap's first row, which changes with the device page, and a
+# signature of the image of its cells: Plotly can redraw the axes before the cells, so
+# a new page is drawn only when both changed.
 FIRST_ROW = (
-    "() => { const tick = document.querySelector("
-    "\"[data-testid='stPlotlyChart'] .js-plotly-plot .ytick text\"); "
-    "return tick ? tick.textContent : null; }"
+    "() => { const root = document.querySelector("
+    "\"[data-testid='stPlotlyChart'] .js-plotly-plot\"); "
+    "const tick = root && root.querySelector('.ytick text'); "
+    "const image = root && root.querySelector('.heatmaplayer image'); "
+    "const href = image ? (image.getAttribute('href') || "
+    "image.getAttribute('xlink:href') || '') : ''; "
+    "return tick && href ? tick.textContent + '|' + href.length + '|' + "
+    "href.slice(Math.floor(href.length / 2), Math.floor(href.length / 2) + 64) : null; }"
 )
 
 
@@ -173,8 +180,11 @@ def _switch(context, url: str, loads: int) -> tuple[list[dict], list[dict]]:
             field = page.get_by_label("Device page (sorted by peak evidence)")
             field.fill(str(number + 1))
             field.press("Enter")
-            page.wait_for_function(f"(before) => ({FIRST_ROW})() !== before",
-                                   arg=first_row, polling="raf")
+            page.wait_for_function(
+                f"(before) => {{ const now = ({FIRST_ROW})(); return now !== null && "
+                f"now.split('|')[0] !== before.split('|')[0] && "
+                f"now.split('|').slice(1).join('|') !== before.split('|').slice(1).join('|'); }}",
+                arg=first_row, polling="raf")
             seconds = time.perf_counter() - began
             _settle(page)
             pages.append({"load": number, "seconds": seconds, "title_seconds": 0.0,
