@@ -156,9 +156,14 @@ class Calibrator:
 
 def element_keys(ids: pd.DataFrame) -> pd.Index:
     """Return the identity of each element across windows: device, peer and sensor."""
-    text = (ids["device"].astype(str) + "\x1f" + ids["peer"].astype(str) + "\x1f"
-            + ids["sensor"].astype(str))
-    return pd.Index(text.to_numpy())
+    # A device element has no peer or sensor. Those cells are filled with "" first:
+    # pandas' string dtype keeps a missing value missing through astype(str), and a
+    # sum with a missing value is missing, which would give every such element the
+    # same key.
+    parts = [ids[column].astype(object).where(ids[column].notna(), "").astype(str)
+             for column in ("device", "peer", "sensor")]
+    text = parts[0] + "\x1f" + parts[1] + "\x1f" + parts[2]
+    return pd.Index(text.to_numpy(dtype=object))
 
 
 @dataclass

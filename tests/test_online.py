@@ -77,6 +77,51 @@ def ingest_rest(root: Path, plant: synth.Plant, cut: pd.Timestamp) -> None:
     ingest.ingest_file(workspace, readings, ingest.IngestOptions(target="measurements"))
 
 
+def test_element_keys_tell_apart_elements_without_peer_or_sensor():
+    # pandas' string dtype keeps missing cells missing through astype(str); a key
+    # built from them must still name its element.
+    ids = pd.DataFrame({"device": pd.array(["a", "b", "a", "a"], dtype="str"),
+                        "peer": pd.array([None, None, "b", None], dtype="str"),
+                        "sensor": pd.array([None, None, None, "FT-1"], dtype="str")})
+    keys = online.element_keys(ids)
+    assert keys.is_unique
+    assert not keys.isna().any()
+    assert list(keys) == ["a\x1f\x1f", "b\x1f\x1f", "a\x1fb\x1f", "a\x1f\x1fFT-1"]
+
+
+def test_online_evidence_matches_batch_run(trained, tmp_path):
+    # The online path scores the batch run's own scored bins with the same model and
+    # calibration, so each device's evidence must be the batch run's, up to the
+    # random tie-breaking of equal scores.
+    workspace = store.Workspace.create(copy_workspace(trained, tmp_path))
+    model = online.OnlineModel.load(workspace, "base")
+    scorer = online.OnlineScorer(model, workspace, name="check")
+    width = model.bin_seconds * 1_000_000
+    first = (online.micros(model.info["periods"]["score"]["start"]) - model.origin_us) // width
+    scorer.warm_up(first)
+    for bin_index in range(first, first + 8):
+        scorer.close_bin(bin_index)
+    live = pd.concat(scorer.evidence, ignore_index=True)
+    # Warming up scores the bins before the first one too; the batch run has
+    # evidence for scored bins only.
+    live = live[(live["scale"] == 1) & (live["bin"] >= first)]
+    batch = store.query(workspace.run_path("base"),
+                        "SELECT device, bin, evidence FROM device_evidence WHERE scale = 1")
+    both = live.merge(batch, on=["device", "bin"], suffixes=("_live", "_batch"))
+    assert len(both) == len(live) > 0
+    # A pair the training never saw gets a randomized p-value (its novelty rate
+    # times a uniform draw), so control devices, which send such pairs, differ by
+    # chance. Field devices have no novel pairs.
+    kinds = model.reference.devices.set_index("device")["kind"].astype(str)
+    field = both[both["device"].map(kinds) == "field"]
+    assert len(field) > 50
+    gap = (field["evidence_live"] - field["evidence_batch"]).abs()
+    # Equal scores (discrete counts) are broken at random, so a few bins differ a
+    # little; wrong calibration pools shift most of them.
+    assert gap.median() < 0.03, gap.describe()
+    assert field["evidence_live"].corr(field["evidence_batch"]) > 0.97
+
+
 class Receiver:
     """An HTTP server on 127.0.0.1 that answers 503 to its first request and 200
     to the rest, and records every body it accepted."""
