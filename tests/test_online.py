@@ -77,8 +77,8 @@ def ingest_rest(root: Path, plant: synth.Plant, cut: pd.Timestamp) -> None:
     ingest.ingest_file(workspace, readings, ingest.IngestOptions(target="measurements"))
 
 
-def test_element_keys_tell_apart_elements_without_peer_or_sensor():
-    # pandas' string dtype keeps missing cells missing through astype(str); a key
+def test_element_keys_unique_without_peer():
+    # pandas' string dtype keeps missing cells missing through astype(str), and a key
     # built from them must still name its element.
     ids = pd.DataFrame({"device": pd.array(["a", "b", "a", "a"], dtype="str"),
                         "peer": pd.array([None, None, "b", None], dtype="str"),
@@ -101,6 +101,7 @@ def test_online_evidence_matches_batch_run(trained, tmp_path):
     scorer.warm_up(first)
     for bin_index in range(first, first + 8):
         scorer.close_bin(bin_index)
+
     live = pd.concat(scorer.evidence, ignore_index=True)
     # Warming up scores the bins before the first one too; the batch run has
     # evidence for scored bins only.
@@ -109,12 +110,14 @@ def test_online_evidence_matches_batch_run(trained, tmp_path):
                         "SELECT device, bin, evidence FROM device_evidence WHERE scale = 1")
     both = live.merge(batch, on=["device", "bin"], suffixes=("_live", "_batch"))
     assert len(both) == len(live) > 0
+
     # A pair the training never saw gets a randomized p-value (its novelty rate
     # times a uniform draw), so control devices, which send such pairs, differ by
     # chance. Field devices have no novel pairs.
     kinds = model.reference.devices.set_index("device")["kind"].astype(str)
     field = both[both["device"].map(kinds) == "field"]
     assert len(field) > 50
+
     gap = (field["evidence_live"] - field["evidence_batch"]).abs()
     # Equal scores (discrete counts) are broken at random, so a few bins differ a
     # little; wrong calibration pools shift most of them.
