@@ -142,7 +142,9 @@ def null_seed(cache: Path, seed: int, args: argparse.Namespace) -> dict:
             incidents, _, _, _ = pipeline.localize_run(
                 snapshots, scored, periods, prepared, config, rng, lambda *_: None, model)
         counts.append(int(len(incidents)))
-        summaries.append([f"{row.type} {row.summary}" for row in incidents.itertuples()])
+        summaries.append([f"{row.type} at scale {row.scale}, score {row.score:.1f} against "
+                          f"{row.threshold:.1f}: {row.summary}"
+                          for row in incidents.itertuples()])
     return {"seed": seed, "devices": int(snapshots.num_devices), "incidents": counts,
             "summaries": summaries, "scored": windows,
             "train_s": trained - began, "runs_s": time.perf_counter() - trained}
