@@ -13,7 +13,8 @@ bins of onset; gradual types: no later than the batch run's start plus one bin).
 Then how many batch incidents have an online incident with the same devices and
 start and end within one bin, and the seconds to score one bin after it closes.
 With --timing-devices N it builds a plant of about N devices, trains it for
-one epoch (speed does not depend on model quality) and times bins on it.
+one epoch to keep the build short and times bins on it. The scan's time grows with
+the incidents in the horizon, and a poorly trained model may leave more of them.
 """
 
 from __future__ import annotations
