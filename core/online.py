@@ -156,10 +156,8 @@ class Calibrator:
 
 def element_keys(ids: pd.DataFrame) -> pd.Index:
     """Return the identity of each element across windows: device, peer and sensor."""
-    # A device element has no peer or sensor. Those cells are filled with "" first:
-    # pandas' string dtype keeps a missing value missing through astype(str), and a
-    # sum with a missing value is missing, which would give every such element the
-    # same key.
+    # pandas' string dtype keeps a missing peer or sensor missing through astype(str),
+    # and one missing part makes the whole key missing, so they become "" first.
     parts = [ids[column].astype(object).where(ids[column].notna(), "").astype(str)
              for column in ("device", "peer", "sensor")]
     text = parts[0] + "\x1f" + parts[1] + "\x1f" + parts[2]
