@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.periods < 1:
-        print(f"error: --seeds ({args.seeds}) and --periods ({args.periods}) must be at "
-              "least 1", file=sys.stderr)
+        print(f"error: invalid --seeds {args.seeds} or --periods {args.periods}: both "
+              "must be at least 1", file=sys.stderr)
         return 2
     cache = Path(args.cache or Path(tempfile.gettempdir()) / "tgloc-null-runs")
     cache.mkdir(parents=True, exist_ok=True)
@@ -151,7 +151,7 @@ def null_seed(cache: Path, seed: int, args: argparse.Namespace) -> dict:
 
 
 def _workspace(root: Path, plant_config: synth.PlantConfig) -> store.Workspace:
-    """The plant's workspace, generated and ingested unless `root` already has it."""
+    """Open the plant's workspace at `root`, generating and ingesting it first if needed."""
     workspace = store.Workspace.create(root)
     done = root / "ingested"
     if done.exists():

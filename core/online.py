@@ -158,7 +158,7 @@ def element_keys(ids: pd.DataFrame) -> pd.Index:
     """Return the identity of each element across windows: device, peer and sensor."""
     # pandas' string dtype keeps a missing peer or sensor missing through astype(str),
     # and one missing part makes the whole key missing, so they become "" first.
-    parts = [ids[column].astype(object).where(ids[column].notna(), "").astype(str)
+    parts = [ids[column].astype(object).fillna("").astype(str)
              for column in ("device", "peer", "sensor")]
     text = parts[0] + "\x1f" + parts[1] + "\x1f" + parts[2]
     return pd.Index(text.to_numpy(dtype=object))

@@ -103,7 +103,7 @@ def test_online_evidence_matches_batch_run(trained, tmp_path):
         scorer.close_bin(bin_index)
 
     live = pd.concat(scorer.evidence, ignore_index=True)
-    # Warming up scores the bins before the first one too; the batch run has
+    # Warming up scores the bins before the first one too, and the batch run has
     # evidence for scored bins only.
     live = live[(live["scale"] == 1) & (live["bin"] >= first)]
     batch = store.query(workspace.run_path("base"),
