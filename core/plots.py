@@ -90,6 +90,8 @@ def heatmap_figure(
     """
     if matrix.empty:
         return _empty_figure("No evidence in this window.")
+    if not np.isfinite(matrix.evidence).any():
+        return _empty_figure(_no_evidence_message(matrix, periods))
 
     figure = go.Figure()
     labels = [escape_label(d) for d in matrix.devices]
@@ -280,6 +282,18 @@ def _empty_figure(message: str) -> go.Figure:
     return figure
 
 
+def _no_evidence_message(matrix: HeatmapMatrix, periods: pd.DataFrame | None) -> str:
+    """Explain a window without evidence, naming the training period where it lies."""
+    if periods is not None:
+        training = periods[periods["period"] == TRAINING_PERIOD]
+        overlaps = ((training["end"] > matrix.starts[0])
+                    & (training["start"] < matrix.ends[-1])).any()
+        if overlaps:
+            return ("No evidence in this window: the model trained on this time, so it "
+                    "is not scored. Pick a later time range.")
+    return "No evidence in this window."
+
+
 def _unique(values) -> list[str]:
     seen: dict[str, None] = {}
     for value in values:
@@ -367,7 +381,7 @@ def _click_layer(
     order = np.lexsort((-values, incident_of[rows, columns] == ""))[:max_markers]
     order = order[::-1]
     if len(order) == 0:
-        # A window inside the training period has no evidence, so nothing to click.
+        # Without evidence or with max_markers=0 there is no cell to click.
         return go.Scatter(x=[], y=[], mode="markers", name="cells")
     rows, columns, values = rows[order], columns[order], values[order]
 

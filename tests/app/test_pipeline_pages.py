@@ -91,8 +91,8 @@ def test_heatmap_incident_count_matches_run(app, pipeline_workspace):
 
 
 def test_heatmap_window_in_training_period(app, pipeline_workspace):
-    # The training period has bins but no evidence, so the page shows its shading
-    # and a heatmap without cells to click instead of failing.
+    # The training period has bins but no evidence, so the page says so instead of
+    # failing or drawing an empty grid.
     run_id = pipeline_workspace.latest_run()
     periods = views.periods(pipeline_workspace, run_id)
     training = periods[periods["period"] == "train"].iloc[0]
@@ -105,10 +105,9 @@ def test_heatmap_window_in_training_period(app, pipeline_workspace):
     assert not app.exception
     assert not app.error
     figure = json.loads(app.get("plotly_chart")[0].proto.spec)
-    cells = [trace for trace in figure["data"] if trace.get("name") == "cells"]
-    assert cells and not cells[0].get("x")
-    assert any("training period" in note.get("text", "")
-               for note in figure["layout"].get("annotations", []))
+    assert figure["data"] == []
+    notes = [note.get("text", "") for note in figure["layout"].get("annotations", [])]
+    assert any("the model trained on this time" in note for note in notes)
 
 
 def test_drilldown_lists_first_incident_devices(app, pipeline_workspace):
