@@ -26,8 +26,8 @@ STORE_BUSY_MESSAGE = (
     "run below is the last published one. This panel retries every "
     f"{STORE_RETRY_SECONDS:g} s."
 )
-TABLE_COLUMNS = ["rank", "incident_id", "type", "severity", "significance", "start",
-                 "end", "devices", "pairs", "sensors", "targets", "status", "owner",
+TABLE_COLUMNS = ["rank", "incident_id", "type", "severity", "significance",
+                 "false_alarms_per_day", "start", "end", "devices", "pairs", "sensors", "targets", "status", "owner",
                  "suppressed_by", "maintenance", "accepted_by", "summary"]
 
 st.set_page_config(page_title="tgloc", layout="wide")
@@ -96,9 +96,13 @@ def incident_table(context: ui.RunContext) -> None:
         column_config={
             "severity": st.column_config.NumberColumn(format="%.2f"),
             "significance": st.column_config.NumberColumn(
-                format="%.3g", help="Share of null-scan maxima at or above the "
-                "score, (1 + k) / (1 + n): small is significant, never below "
-                "1 / (1 + n). Empty when the run has no null scan."),
+                format="%.3g", help="Family-wise p-value: the chance that a period "
+                "with nothing abnormal gets any incident as strong as this one. "
+                "Small is significant; incidents are reported below 0.05."),
+            "false_alarms_per_day": st.column_config.NumberColumn(
+                "false alarms a day", format="%.3g",
+                help="False alarms a day to expect if incidents this strong were "
+                "reported; empty for runs of older versions."),
             "suppressed_by": st.column_config.NumberColumn(
                 "suppressed by rule", format="%d",
                 help="An active suppression rule with these devices and this type."),

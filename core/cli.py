@@ -914,6 +914,8 @@ def incident_records(workspace: store.Workspace, run_id: str) -> tuple[list[dict
             "start": row.start.isoformat(), "end": row.end.isoformat(),
             "type": row.type, "score": float(row.score), "threshold": float(row.threshold),
             "severity": float(row.severity), "scale": int(row.scale),
+            "p_value": _optional(getattr(row, "p_value", None)),
+            "false_alarms_per_day": _optional(getattr(row, "false_alarms_per_day", None)),
             "devices": own.loc[own["role"] == "device", "device"].tolist(),
             "pairs": [[s, d] for s, d in own.loc[own["role"] == "pair", ["device", "peer"]]
                       .itertuples(index=False)],
@@ -925,6 +927,11 @@ def incident_records(workspace: store.Workspace, run_id: str) -> tuple[list[dict
                 flags[flags["incident_id"] == row.incident_id]),
         })
     return records, members
+
+
+def _optional(value) -> float | None:
+    """A number, or None where the run file has no such column or value."""
+    return None if value is None or math.isnan(float(value)) else float(value)
 
 
 def _sensor_flag_records(flags) -> list[dict]:
@@ -946,7 +953,7 @@ def write_csv(records: list[dict], handle=None) -> None:
     import csv
 
     fields = ["id", "rank", "start", "end", "type", "score", "threshold", "severity",
-              "scale", "devices", "pairs", "targets", "sensors", "summary"]
+              "p_value", "false_alarms_per_day", "scale", "devices", "pairs", "targets", "sensors", "summary"]
     writer = csv.DictWriter(handle or sys.stdout, fieldnames=fields,
                             extrasaction="ignore")
     writer.writeheader()

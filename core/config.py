@@ -168,6 +168,8 @@ class SearchConfig:
         max_incidents: incidents kept per run, highest score first.
         null_shifts: circular shifts of the held-out reference windows used to
             estimate the largest statistic that normal data reaches.
+        level: the chance that a scored period with nothing abnormal in it gets
+            any incident (family-wise, over every interval, element and scale).
         member_min_score: statistic a device must reach on its own elements to be
             reported as a member of a hit (Berk-Jones: about the log of how
             surprising its share of small p-values is).
@@ -187,6 +189,7 @@ class SearchConfig:
     min_reference: int = 30
     max_incidents: int = 50
     null_shifts: int = 8
+    level: float = 0.05
     member_min_score: float = 8.0
     member_min_share: float = 0.5
     member_min_magnitude: float = 0.3
@@ -205,6 +208,7 @@ class SearchConfig:
         _check("min_reference", self.min_reference, self.min_reference >= 2, ">= 2")
         _check("max_incidents", self.max_incidents, self.max_incidents >= 1, ">= 1")
         _check("null_shifts", self.null_shifts, self.null_shifts >= 1, ">= 1")
+        _check("level", self.level, 0 < self.level < 1, "between 0 and 1, such as 0.05")
         _check("member_min_score", self.member_min_score, self.member_min_score >= 0,
                ">= 0")
         _check("member_min_share", self.member_min_share,

@@ -7,10 +7,17 @@ the pairs it takes part in. A pair's p-value counts for both of its ends. Counts
 device, alpha and bin are kept as prefix sums, so any interval's counts are one
 subtraction.
 
-An interval is a hit when its score exceeds the largest score the same scan reaches
-on held-out reference windows of the same length (circularly shifted per device to
-make more of them). A single element is a hit on its own when its p-value is below a
-family-wise limit read off the null. A hit's device set must be connected: through a
+Thresholds come from the same scan over held-out reference windows (circularly
+shifted per device to make more of them). The tests of a run fall into families.
+One family is the intervals of one length at one scale. Another is the single
+elements of one kind at one scale: one element with a small enough p-value is a
+hit on its own. The run's false-alarm level is split evenly over the families. A
+family's threshold is the score that one of its tests in the scored period passes
+with probability (its share of the level) / (its tests). It is read off a
+generalized Pareto tail fitted to the family's null scores, so a scored period
+longer than the null windows gets a higher threshold.
+
+A hit's device set must be connected: through a
 link between two of its devices (a training pair, a static link, or a pair with an
 event in the interval), or through one hop across a hub device (by kind, such as a
 PLC or SCADA server).
@@ -85,6 +92,9 @@ class Hit:
     score: float
     threshold: float
     devices: list[int]
+    # The family of tests the hit passed: "length K" (intervals of K bins) or
+    # "single KIND" (one element of that kind).
+    family: str = ""
 
 
 @dataclass
@@ -101,32 +111,125 @@ class Incident:
     hits: list[Hit] = field(default_factory=list)
     process: bool = False
     targets: list[int] = field(default_factory=list)
+    # Family-wise p-value of the score, and the false alarms a day expected at it.
+    # Both are NaN where the run kept no null tails.
+    p_value: float = float("nan")
+    false_alarms_per_day: float = float("nan")
 
 
 def build_evidence(
     elements: pd.DataFrame, num_devices: int, num_bins: int, alphas: tuple[float, ...],
+    weights: np.ndarray | None = None,
 ) -> Evidence:
     """Count elements and elements with p <= alpha per device and bin, as prefix sums.
 
-    A pair element counts for both of its ends.
+    A pair element counts for both of its ends. With `weights` ([N], see
+    `device_weights`) an element counts `weights[device]` at each end instead of 1,
+    unless its `novel` column is true, and the sums are float32 (the null
+    replicates keep several of them at once).
 
     NOTE: the prefix sums are dense over devices and bins; plants beyond a few
     thousand devices and bins need them over active bins only.
     """
-    counts = np.zeros((num_bins + 1, num_devices, len(alphas)), dtype=np.int32)
-    totals = np.zeros((num_bins + 1, num_devices), dtype=np.int32)
+    counts, totals = bin_counts(elements, num_devices, num_bins, alphas, weights, offset=1)
+    dtype = np.int32 if weights is None else np.float32
+    return Evidence(np.cumsum(counts, axis=0, dtype=dtype), np.cumsum(totals, axis=0, dtype=dtype))
+
+
+def bin_counts(
+    elements: pd.DataFrame, num_devices: int, num_bins: int, alphas: tuple[float, ...],
+    weights: np.ndarray | None = None, offset: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the per-bin counts [T + offset, N, A] and totals [T + offset, N] that
+    `build_evidence` sums, with bin b in row b + offset. They are float64 with
+    weights, so that taking an element out again (`ScaleState.remove`) returns a
+    bin to zero up to rounding far below the smallest weight."""
+    dtype = np.int32 if weights is None else np.float64
+    counts = np.zeros((num_bins + offset, num_devices, len(alphas)), dtype=dtype)
+    totals = np.zeros((num_bins + offset, num_devices), dtype=dtype)
     if len(elements):
-        bins = elements["bin"].to_numpy() + 1
+        bins = elements["bin"].to_numpy() + offset
         p = elements["p_value"].to_numpy()
         for column in ("device_idx", "peer_idx"):
             device = elements[column].to_numpy()
             keep = device >= 0
-            np.add.at(totals, (bins[keep], device[keep]), 1)
+            amount = end_weights(elements, device, weights)
+            np.add.at(totals, (bins[keep], device[keep]), amount[keep])
             for a, alpha in enumerate(alphas):
                 chosen = keep & (p <= alpha)
-                np.add.at(counts[..., a], (bins[chosen], device[chosen]), 1)
-    return Evidence(np.cumsum(counts, axis=0, dtype=np.int32),
-                    np.cumsum(totals, axis=0, dtype=np.int32))
+                np.add.at(counts[..., a], (bins[chosen], device[chosen]), amount[chosen])
+    return counts, totals
+
+
+def end_weights(elements: pd.DataFrame, device: np.ndarray,
+                weights: np.ndarray | None) -> np.ndarray:
+    """Return what each element counts at its end `device` (-1 where it has none):
+    the device's weight, or 1 without weights or for a novel element."""
+    if weights is None:
+        return np.ones(len(device), dtype=np.int32)
+    amount = weights[np.clip(device, 0, None)].astype(np.float64)
+    if "novel" in elements:
+        amount[elements["novel"].to_numpy(dtype=bool)] = 1.0
+    return amount
+
+
+# Overdispersion is measured on the count of p-values at most this level, in
+# windows of at most this many bins (and at least four windows per null run).
+OVERDISPERSION_ALPHA = 0.05
+OVERDISPERSION_WINDOW = 16
+# The smallest weight: a device's elements count at least this much.
+MIN_WEIGHT = 1e-3
+
+
+def device_weights(
+    null_elements: pd.DataFrame, null_runs: list[tuple[int, int]], num_devices: int,
+) -> np.ndarray:
+    """Return 1 / overdispersion of each device's small p-values, shape [N].
+
+    The scan's statistic treats a device's elements as independent. Residuals of a
+    device that the model reconstructs poorly for an hour at a time are not: its
+    count of small p-values in a window varies much more than a binomial count
+    would. Its statistic then grows with the interval length, and the largest null
+    scores, which set the thresholds, come from such devices. The Pearson ratio of
+    the observed variance of the counts in null windows to the binomial variance
+    (at least 1) measures this. Dividing the device's counts and totals by it
+    scales its statistic down as a quasi-binomial model does, and leaves devices
+    whose elements behave independently as they are. Elements that the null never
+    saw (a pair that never carried traffic before) have no history to be
+    overdispersed in, and count in full (`novel`).
+    """
+    weights = np.ones(num_devices)
+    if null_elements.empty or not null_runs:
+        return weights
+    longest = max(b - a for a, b in null_runs)
+    window = max(1, min(OVERDISPERSION_WINDOW, longest // 4))
+    last = max(b for _, b in null_runs)
+    bins = null_elements["bin"].to_numpy()
+    small = (null_elements["p_value"].to_numpy() <= OVERDISPERSION_ALPHA).astype(float)
+    count = np.zeros((num_devices, last + 1))
+    total = np.zeros((num_devices, last + 1))
+    for column in ("device_idx", "peer_idx"):
+        device = null_elements[column].to_numpy()
+        keep = (device >= 0) & (bins < last)
+        np.add.at(total, (device[keep], bins[keep] + 1), 1.0)
+        np.add.at(count, (device[keep], bins[keep] + 1), small[keep])
+    count, total = np.cumsum(count, axis=1), np.cumsum(total, axis=1)
+    # Every window of `window` bins inside a null run, overlapping: the estimate
+    # is steadier than from disjoint windows when the runs are short.
+    starts = np.concatenate([np.arange(a, b - window + 1) for a, b in null_runs
+                             if b - a >= window] or [np.zeros(0, dtype=int)])
+    if len(starts) == 0:
+        return weights
+    counts = count[:, starts + window] - count[:, starts]
+    expected = (total[:, starts + window] - total[:, starts]) * OVERDISPERSION_ALPHA
+    spread = (expected * (1 - OVERDISPERSION_ALPHA)).sum(axis=1)
+    # Fewer than 5 small p-values expected per window on average: too few to
+    # measure the spread.
+    measured = expected.mean(axis=1) >= 5 / max(len(starts) / window, 1)
+    measured &= spread > 0
+    ratio = ((counts - expected) ** 2).sum(axis=1)[measured] / spread[measured]
+    weights[measured] = np.clip(1.0 / np.maximum(ratio, 1.0), MIN_WEIGHT, 1.0)
+    return weights
 
 
 def scan_intervals(
@@ -159,25 +262,248 @@ def scan_intervals(
     return intervals, best, alpha_index, members
 
 
-def null_thresholds(
+def null_scores(
     evidence_by_shift: list[Evidence], runs: list[tuple[int, int]], config: SearchConfig,
-) -> tuple[dict[int, float], list[float]]:
-    """Largest null scan score per interval length, and each replicate's maximum.
+) -> tuple[dict[int, np.ndarray], list[float]]:
+    """Scan scores of every null interval, per interval length, and each replicate's
+    maximum.
 
     A long interval sums many elements, so a slight miscalibration that is harmless
-    for one element grows with its length. Each length therefore gets its own
-    threshold, and a one-bin spike competes only with one-bin null intervals.
+    for one element grows with its length. Each length is therefore a family of
+    tests of its own, and a one-bin spike competes only with one-bin null intervals.
     """
-    by_length: dict[int, float] = {}
+    by_length: dict[int, list[np.ndarray]] = {}
     maxima = []
     for evidence in evidence_by_shift:
         intervals, best, _, _ = scan_intervals(evidence, runs, config)
         maxima.append(float(best.max()) if len(best) else 0.0)
         lengths = intervals[:, 1] - intervals[:, 0]
         for length in np.unique(lengths):
-            value = float(best[lengths == length].max())
-            by_length[int(length)] = max(by_length.get(int(length), 0.0), value)
-    return by_length, maxima
+            by_length.setdefault(int(length), []).append(best[lengths == length])
+    return {k: np.concatenate(v) for k, v in by_length.items()}, maxima
+
+
+@dataclass
+class Tail:
+    """The upper tail of one family's null scores, for extrapolating past them.
+
+    Above `base` a generalized Pareto distribution (shape >= 0, fitted to the
+    largest scores by probability-weighted moments) takes over from the sample, so a
+    scored period with more tests than the null has, or a level smaller than one
+    over the sample size, still gets a threshold that follows the tail's shape.
+
+    Attributes:
+        base: the score where the fit starts.
+        sigma, shape: the fitted distribution of the excess over `base`.
+        share: the share of null scores above `base`.
+        largest: the largest null score.
+    """
+
+    base: float
+    sigma: float
+    shape: float
+    share: float
+    largest: float
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> "Tail":
+        values = np.sort(np.asarray(values, dtype=float))[::-1]
+        if len(values) == 0:
+            return cls(0.0, 0.0, 0.0, 0.0, 0.0)
+        top = min(len(values) - 1, max(TAIL_MIN, min(TAIL_MAX, len(values) // 20)))
+        if top < TAIL_MIN // 2:
+            # Too few scores to fit: the largest stands for the whole tail.
+            return cls(float(values[0]), 0.0, 0.0, 1.0 / len(values), float(values[0]))
+        base = float(values[top])
+        # Probability-weighted moments (Hosking and Wallis, 1987), steadier than
+        # plain moments for heavy tails: a0 = E[X], a1 = E[X (1 - F(X))].
+        excess = np.sort(values[:top] - base)
+        n = len(excess)
+        a0 = float(excess.mean())
+        a1 = float(np.sum((n - 1 - np.arange(n)) / (n - 1) * excess) / n)
+        if not (a0 > 0 and a0 > 2 * a1 > 0):
+            return cls(base, 0.0, 0.0, top / len(values),
+                       float(values[0]))
+        shape = float(np.clip(2 - a0 / (a0 - 2 * a1), 0.0, 0.9))
+        # With the shape clipped, the scale that keeps the fitted mean.
+        sigma = a0 * (1 - shape)
+        return cls(base, float(sigma), shape, top / len(values), float(values[0]))
+
+    def quantile(self, probability: float) -> float:
+        """The score that one null test exceeds with `probability`."""
+        if probability >= self.share or self.sigma <= 0:
+            # Inside the sample (only the fitted tail is kept), or no spread to
+            # extrapolate with: the largest score is the safe answer.
+            return self.largest
+        within = probability / self.share
+        if self.shape < 1e-6:
+            return self.base - self.sigma * float(np.log(within))
+        return self.base + self.sigma / self.shape * (within ** -self.shape - 1)
+
+    def survival(self, score: float) -> float:
+        """The probability that one null test exceeds `score`; 1 below `base`,
+        where only the fitted tail is kept."""
+        if score <= self.base:
+            return 1.0
+        if self.sigma <= 0:
+            return 0.0 if score > self.largest else self.share
+        excess = (score - self.base) / self.sigma
+        if self.shape < 1e-6:
+            return self.share * float(np.exp(-excess))
+        return self.share * float((1 + self.shape * excess) ** (-1 / self.shape))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"base": self.base, "sigma": self.sigma, "shape": self.shape,
+                "share": self.share, "largest": self.largest}
+
+
+# Scores fitted in a tail: a twentieth of the sample, within these bounds.
+TAIL_MIN, TAIL_MAX = 20, 500
+
+
+@dataclass
+class Family:
+    """One family of tests of the run: the intervals of one length at one scale, or
+    the single elements of one kind at one scale.
+
+    The run's false-alarm budget (`level`, the chance of any incident in a normal
+    scored period) is split evenly over its families. Within a family the tests are
+    the `tests` intervals or elements of the scored period, and its threshold is the
+    score that one of them exceeds with probability budget / tests (a union bound,
+    close to exact since most tests of one family cover different bins).
+    """
+
+    tail: Tail
+    tests: int
+
+    def threshold(self, budget: float) -> float:
+        return self.tail.quantile(budget / max(self.tests, 1))
+
+    def expected(self, score: float, families: int) -> float:
+        """Tests of the run's `families` families expected to pass their thresholds
+        by chance, with each family's threshold set where this one has `score`.
+
+        Capped at 1, this is the family-wise p-value of `score`: the chance of any
+        false alarm in a normal scored period at its level (a union bound).
+        """
+        return float(families * self.tests * self.tail.survival(score))
+
+    def to_dict(self) -> dict:
+        return {**self.tail.to_dict(), "tests": self.tests}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Family":
+        data = dict(data)
+        tests = int(data.pop("tests"))
+        return cls(Tail(**{k: float(v) for k, v in data.items()}), tests)
+
+
+def interval_tests(runs: list[tuple[int, int]], max_length: int) -> dict[int, int]:
+    """Number of scanned intervals of each length inside `runs`."""
+    pieces = [dyadic_intervals(a, b, max_length) for a, b in runs]
+    if not pieces:
+        return {}
+    intervals = np.concatenate(pieces)
+    lengths, counts = np.unique(intervals[:, 1] - intervals[:, 0], return_counts=True)
+    return {int(k): int(v) for k, v in zip(lengths, counts)}
+
+
+@dataclass
+class ScaleInput:
+    """What the search needs of one scale: its p-values, in the long form of
+    `ScaleElements`, for the scored bins and, out of sample, for the calibration
+    bins, and the (start, stop) runs of each."""
+
+    scale: int
+    num_bins: int
+    elements: pd.DataFrame
+    null_elements: pd.DataFrame
+    null_runs: list[tuple[int, int]]
+    runs: list[tuple[int, int]]
+
+
+def build_states(
+    inputs: list[ScaleInput], num_devices: int, config: SearchConfig,
+    rng: np.random.Generator, report=lambda share: None,
+) -> tuple[list["ScaleState"], dict[int, dict], list[dict]]:
+    """Set every family's threshold and return each scale's search state.
+
+    The false-alarm budget is split over the families of all scales, so every
+    scale's null scores and tests are gathered before any threshold is set.
+
+    Returns:
+        states; thresholds per scale (by_length, singleton_p, families, tails),
+        as kept in the run; and rows (scale, shift, max_score) of the null scan.
+    """
+    gathered = []
+    for position, item in enumerate(inputs):
+        weights = device_weights(item.null_elements, item.null_runs, num_devices)
+        item.elements = mark_novel(item.elements, item.null_elements)
+        replicates = []
+        for shift in range(config.null_shifts):
+            shifted = item.null_elements
+            if shift:
+                for start, stop in item.null_runs:
+                    inside = (shifted["bin"] >= start) & (shifted["bin"] < stop)
+                    part = shift_per_device(shifted[inside], start, stop, rng)
+                    shifted = pd.concat([shifted[~inside], part])
+            replicates.append(build_evidence(shifted, num_devices, item.num_bins,
+                                             config.alphas, weights))
+        samples, maxima = null_scores(replicates, item.null_runs, config)
+        # Only lengths the null windows can hold get a threshold. Longer intervals
+        # are not scanned at this scale, because a coarser scale covers them.
+        longest = max((b - a for a, b in item.null_runs), default=0)
+        tests = interval_tests(item.runs, config.max_interval_bins)
+        intervals = {length: Family(Tail.fit(values), tests[length])
+                     for length, values in samples.items()
+                     if 2 * length <= max(longest, 2) and length in tests}
+        singles = singleton_families(item.null_elements, item.elements)
+        gathered.append((intervals, singles, maxima, weights))
+        report(0.5 * (position + 1) / len(inputs))
+    family_count = sum(len(intervals) + len(singles) for intervals, singles, _, _ in gathered)
+    budget = config.level / max(family_count, 1)
+
+    states, thresholds, null_rows = [], {}, []
+    for position, (item, (intervals, singles, maxima, weights)) in enumerate(
+            zip(inputs, gathered)):
+        by_length = {k: f.threshold(budget) for k, f in intervals.items()}
+        limits = {k: singleton_limit(f, budget) for k, f in singles.items()}
+        thresholds[item.scale] = {
+            "by_length": by_length, "singleton_p": limits, "families": family_count,
+            "tails": {**{f"length {k}": f.to_dict() for k, f in intervals.items()},
+                      **{f"single {k}": f.to_dict() for k, f in singles.items()}},
+            "weights": [round(float(w), 6) for w in weights]}
+        null_rows += [{"scale": item.scale, "shift": i, "max_score": m}
+                      for i, m in enumerate(maxima)]
+        states.append(ScaleState.build(
+            ScaleElements(item.scale, item.num_bins, item.elements, item.runs),
+            num_devices, config.alphas, by_length, limits, weights))
+        log.info("scale %d: null thresholds %s, singleton limits %s", item.scale,
+                 {k: round(v, 1) for k, v in by_length.items()}, limits)
+        report(0.5 + 0.5 * (position + 1) / len(inputs))
+    return states, thresholds, null_rows
+
+
+def mark_novel(elements: pd.DataFrame, null_elements: pd.DataFrame) -> pd.DataFrame:
+    """Return `elements` with a column `novel`: true for elements (kind and column)
+    that have no p-value among the null elements."""
+    seen = pd.MultiIndex.from_frame(null_elements[["kind", "column"]].drop_duplicates())
+    keys = pd.MultiIndex.from_frame(elements[["kind", "column"]])
+    return elements.assign(novel=~keys.isin(seen))
+
+
+def set_significance(incidents: list["Incident"], thresholds: dict[int, dict],
+                     scored_days: float) -> None:
+    """Set each incident's family-wise p-value and false alarms a day from the
+    null tail of the family its first hit passed."""
+    for incident in incidents:
+        info = thresholds.get(incident.hits[0].scale, {}) if incident.hits else {}
+        family = info.get("tails", {}).get(incident.hits[0].family) if info else None
+        if family is None:
+            continue
+        expected = Family.from_dict(family).expected(incident.score, info["families"])
+        incident.p_value = min(1.0, expected)
+        incident.false_alarms_per_day = expected / max(scored_days, 1e-9)
 
 
 def threshold_for(thresholds: dict[int, float], length: int) -> float:
@@ -440,31 +766,35 @@ class ScaleState:
     runs: list[tuple[int, int]]
     thresholds: dict[int, float]
     singleton_limits: dict[str, float]
+    weights: np.ndarray | None = None
 
     @classmethod
     def build(
         cls, scale_elements: ScaleElements, num_devices: int, alphas: tuple[float, ...],
         thresholds: dict[int, float], singleton_limits: dict[str, float],
+        weights: np.ndarray | None = None,
     ) -> "ScaleState":
-        evidence = build_evidence(scale_elements.elements, num_devices,
-                                  scale_elements.num_bins, alphas)
+        counts, totals = bin_counts(scale_elements.elements, num_devices,
+                                    scale_elements.num_bins, alphas, weights)
         return cls(
             scale=scale_elements.scale,
             elements=scale_elements.elements.reset_index(drop=True),
             active=np.ones(len(scale_elements.elements), dtype=bool),
-            counts=np.diff(evidence.counts, axis=0),
-            totals=np.diff(evidence.totals, axis=0),
+            counts=counts,
+            totals=totals,
             runs=scale_elements.runs,
             thresholds=thresholds,
             singleton_limits=singleton_limits,
+            weights=weights,
         )
 
     def evidence(self) -> Evidence:
-        zero_counts = np.zeros((1,) + self.counts.shape[1:], dtype=np.int64)
-        zero_totals = np.zeros((1,) + self.totals.shape[1:], dtype=np.int64)
+        dtype = np.int64 if self.weights is None else np.float64
+        zero_counts = np.zeros((1,) + self.counts.shape[1:], dtype=dtype)
+        zero_totals = np.zeros((1,) + self.totals.shape[1:], dtype=dtype)
         return Evidence(
-            np.concatenate([zero_counts, np.cumsum(self.counts, axis=0)]),
-            np.concatenate([zero_totals, np.cumsum(self.totals, axis=0)]),
+            np.concatenate([zero_counts, np.cumsum(self.counts, axis=0, dtype=dtype)]),
+            np.concatenate([zero_totals, np.cumsum(self.totals, axis=0, dtype=dtype)]),
         )
 
     def dominant(self, devices: list[int], start: int, stop: int, alpha: float,
@@ -530,49 +860,43 @@ class ScaleState:
         for column in ("device_idx", "peer_idx"):
             device = rows[column].to_numpy()
             keep = device >= 0
-            np.subtract.at(self.totals, (row_bins[keep], device[keep]), 1)
+            amount = end_weights(rows, device, self.weights)
+            np.subtract.at(self.totals, (row_bins[keep], device[keep]), amount[keep])
             for a, alpha in enumerate(alphas):
                 hit = keep & (p <= alpha)
-                np.subtract.at(self.counts[..., a], (row_bins[hit], device[hit]), 1)
+                np.subtract.at(self.counts[..., a], (row_bins[hit], device[hit]), amount[hit])
+        if self.weights is not None:
+            # Rounding can leave about 1e-16 where a bin was emptied; weights are
+            # at least MIN_WEIGHT, so anything below 1e-9 is an empty bin.
+            self.counts[self.counts < 1e-9] = 0.0
+            self.totals[self.totals < 1e-9] = 0.0
         self.active &= ~chosen
 
 
-def singleton_limits(
-    null_elements: pd.DataFrame, scored_elements: pd.DataFrame, level: float = 0.05,
-) -> dict[str, float]:
-    """P-value below which one element alone is an incident, per element kind.
+def singleton_families(
+    null_elements: pd.DataFrame, scored_elements: pd.DataFrame,
+) -> dict[str, Family]:
+    """One family per element kind: one element alone is an incident when its
+    -log10(p) passes the family's threshold.
 
-    The limit is the p-value that a scored period of this size crosses by chance
-    with probability `level`. It is read off the null elements: the upper tail of
-    -log10(p) is fitted with a generalized Pareto (method of moments, shape >= 0)
-    and extrapolated to `level` over the number of scored elements, so a calibration
-    that is overconfident in its extreme tail raises the limit accordingly.
+    The tail of the null elements' -log10(p) is fitted (`Tail`), so a calibration
+    that is overconfident in its extreme tail raises the limit accordingly. With
+    fewer than 100 null elements of a kind, p-values are taken at their word.
     """
-    limits = {}
+    families = {}
     for kind, scored in scored_elements.groupby("kind"):
         null = null_elements.loc[null_elements["kind"] == kind, "p_value"].to_numpy()
-        target = level / max(len(scored), 1)
-        if len(null) < 100:
-            limits[kind] = target
-            continue
-        values = np.sort(-np.log10(np.clip(null, 1e-300, 1.0)))[::-1]
-        top = max(20, min(500, len(values) // 20))
-        base = values[top]
-        excess = values[:top] - base
-        mean, variance = excess.mean(), excess.var()
-        exceed_share = top / len(values)
-        wanted = target / exceed_share
-        if not (variance > 0 and mean > 0) or wanted >= 1:
-            limits[kind] = min(target, 10 ** -values[0])
-            continue
-        shape = float(np.clip(0.5 * (1 - mean ** 2 / variance), 0.0, 0.5))
-        sigma = 0.5 * mean * (mean ** 2 / variance + 1)
-        if shape < 1e-6:
-            height = -sigma * np.log(wanted)
-        else:
-            height = sigma / shape * (wanted ** -shape - 1)
-        limits[kind] = float(min(target, 10 ** -(base + height)))
-    return limits
+        tail = Tail.fit(-np.log10(np.clip(null, 1e-300, 1.0))) if len(null) >= 100 else None
+        families[str(kind)] = Family(tail or Tail(0.0, 1 / np.log(10), 0.0, 1.0, 0.0),
+                                     len(scored))
+    return families
+
+
+def singleton_limit(family: Family, budget: float) -> float:
+    """The p-value below which one element of `family` is an incident: never above
+    the union bound budget / tests, the limit of exactly uniform p-values."""
+    uniform = budget / max(family.tests, 1)
+    return float(min(uniform, 10 ** -family.threshold(budget)))
 
 
 def prune_members(
@@ -636,7 +960,8 @@ def best_hit(
                     result is None or connected_ratio > result[0]):
                 result = (connected_ratio, Hit(state.scale, int(start), int(stop),
                                                config.alphas[a], value, float(limit[row]),
-                                               [int(d) for d in chosen]))
+                                               [int(d) for d in chosen],
+                                               f"length {int(stop - start)}"))
 
     live = state.elements[state.active]
     for kind, limit_p in state.singleton_limits.items():
@@ -652,7 +977,8 @@ def best_hit(
             if int(row["peer_idx"]) >= 0:
                 devices.append(int(row["peer_idx"]))
             result = (ratio, Hit(state.scale, int(row["bin"]), int(row["bin"]) + 1,
-                                 float(limit_p), score, threshold, devices))
+                                 float(limit_p), score, threshold, devices,
+                                 f"single {kind}"))
     return result
 
 

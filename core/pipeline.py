@@ -337,40 +337,15 @@ def localize_run(
     kinds = snapshots.devices["kind"].astype(str).to_numpy()
     links = np.concatenate([snapshots.pairs, snapshots.links]) if len(snapshots.links) else snapshots.pairs
 
-    thresholds: dict[int, dict] = {}
-    null_rows: list[dict] = []
-    states: list[localize.ScaleState] = []
-    for position, item in enumerate(scored):
-        scale = item.scale
-        elements = long_elements(item.families, [f.p_value for f in item.families])
-        null_elements = long_elements(item.families, item.null_families)
-        null_runs = _runs(item.periods == "calibration")
-        replicates = []
-        for shift in range(search.null_shifts):
-            shifted = null_elements
-            if shift:
-                for start, stop in null_runs:
-                    inside = (shifted["bin"] >= start) & (shifted["bin"] < stop)
-                    part = localize.shift_per_device(shifted[inside], start, stop, rng)
-                    shifted = pd.concat([shifted[~inside], part])
-            replicates.append(localize.build_evidence(
-                shifted, num_devices, len(item.periods), search.alphas))
-        by_length, maxima = localize.null_thresholds(replicates, null_runs, search)
-        limits = localize.singleton_limits(null_elements, elements)
-        thresholds[scale] = {"by_length": by_length, "singleton_p": limits}
-        null_rows += [{"scale": scale, "shift": i, "max_score": m} for i, m in enumerate(maxima)]
-        runs = _runs(item.periods == "score")
-        # Only lengths the null windows can hold get a threshold; longer intervals
-        # are not scanned at this scale (a coarser scale covers them).
-        longest = max((b - a for a, b in null_runs), default=0)
-        by_length = {k: v for k, v in by_length.items() if 2 * k <= max(longest, 2)}
-        thresholds[scale]["by_length"] = by_length
-        states.append(localize.ScaleState.build(
-            localize.ScaleElements(scale, len(item.periods), elements, runs),
-            num_devices, search.alphas, by_length, limits))
-        log.info("scale %d: null thresholds %s, singleton limits %s", scale,
-                 {k: round(v, 1) for k, v in by_length.items()}, limits)
-        report("localization", 0.5 * (position + 1) / len(scored))
+    inputs = [localize.ScaleInput(
+        item.scale, len(item.periods),
+        long_elements(item.families, [f.p_value for f in item.families]),
+        long_elements(item.families, item.null_families),
+        _runs(item.periods == "calibration"), _runs(item.periods == "score"))
+        for item in scored]
+    states, thresholds, null_rows = localize.build_states(
+        inputs, num_devices, search, rng,
+        lambda share: report("localization", 0.5 * share))
 
     aftermath = 2 * sum(config.model.dilations) + config.model.own_lag
     incidents = localize.detect(states, num_devices, snapshots.num_bins, links, kinds, search,
@@ -387,6 +362,8 @@ def localize_run(
                                                 incident.start, incident.stop,
                                                 search.member_min_share)
     incidents = localize.merge_fragments(incidents, aftermath)
+    localize.set_significance(incidents, thresholds, np.count_nonzero(periods == "score")
+                              * snapshots.bin_seconds / 86400.0)
     report("localization", 1.0)
     by_scale = {state.scale: state.elements for state in states}
     families = {item.scale: item.families for item in scored}
@@ -477,6 +454,7 @@ def describe_incidents(
             "incident_id": identifier, "start": begin, "end": end, "type": kind,
             "score": incident.score, "threshold": incident.threshold,
             "alpha": incident.alpha, "scale": scale, "severity": round(float(severity), 1),
+            "p_value": incident.p_value, "false_alarms_per_day": incident.false_alarms_per_day,
             "summary": summarize(kind, [names[d] for d in device_set],
                                  len(chosen["targets"]["target"].unique()),
                                  len(chosen["sensors"]["column"].unique()), begin, end),
@@ -485,7 +463,7 @@ def describe_incidents(
 
     table = pd.DataFrame(rows, columns=[
         "incident_id", "start", "end", "type", "score", "threshold", "alpha", "scale",
-        "severity", "summary"])
+        "severity", "p_value", "false_alarms_per_day", "summary"])
     if len(table):
         table = table.sort_values(["severity", "score"], ascending=False, kind="stable")
         table = table.drop_duplicates("incident_id").reset_index(drop=True)

@@ -67,6 +67,8 @@ def members_json(incident: dict[str, Any], members: pd.DataFrame) -> str:
         "end": pd.Timestamp(incident["end"]).isoformat(),
         "severity": _number(incident.get("severity")),
         "score": _number(incident.get("score")),
+        "p_value": _number(incident.get("p_value")),
+        "false_alarms_per_day": _number(incident.get("false_alarms_per_day")),
         "members": _member_records(members, sanitize=False),
     }
     return json.dumps(document, ensure_ascii=False, indent=2)

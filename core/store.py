@@ -122,7 +122,7 @@ CREATE TABLE device_evidence (
 CREATE TABLE incidents (
     incident_id VARCHAR, rank INTEGER, start TIMESTAMPTZ, "end" TIMESTAMPTZ,
     type VARCHAR, score DOUBLE, threshold DOUBLE, alpha DOUBLE, scale INTEGER,
-    severity DOUBLE, summary VARCHAR);
+    severity DOUBLE, summary VARCHAR, p_value DOUBLE, false_alarms_per_day DOUBLE);
 CREATE TABLE incident_members (
     incident_id VARCHAR, role VARCHAR, device VARCHAR, peer VARCHAR, sensor VARCHAR,
     evidence DOUBLE, p_value DOUBLE);

@@ -139,24 +139,30 @@ GROUP BY col
 ORDER BY col
 """
 
-# `significance` is the empirical p-value of the incident's score among the maximum
-# scores of the null scan (calibration bins, each device shifted in time) at the
-# same scale: (1 + null maxima >= score) / (1 + null maxima), NULL without a null scan.
-# NOTE: there is no extreme-value fit of the null tail yet, so the smallest value is
-# 1 / (1 + null shifts), 0.11 with 8 shifts. The null maxima pool all interval
-# lengths, so an incident that passed the threshold of its own length can show 1.
+# `significance` is the incident's family-wise p-value, stored by the run: the chance
+# that a scored period with nothing abnormal gets any incident at its score, from the
+# tails fitted to the null scan. Older run files have no such column, so the union
+# below supplies it as NULL. For them the value is the share of null-scan maxima at
+# the same scale at or above the score, (1 + k) / (1 + n).
 INCIDENTS_SQL = """
-WITH significance AS (
+WITH stored AS (
+    SELECT * FROM incidents
+    UNION ALL BY NAME
+    SELECT NULL::DOUBLE AS p_value, NULL::DOUBLE AS false_alarms_per_day WHERE false
+),
+significance AS (
     SELECT i.incident_id,
-           CASE WHEN count(n.max_score) = 0 THEN NULL
+           CASE WHEN i.p_value IS NOT NULL THEN i.p_value
+                WHEN count(n.max_score) = 0 THEN NULL
                 ELSE (1 + count(n.max_score) FILTER (WHERE n.max_score >= i.score))
                      / (1 + count(n.max_score))
            END AS significance
-    FROM incidents i
+    FROM stored i
     LEFT JOIN null_scan n ON n.scale = i.scale
-    GROUP BY i.incident_id
+    GROUP BY i.incident_id, i.p_value, i.score
 )
-SELECT i.incident_id, i.rank, i.type, i.severity, s.significance, i.score,
+SELECT i.incident_id, i.rank, i.type, i.severity, s.significance,
+       i.false_alarms_per_day, i.score,
        i.threshold, i.alpha, i.scale, i.start, i."end", i.summary,
        count(DISTINCT m.device) FILTER (WHERE m.role = 'device') AS devices,
        count(*) FILTER (WHERE m.role = 'pair') AS pairs,
@@ -164,7 +170,7 @@ SELECT i.incident_id, i.rank, i.type, i.severity, s.significance, i.score,
        count(*) FILTER (WHERE m.role = 'target') AS targets,
        list(DISTINCT m.device ORDER BY m.device) FILTER (WHERE m.role = 'device')
            AS member_devices
-FROM incidents i
+FROM stored i
 JOIN significance s USING (incident_id)
 LEFT JOIN incident_members m USING (incident_id)
 GROUP BY ALL
@@ -441,11 +447,13 @@ def heatmap_matrix(
 def incidents(workspace: Workspace, run_id: str) -> pd.DataFrame:
     """Return the run's incidents ranked, with member counts per role.
 
-    Columns: incident_id, rank, type, severity, significance, score, threshold,
-    alpha, scale, start, end, summary, devices, pairs, sensors, targets (counts) and
-    member_devices (sorted names, None without device members). Severity and score:
-    higher is more anomalous. Significance: the p-value of the score against the null
-    scan, small is significant, None when the run has no null scan.
+    Columns: incident_id, rank, type, severity, significance,
+    false_alarms_per_day, score, threshold, alpha, scale, start, end, summary,
+    devices, pairs, sensors, targets (counts) and member_devices (sorted names,
+    None without device members). Severity and score: higher is more anomalous.
+    Significance: the family-wise p-value of the score against the null scan, small
+    is significant, None when the run has no null scan. false_alarms_per_day: the
+    false alarms a day expected at that level, None for older run files.
     """
     return _frame(workspace, run_id, INCIDENTS_SQL)
 

@@ -92,9 +92,21 @@ def _summary_sentence(row: dict, members: pd.DataFrame) -> str:
         f"({minutes:.0f} min) involving {_count(counts, 'device')}, "
         f"{_count(counts, 'pair')} and {_count(counts, 'sensor')}, touching "
         f"{_count(counts, 'target')}. Score {row['score']:.1f} against a threshold "
-        f"of {row['threshold']:.1f} at level {row['alpha']:.0e}. Severity "
-        f"{row['severity']:.2f} (higher is more urgent)."
+        f"of {row['threshold']:.1f} at level {row['alpha']:.0e}.{_significance(row)} "
+        f"Severity {row['severity']:.2f} (higher is more urgent)."
     )
+
+
+def _significance(row: dict) -> str:
+    """Return the sentence on the family-wise p-value and false alarms a day, or
+    nothing for runs that do not store them."""
+    p_value = row.get("p_value")
+    if p_value is None or pd.isna(p_value):
+        return ""
+    per_day = row.get("false_alarms_per_day")
+    rate = "" if per_day is None or pd.isna(per_day) else (
+        f" (about {per_day:.2g} false alarms a day at this level)")
+    return f" Family-wise p-value {p_value:.2g}{rate}."
 
 
 def _count(counts: pd.Series, role: str) -> str:

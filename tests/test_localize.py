@@ -8,15 +8,20 @@ import pytest
 
 from core.config import SearchConfig
 from core.localize import (
+    Family,
     ScaleElements,
     ScaleState,
+    Tail,
     adjacency,
     build_evidence,
     components,
     connected_best,
     detect,
+    device_weights,
     linked_devices,
-    singleton_limits,
+    mark_novel,
+    singleton_families,
+    singleton_limit,
 )
 from core.scan import berk_jones, exact_connected_scan, prefix_scan
 
@@ -231,11 +236,75 @@ def test_singleton_limits_small_null():
     scored = _elements([("sensor", 0, -1, b, 0.5) for b in range(40)]
                        + [("pair", 0, 1, b, 0.5) for b in range(10)])
 
-    limits = singleton_limits(null, scored, level=0.05)
+    families = singleton_families(null, scored)
+    limits = {kind: singleton_limit(family, 0.05) for kind, family in families.items()}
 
     assert limits["sensor"] == pytest.approx(0.05 / 40)
     assert limits["pair"] == pytest.approx(0.05 / 10)
     assert set(limits) == {"sensor", "pair"}
+
+
+def test_singleton_limit_overconfident_null():
+    # Null p-values are ten times too small in their tail, and the limit follows them.
+    rng = np.random.default_rng(3)
+    p = rng.uniform(size=20000)
+    p[p < 0.01] /= 10
+    null = _elements([("sensor", 0, -1, b, v) for b, v in enumerate(p)])
+    scored = _elements([("sensor", 0, -1, b, 0.5) for b in range(1000)])
+
+    limit = singleton_limit(singleton_families(null, scored)["sensor"], 0.05)
+
+    assert limit < 0.05 / 1000 / 3
+
+
+def test_tail_quantile_matches_exponential():
+    rng = np.random.default_rng(7)
+    tail = Tail.fit(rng.exponential(scale=2.0, size=5000))
+
+    for probability in (1e-3, 1e-5):
+        exact = -2.0 * np.log(probability)
+        assert tail.quantile(probability) == pytest.approx(exact, rel=0.12)
+        assert tail.survival(tail.quantile(probability)) == pytest.approx(probability)
+
+
+def test_tail_few_scores_uses_largest():
+    tail = Tail.fit(np.array([1.0, 4.0, 2.0]))
+
+    assert tail.quantile(1e-6) == 4.0
+    assert tail.survival(0.5) == 1.0
+
+
+@pytest.mark.parametrize("law, lowest", [("exponential", 0.01), ("gamma", 0.01),
+                                         ("half-normal", 0.0)])
+def test_family_thresholds_hold_family_wise_level(law, lowest):
+    """Three families of different sizes, thresholds from a null sample of 3,000
+    scores each, and 4,000 simulated normal periods: the share of periods where any
+    test passes its family's threshold is at most the level, up to sampling error.
+    For tails like the exponential's it is also near the level; a tail lighter than
+    that (half-normal) is fitted as exponential, which only makes it safer."""
+    rng = np.random.default_rng(11)
+
+    def draw(size):
+        if law == "exponential":
+            return rng.exponential(size=size)
+        if law == "gamma":
+            return rng.gamma(3.0, size=size)
+        return np.abs(rng.normal(size=size))
+
+    tests = [1000, 200, 30]
+    level = 0.05
+    budget = level / len(tests)
+    families = [Family(Tail.fit(draw(3000)), n) for n in tests]
+    thresholds = [family.threshold(budget) for family in families]
+    periods = 4000
+    alarms = np.zeros(periods, dtype=bool)
+    for family_tests, threshold in zip(tests, thresholds):
+        alarms |= (draw((periods, family_tests)) > threshold).any(axis=1)
+
+    print(f"\n{law}: share of normal periods with a false alarm {alarms.mean():.4f}")
+    assert lowest <= alarms.mean() <= level + 3 * np.sqrt(level / periods)
+    # The p-value of a score at a family's threshold is the level it was set at.
+    assert families[0].expected(thresholds[0], len(tests)) == pytest.approx(level)
 
 
 def _planted_state() -> ScaleState:
@@ -393,3 +462,41 @@ def test_detect_hit_after_incident_within_model_reach_joins(aftermath, expected)
     assert len(incidents) == expected
     assert incidents[0].devices == [2]
     assert (incidents[0].start, incidents[0].stop) == (10, 20)
+
+
+def test_device_weights_deflate_bursty_device():
+    """Device 0's p-values are independent; device 1's small p-values come in
+    bursts of 20 bins, as residuals of a device the model misjudges for a while."""
+    rng = np.random.default_rng(5)
+    bins = np.arange(400)
+    steady = rng.uniform(size=(400, 6))
+    bursty = rng.uniform(0.2, 1.0, size=(400, 6))
+    for start in range(0, 400, 100):
+        bursty[start : start + 20] = rng.uniform(0, 0.05, size=(20, 6))
+    rows = [("sensor", d, -1, b, p)
+            for d, values in ((0, steady), (1, bursty))
+            for b in bins for p in values[b]]
+
+    weights = device_weights(_elements(rows), [(0, 400)], num_devices=3)
+
+    assert weights[0] > 0.6
+    assert weights[1] < 0.1
+    # Device 2 has no elements, so nothing to measure.
+    assert weights[2] == 1.0
+
+
+def test_novel_elements_count_in_full():
+    null = _elements([("pair", 0, 1, b, 0.5) for b in range(10)]).assign(column=0)
+    scored = pd.concat([
+        _elements([("pair", 0, 1, 0, 0.001)]).assign(column=0),
+        _elements([("pair", 0, 2, 0, 0.001)]).assign(column=1),
+    ], ignore_index=True)
+    weights = np.array([0.25, 0.5, 0.5])
+
+    evidence = build_evidence(mark_novel(scored, null), 3, 1, ALPHAS, weights)
+    counts, totals = evidence.interval(np.array([0]), np.array([1]))
+
+    # The known pair counts 0.25 at device 0 and 0.5 at device 1; the novel pair
+    # (device 0 to device 2, never seen in the null) counts 1 at both ends.
+    assert totals[0].tolist() == pytest.approx([1.25, 0.5, 1.0])
+    assert counts[0, :, 0].tolist() == pytest.approx([1.25, 0.5, 1.0])

@@ -11,6 +11,7 @@ from conftest import REPOSITORY
 from streamlit.testing.v1 import AppTest
 
 from core import views
+from core.config import RunConfig
 
 TIMEOUT = 60
 EMPTY_RUN_TEXT = "This run found no incident"
@@ -134,12 +135,18 @@ def test_real_run_significance(app, pipeline_workspace):
     if _incident_count(pipeline_workspace) == 0:
         pytest.skip("the pipeline run found no incident")
     table = app.dataframe[0].value
-    nulls = _query(pipeline_workspace, "SELECT count(*) FROM null_scan")[0][0]
-    assert nulls > 0
-    # Every value is (1 + k) / (1 + n) for the null maxima of the incident's scale.
-    assert table["significance"].notna().all()
-    assert (table["significance"] > 0).all()
-    assert (table["significance"] <= 1).all()
+    stored = _query(pipeline_workspace,
+                    "SELECT incident_id, p_value, false_alarms_per_day FROM incidents")
+    level = RunConfig().search.level
+    # The table shows the family-wise p-value the run stored; an incident is only
+    # reported below the run's level, and its rate of false alarms is positive.
+    shown = dict(zip(table["incident_id"], table["significance"]))
+    for incident_id, p_value, per_day in stored:
+        assert shown[incident_id] == pytest.approx(p_value)
+        assert 0 < p_value <= level
+        assert per_day > 0
+    rates = dict(zip(table["incident_id"], table["false_alarms_per_day"]))
+    assert rates == pytest.approx({i: d for i, _, d in stored})
 
 
 def test_real_run_model_page(app, pipeline_workspace):
