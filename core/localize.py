@@ -901,11 +901,17 @@ def singleton_limit(family: Family, budget: float) -> float:
 
 def prune_members(
     members: np.ndarray, counts: np.ndarray, totals: np.ndarray, alpha: float,
-    config: SearchConfig,
+    config: SearchConfig, all_counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Keep the members whose own statistic reaches `config.member_min_score` and
     `config.member_min_share` of the strongest member's, and whose share of p-values
     at most alpha is at least twice alpha.
+
+    With `all_counts` ([N, A], the counts at every level of `config.alphas`), a
+    member's own statistic is its largest over the levels. A drifting sensor has a
+    few very small p-values, and the neighbours it misleads have many moderately
+    small ones. At a moderate level the neighbours look stronger than the sensor
+    itself, which would be dropped.
 
     The optimal set of a long interval also takes devices whose share of small
     p-values is only a little above alpha by chance. They raise the score a little
@@ -918,8 +924,13 @@ def prune_members(
     if len(members) <= 1:
         return members
     function = STATISTICS[config.statistic]
-    own = function(counts[members], totals[members], alpha)
-    share = counts[members] / np.maximum(totals[members], 1)
+    if all_counts is None:
+        own = function(counts[members], totals[members], alpha)
+    else:
+        own = np.max([function(all_counts[members, k], totals[members], level)
+                      for k, level in enumerate(config.alphas)], axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(totals[members] > 0, counts[members] / totals[members], 0.0)
     strong = own >= max(config.member_min_score, config.member_min_share * own.max())
     kept = members[strong & (share >= 2 * alpha)]
     return kept if len(kept) else members[[int(own.argmax())]]
@@ -951,7 +962,7 @@ def best_hit(
                 value, chosen = connected_best(counts[0, :, a], totals[0], config.alphas[a],
                                                chosen, matrix, hubs, config.statistic)
             chosen = prune_members(chosen, counts[0, :, a], totals[0], config.alphas[a],
-                                   config)
+                                   config, counts[0])
             function = STATISTICS[config.statistic]
             value = float(function(counts[0, chosen, a].sum(), totals[0, chosen].sum(),
                                    config.alphas[a]))
