@@ -609,12 +609,14 @@ def prune_members(
 
 def best_hit(
     state: ScaleState, matrix: np.ndarray, hubs: np.ndarray, config: SearchConfig,
-    candidates: int = 64, min_stop: int | None = None,
+    candidates: int = 64, min_stop: int | None = None, linked: np.ndarray | None = None,
 ) -> tuple[float, Hit] | None:
     """Return the strongest remaining hit of one scale, as (score / threshold, hit).
 
     With `min_stop`, only the intervals and single elements that end at bin
-    `min_stop` of this scale or later are considered.
+    `min_stop` of this scale or later are considered. `linked` is
+    `linked_devices(matrix, hubs)`, which `connected_best` computes when it is not
+    given.
     """
     evidence = state.evidence()
     longest = max(state.thresholds, default=0)
@@ -636,7 +638,8 @@ def best_hit(
             value = float(best[row])
             if config.connectivity:
                 value, chosen = connected_best(counts[0, :, a], totals[0], config.alphas[a],
-                                               chosen, matrix, hubs, config.statistic)
+                                               chosen, matrix, hubs, config.statistic,
+                                               linked)
             chosen = prune_members(chosen, counts[0, :, a], totals[0], config.alphas[a],
                                    config)
             function = STATISTICS[config.statistic]
@@ -693,11 +696,12 @@ def detect(
     it finds nothing. The online path passes the end of the bin that just closed.
     """
     matrix, hubs = adjacency(num_devices, links, kinds, config.hub_kinds)
+    linked = linked_devices(matrix, hubs) if config.connectivity else None
     incidents: list[Incident] = []
     while len(incidents) < config.max_incidents:
         found = [(r, s, h) for s in states
                  if (x := best_hit(s, matrix, hubs, config,
-                                   min_stop=_coarse_stop(min_stop, s.scale)))
+                                   min_stop=_coarse_stop(min_stop, s.scale), linked=linked))
                  for r, h in [x]]
         if not found:
             break
