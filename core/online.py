@@ -123,21 +123,63 @@ class Calibrator:
         novel = scaled.ids["novel"].to_numpy() if "novel" in scaled.ids \
             else np.zeros(len(groups), bool)
         rows = self._rows(scaled.ids)
-        for column in np.flatnonzero(exists):
-            group = groups[column]
-            if novel[column]:
-                p[column] = self.novelty.get(group, 1.0) * rng.random()
-                continue
+        columns = np.flatnonzero(exists)
+        values = score[columns]
+        group_of = groups[columns]
+        # Each element's pool is its own reference scores (a row of `own`) when it has
+        # `min_reference` of them, else its kind's, else the family's, as in
+        # `scoring.calibrate`.
+        has_own = np.zeros(len(columns), bool)
+        known = rows[columns] >= 0
+        has_own[known] = self.own_count[rows[columns][known]] >= self.min_reference
+        size = np.zeros(len(columns), np.int64)
+        greater = np.zeros(len(columns), np.int64)
+        equal = np.zeros(len(columns), np.int64)
+        pool_max = np.full(len(columns), np.inf)
+        if has_own.any():
+            own_rows = rows[columns][has_own]
+            pools = self.own[own_rows]
+            below = (pools < values[has_own, None]).sum(axis=1)
+            at_most = (pools <= values[has_own, None]).sum(axis=1)
+            size[has_own] = self.own_count[own_rows]
+            greater[has_own] = size[has_own] - at_most
+            equal[has_own] = at_most - below
+            pool_max[has_own] = pools[np.arange(len(pools)), size[has_own] - 1]
+        for group in np.unique(group_of[~has_own]):
+            chosen = ~has_own & (group_of == group)
+            pool = self._pool(str(group))
+            left = np.searchsorted(pool, values[chosen], side="left")
+            right = np.searchsorted(pool, values[chosen], side="right")
+            size[chosen] = len(pool)
+            greater[chosen] = len(pool) - right
+            equal[chosen] = right - left
+            pool_max[chosen] = pool[-1] if len(pool) else np.inf
+        # `scoring.tail_pvalues` and the novelty rate draw one uniform number per
+        # element, in column order, and none for an empty pool. One draw of them all
+        # in that order gives the same numbers, so the p-values stay the same.
+        novel_here = novel[columns]
+        drawing = novel_here | (size > 0)
+        uniform = np.zeros(len(columns))
+        uniform[drawing] = rng.random(int(drawing.sum()))
+        value = np.ones(len(columns))
+        empirical = ~novel_here & (size > 0)
+        value[empirical] = np.clip(
+            (greater[empirical] + uniform[empirical] * (equal[empirical] + 1))
+            / (size[empirical] + 1), scoring.P_FLOOR, 1.0)
+        for position in np.flatnonzero(empirical & (values > pool_max)):
+            # Beyond the pool's max, `tail_pvalues` uses its fitted tail.
+            column = columns[position]
+            group = str(group_of[position])
+            pool = self.own[rows[column], : size[position]] if has_own[position] \
+                else self._pool(group)
             pool_group = self.group_pools.get(group, np.zeros(0))
             tail = pool_group if len(pool_group) >= self.min_reference else self.whole
-            row = rows[column]
-            if row >= 0 and self.own_count[row] >= self.min_reference:
-                pool = self.own[row, : self.own_count[row]]
-            elif len(pool_group) >= self.min_reference:
-                pool = pool_group
-            else:
-                pool = self.whole
-            p[column] = scoring.tail_pvalues(pool, score[column:column + 1], rng, tail)[0]
+            value[position] = scoring.tail_pvalues(pool, values[position:position + 1],
+                                                   _Drawn(uniform[position]), tail)[0]
+        if novel_here.any():
+            rates = np.array([self.novelty.get(str(g), 1.0) for g in group_of[novel_here]])
+            value[novel_here] = rates * uniform[novel_here]
+        p[columns] = value
         if self.kind in scoring.COUNT_KINDS:
             chosen = exists & ~novel
             p[chosen] = np.maximum(p[chosen], scoring.count_pvalues(
@@ -148,10 +190,25 @@ class Calibrator:
         return p
 
 
+    def _pool(self, group: str) -> np.ndarray:
+        """Return the pool of an element with too few reference scores of its own."""
+        pool_group = self.group_pools.get(group, np.zeros(0))
+        return pool_group if len(pool_group) >= self.min_reference else self.whole
+
     def _rows(self, ids: pd.DataFrame) -> np.ndarray:
         """Return the calibration row of each element of `ids`, or -1 for elements
         the calibration bins never had."""
         return self.keys.reindex(element_keys(ids)).fillna(-1).to_numpy(dtype=np.int64)
+
+
+@dataclass
+class _Drawn:
+    """Stand-in for a random generator that returns one number drawn earlier."""
+
+    value: float
+
+    def random(self, size: int) -> np.ndarray:
+        return np.full(size, self.value)
 
 
 def element_keys(ids: pd.DataFrame) -> pd.Index:

@@ -20,10 +20,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from core import alerts, cli, ingest, online, pipeline, store, synth
+from core import alerts, cli, ingest, online, pipeline, scoring, store, synth
 from core.config import ModelConfig, RunConfig, StreamConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +124,78 @@ def test_online_evidence_matches_batch_run(trained, tmp_path):
     # little; wrong calibration pools shift most of them.
     assert gap.median() < 0.03, gap.describe()
     assert field["evidence_live"].corr(field["evidence_batch"]) > 0.97
+
+
+def reference_pvalues(calibrator: online.Calibrator, scaled: scoring.ScaledFamily,
+                      rng: np.random.Generator) -> np.ndarray:
+    """P-values of one bin, one element at a time, as `scoring.calibrate` computes them."""
+    score = scaled.score[0]
+    exists = scaled.exists[0] & np.isfinite(score)
+    p = np.full(len(score), np.nan)
+    groups = scaled.ids["group"].astype(str).to_numpy()
+    novel = scaled.ids["novel"].to_numpy() if "novel" in scaled.ids \
+        else np.zeros(len(groups), bool)
+    rows = calibrator._rows(scaled.ids)
+    for column in np.flatnonzero(exists):
+        group = groups[column]
+        if novel[column]:
+            p[column] = calibrator.novelty.get(group, 1.0) * rng.random()
+            continue
+        pool_group = calibrator.group_pools.get(group, np.zeros(0))
+        tail = pool_group if len(pool_group) >= calibrator.min_reference else calibrator.whole
+        row = rows[column]
+        if row >= 0 and calibrator.own_count[row] >= calibrator.min_reference:
+            pool = calibrator.own[row, : calibrator.own_count[row]]
+        elif len(pool_group) >= calibrator.min_reference:
+            pool = pool_group
+        else:
+            pool = calibrator.whole
+        p[column] = scoring.tail_pvalues(pool, score[column:column + 1], rng, tail)[0]
+    if calibrator.kind in scoring.COUNT_KINDS:
+        chosen = exists & ~novel
+        p[chosen] = np.maximum(p[chosen], scoring.count_pvalues(
+            scaled.observed[0, chosen] * scaled.scale,
+            scaled.expected[0, chosen] * scaled.scale))
+    return calibrator.mapping(p) if calibrator.mapping is not None else p
+
+
+def replay_bins(root: Path, name: str, count: int) -> online.OnlineScorer:
+    """Close `count` bins from the start of the run's scored period."""
+    workspace = store.Workspace.create(root)
+    model = online.OnlineModel.load(workspace, "base")
+    scorer = online.OnlineScorer(model, workspace, name=name)
+    width = model.bin_seconds * 1_000_000
+    first = (online.micros(model.info["periods"]["score"]["start"]) - model.origin_us) // width
+    scorer.warm_up(first)
+    for bin_index in range(first, first + count):
+        scorer.close_bin(bin_index)
+    return scorer
+
+
+def test_online_pvalues_match_per_element(trained, tmp_path, monkeypatch):
+    # The online calibration scores all elements of a bin at once. It must give the
+    # p-values, and leave the random generator in the state, of scoring them one by
+    # one, also for scores beyond the calibration pool (the fitted tail).
+    checked = {"values": 0, "beyond": 0}
+    vectorized = online.Calibrator.pvalues
+
+    def both(self, scaled, rng):
+        copy = np.random.default_rng()
+        copy.bit_generator.state = rng.bit_generator.state
+        expected = reference_pvalues(self, scaled, copy)
+        got = vectorized(self, scaled, rng)
+        assert np.array_equal(got, expected, equal_nan=True), (self.kind, self.scale)
+        assert rng.bit_generator.state == copy.bit_generator.state
+        checked["values"] += int(np.isfinite(got).sum())
+        checked["beyond"] += int(np.sum(scaled.score[0] > self.whole[-1]))
+        return got
+
+    monkeypatch.setattr(online.Calibrator, "pvalues", both)
+    root = copy_workspace(trained, tmp_path)
+    ingest_rest(root, trained[1], trained[2])
+    replay_bins(root, "check", 30)
+    assert checked["values"] > 1000
+    assert checked["beyond"] > 0
 
 
 class Receiver:
