@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import alerts, cli, ingest, online, pipeline, scoring, store, synth
+from core import alerts, cli, ingest, localize, online, pipeline, scoring, store, synth
 from core.config import ModelConfig, RunConfig, StreamConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -126,6 +126,71 @@ def test_online_evidence_matches_batch_run(trained, tmp_path):
     assert field["evidence_live"].corr(field["evidence_batch"]) > 0.97
 
 
+def random_bin(rng: np.random.Generator, num_devices: int, size: int) -> pd.DataFrame:
+    """Elements of one coarse bin: devices, pairs and sensors with random p-values."""
+    kind = rng.choice(["device", "pair", "sensor"], size)
+    device = rng.integers(0, num_devices, size)
+    peer = np.where(kind == "pair", (device + rng.integers(1, num_devices, size)) % num_devices,
+                    -1)
+    return pd.DataFrame({"kind": kind, "column": np.arange(size), "device_idx": device,
+                         "peer_idx": peer, "bin": 0, "p_value": rng.random(size) ** 4,
+                         "score": rng.random(size)})
+
+
+def test_live_scale_matches_rebuilt_state():
+    # The online scan state grows by one coarse bin at a time, drops its oldest
+    # bins, and keeps take-outs that reach bins not closed yet. At every step its
+    # counts, prefix sums and element queries must be those of a state built from
+    # scratch from the elements it still holds.
+    rng = np.random.default_rng(3)
+    scale, num_devices, alphas = 4, 12, (1e-3, 0.01, 0.1)
+    state = online.LiveScale(scale, num_devices, alphas, {1: 5.0, 2: 6.0}, {}, capacity=2)
+    first = 0  # absolute coarse bin of local bin 0
+    taken: list[tuple[list[int], int, int]] = []  # absolute base bins
+    for step in range(40):
+        state.append(random_bin(rng, num_devices, int(rng.integers(0, 50))))
+        if step % 5 == 4:
+            # Up to the end of the next coarse bin, which has not closed yet.
+            devices = sorted(rng.choice(num_devices, 2, replace=False).tolist())
+            start = (state.num_bins - 2) * scale + 1
+            state.remove(devices, start, start + 2 * scale, alphas)
+            taken.append((devices, start + first * scale, start + 2 * scale + first * scale))
+        if step % 13 == 12:
+            state.drop(3)
+            first += 3
+        kept = state.elements[state.active]
+        built = localize.ScaleState.build(
+            localize.ScaleElements(scale, state.num_bins, kept, [(0, state.num_bins)]),
+            num_devices, alphas, state.thresholds, {})
+        assert np.array_equal(state.counts, built.counts)
+        assert np.array_equal(state.totals, built.totals)
+        evidence, expected = state.evidence(), built.evidence()
+        assert np.array_equal(evidence.counts, expected.counts)
+        assert np.array_equal(evidence.totals, expected.totals)
+        whole = localize.ScaleState(scale, state.elements, state.active.copy(), built.counts,
+                                    built.totals, state.runs, state.thresholds, {})
+        for lower in range(0, state.num_bins, 3):
+            upper = lower + 3
+            for alpha in alphas:
+                devices = [0, 1, 2, 3, 4]
+                assert state.dominant(devices, lower, upper, alpha, 0.3) == \
+                    whole.dominant(devices, lower, upper, alpha, 0.3)
+                assert state.is_process(devices, lower, upper, alpha) == \
+                    whole.is_process(devices, lower, upper, alpha)
+                assert state.targets(devices, lower, upper, alpha) == \
+                    whole.targets(devices, lower, upper, alpha)
+        # Every take-out applies to every kept coarse bin that touches it, including
+        # the bins that closed after it.
+        bins = state.elements["bin"].to_numpy() + first
+        for devices, start, stop in taken:
+            touching = (state.elements["device_idx"].isin(devices)
+                        | state.elements["peer_idx"].isin(devices)).to_numpy()
+            inside = (bins >= start // scale) & (bins < -(-stop // scale))
+            assert not (state.active & touching & inside).any()
+    assert state.num_bins > 2
+    assert len(state.count_buffer) > 2, "the buffers never grew"
+
+
 def reference_pvalues(calibrator: online.Calibrator, scaled: scoring.ScaledFamily,
                       rng: np.random.Generator) -> np.ndarray:
     """P-values of one bin, one element at a time, as `scoring.calibrate` computes them."""
@@ -197,6 +262,94 @@ def test_online_pvalues_match_per_element(trained, tmp_path, monkeypatch):
     assert checked["values"] > 1000
     assert checked["beyond"] > 0
 
+
+def test_online_scan_new_intervals_only(trained, tmp_path, monkeypatch):
+    # Each closed bin scans only the intervals that end with it, at the scales whose
+    # bin closed with it, so no interval is scanned in two bins. Rescanning every
+    # interval of the horizon at each bin fails this.
+    root = copy_workspace(trained, tmp_path)
+    ingest_rest(root, trained[1], trained[2])
+    closing: dict = {}
+    scanned: list[tuple[int, int, int, int]] = []  # bin, scale, start, stop (absolute)
+    scan, hit = localize.scan_intervals, localize.best_hit
+
+    def spy(evidence, runs, config, min_stop=None):
+        intervals, best, alpha_index, members = scan(evidence, runs, config, min_stop)
+        scale = closing["scale"]
+        offset = closing["scorer"].scan_origin // scale
+        scanned.extend((closing["bin"], scale, int(a) + offset, int(b) + offset)
+                       for a, b in intervals)
+        return intervals, best, alpha_index, members
+
+    def note_scale(state, *args, **kwargs):
+        closing["scale"] = state.scale
+        return hit(state, *args, **kwargs)
+
+    close = online.OnlineScorer.close_bin
+
+    def note_bin(self, bin_index):
+        closing.update(scorer=self, bin=bin_index)
+        return close(self, bin_index)
+
+    monkeypatch.setattr(localize, "scan_intervals", spy)
+    monkeypatch.setattr(localize, "best_hit", note_scale)
+    monkeypatch.setattr(online.OnlineScorer, "close_bin", note_bin)
+    count = 90
+    scorer = replay_bins(root, "scanned", count)
+
+    assert scorer.scan_origin > scorer.scan_anchor, "the scan never dropped old bins"
+    frame = pd.DataFrame(scanned, columns=["bin", "scale", "start", "stop"])
+    assert frame["bin"].nunique() == count
+    for (bin_index, scale), group in frame.groupby(["bin", "scale"]):
+        assert (bin_index + 1) % scale == 0
+        assert (group["stop"] * scale == bin_index + 1).all()
+        # One interval per dyadic length at most.
+        longest = max(scorer.online.thresholds[scale], default=1)
+        assert group[["start", "stop"]].drop_duplicates().shape[0] <= longest.bit_length()
+    bins_per_interval = frame.groupby(["scale", "start", "stop"])["bin"].nunique()
+    assert (bins_per_interval == 1).all()
+
+
+class Recomputed(online.LiveScale):
+    """The online scan state with every query computed over all of its elements and
+    bins, as `localize.ScaleState` computes them."""
+
+    def evidence(self):
+        return localize.ScaleState.evidence(self)
+
+    def dominant(self, *args):
+        return localize.ScaleState.dominant(self, *args)
+
+    def is_process(self, *args):
+        return localize.ScaleState.is_process(self, *args)
+
+    def targets(self, *args):
+        return localize.ScaleState.targets(self, *args)
+
+    def remove(self, devices, start, stop, alphas):
+        localize.ScaleState.remove(self, devices, start, stop, alphas)
+        if -(-stop // self.scale) > self.num_bins:
+            self.pending.append((list(devices), start, stop))
+
+
+def test_online_incidents_match_recomputed_state(trained, tmp_path, monkeypatch):
+    # The incremental bookkeeping of the scan state (rows per bin, kept prefix sums,
+    # take-outs of bins not closed yet, dropped old bins) must find the incidents
+    # that full recomputations over the state's elements find.
+    root = copy_workspace(trained, tmp_path)
+    ingest_rest(root, trained[1], trained[2])
+    count = 90
+    incremental = replay_bins(root, "incremental", count)
+    monkeypatch.setattr(online, "LiveScale", Recomputed)
+    recomputed = replay_bins(root, "recomputed", count)
+
+    assert all(isinstance(s, Recomputed) for s in recomputed.scan.values())
+    assert incremental.scan_origin > incremental.scan_anchor, "the scan never dropped old bins"
+    live, live_members = incremental.incident_table()
+    again, again_members = recomputed.incident_table()
+    assert len(live) >= 1
+    pd.testing.assert_frame_equal(live, again)
+    pd.testing.assert_frame_equal(live_members, again_members)
 
 class Receiver:
     """An HTTP server on 127.0.0.1 that answers 503 to its first request and 200
