@@ -13,8 +13,9 @@ bins of onset; gradual types: no later than the batch run's start plus one bin).
 Then how many batch incidents have an online incident with the same devices and
 start and end within one bin, and the seconds to score one bin after it closes.
 With --timing-devices N it builds a plant of about N devices, trains it for
-one epoch to keep the build short and times bins on it. The scan's time grows with
-the incidents in the horizon, and a poorly trained model may leave more of them.
+one epoch to keep the build short and times bins on it. A bin scans only the
+intervals that end with it, so its time does not grow with the bins scored before.
+A bin with hits costs more, and a poorly trained model leaves more of them.
 """
 
 from __future__ import annotations
@@ -159,6 +160,7 @@ def main() -> int:
     args = parser.parse_args()
     if not args.workspace and not args.timing_devices:
         parser.error("give --workspace, --timing-devices or both")
+    print(f"load average {os.getloadavg()[0]:.1f} at the start", flush=True)
     if args.workspace:
         replay_report(args)
     if args.timing_devices:

@@ -234,8 +234,12 @@ def device_weights(
 
 def scan_intervals(
     evidence: Evidence, runs: list[tuple[int, int]], config: SearchConfig,
+    min_stop: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Scan every dyadic interval inside `runs` without the connectivity constraint.
+
+    With `min_stop`, only the intervals that end at bin `min_stop` or later are
+    scanned (the online path scans the intervals that end in a newly closed bin).
 
     Returns:
         intervals: shape [I, 2]; best: shape [I] (max over alpha);
@@ -244,6 +248,8 @@ def scan_intervals(
     """
     pieces = [dyadic_intervals(a, b, config.max_interval_bins) for a, b in runs]
     intervals = np.concatenate(pieces) if pieces else np.zeros((0, 2), dtype=np.int64)
+    if min_stop is not None:
+        intervals = intervals[intervals[:, 1] >= min_stop]
     best = np.zeros(len(intervals))
     alpha_index = np.zeros(len(intervals), dtype=np.int64)
     members = np.empty(len(intervals), dtype=object)
@@ -938,14 +944,21 @@ def prune_members(
 
 def best_hit(
     state: ScaleState, matrix: np.ndarray, hubs: np.ndarray, config: SearchConfig,
-    candidates: int = 64,
+    candidates: int = 64, min_stop: int | None = None, linked: np.ndarray | None = None,
 ) -> tuple[float, Hit] | None:
-    """Return the strongest remaining hit of one scale, as (score / threshold, hit)."""
+    """Return the strongest remaining hit of one scale, as (score / threshold, hit).
+
+    With `min_stop`, only the intervals and single elements that end at bin
+    `min_stop` of this scale or later are considered. `linked` is
+    `linked_devices(matrix, hubs)`, which `connected_best` computes when it is not
+    given.
+    """
     evidence = state.evidence()
     longest = max(state.thresholds, default=0)
     intervals, best, alpha_index, members = scan_intervals(
         evidence, state.runs,
-        replace(config, max_interval_bins=max(1, min(config.max_interval_bins, longest))))
+        replace(config, max_interval_bins=max(1, min(config.max_interval_bins, longest))),
+        min_stop)
     result: tuple[float, Hit] | None = None
     if len(intervals) and longest:
         limit = np.array([threshold_for(state.thresholds, int(b - a)) for a, b in intervals])
@@ -960,7 +973,8 @@ def best_hit(
             value = float(best[row])
             if config.connectivity:
                 value, chosen = connected_best(counts[0, :, a], totals[0], config.alphas[a],
-                                               chosen, matrix, hubs, config.statistic)
+                                               chosen, matrix, hubs, config.statistic,
+                                               linked)
             chosen = prune_members(chosen, counts[0, :, a], totals[0], config.alphas[a],
                                    config, counts[0])
             function = STATISTICS[config.statistic]
@@ -974,7 +988,10 @@ def best_hit(
                                                [int(d) for d in chosen],
                                                f"length {int(stop - start)}"))
 
-    live = state.elements[state.active]
+    live_rows = state.active
+    if min_stop is not None:
+        live_rows = live_rows & (state.elements["bin"].to_numpy() >= min_stop - 1)
+    live = state.elements[live_rows]
     for kind, limit_p in state.singleton_limits.items():
         rows = live[(live["kind"] == kind) & (live["p_value"] < limit_p)]
         if rows.empty:
@@ -996,6 +1013,7 @@ def best_hit(
 def detect(
     states: list[ScaleState], num_devices: int, num_bins: int, links: np.ndarray,
     kinds: np.ndarray, config: SearchConfig, aftermath: int = 0,
+    min_stop: int | None = None,
 ) -> list[Incident]:
     """Take incidents out strongest first, across every scale.
 
@@ -1009,11 +1027,18 @@ def detect(
     an incident its devices' residuals still carry it (a device back from silence is
     reconstructed from a window that contains the silence). A later hit on devices of an
     incident within that many bins of its end joins the incident.
+
+    With `min_stop` (base bins), each scale only considers the intervals and single
+    elements that end at `min_stop` or later, so a scale whose last bin ends before
+    it finds nothing. The online path passes the end of the bin that just closed.
     """
     matrix, hubs = adjacency(num_devices, links, kinds, config.hub_kinds)
+    linked = linked_devices(matrix, hubs) if config.connectivity else None
     incidents: list[Incident] = []
     while len(incidents) < config.max_incidents:
-        found = [(r, s, h) for s in states if (x := best_hit(s, matrix, hubs, config))
+        found = [(r, s, h) for s in states
+                 if (x := best_hit(s, matrix, hubs, config,
+                                   min_stop=_coarse_stop(min_stop, s.scale), linked=linked))
                  for r, h in [x]]
         if not found:
             break
@@ -1044,6 +1069,12 @@ def detect(
         for other in states:
             other.remove(reached, base_start, base_stop, config.alphas)
     return incidents
+
+
+def _coarse_stop(base_stop: int | None, scale: int) -> int | None:
+    """Return the smallest interval stop, in bins of `scale`, at or after base bin
+    `base_stop`."""
+    return None if base_stop is None else -(-base_stop // scale)
 
 
 def merge_fragments(incidents: list[Incident], gap: int) -> list[Incident]:

@@ -13,9 +13,19 @@ thresholds. It scores the run's reference period once for that, and never again.
 2. run the model over that window and build the residual families of its bins;
 3. for every scale whose coarse bin ends with this bin, aggregate the last bins of
    that scale and compute p-values against the stored calibration pools;
-4. scan the p-values of the last `horizon` bins (`localize.detect`) and match what it
-   finds to the incidents already open: an incident that is found again keeps its
-   id and grows, one that matches none is new.
+4. at every scale whose bin closed, scan the intervals that end with this bin
+   (`localize.detect` with `min_stop`) and match what it finds to the incidents
+   already open: an incident that is found again keeps its id and grows, one that
+   matches none is new.
+
+The scan state of each scale (`LiveScale`) lives from bin to bin, and each closed
+coarse bin is added to it. What `detect` takes out of it stays out, also in the
+coarse bins that close later, as the batch scan takes an incident's elements out of
+every scale. An interval is scanned in the bin it ends with and in no later bin. The state
+keeps at most `horizon + period` base bins, enough for the longest interval and for
+`detect` to refine an interval backwards. The intervals lie on the grid of the batch
+scan, counted from the first bin the scorer closed rounded down to a whole bin of
+every scale (`scan_anchor_bin` in the online file).
 
 An incident gets a new version when devices join it or its interval doubles since
 its last version. `core.alerts` sends one alert per (incident id, version).
@@ -23,6 +33,10 @@ its last version. `core.alerts` sends one alert per (incident id, version).
 Known limits: devices and sensors that the run's reference period never saw are not
 scored online (their events and readings are counted and reported), and the time
 since a sensor's value last changed is counted from the first bin the scorer read.
+The online scan takes incidents out in the order their bins close, but the batch
+scan takes the strongest first. So when an anomaly is found first at a fine scale,
+its elements are taken out of the coarse bins that close later, and the coarse scale
+does not widen its interval as it may in the batch run.
 """
 
 from __future__ import annotations
@@ -30,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -123,21 +138,63 @@ class Calibrator:
         novel = scaled.ids["novel"].to_numpy() if "novel" in scaled.ids \
             else np.zeros(len(groups), bool)
         rows = self._rows(scaled.ids)
-        for column in np.flatnonzero(exists):
-            group = groups[column]
-            if novel[column]:
-                p[column] = self.novelty.get(group, 1.0) * rng.random()
-                continue
+        columns = np.flatnonzero(exists)
+        values = score[columns]
+        group_of = groups[columns]
+        # Each element's pool is its own reference scores (a row of `own`) when it has
+        # `min_reference` of them, else its kind's, else the family's, as in
+        # `scoring.calibrate`.
+        has_own = np.zeros(len(columns), bool)
+        known = rows[columns] >= 0
+        has_own[known] = self.own_count[rows[columns][known]] >= self.min_reference
+        size = np.zeros(len(columns), np.int64)
+        greater = np.zeros(len(columns), np.int64)
+        equal = np.zeros(len(columns), np.int64)
+        pool_max = np.full(len(columns), np.inf)
+        if has_own.any():
+            own_rows = rows[columns][has_own]
+            pools = self.own[own_rows]
+            below = (pools < values[has_own, None]).sum(axis=1)
+            at_most = (pools <= values[has_own, None]).sum(axis=1)
+            size[has_own] = self.own_count[own_rows]
+            greater[has_own] = size[has_own] - at_most
+            equal[has_own] = at_most - below
+            pool_max[has_own] = pools[np.arange(len(pools)), size[has_own] - 1]
+        for group in np.unique(group_of[~has_own]):
+            chosen = ~has_own & (group_of == group)
+            pool = self._pool(str(group))
+            left = np.searchsorted(pool, values[chosen], side="left")
+            right = np.searchsorted(pool, values[chosen], side="right")
+            size[chosen] = len(pool)
+            greater[chosen] = len(pool) - right
+            equal[chosen] = right - left
+            pool_max[chosen] = pool[-1] if len(pool) else np.inf
+        # `scoring.tail_pvalues` and the novelty rate draw one uniform number per
+        # element, in column order, and none for an empty pool. One draw of them all
+        # in that order gives the same numbers, so the p-values stay the same.
+        novel_here = novel[columns]
+        drawing = novel_here | (size > 0)
+        uniform = np.zeros(len(columns))
+        uniform[drawing] = rng.random(int(drawing.sum()))
+        value = np.ones(len(columns))
+        empirical = ~novel_here & (size > 0)
+        value[empirical] = np.clip(
+            (greater[empirical] + uniform[empirical] * (equal[empirical] + 1))
+            / (size[empirical] + 1), scoring.P_FLOOR, 1.0)
+        for position in np.flatnonzero(empirical & (values > pool_max)):
+            # Beyond the pool's max, `tail_pvalues` uses its fitted tail.
+            column = columns[position]
+            group = str(group_of[position])
+            pool = self.own[rows[column], : size[position]] if has_own[position] \
+                else self._pool(group)
             pool_group = self.group_pools.get(group, np.zeros(0))
             tail = pool_group if len(pool_group) >= self.min_reference else self.whole
-            row = rows[column]
-            if row >= 0 and self.own_count[row] >= self.min_reference:
-                pool = self.own[row, : self.own_count[row]]
-            elif len(pool_group) >= self.min_reference:
-                pool = pool_group
-            else:
-                pool = self.whole
-            p[column] = scoring.tail_pvalues(pool, score[column:column + 1], rng, tail)[0]
+            value[position] = scoring.tail_pvalues(pool, values[position:position + 1],
+                                                   _Drawn(uniform[position]), tail)[0]
+        if novel_here.any():
+            rates = np.array([self.novelty.get(str(g), 1.0) for g in group_of[novel_here]])
+            value[novel_here] = rates * uniform[novel_here]
+        p[columns] = value
         if self.kind in scoring.COUNT_KINDS:
             chosen = exists & ~novel
             p[chosen] = np.maximum(p[chosen], scoring.count_pvalues(
@@ -148,10 +205,25 @@ class Calibrator:
         return p
 
 
+    def _pool(self, group: str) -> np.ndarray:
+        """Return the pool of an element with too few reference scores of its own."""
+        pool_group = self.group_pools.get(group, np.zeros(0))
+        return pool_group if len(pool_group) >= self.min_reference else self.whole
+
     def _rows(self, ids: pd.DataFrame) -> np.ndarray:
         """Return the calibration row of each element of `ids`, or -1 for elements
         the calibration bins never had."""
         return self.keys.reindex(element_keys(ids)).fillna(-1).to_numpy(dtype=np.int64)
+
+
+@dataclass
+class _Drawn:
+    """Stand-in for a random generator that returns one number drawn earlier."""
+
+    value: float
+
+    def random(self, size: int) -> np.ndarray:
+        return np.full(size, self.value)
 
 
 def element_keys(ids: pd.DataFrame) -> pd.Index:
@@ -274,6 +346,23 @@ class OnlineModel:
                        for scale, lengths in self.thresholds.items()), default=1)
         longest = max(longest, MIN_HORIZON_BINS)
         return int(-(-longest // largest) * largest)
+
+
+def scan_period(online: OnlineModel) -> int:
+    """Return the base bins by which the online scan's kept bins move.
+
+    It is a multiple of every scale and of the step between the longest intervals
+    of each scale, so moving the kept bins leaves the grid of intervals in place.
+    """
+    search = online.config.search
+    period = 1
+    for scale in online.config.stream.scales:
+        period = math.lcm(period, scale)
+        lengths = online.thresholds.get(scale, {})
+        longest = min(search.max_interval_bins, max(lengths, default=1))
+        length = 1 << (max(longest, 1).bit_length() - 1)
+        period = math.lcm(period, scale * max(length // 2, 1))
+    return period
 
 
 # --------------------------------------------------------------------------- bins
@@ -411,6 +500,161 @@ def _jaccard(a: set, b: set) -> float:
     return len(a & b) / max(len(a | b), 1)
 
 
+# --------------------------------------------------------------------------- scan state
+
+ELEMENT_COLUMNS = {"kind": object, "column": np.int64, "device_idx": np.int64,
+                   "peer_idx": np.int64, "bin": np.int64, "p_value": np.float64,
+                   "score": np.float64}
+
+
+def _no_elements() -> pd.DataFrame:
+    """Return an empty table of scan elements."""
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in ELEMENT_COLUMNS.items()})
+
+
+class LiveScale(localize.ScaleState):
+    """Scan state of one scale that the online scorer keeps from bin to bin.
+
+    It grows by one coarse bin when a bin of the scale closes, and local bin 0 is the
+    first coarse bin it keeps. Elements are appended in bin order, so the elements
+    of a range of bins are one slice of rows (`bin_rows`). The element queries of
+    `localize.detect` (`dominant`, `is_process`, `targets`, `remove`) therefore read
+    only the rows of their interval. What `detect` takes out stays out in later
+    bins. The prefix sums (`evidence`) are kept, and only those from the first bin
+    that changed are computed again.
+    """
+
+    def __init__(self, scale: int, num_devices: int, alphas: tuple[float, ...],
+                 thresholds: dict[int, float], singleton_limits: dict[str, float],
+                 capacity: int) -> None:
+        self.alphas = tuple(alphas)
+        self.count_buffer = np.zeros((max(capacity, 1), num_devices, len(alphas)), np.int32)
+        self.total_buffer = np.zeros((max(capacity, 1), num_devices), np.int32)
+        self.count_sums = np.zeros((max(capacity, 1) + 1, num_devices, len(alphas)), np.int64)
+        self.total_sums = np.zeros((max(capacity, 1) + 1, num_devices), np.int64)
+        # Rows 0 to `summed` of the prefix sums are up to date.
+        self.summed = 0
+        self.bin_rows = [0]
+        # Take-outs that reach coarse bins not closed yet, as (devices, start, stop)
+        # in local base bins. Each such bin has them applied when it closes.
+        self.pending: list[tuple[list[int], int, int]] = []
+        super().__init__(scale=scale, elements=_no_elements(), active=np.zeros(0, bool),
+                         counts=self.count_buffer[:0], totals=self.total_buffer[:0],
+                         runs=[(0, 0)], thresholds=thresholds,
+                         singleton_limits=singleton_limits)
+
+    @property
+    def num_bins(self) -> int:
+        return len(self.bin_rows) - 1
+
+    def append(self, frame: pd.DataFrame) -> None:
+        """Add the next coarse bin, with its elements (`bin` is overwritten)."""
+        position = self.num_bins
+        if position == len(self.count_buffer):
+            grown = len(self.count_buffer)
+
+            def double(array: np.ndarray) -> np.ndarray:
+                return np.concatenate([array, np.zeros_like(array[:grown])])
+
+            self.count_buffer, self.total_buffer = double(self.count_buffer), double(
+                self.total_buffer)
+            self.count_sums, self.total_sums = double(self.count_sums), double(self.total_sums)
+        counts, totals = self.count_buffer[position], self.total_buffer[position]
+        counts[:] = 0
+        totals[:] = 0
+        if len(frame):
+            frame = frame[list(ELEMENT_COLUMNS)].assign(bin=position)
+            p = frame["p_value"].to_numpy()
+            for column in ("device_idx", "peer_idx"):
+                device = frame[column].to_numpy()
+                keep = device >= 0
+                np.add.at(totals, device[keep], 1)
+                for a, alpha in enumerate(self.alphas):
+                    np.add.at(counts[:, a], device[keep & (p <= alpha)], 1)
+            self.elements = pd.concat([self.elements, frame], ignore_index=True) \
+                if len(self.elements) else frame.reset_index(drop=True)
+            self.active = np.concatenate([self.active, np.ones(len(frame), bool)])
+        self.bin_rows.append(len(self.elements))
+        self._resized()
+        self.summed = min(self.summed, position)
+        for devices, start, stop in self.pending:
+            if start // self.scale <= position < -(-stop // self.scale):
+                self.window(position, position + 1).remove(devices, start, stop, self.alphas)
+        self.pending = [item for item in self.pending
+                        if -(-item[2] // self.scale) > self.num_bins]
+
+    def drop(self, count: int) -> None:
+        """Forget the first `count` bins, so that local bin `count` becomes bin 0."""
+        count = min(count, self.num_bins)
+        if count <= 0:
+            return
+        first_row = self.bin_rows[count]
+        elements = self.elements.iloc[first_row:]
+        self.elements = elements.assign(bin=elements["bin"].to_numpy() - count).reset_index(
+            drop=True)
+        self.active = self.active[first_row:].copy()
+        self.bin_rows = [rows - first_row for rows in self.bin_rows[count:]]
+        kept = self.num_bins
+        self.count_buffer[:kept] = self.count_buffer[count:count + kept].copy()
+        self.total_buffer[:kept] = self.total_buffer[count:count + kept].copy()
+        shift = count * self.scale
+        self.pending = [(devices, start - shift, stop - shift)
+                        for devices, start, stop in self.pending]
+        self._resized()
+        self.summed = 0
+
+    def _resized(self) -> None:
+        self.counts = self.count_buffer[: self.num_bins]
+        self.totals = self.total_buffer[: self.num_bins]
+        self.runs = [(0, self.num_bins)]
+
+    def evidence(self) -> localize.Evidence:
+        """Return the prefix sums of `localize.ScaleState.evidence`.
+
+        They are views into this state's arrays, so the next change overwrites them.
+        """
+        end = self.num_bins
+        if self.summed < end:
+            begin = self.summed
+            self.count_sums[begin + 1 : end + 1] = self.count_sums[begin] + np.cumsum(
+                self.counts[begin:end], axis=0, dtype=np.int64)
+            self.total_sums[begin + 1 : end + 1] = self.total_sums[begin] + np.cumsum(
+                self.totals[begin:end], axis=0, dtype=np.int64)
+            self.summed = end
+        return localize.Evidence(self.count_sums[: end + 1], self.total_sums[: end + 1])
+
+    def window(self, start: int, stop: int) -> localize.ScaleState:
+        """Return a state of the elements of local bins [start, stop) only.
+
+        It shares this state's arrays, so what it takes out is taken out here too.
+        """
+        start = min(max(start, 0), self.num_bins)
+        stop = min(max(stop, start), self.num_bins)
+        first, last = self.bin_rows[start], self.bin_rows[stop]
+        return localize.ScaleState(self.scale, self.elements.iloc[first:last],
+                                   self.active[first:last], self.counts, self.totals,
+                                   self.runs, self.thresholds, self.singleton_limits)
+
+    def dominant(self, devices: list[int], start: int, stop: int, alpha: float,
+                 share: float) -> list[int]:
+        return self.window(start, stop).dominant(devices, start, stop, alpha, share)
+
+    def is_process(self, devices: list[int], start: int, stop: int, alpha: float) -> bool:
+        return self.window(start, stop).is_process(devices, start, stop, alpha)
+
+    def targets(self, devices: list[int], start: int, stop: int, alpha: float) -> list[int]:
+        return self.window(start, stop).targets(devices, start, stop, alpha)
+
+    def remove(self, devices: list[int], start: int, stop: int, alphas) -> None:
+        """Take out the elements touching `devices` in the coarse bins that touch
+        base bins [start, stop). Coarse bins not closed yet lose them when they close."""
+        lower, upper = start // self.scale, -(-stop // self.scale)
+        self.window(lower, upper).remove(devices, start, stop, alphas)
+        self.summed = min(self.summed, max(lower, 0))
+        if upper > self.num_bins:
+            self.pending.append((list(devices), start, stop))
+
+
 # --------------------------------------------------------------------------- scorer
 
 
@@ -440,8 +684,14 @@ class OnlineScorer:
         self.window = max(self.conv_span, online.config.model.own_lag + 1,
                           max(online.config.stream.scales))
         self.horizon = online.horizon()
+        self.period = scan_period(online)
+        # The scan's intervals lie on a grid that starts at base bin `scan_anchor`,
+        # as the batch scan's start at its scored period. Local bin 0 of every scale
+        # is base bin `scan_origin`, which moves by `period`.
+        self.scan_anchor: int | None = None
+        self.scan_origin: int | None = None
+        self.scan: dict[int, LiveScale] = {}
         self.rows: dict[int, BinRows] = {}
-        self.elements: dict[int, list[pd.DataFrame]] = {s: [] for s in online.config.stream.scales}
         self.evidence: list[pd.DataFrame] = []
         self.tracked: dict[str, Tracked] = {}
         self.bins: list[dict] = []
@@ -472,7 +722,9 @@ class OnlineScorer:
 
     def warm_up(self, first: int) -> None:
         """Read the bins before `first` that the window and the scan need, scoring
-        them without raising incidents."""
+        them without raising incidents. The elements of the incidents already
+        tracked (from `restore`) are then taken out of the scan."""
+        self._start_scan(first)
         begin = max(0, first - self.horizon - self.window)
         for bin_index in range(begin, first):
             self.rows[bin_index] = self.feed.read(bin_index)
@@ -481,14 +733,59 @@ class OnlineScorer:
             else:
                 self._reconstruct(bin_index)
             self._forget(bin_index)
+        self._take_out_tracked()
+
+    def _start_scan(self, first: int) -> None:
+        """Set up the scan state for scoring from base bin `first` on."""
+        online = self.online
+        if self.scan_anchor is None:
+            whole = math.lcm(*online.config.stream.scales)
+            self.scan_anchor = first // whole * whole
+        lag = max(0, -(-(first - self.horizon - self.scan_anchor) // self.period))
+        self.scan_origin = self.scan_anchor + lag * self.period
+        span = self.horizon + self.period
+        self.scan = {
+            scale: LiveScale(scale, online.reference.num_devices, online.config.search.alphas,
+                             online.thresholds[scale], online.singleton.get(scale, {}),
+                             span // scale + 2)
+            for scale in online.config.stream.scales if scale in online.thresholds}
+
+    def _take_out_tracked(self) -> None:
+        """Take the elements of the tracked incidents' devices and targets, over
+        their intervals, out of the scan, as `localize.detect` took them out when
+        it found them."""
+        if not self.tracked or not self.scan:
+            return
+        names = self.feed.index
+        alphas = self.online.config.search.alphas
+        for tracked in self.tracked.values():
+            reached = tracked.members.loc[tracked.members["role"].isin(["device", "target"]),
+                                          "device"].astype(str)
+            devices = sorted(int(names[d]) for d in set(reached) if d in names.index)
+            start = tracked.start_bin - self.scan_origin
+            stop = tracked.stop_bin - self.scan_origin
+            if devices and stop > 0:
+                for state in self.scan.values():
+                    state.remove(devices, max(start, 0), stop, alphas)
+
+    def _rebase(self, bin_index: int) -> None:
+        """Forget the oldest `period` base bins of the scan once it keeps more than
+        the horizon and a period."""
+        while bin_index + 1 - self.scan_origin > self.horizon + self.period:
+            for scale, state in self.scan.items():
+                state.drop(self.period // scale)
+            self.scan_origin += self.period
 
     # ---------------------------------------------------------------- one bin
 
     def close_bin(self, bin_index: int) -> BinResult:
         """Score base bin `bin_index`, update the incidents and return what changed."""
         started = time.perf_counter()
+        if self.scan_origin is None:
+            self._start_scan(bin_index)
         self.rows[bin_index] = self.feed.read(bin_index)
         self._score_elements(bin_index)
+        self._rebase(bin_index)
         result = BinResult(bin_index, 0.0)
         self._localize(bin_index, result)
         self._forget(bin_index)
@@ -504,10 +801,8 @@ class OnlineScorer:
     def _forget(self, bin_index: int) -> None:
         for old in [b for b in self.rows if b <= bin_index - self.window]:
             del self.rows[old]
-        for scale, frames in self.elements.items():
-            oldest = (bin_index + 1 - self.horizon) // scale
-            self.elements[scale] = [f for f in frames if len(f) and f["bin"].iloc[0] >= oldest]
-        for old in [b for b in self.novel_log if b <= bin_index - self.horizon]:
+        oldest = self.scan_origin if self.scan_origin is not None else bin_index + 1
+        for old in [b for b in self.novel_log if b < oldest]:
             del self.novel_log[old]
         oldest = bin_index + 1 - EVIDENCE_BINS
         self.evidence = [f for f in self.evidence if len(f) and f["bin"].iloc[0] >= oldest]
@@ -662,9 +957,9 @@ class OnlineScorer:
                     "peer_idx": family.ids["peer_idx"].to_numpy()[columns],
                     "bin": coarse, "p_value": p[columns],
                     "score": scaled.score[0, columns]}))
+            frame = pd.concat(frames, ignore_index=True) if frames else _no_elements()
+            self._append(scale, coarse, frame)
             if frames:
-                frame = pd.concat(frames, ignore_index=True)
-                self.elements[scale].append(frame)
                 evidence_rows.append(_device_evidence(frame, online.reference, scale))
         if evidence_rows:
             self.evidence.append(pd.concat(evidence_rows, ignore_index=True))
@@ -684,54 +979,58 @@ class OnlineScorer:
 
     # ---------------------------------------------------------------- scan
 
+    def _append(self, scale: int, coarse: int, frame: pd.DataFrame) -> None:
+        """Add coarse bin `coarse` of `scale` (absolute) to the scan.
+
+        Bins skipped since the last one are added empty first. A bin before the
+        scan's first bin is left out.
+        """
+        state = self.scan.get(scale)
+        if state is None or self.scan_origin is None:
+            return
+        local = coarse - self.scan_origin // scale
+        if local < state.num_bins:
+            return
+        while state.num_bins < local:
+            state.append(_no_elements())
+        state.append(frame)
+
     def _localize(self, bin_index: int, result: BinResult) -> None:
+        """Scan the intervals that end with base bin `bin_index` at every scale whose
+        bin closed, and match what they find to the tracked incidents."""
         online = self.online
         config = online.config
-        largest = max(config.stream.scales)
-        base_start = max(0, ((bin_index + 1 - self.horizon) // largest) * largest)
-        num_base = bin_index + 1 - base_start
-        states = []
-        by_scale = {}
-        for scale in config.stream.scales:
-            frames = self.elements[scale]
-            elements = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-                {"kind": [], "column": [], "device_idx": [], "peer_idx": [], "bin": [],
-                 "p_value": [], "score": []})
-            offset = base_start // scale
-            elements = elements[elements["bin"] >= offset].copy()
-            elements["bin"] = elements["bin"].astype(np.int64) - offset
-            num_local = (bin_index + 1) // scale - offset
-            by_scale[scale] = elements
-            if scale not in online.thresholds:
-                continue
-            states.append(localize.ScaleState.build(
-                localize.ScaleElements(scale, max(num_local, 0), elements,
-                                       [(0, max(num_local, 0))]),
-                online.reference.num_devices, config.search.alphas,
-                online.thresholds[scale], online.singleton.get(scale, {})))
+        if not self.scan:
+            return
+        origin = self.scan_origin
+        num_base = bin_index + 1 - origin
+        states = list(self.scan.values())
         reference = online.reference
         pairs = np.asarray(self.feed.pairs, dtype=np.int64).reshape(-1, 2)
         links = np.concatenate([pairs, reference.links]) if len(reference.links) else pairs
         kinds = reference.devices["kind"].astype(str).to_numpy()
         aftermath = online.receptive
         incidents = localize.detect(states, reference.num_devices, num_base, links, kinds,
-                                    config.search, aftermath)
-        recent = {b: c for b, c in self.novel_log.items() if base_start <= b <= bin_index}
+                                    config.search, aftermath, min_stop=num_base)
+        if not incidents:
+            return
+        recent = {b: c for b, c in self.novel_log.items() if origin <= b <= bin_index}
         novel_columns = sorted(set().union(*recent.values())) if recent else []
         position = {c: i for i, c in enumerate(novel_columns)}
         active = np.zeros((num_base, len(novel_columns)), dtype=bool)
         for b, columns in recent.items():
             for c in columns:
-                active[b - base_start, position[c]] = True
+                active[b - origin, position[c]] = True
         incidents = localize.gather_scans(incidents, pairs[novel_columns].reshape(-1, 2),
                                           active, config.search.scan_fanout)
         incidents = localize.merge_fragments(incidents, aftermath)
-        frame = _Frame(reference.devices, online.origin_us + base_start * online.bin_seconds
+        frame = _Frame(reference.devices, online.origin_us + origin * online.bin_seconds
                        * MICROS, online.bin_seconds)
         sensor_family = [_SensorIds(self.sensor_ids)] if self.sensor_ids is not None else []
+        by_scale = {scale: state.elements for scale, state in self.scan.items()}
         table, members = pipeline.describe_incidents(
-            frame, incidents, by_scale, {s: sensor_family for s in config.stream.scales})
-        starts = {row.incident_id: (inc.start + base_start, inc.stop + base_start)
+            frame, incidents, by_scale, {s: sensor_family for s in by_scale})
+        starts = {row.incident_id: (inc.start + origin, inc.stop + origin)
                   for row, inc in zip(table.itertuples(), _ordered(incidents, table, frame))}
         self._track(table, members, starts, bin_index, aftermath, result)
 
@@ -831,6 +1130,7 @@ class OnlineScorer:
                 "origin_us": self.online.origin_us, "bin_seconds": self.online.bin_seconds,
                 "last_bin": self.last_bin, "late_rows": self.late_rows,
                 "unknown_rows": self.feed.unknown_rows, "horizon_bins": self.horizon,
+                "scan_anchor_bin": self.scan_anchor,
                 "window_bins": self.window, "updated": pd.Timestamp.now(tz="UTC").isoformat()}
         info.update(extra or {})
         evidence = pd.concat(self.evidence, ignore_index=True) if self.evidence else \
@@ -856,6 +1156,7 @@ class OnlineScorer:
                 f"not of run {self.online.run_id}",
                 "Start with --fresh to score from the end of the latest run again.")
         self.last_bin = info.get("last_bin")
+        self.scan_anchor = info.get("scan_anchor_bin")
         self.late_rows = int(info.get("late_rows", 0))
         incidents = store.query(self.path, "SELECT * FROM incidents")
         members = store.query(self.path, "SELECT * FROM incident_members")

@@ -20,10 +20,11 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from core import alerts, cli, ingest, online, pipeline, store, synth
+from core import alerts, cli, ingest, localize, online, pipeline, scoring, store, synth
 from core.config import ModelConfig, RunConfig, StreamConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -124,6 +125,231 @@ def test_online_evidence_matches_batch_run(trained, tmp_path):
     assert gap.median() < 0.03, gap.describe()
     assert field["evidence_live"].corr(field["evidence_batch"]) > 0.97
 
+
+def random_bin(rng: np.random.Generator, num_devices: int, size: int) -> pd.DataFrame:
+    """Elements of one coarse bin: devices, pairs and sensors with random p-values."""
+    kind = rng.choice(["device", "pair", "sensor"], size)
+    device = rng.integers(0, num_devices, size)
+    peer = np.where(kind == "pair", (device + rng.integers(1, num_devices, size)) % num_devices,
+                    -1)
+    return pd.DataFrame({"kind": kind, "column": np.arange(size), "device_idx": device,
+                         "peer_idx": peer, "bin": 0, "p_value": rng.random(size) ** 4,
+                         "score": rng.random(size)})
+
+
+def test_live_scale_matches_rebuilt_state():
+    # The online scan state grows by one coarse bin at a time, drops its oldest
+    # bins, and keeps take-outs that reach bins not closed yet. At every step its
+    # counts, prefix sums and element queries must be those of a state built from
+    # scratch from the elements it still holds.
+    rng = np.random.default_rng(3)
+    scale, num_devices, alphas = 4, 12, (1e-3, 0.01, 0.1)
+    state = online.LiveScale(scale, num_devices, alphas, {1: 5.0, 2: 6.0}, {}, capacity=2)
+    first = 0  # absolute coarse bin of local bin 0
+    taken: list[tuple[list[int], int, int]] = []  # absolute base bins
+    for step in range(40):
+        state.append(random_bin(rng, num_devices, int(rng.integers(0, 50))))
+        if step % 5 == 4:
+            # Up to the end of the next coarse bin, which has not closed yet.
+            devices = sorted(rng.choice(num_devices, 2, replace=False).tolist())
+            start = (state.num_bins - 2) * scale + 1
+            state.remove(devices, start, start + 2 * scale, alphas)
+            taken.append((devices, start + first * scale, start + 2 * scale + first * scale))
+        if step % 13 == 12:
+            state.drop(3)
+            first += 3
+        kept = state.elements[state.active]
+        built = localize.ScaleState.build(
+            localize.ScaleElements(scale, state.num_bins, kept, [(0, state.num_bins)]),
+            num_devices, alphas, state.thresholds, {})
+        assert np.array_equal(state.counts, built.counts)
+        assert np.array_equal(state.totals, built.totals)
+        evidence, expected = state.evidence(), built.evidence()
+        assert np.array_equal(evidence.counts, expected.counts)
+        assert np.array_equal(evidence.totals, expected.totals)
+        whole = localize.ScaleState(scale, state.elements, state.active.copy(), built.counts,
+                                    built.totals, state.runs, state.thresholds, {})
+        for lower in range(0, state.num_bins, 3):
+            upper = lower + 3
+            for alpha in alphas:
+                devices = [0, 1, 2, 3, 4]
+                assert state.dominant(devices, lower, upper, alpha, 0.3) == \
+                    whole.dominant(devices, lower, upper, alpha, 0.3)
+                assert state.is_process(devices, lower, upper, alpha) == \
+                    whole.is_process(devices, lower, upper, alpha)
+                assert state.targets(devices, lower, upper, alpha) == \
+                    whole.targets(devices, lower, upper, alpha)
+        # Every take-out applies to every kept coarse bin that touches it, including
+        # the bins that closed after it.
+        bins = state.elements["bin"].to_numpy() + first
+        for devices, start, stop in taken:
+            touching = (state.elements["device_idx"].isin(devices)
+                        | state.elements["peer_idx"].isin(devices)).to_numpy()
+            inside = (bins >= start // scale) & (bins < -(-stop // scale))
+            assert not (state.active & touching & inside).any()
+    assert state.num_bins > 2
+    assert len(state.count_buffer) > 2, "the buffers never grew"
+
+
+def reference_pvalues(calibrator: online.Calibrator, scaled: scoring.ScaledFamily,
+                      rng: np.random.Generator) -> np.ndarray:
+    """P-values of one bin, one element at a time, as `scoring.calibrate` computes them."""
+    score = scaled.score[0]
+    exists = scaled.exists[0] & np.isfinite(score)
+    p = np.full(len(score), np.nan)
+    groups = scaled.ids["group"].astype(str).to_numpy()
+    novel = scaled.ids["novel"].to_numpy() if "novel" in scaled.ids \
+        else np.zeros(len(groups), bool)
+    rows = calibrator._rows(scaled.ids)
+    for column in np.flatnonzero(exists):
+        group = groups[column]
+        if novel[column]:
+            p[column] = calibrator.novelty.get(group, 1.0) * rng.random()
+            continue
+        pool_group = calibrator.group_pools.get(group, np.zeros(0))
+        tail = pool_group if len(pool_group) >= calibrator.min_reference else calibrator.whole
+        row = rows[column]
+        if row >= 0 and calibrator.own_count[row] >= calibrator.min_reference:
+            pool = calibrator.own[row, : calibrator.own_count[row]]
+        elif len(pool_group) >= calibrator.min_reference:
+            pool = pool_group
+        else:
+            pool = calibrator.whole
+        p[column] = scoring.tail_pvalues(pool, score[column:column + 1], rng, tail)[0]
+    if calibrator.kind in scoring.COUNT_KINDS:
+        chosen = exists & ~novel
+        p[chosen] = np.maximum(p[chosen], scoring.count_pvalues(
+            scaled.observed[0, chosen] * scaled.scale,
+            scaled.expected[0, chosen] * scaled.scale))
+    return calibrator.mapping(p) if calibrator.mapping is not None else p
+
+
+def replay_bins(root: Path, name: str, count: int) -> online.OnlineScorer:
+    """Close `count` bins from the start of the run's scored period."""
+    workspace = store.Workspace.create(root)
+    model = online.OnlineModel.load(workspace, "base")
+    scorer = online.OnlineScorer(model, workspace, name=name)
+    width = model.bin_seconds * 1_000_000
+    first = (online.micros(model.info["periods"]["score"]["start"]) - model.origin_us) // width
+    scorer.warm_up(first)
+    for bin_index in range(first, first + count):
+        scorer.close_bin(bin_index)
+    return scorer
+
+
+def test_online_pvalues_match_per_element(trained, tmp_path, monkeypatch):
+    # The online calibration scores all elements of a bin at once. It must give the
+    # p-values, and leave the random generator in the state, of scoring them one by
+    # one, also for scores beyond the calibration pool (the fitted tail).
+    checked = {"values": 0, "beyond": 0}
+    vectorized = online.Calibrator.pvalues
+
+    def both(self, scaled, rng):
+        copy = np.random.default_rng()
+        copy.bit_generator.state = rng.bit_generator.state
+        expected = reference_pvalues(self, scaled, copy)
+        got = vectorized(self, scaled, rng)
+        assert np.array_equal(got, expected, equal_nan=True), (self.kind, self.scale)
+        assert rng.bit_generator.state == copy.bit_generator.state
+        checked["values"] += int(np.isfinite(got).sum())
+        checked["beyond"] += int(np.sum(scaled.score[0] > self.whole[-1]))
+        return got
+
+    monkeypatch.setattr(online.Calibrator, "pvalues", both)
+    root = copy_workspace(trained, tmp_path)
+    ingest_rest(root, trained[1], trained[2])
+    replay_bins(root, "check", 30)
+    assert checked["values"] > 1000
+    assert checked["beyond"] > 0
+
+
+def test_online_scan_new_intervals_only(trained, tmp_path, monkeypatch):
+    # Each closed bin scans only the intervals that end with it, at the scales whose
+    # bin closed with it, so no interval is scanned in two bins. Rescanning every
+    # interval of the horizon at each bin fails this.
+    root = copy_workspace(trained, tmp_path)
+    ingest_rest(root, trained[1], trained[2])
+    closing: dict = {}
+    scanned: list[tuple[int, int, int, int]] = []  # bin, scale, start, stop (absolute)
+    scan, hit = localize.scan_intervals, localize.best_hit
+
+    def spy(evidence, runs, config, min_stop=None):
+        intervals, best, alpha_index, members = scan(evidence, runs, config, min_stop)
+        scale = closing["scale"]
+        offset = closing["scorer"].scan_origin // scale
+        scanned.extend((closing["bin"], scale, int(a) + offset, int(b) + offset)
+                       for a, b in intervals)
+        return intervals, best, alpha_index, members
+
+    def note_scale(state, *args, **kwargs):
+        closing["scale"] = state.scale
+        return hit(state, *args, **kwargs)
+
+    close = online.OnlineScorer.close_bin
+
+    def note_bin(self, bin_index):
+        closing.update(scorer=self, bin=bin_index)
+        return close(self, bin_index)
+
+    monkeypatch.setattr(localize, "scan_intervals", spy)
+    monkeypatch.setattr(localize, "best_hit", note_scale)
+    monkeypatch.setattr(online.OnlineScorer, "close_bin", note_bin)
+    count = 90
+    scorer = replay_bins(root, "scanned", count)
+
+    assert scorer.scan_origin > scorer.scan_anchor, "the scan never dropped old bins"
+    frame = pd.DataFrame(scanned, columns=["bin", "scale", "start", "stop"])
+    assert frame["bin"].nunique() == count
+    for (bin_index, scale), group in frame.groupby(["bin", "scale"]):
+        assert (bin_index + 1) % scale == 0
+        assert (group["stop"] * scale == bin_index + 1).all()
+        # One interval per dyadic length at most.
+        longest = max(scorer.online.thresholds[scale], default=1)
+        assert group[["start", "stop"]].drop_duplicates().shape[0] <= longest.bit_length()
+    bins_per_interval = frame.groupby(["scale", "start", "stop"])["bin"].nunique()
+    assert (bins_per_interval == 1).all()
+
+
+class Recomputed(online.LiveScale):
+    """The online scan state with every query computed over all of its elements and
+    bins, as `localize.ScaleState` computes them."""
+
+    def evidence(self):
+        return localize.ScaleState.evidence(self)
+
+    def dominant(self, *args):
+        return localize.ScaleState.dominant(self, *args)
+
+    def is_process(self, *args):
+        return localize.ScaleState.is_process(self, *args)
+
+    def targets(self, *args):
+        return localize.ScaleState.targets(self, *args)
+
+    def remove(self, devices, start, stop, alphas):
+        localize.ScaleState.remove(self, devices, start, stop, alphas)
+        if -(-stop // self.scale) > self.num_bins:
+            self.pending.append((list(devices), start, stop))
+
+
+def test_online_incidents_match_recomputed_state(trained, tmp_path, monkeypatch):
+    # The incremental bookkeeping of the scan state (rows per bin, kept prefix sums,
+    # take-outs of bins not closed yet, dropped old bins) must find the incidents
+    # that full recomputations over the state's elements find.
+    root = copy_workspace(trained, tmp_path)
+    ingest_rest(root, trained[1], trained[2])
+    count = 90
+    incremental = replay_bins(root, "incremental", count)
+    monkeypatch.setattr(online, "LiveScale", Recomputed)
+    recomputed = replay_bins(root, "recomputed", count)
+
+    assert all(isinstance(s, Recomputed) for s in recomputed.scan.values())
+    assert incremental.scan_origin > incremental.scan_anchor, "the scan never dropped old bins"
+    live, live_members = incremental.incident_table()
+    again, again_members = recomputed.incident_table()
+    assert len(live) >= 1
+    pd.testing.assert_frame_equal(live, again)
+    pd.testing.assert_frame_equal(live_members, again_members)
 
 class Receiver:
     """An HTTP server on 127.0.0.1 that answers 503 to its first request and 200
