@@ -251,6 +251,9 @@ class OnlineModel:
     calibrators: dict[tuple[int, str], Calibrator]
     thresholds: dict[int, dict[int, float]]
     singleton: dict[int, dict[str, float]]
+    # Per scale, the device weights of the run's scan (`localize.device_weights`);
+    # none for runs that did not keep them.
+    weights: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def origin_us(self) -> int:
@@ -323,8 +326,10 @@ class OnlineModel:
                     null_p[fold] = fold_p[fold]
                 calibrators[(scale, family.kind)] = Calibrator.fit(
                     scaled, calibration, config.search.min_reference, null_p, rng)
-        thresholds, singleton = {}, {}
+        thresholds, singleton, weights = {}, {}, {}
         for scale, value in info.get("thresholds", {}).items():
+            if "weights" in value:
+                weights[int(scale)] = np.asarray(value["weights"], dtype=np.float64)
             # A threshold of 0 comes from null windows without any evidence (a
             # calibration period of one or two bins at a coarse scale), and would
             # make every interval a hit, so that length is not scanned online.
@@ -336,7 +341,7 @@ class OnlineModel:
                  run_id, time.perf_counter() - started, reference.num_devices,
                  len(reference.sensors), len(reference.pairs))
         return cls(run_id, info, config, model, reference, prepared, stats, calibrators,
-                   thresholds, singleton)
+                   thresholds, singleton, weights)
 
     def horizon(self) -> int:
         """Base bins the online scan looks back: the longest interval any scale's
@@ -502,9 +507,11 @@ def _jaccard(a: set, b: set) -> float:
 
 # --------------------------------------------------------------------------- scan state
 
+# `novel`: a pair the reference never saw, or a new device; such an element counts
+# in full at its ends whatever the device weights (`localize.end_weights`).
 ELEMENT_COLUMNS = {"kind": object, "column": np.int64, "device_idx": np.int64,
                    "peer_idx": np.int64, "bin": np.int64, "p_value": np.float64,
-                   "score": np.float64}
+                   "score": np.float64, "novel": bool}
 
 
 def _no_elements() -> pd.DataFrame:
@@ -526,12 +533,13 @@ class LiveScale(localize.ScaleState):
 
     def __init__(self, scale: int, num_devices: int, alphas: tuple[float, ...],
                  thresholds: dict[int, float], singleton_limits: dict[str, float],
-                 capacity: int) -> None:
+                 capacity: int, weights: np.ndarray | None = None) -> None:
         self.alphas = tuple(alphas)
-        self.count_buffer = np.zeros((max(capacity, 1), num_devices, len(alphas)), np.int32)
-        self.total_buffer = np.zeros((max(capacity, 1), num_devices), np.int32)
-        self.count_sums = np.zeros((max(capacity, 1) + 1, num_devices, len(alphas)), np.int64)
-        self.total_sums = np.zeros((max(capacity, 1) + 1, num_devices), np.int64)
+        counted, summed = (np.int32, np.int64) if weights is None else (np.float64, np.float64)
+        self.count_buffer = np.zeros((max(capacity, 1), num_devices, len(alphas)), counted)
+        self.total_buffer = np.zeros((max(capacity, 1), num_devices), counted)
+        self.count_sums = np.zeros((max(capacity, 1) + 1, num_devices, len(alphas)), summed)
+        self.total_sums = np.zeros((max(capacity, 1) + 1, num_devices), summed)
         # Rows 0 to `summed` of the prefix sums are up to date.
         self.summed = 0
         self.bin_rows = [0]
@@ -541,7 +549,7 @@ class LiveScale(localize.ScaleState):
         super().__init__(scale=scale, elements=_no_elements(), active=np.zeros(0, bool),
                          counts=self.count_buffer[:0], totals=self.total_buffer[:0],
                          runs=[(0, 0)], thresholds=thresholds,
-                         singleton_limits=singleton_limits)
+                         singleton_limits=singleton_limits, weights=weights)
 
     @property
     def num_bins(self) -> int:
@@ -563,14 +571,18 @@ class LiveScale(localize.ScaleState):
         counts[:] = 0
         totals[:] = 0
         if len(frame):
+            if "novel" not in frame:
+                frame = frame.assign(novel=False)
             frame = frame[list(ELEMENT_COLUMNS)].assign(bin=position)
             p = frame["p_value"].to_numpy()
             for column in ("device_idx", "peer_idx"):
                 device = frame[column].to_numpy()
                 keep = device >= 0
-                np.add.at(totals, device[keep], 1)
+                amount = localize.end_weights(frame, device, self.weights)
+                np.add.at(totals, device[keep], amount[keep])
                 for a, alpha in enumerate(self.alphas):
-                    np.add.at(counts[:, a], device[keep & (p <= alpha)], 1)
+                    chosen = keep & (p <= alpha)
+                    np.add.at(counts[:, a], device[chosen], amount[chosen])
             self.elements = pd.concat([self.elements, frame], ignore_index=True) \
                 if len(self.elements) else frame.reset_index(drop=True)
             self.active = np.concatenate([self.active, np.ones(len(frame), bool)])
@@ -617,9 +629,9 @@ class LiveScale(localize.ScaleState):
         if self.summed < end:
             begin = self.summed
             self.count_sums[begin + 1 : end + 1] = self.count_sums[begin] + np.cumsum(
-                self.counts[begin:end], axis=0, dtype=np.int64)
+                self.counts[begin:end], axis=0, dtype=self.count_sums.dtype)
             self.total_sums[begin + 1 : end + 1] = self.total_sums[begin] + np.cumsum(
-                self.totals[begin:end], axis=0, dtype=np.int64)
+                self.totals[begin:end], axis=0, dtype=self.total_sums.dtype)
             self.summed = end
         return localize.Evidence(self.count_sums[: end + 1], self.total_sums[: end + 1])
 
@@ -633,7 +645,8 @@ class LiveScale(localize.ScaleState):
         first, last = self.bin_rows[start], self.bin_rows[stop]
         return localize.ScaleState(self.scale, self.elements.iloc[first:last],
                                    self.active[first:last], self.counts, self.totals,
-                                   self.runs, self.thresholds, self.singleton_limits)
+                                   self.runs, self.thresholds, self.singleton_limits,
+                                   self.weights)
 
     def dominant(self, devices: list[int], start: int, stop: int, alpha: float,
                  share: float) -> list[int]:
@@ -703,6 +716,7 @@ class OnlineScorer:
         reference = online.prepared.reference_pairs
         self.reference_codes = set((reference[:, 0] * online.reference.num_devices
                                     + reference[:, 1]).tolist())
+        self.reference_array = np.array(sorted(self.reference_codes), dtype=np.int64)
 
     @property
     def path(self) -> Path:
@@ -747,7 +761,7 @@ class OnlineScorer:
         self.scan = {
             scale: LiveScale(scale, online.reference.num_devices, online.config.search.alphas,
                              online.thresholds[scale], online.singleton.get(scale, {}),
-                             span // scale + 2)
+                             span // scale + 2, online.weights.get(scale))
             for scale in online.config.stream.scales if scale in online.thresholds}
 
     def _take_out_tracked(self) -> None:
@@ -951,12 +965,14 @@ class OnlineScorer:
                 columns = np.flatnonzero(~np.isnan(p))
                 if len(columns) == 0:
                     continue
+                source = family.ids["device_idx"].to_numpy()[columns]
+                target = family.ids["peer_idx"].to_numpy()[columns]
                 frames.append(pd.DataFrame({
                     "kind": family.kind, "column": columns,
-                    "device_idx": family.ids["device_idx"].to_numpy()[columns],
-                    "peer_idx": family.ids["peer_idx"].to_numpy()[columns],
+                    "device_idx": source, "peer_idx": target,
                     "bin": coarse, "p_value": p[columns],
-                    "score": scaled.score[0, columns]}))
+                    "score": scaled.score[0, columns],
+                    "novel": self._novel(family.kind, source, target)}))
             frame = pd.concat(frames, ignore_index=True) if frames else _no_elements()
             self._append(scale, coarse, frame)
             if frames:
@@ -964,6 +980,16 @@ class OnlineScorer:
         if evidence_rows:
             self.evidence.append(pd.concat(evidence_rows, ignore_index=True))
         self._novel_activity(bin_index)
+
+    def _novel(self, kind: str, source: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Return which elements are new: pairs the reference never saw, and new
+        devices."""
+        if kind == "new_device":
+            return np.ones(len(source), dtype=bool)
+        if kind != "pair":
+            return np.zeros(len(source), dtype=bool)
+        codes = source * self.online.reference.num_devices + target
+        return ~np.isin(codes, self.reference_array)
 
     def _novel_activity(self, bin_index: int) -> None:
         """Record the columns of the pairs the reference never saw that carry

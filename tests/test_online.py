@@ -137,14 +137,17 @@ def random_bin(rng: np.random.Generator, num_devices: int, size: int) -> pd.Data
                          "score": rng.random(size)})
 
 
-def test_live_scale_matches_rebuilt_state():
+@pytest.mark.parametrize("weighted", [False, True])
+def test_live_scale_matches_rebuilt_state(weighted):
     # The online scan state grows by one coarse bin at a time, drops its oldest
     # bins, and keeps take-outs that reach bins not closed yet. At every step its
     # counts, prefix sums and element queries must be those of a state built from
-    # scratch from the elements it still holds.
+    # scratch from the elements it still holds, with device weights too.
     rng = np.random.default_rng(3)
     scale, num_devices, alphas = 4, 12, (1e-3, 0.01, 0.1)
-    state = online.LiveScale(scale, num_devices, alphas, {1: 5.0, 2: 6.0}, {}, capacity=2)
+    weights = rng.uniform(0.01, 1.0, num_devices) if weighted else None
+    state = online.LiveScale(scale, num_devices, alphas, {1: 5.0, 2: 6.0}, {}, capacity=2,
+                             weights=weights)
     first = 0  # absolute coarse bin of local bin 0
     taken: list[tuple[list[int], int, int]] = []  # absolute base bins
     for step in range(40):
@@ -161,14 +164,14 @@ def test_live_scale_matches_rebuilt_state():
         kept = state.elements[state.active]
         built = localize.ScaleState.build(
             localize.ScaleElements(scale, state.num_bins, kept, [(0, state.num_bins)]),
-            num_devices, alphas, state.thresholds, {})
-        assert np.array_equal(state.counts, built.counts)
-        assert np.array_equal(state.totals, built.totals)
+            num_devices, alphas, state.thresholds, {}, weights)
+        np.testing.assert_allclose(state.counts, built.counts, atol=1e-9)
+        np.testing.assert_allclose(state.totals, built.totals, atol=1e-9)
         evidence, expected = state.evidence(), built.evidence()
-        assert np.array_equal(evidence.counts, expected.counts)
-        assert np.array_equal(evidence.totals, expected.totals)
+        np.testing.assert_allclose(evidence.counts, expected.counts, atol=1e-9)
+        np.testing.assert_allclose(evidence.totals, expected.totals, atol=1e-9)
         whole = localize.ScaleState(scale, state.elements, state.active.copy(), built.counts,
-                                    built.totals, state.runs, state.thresholds, {})
+                                    built.totals, state.runs, state.thresholds, {}, weights)
         for lower in range(0, state.num_bins, 3):
             upper = lower + 3
             for alpha in alphas:
