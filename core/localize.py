@@ -336,10 +336,10 @@ class Tail:
         return cls(base, float(sigma), shape, top / len(values), float(values[0]))
 
     def quantile(self, probability: float) -> float:
-        """The score that one null test exceeds with `probability`."""
+        """Return the score that one null test exceeds with `probability`."""
         if probability >= self.share or self.sigma <= 0:
             # Inside the sample (only the fitted tail is kept), or no spread to
-            # extrapolate with: the largest score is the safe answer.
+            # extrapolate with: the largest score is the safe choice.
             return self.largest
         within = probability / self.share
         if self.shape < 1e-6:
@@ -347,8 +347,8 @@ class Tail:
         return self.base + self.sigma / self.shape * (within ** -self.shape - 1)
 
     def survival(self, score: float) -> float:
-        """The probability that one null test exceeds `score`; 1 below `base`,
-        where only the fitted tail is kept."""
+        """Return the probability that one null test exceeds `score`. Below `base`,
+        where only the fitted tail is kept, it is 1."""
         if score <= self.base:
             return 1.0
         if self.sigma <= 0:
@@ -374,9 +374,9 @@ class Family:
 
     The run's false-alarm budget (`level`, the chance of any incident in a normal
     scored period) is split evenly over its families. Within a family the tests are
-    the `tests` intervals or elements of the scored period, and its threshold is the
-    score that one of them exceeds with probability budget / tests (a union bound,
-    close to exact since most tests of one family cover different bins).
+    the `tests` intervals or elements of the scored period. Its threshold is the
+    score that one of them exceeds with probability budget / tests. This union bound
+    is close to exact, because most tests of one family cover different bins.
     """
 
     tail: Tail
@@ -386,8 +386,9 @@ class Family:
         return self.tail.quantile(budget / max(self.tests, 1))
 
     def expected(self, score: float, families: int) -> float:
-        """Tests of the run's `families` families expected to pass their thresholds
-        by chance, with each family's threshold set where this one has `score`.
+        """Return the number of tests of the run's `families` families expected to
+        pass their thresholds by chance, with each family's threshold set where
+        this one has `score`.
 
         Capped at 1, this is the family-wise p-value of `score`: the chance of any
         false alarm in a normal scored period at its level (a union bound).

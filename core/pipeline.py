@@ -628,8 +628,8 @@ def run_info(workspace, run_id, config, snapshots, periods, checkpoint, fitted,
         "versions": versions,
         "thresholds": {
             str(scale): {
+                **value,
                 "by_length": {str(k): v for k, v in value["by_length"].items()},
-                "singleton_p": value["singleton_p"],
             }
             for scale, value in thresholds.items()
         },

@@ -280,7 +280,7 @@ def test_family_thresholds_hold_family_wise_level(law, lowest):
     """Three families of different sizes, thresholds from a null sample of 3,000
     scores each, and 4,000 simulated normal periods: the share of periods where any
     test passes its family's threshold is at most the level, up to sampling error.
-    For tails like the exponential's it is also near the level; a tail lighter than
+    For tails like the exponential's it is also near the level. A tail lighter than
     that (half-normal) is fitted as exponential, which only makes it safer."""
     rng = np.random.default_rng(11)
 
@@ -465,7 +465,7 @@ def test_detect_hit_after_incident_within_model_reach_joins(aftermath, expected)
 
 
 def test_device_weights_deflate_bursty_device():
-    """Device 0's p-values are independent; device 1's small p-values come in
+    """Device 0's p-values are independent. Device 1's small p-values come in
     bursts of 20 bins, as residuals of a device the model misjudges for a while."""
     rng = np.random.default_rng(5)
     bins = np.arange(400)
