@@ -24,8 +24,10 @@ def berk_jones(count: np.ndarray, total: np.ndarray, alpha: float) -> np.ndarray
 
     Higher is more anomalous. Shapes broadcast; n = 0 scores 0.
     """
-    count = np.asarray(count, dtype=np.float64)
-    total = np.asarray(total, dtype=np.float64)
+    # Weighted counts (`core.localize.device_weights`) are sums of floats, so a
+    # count can exceed its total, or fall below 0, by a rounding error.
+    total = np.maximum(np.asarray(total, dtype=np.float64), 0.0)
+    count = np.clip(np.asarray(count, dtype=np.float64), 0.0, total)
     rest = total - count
     # n KL(N/n, alpha) = N log(N / (n alpha)) + (n - N) log((n - N) / (n (1 - alpha))),
     # with 0 log 0 = 0 (xlogy).

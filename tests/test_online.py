@@ -90,6 +90,26 @@ def test_element_keys_unique_without_peer():
     assert list(keys) == ["a\x1f\x1f", "b\x1f\x1f", "a\x1fb\x1f", "a\x1f\x1fFT-1"]
 
 
+def test_online_model_has_run_weights(trained, tmp_path):
+    # The batch scan weighs each device's counts and set its thresholds for those
+    # weighted counts, so the online scan must weigh with the run's own weights.
+    workspace = store.Workspace.create(copy_workspace(trained, tmp_path))
+    model = online.OnlineModel.load(workspace, "base")
+    scales = set(model.thresholds)
+    info = store.read_run_info(workspace, "base")["thresholds"]
+
+    assert scales and set(model.weights) == scales
+    for scale in scales:
+        assert len(model.weights[scale]) == model.reference.num_devices
+        assert np.allclose(model.weights[scale], info[str(scale)]["weights"])
+        assert ((model.weights[scale] > 0) & (model.weights[scale] <= 1)).all()
+    scorer = online.OnlineScorer(model, workspace, name="check")
+    scorer.warm_up(int(model.info["num_bins"]))
+    assert set(scorer.scan) == scales
+    for scale, state in scorer.scan.items():
+        assert np.array_equal(state.weights, model.weights[scale])
+
+
 def test_online_evidence_matches_batch_run(trained, tmp_path):
     # The online path scores the batch run's own scored bins with the same model and
     # calibration, so each device's evidence must be the batch run's, up to the

@@ -238,3 +238,16 @@ def test_exact_connected_scan_rejects_large_graph():
     with pytest.raises(ValueError, match=f"got {size} devices"):
         exact_connected_scan(np.zeros(size), np.ones(size), 0.01,
                              np.zeros((size, size), dtype=bool))
+
+
+def test_berk_jones_rounded_weighted_counts():
+    # Sums of weights can leave a count 1e-16 above its total, or below 0.
+    total = np.array([0.3, 0.3, 0.0])
+    count = np.array([0.3 + 1e-16, -1e-17, 1e-17])
+
+    values = berk_jones(count, total, 0.01)
+
+    assert np.isfinite(values).all()
+    assert values[0] == pytest.approx(berk_jones(np.array([0.3]), np.array([0.3]), 0.01)[0])
+    assert values[1] == 0.0
+    assert values[2] == 0.0
