@@ -142,10 +142,10 @@ def null_seed(cache: Path, seed: int, args: argparse.Namespace) -> dict:
                          model=ModelConfig(epochs=args.epochs),
                          reference_end=bounds[0].isoformat(), **window)
 
-    kept = cache / (f"trained{seed}-f{args.field_devices}-e{args.epochs}"
+    model_file = cache / (f"trained{seed}-f{args.field_devices}-e{args.epochs}"
                     f"-{code_version(TRAINING_MODULES)}.pickle")
-    if kept.exists():
-        with kept.open("rb") as handle:
+    if model_file.exists():
+        with model_file.open("rb") as handle:
             snapshots, prepared, model, families, train_s = pickle.load(handle)
     else:
         began = time.perf_counter()
@@ -160,10 +160,10 @@ def null_seed(cache: Path, seed: int, args: argparse.Namespace) -> dict:
             families = scoring.families(snapshots, prepared, x_hat, pair_hat, candidates,
                                         train_bins)
         train_s = time.perf_counter() - began
-        partial = kept.with_suffix(".partial")
+        partial = model_file.with_suffix(".partial")
         with partial.open("wb") as handle:
             pickle.dump((snapshots, prepared, model, families, train_s), handle)
-        partial.replace(kept)
+        partial.replace(model_file)
     trained = time.perf_counter()
     counts, summaries, windows = [], [], []
     for period in range(args.periods):

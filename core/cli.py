@@ -930,7 +930,8 @@ def incident_records(workspace: store.Workspace, run_id: str) -> tuple[list[dict
 
 
 def _optional(value) -> float | None:
-    """A number, or None where the run file has no such column or value."""
+    """Return `value` as a float, or None where the run file has no such column or
+    value."""
     return None if value is None or math.isnan(float(value)) else float(value)
 
 

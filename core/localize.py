@@ -417,9 +417,12 @@ def interval_tests(runs: list[tuple[int, int]], max_length: int) -> dict[int, in
 
 @dataclass
 class ScaleInput:
-    """What the search needs of one scale: its p-values, in the long form of
-    `ScaleElements`, for the scored bins and, out of sample, for the calibration
-    bins, and the (start, stop) runs of each."""
+    """The inputs of the search at one scale.
+
+    The p-values are in the long form of `ScaleElements`: `elements` for the scored
+    bins, `null_elements` (out of sample) for the calibration bins. `runs` and
+    `null_runs` are their (start, stop) ranges of bins.
+    """
 
     scale: int
     num_bins: int
@@ -883,8 +886,8 @@ class ScaleState:
 def singleton_families(
     null_elements: pd.DataFrame, scored_elements: pd.DataFrame,
 ) -> dict[str, Family]:
-    """One family per element kind: one element alone is an incident when its
-    -log10(p) passes the family's threshold.
+    """Return one family per element kind, whose test is one element alone: an
+    incident when its -log10(p) passes the family's threshold.
 
     The tail of the null elements' -log10(p) is fitted (`Tail`), so a calibration
     that is overconfident in its extreme tail raises the limit accordingly. With
@@ -893,15 +896,24 @@ def singleton_families(
     families = {}
     for kind, scored in scored_elements.groupby("kind"):
         null = null_elements.loc[null_elements["kind"] == kind, "p_value"].to_numpy()
-        tail = Tail.fit(-np.log10(np.clip(null, 1e-300, 1.0))) if len(null) >= 100 else None
-        families[str(kind)] = Family(tail or Tail(0.0, 1 / np.log(10), 0.0, 1.0, 0.0),
-                                     len(scored))
+        if len(null) >= 100:
+            tail = Tail.fit(-np.log10(np.clip(null, 1e-300, 1.0)))
+        else:
+            tail = UNIFORM_TAIL
+        families[str(kind)] = Family(tail, len(scored))
     return families
 
 
+# The tail of -log10(p) for exactly uniform p-values: exponential with scale
+# 1 / ln(10), from 0.
+UNIFORM_TAIL = Tail(base=0.0, sigma=1 / np.log(10), shape=0.0, share=1.0, largest=0.0)
+
+
 def singleton_limit(family: Family, budget: float) -> float:
-    """The p-value below which one element of `family` is an incident: never above
-    the union bound budget / tests, the limit of exactly uniform p-values."""
+    """Return the p-value below which one element of `family` is an incident.
+
+    It is never above budget / tests, the limit for exactly uniform p-values.
+    """
     uniform = budget / max(family.tests, 1)
     return float(min(uniform, 10 ** -family.threshold(budget)))
 

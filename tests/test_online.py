@@ -169,7 +169,7 @@ def test_live_scale_matches_rebuilt_state(weighted):
     state = online.LiveScale(scale, num_devices, alphas, {1: 5.0, 2: 6.0}, {}, capacity=2,
                              weights=weights)
     first = 0  # absolute coarse bin of local bin 0
-    taken: list[tuple[list[int], int, int]] = []  # absolute base bins
+    removals: list[tuple[list[int], int, int]] = []  # absolute base bins
     for step in range(40):
         state.append(random_bin(rng, num_devices, int(rng.integers(0, 50))))
         if step % 5 == 4:
@@ -177,13 +177,13 @@ def test_live_scale_matches_rebuilt_state(weighted):
             devices = sorted(rng.choice(num_devices, 2, replace=False).tolist())
             start = (state.num_bins - 2) * scale + 1
             state.remove(devices, start, start + 2 * scale, alphas)
-            taken.append((devices, start + first * scale, start + 2 * scale + first * scale))
+            removals.append((devices, start + first * scale, start + 2 * scale + first * scale))
         if step % 13 == 12:
             state.drop(3)
             first += 3
-        kept = state.elements[state.active]
+        active_elements = state.elements[state.active]
         built = localize.ScaleState.build(
-            localize.ScaleElements(scale, state.num_bins, kept, [(0, state.num_bins)]),
+            localize.ScaleElements(scale, state.num_bins, active_elements, [(0, state.num_bins)]),
             num_devices, alphas, state.thresholds, {}, weights)
         np.testing.assert_allclose(state.counts, built.counts, atol=1e-9)
         np.testing.assert_allclose(state.totals, built.totals, atol=1e-9)
@@ -205,7 +205,7 @@ def test_live_scale_matches_rebuilt_state(weighted):
         # Every take-out applies to every kept coarse bin that touches it, including
         # the bins that closed after it.
         bins = state.elements["bin"].to_numpy() + first
-        for devices, start, stop in taken:
+        for devices, start, stop in removals:
             touching = (state.elements["device_idx"].isin(devices)
                         | state.elements["peer_idx"].isin(devices)).to_numpy()
             inside = (bins >= start // scale) & (bins < -(-stop // scale))

@@ -138,11 +138,11 @@ def test_real_run_significance(app, pipeline_workspace):
     stored = _query(pipeline_workspace,
                     "SELECT incident_id, p_value, false_alarms_per_day FROM incidents")
     level = RunConfig().search.level
-    # The table shows the family-wise p-value the run stored; an incident is only
+    # The table shows the family-wise p-value the run stored. An incident is only
     # reported below the run's level, and its rate of false alarms is positive.
-    shown = dict(zip(table["incident_id"], table["significance"]))
+    displayed = dict(zip(table["incident_id"], table["significance"]))
     for incident_id, p_value, per_day in stored:
-        assert shown[incident_id] == pytest.approx(p_value)
+        assert displayed[incident_id] == pytest.approx(p_value)
         assert 0 < p_value <= level
         assert per_day > 0
     rates = dict(zip(table["incident_id"], table["false_alarms_per_day"]))
