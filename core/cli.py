@@ -616,6 +616,14 @@ def run_notes(info: dict) -> list[str]:
             f"{count} bin{_plural(count)} without data from any device "
             f"({spans} collection gap{_plural(spans)}, the first {first[0]} to "
             f"{first[1]}) excluded from training and scoring")
+    rounded = info.get("rounded_readings") or []
+    if rounded:
+        first = rounded[0]
+        notes.append(
+            f"{len(rounded)} sensor{_plural(len(rounded))} read at different resolutions "
+            f"by different sources, so read at the coarsest everywhere in this run "
+            f"(the first: {first['device']}/{first['sensor']} to {first['places']} "
+            f"decimal place{_plural(first['places'])})")
     fill = info.get("gap_fill") or {}
     if fill.get("policy", "none") != "none":
         count = int(fill.get("imputed_cells", 0))
