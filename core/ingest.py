@@ -890,13 +890,13 @@ def _columnar_events(
         "protocol": protocol,
         "line": pa.array(np.arange(first_line, first_line + count, dtype=np.int64)),
     })
-    order = _event_order(instants, notes)
+    order = event_order(instants, notes)
     if order is not None:
         events = events.take(pa.array(order))
     return _Batch("events", events, count, count, notes=notes)
 
 
-def _event_order(instants: np.ndarray, notes: list[str]) -> np.ndarray | None:
+def event_order(instants: np.ndarray, notes: list[str]) -> np.ndarray | None:
     """Return a stable time order of epoch microseconds, or None if already sorted.
 
     Adds a note on out-of-order rows, worded as the general path words it.
@@ -2114,7 +2114,7 @@ def _sort_events(events: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     if events.empty:
         return events
     instants = _utc_numpy(events["t"]).view(np.int64)
-    if _event_order(instants, notes) is not None:
+    if event_order(instants, notes) is not None:
         events = events.sort_values("t", kind="stable")
     return events.reset_index(drop=True)
 
