@@ -77,6 +77,12 @@ def _unpad(stamp: str) -> str:
     return f"{date} {int(hour)}:{rest}"
 
 
+def early_flows() -> list[Flow]:
+    """Return FLOWS moved to the 3rd, so no date has a day above 12."""
+    return [Flow(f.src, f.dst, f.time.replace(day=3), f.fwd_packets, f.bwd_packets,
+                 f.fwd_bytes, f.bwd_bytes, f.label) for f in FLOWS]
+
+
 def events_of(workspace: store.Workspace) -> pd.DataFrame:
     return store.query(workspace.store_path,
                        "SELECT t, src, dst, weight, protocol, line, label, attack "
@@ -119,8 +125,7 @@ def test_flows_month_first_unpadded(tmp_path):
 
 def test_flows_ambiguous_date_error(tmp_path):
     workspace = store.Workspace.create(tmp_path / "ws")
-    early = [Flow(f.src, f.dst, f.time.replace(day=3), f.fwd_packets, f.bwd_packets,
-                  f.fwd_bytes, f.bwd_bytes, f.label) for f in FLOWS]
+    early = early_flows()
     path = write_flows(tmp_path / "f.csv", early, "%d/%m/%Y %H:%M", unpadded=True)
 
     with pytest.raises(IngestError) as raised:
@@ -136,8 +141,7 @@ def test_flows_ambiguous_date_error(tmp_path):
 
 
 def test_flows_declared_order_settles(tmp_path):
-    early = [Flow(f.src, f.dst, f.time.replace(day=3), f.fwd_packets, f.bwd_packets,
-                  f.fwd_bytes, f.bwd_bytes, f.label) for f in FLOWS]
+    early = early_flows()
     path = write_flows(tmp_path / "f.csv", early, "%d/%m/%Y %H:%M", unpadded=True)
     day_first = store.Workspace.create(tmp_path / "day")
     month_first = store.Workspace.create(tmp_path / "month")
@@ -163,7 +167,7 @@ def test_flows_declared_order_rejects_other(tmp_path):
                              'SELECT line, "column", value, reason FROM quarantine '
                              "ORDER BY line")
 
-    # Lines 2 and 3 read as months 12 are valid; lines 4 and 5 have month 13.
+    # Read month first, lines 2 and 3 have month 12 and lines 4 and 5 month 13.
     assert report.rows_stored == 2
     assert list(quarantine["line"]) == [4, 5]
     assert set(quarantine["column"]) == {"Timestamp"}
@@ -258,8 +262,7 @@ def test_flows_missing_column_error(tmp_path):
 
 
 def test_cli_flows_date_order(tmp_path, capsys):
-    early = [Flow(f.src, f.dst, f.time.replace(day=3), f.fwd_packets, f.bwd_packets,
-                  f.fwd_bytes, f.bwd_bytes, f.label) for f in FLOWS]
+    early = early_flows()
     path = write_flows(tmp_path / "f.csv", early, "%d/%m/%Y %H:%M", unpadded=True)
     workspace = str(tmp_path / "ws")
 
