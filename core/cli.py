@@ -538,12 +538,12 @@ def command_ingest(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
-# The options of `tgloc ingest` that one format reads and the others ignore, with
-# the value that means "not given".
+# The options of `tgloc ingest` that only one format reads, with the value that
+# means "not given".
 FORMAT_OPTIONS = {
-    "--slot-seconds": ("slot_seconds", None, ("uvt",)),
-    "--undirected": ("undirected", False, ("uvt",)),
-    "--flow-weight": ("flow_weight", None, ("flows",)),
+    "uvt": {"--slot-seconds": ("slot_seconds", None),
+            "--undirected": ("undirected", False)},
+    "flows": {"--flow-weight": ("flow_weight", None)},
 }
 # The general options that a fixed-layout format has no use for.
 LAYOUT_OPTIONS = {
@@ -558,10 +558,14 @@ LAYOUT_OPTIONS = {
 }
 def _check_format_options(args: argparse.Namespace) -> None:
     """Raise when an option is given that the chosen --format does not read."""
-    for option, (name, unset, formats) in FORMAT_OPTIONS.items():
-        if getattr(args, name) != unset and args.format not in formats:
-            raise TglocError(f"{option} needs --format {' or '.join(formats)}",
-                             f"Remove {option}, or add --format {formats[0]}.")
+    for name, options in FORMAT_OPTIONS.items():
+        given = [option for option, (attribute, unset) in options.items()
+                 if getattr(args, attribute) != unset]
+        if given and args.format != name:
+            listed = " and ".join(options)
+            verb = "needs" if len(options) == 1 else "need"
+            raise TglocError(f"{listed} {verb} --format {name}",
+                             f"Remove {' and '.join(given)}, or add --format {name}.")
     if args.format != "darpa":
         return
     for option, (name, unset) in LAYOUT_OPTIONS.items():

@@ -280,3 +280,13 @@ def test_cli_flows_date_order(tmp_path, capsys):
     assert "4 rows read, 4 stored, 0 rejected" in output
     assert "weight: total_packets = Total Fwd Packets + Total Backward Packets" in (
         output)
+
+
+def test_cli_flow_weight_needs_flows(tmp_path, capsys):
+    path = write_flows(tmp_path / "f.csv", FLOWS, "%d/%m/%Y %H:%M:%S")
+    status = main(["ingest", "--workspace", str(tmp_path / "ws"), "--flow-weight",
+                   "packets", path])
+    error = capsys.readouterr().err
+    assert status == 2
+    assert "--flow-weight needs --format flows" in error
+    assert len(events_of(store.Workspace.create(tmp_path / "ws"))) == 0
