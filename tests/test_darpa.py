@@ -13,6 +13,7 @@ from core import darpa, store
 from core.cli import main
 from core.errors import IngestError
 from core.snapshots import build_snapshots
+from core.withdraw import withdraw_ingest
 from tests.conftest import data_folder
 
 # Each block: (records as written, how many times each is repeated).
@@ -171,6 +172,23 @@ def test_darpa_zip_and_member_same_content(tmp_path):
 
     assert again.already_loaded == first.report_id
     assert again.rows_stored == 0
+    assert len(events_of(workspace)) == first.rows_stored
+
+
+def test_darpa_withdraw_then_reload(tmp_path):
+    workspace = store.Workspace.create(tmp_path / "ws")
+    path = write_zip(tmp_path / "d.zip", darpa_lines()[0])
+    first = darpa.ingest_darpa(workspace, path)
+
+    withdrawn = withdraw_ingest(workspace, first.report_id)
+    emptied = len(events_of(workspace))
+    again = darpa.ingest_darpa(workspace, path)
+
+    assert withdrawn.removed["events"] == first.rows_stored
+    assert withdrawn.removed["quarantine"] == first.rows_rejected
+    assert emptied == 0
+    assert again.already_loaded is None
+    assert again.rows_stored == first.rows_stored
     assert len(events_of(workspace)) == first.rows_stored
 
 
