@@ -155,6 +155,10 @@ def _read_csv(data: bytes, name: str) -> tuple[pa.Table, list[tuple]]:
             Arrow skips them and numbers them among the lines that are not
             blank.
     """
+    if not data.strip():
+        raise IngestError(f"{name} contains no record",
+                          "A DARPA record file has one src,dst,time,attack line "
+                          "per connection.")
     bad_rows: list[tuple] = []
 
     def skip(row) -> str:
@@ -187,10 +191,6 @@ def _read_csv(data: bytes, name: str) -> tuple[pa.Table, list[tuple]]:
             ) from exc
         raise IngestError(f"failed to read {name} as CSV",
                           f"Arrow reported: {exc}") from exc
-    if table.num_rows == 0 and not bad_rows:
-        raise IngestError(f"{name} contains no record",
-                          "A DARPA record file has one src,dst,time,attack line "
-                          "per connection.")
     return table.unify_dictionaries(), bad_rows
 
 
@@ -458,6 +458,8 @@ def _rejections(
             if found is not None:
                 column, reason = name, found
                 break
+        if lines[position] == 1:
+            reason += " (a DARPA record file has no header line)"
         rows.append({
             "line": int(lines[position]), "column": column,
             "value": reading.printable(str(cells[column])), "reason": reason,
@@ -481,6 +483,8 @@ def _note_repeats(events: pa.Table, notes: list[str]) -> None:
     })
     distinct = keys.group_by(["t", "src", "dst", "attack"]).aggregate([]).num_rows
     repeats = events.num_rows - distinct
+    if repeats == 0:
+        return
     notes.append(
         f"{repeats} record{_plural(repeats)} repeat an earlier one (same src, dst, "
         f"minute and attack) and {'are' if repeats != 1 else 'is'} kept: each record "

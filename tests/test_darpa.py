@@ -210,6 +210,25 @@ def test_darpa_bad_archive_keeps_store(tmp_path):
     assert len(events_of(workspace)) == before
 
 
+def test_darpa_header_and_empty_file(tmp_path):
+    workspace = store.Workspace.create(tmp_path / "ws")
+    headed = tmp_path / "headed.csv"
+    headed.write_text("src,dst,time,attack\n"
+                      "172.016.112.020,192.168.001.010,06/01/1998-08:00,-\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("\n")
+
+    report = darpa.ingest_darpa(workspace, headed)
+    quarantine = quarantine_of(workspace)
+
+    assert report.rows_stored == 1
+    assert list(quarantine["line"]) == [1]
+    assert "has no header line" in quarantine["reason"][0]
+    with pytest.raises(IngestError, match="empty.csv contains no record"):
+        darpa.ingest_darpa(workspace, empty)
+    assert len(events_of(workspace)) == 1
+
+
 def test_darpa_older_store_gains_attack(tmp_path):
     workspace = store.Workspace.create(tmp_path / "ws")
     # A store as the version before events.attack wrote it.
