@@ -91,36 +91,40 @@ def ingest_darpa(
         timezone: IANA zone in which the timestamps are read (default UTC).
 
     Raises:
-        IngestError: the file cannot be read, is not UTF-8 text, or no record
-            has four fields.
+        IngestError: the file cannot be read, is empty or not UTF-8 text, the
+            archive has several CSV members, or `timezone` is no IANA zone.
+            Nothing of the file is stored then.
     """
     options = ingest.IngestOptions(target="events", timezone=timezone,
                                    label_intervals=False)
     path = Path(path)
     data, member = _read_records(path)
-    table, bad_rows = _read_csv(data, path.name)
-    blank_lines = _blank_lines(data)
-    lines, bad_rows = _record_lines(table.num_rows, bad_rows, blank_lines)
-    notes = [
-        "format darpa: headerless src,dst,MM/DD/YYYY-HH:MM,attack"
-        + (f" (member {member} of {path.name})" if member else ""),
-        f"the file's times carry no zone: read as {timezone}"
-        + (" (--timezone sets another zone)" if timezone == "UTC" else ""),
-    ]
-    if len(blank_lines):
-        count = len(blank_lines)
-        notes.append(f"{count} blank line{_plural(count)} skipped")
-
-    events, rejected = _events(table, lines, timezone, notes)
-    rejected = pd.concat([_field_count_rejections(bad_rows), rejected],
-                         ignore_index=True)
     # The zone is part of what is stored, so the same bytes read in another zone
     # are a different load. The digest covers the CSV bytes, not the archive, so
     # a load of the extracted member is recognised as the same content.
     digest = hashlib.sha256(data)
     digest.update(f"\x00darpa\x00{timezone}".encode())
-    return ingest.ingest_arrow_events(workspace, events, options, str(path),
-                                      digest.hexdigest(), notes, rejected)
+
+    def read_events() -> tuple[pa.Table, pd.DataFrame, list[str]]:
+        table, bad_rows = _read_csv(data, path.name)
+        blank_lines = _blank_lines(data)
+        lines, bad_rows = _record_lines(table.num_rows, bad_rows, blank_lines)
+        notes = [
+            "format darpa: headerless src,dst,MM/DD/YYYY-HH:MM,attack"
+            + (f" (member {member} of {path.name})" if member else ""),
+            f"the file's times carry no zone: read as {timezone}"
+            + (" (--timezone sets another zone)" if timezone == "UTC" else ""),
+        ]
+        if len(blank_lines):
+            count = len(blank_lines)
+            notes.append(f"{count} blank line{_plural(count)} skipped")
+        events, rejected = _events(table, lines, timezone, notes)
+        rejected = pd.concat([_field_count_rejections(bad_rows), rejected],
+                             ignore_index=True)
+        return events, rejected, notes
+
+    return ingest.ingest_arrow_events(workspace, read_events, options, str(path),
+                                      digest.hexdigest())
 
 
 def _read_records(path: Path) -> tuple[bytes, str | None]:

@@ -560,29 +560,35 @@ def ingest_parsed_events(
 
 
 def ingest_arrow_events(
-    workspace: Workspace, events: pa.Table, options: IngestOptions, source: str,
-    checksum: str, notes: list[str], rejected: pd.DataFrame,
+    workspace: Workspace,
+    read_events: Callable[[], tuple[pa.Table, pd.DataFrame, list[str]]],
+    options: IngestOptions, source: str, checksum: str,
 ) -> IngestReport:
-    """Store events that a format-specific reader has already checked, as Arrow.
+    """Store events that a format-specific reader checks itself, as Arrow.
 
     For large files in a fixed layout (`core.darpa`): the reader converts and
     checks every column with vectorised code, so no Python object is built per
-    row, and hands over the clean rows and the rejected ones. The load gets the
-    same already-loaded check, report and transaction as any other.
+    row, and returns the clean rows and the rejected ones. The load gets the
+    same already-loaded check, report and transaction as any other. The check
+    comes first, so content that is already stored is not read again.
 
     Args:
-        events: the rows in the `events` layout: t (timestamp, UTC), src, dst,
-            weight, protocol, line, and optionally label and attack.
+        read_events: returns the rows in the `events` layout (t as a UTC
+            timestamp, src, dst, weight, protocol, line, and optionally label and
+            attack), the rejected rows (columns line, column, value, reason,
+            record) and notes on what the reader did. Called at most once.
         options: recorded as the load's identity; target must be "events".
         source: the file, recorded in the report.
         checksum: identifies the content (and how it was read) for the
             already-loaded check.
-        notes: what the reader did, for the report.
-        rejected: the rejected rows (columns line, column, value, reason, record).
     """
-    rows_read = events.num_rows + len(rejected)
+    read: list[tuple[pa.Table, pd.DataFrame, list[str]]] = []
 
     def store_rows(origin: _Origin) -> IngestReport:
+        if not read:
+            read.append(read_events())
+        events, rejected, notes = read[0]
+        rows_read = events.num_rows + len(rejected)
         batch = _Batch("events", events, rows_read, events.num_rows,
                        rejected=[rejected] if len(rejected) else [],
                        notes=list(notes))
