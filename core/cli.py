@@ -556,6 +556,8 @@ LAYOUT_OPTIONS = {
     "--encoding": ("encoding", "utf-8"),
     "--read-unterminated-line": ("read_unterminated_line", False),
 }
+
+
 def _check_format_options(args: argparse.Namespace) -> None:
     """Raise when an option is given that the chosen --format does not read."""
     for name, options in FORMAT_OPTIONS.items():
