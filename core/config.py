@@ -179,6 +179,12 @@ class SearchConfig:
             kind) among a hit's members that a member's own largest score needs.
         scan_fanout: new pairs a device must open in an incident's interval to be
             treated as the source of a scan, whose peers are its targets.
+        calibrate_on_scored: also rank each element's score among its own scores
+            in the stretch of scored bins it belongs to, and keep the larger of
+            that p-value and the reference's. For a scored period far in time from
+            the reference, where the plant's normal level has moved. It costs power
+            on anomalies that fill a large share of the stretch, and no p-value can
+            fall below one over the stretch's bins.
     """
 
     statistic: str = "bj"
@@ -194,6 +200,7 @@ class SearchConfig:
     member_min_share: float = 0.5
     member_min_magnitude: float = 0.3
     scan_fanout: int = 3
+    calibrate_on_scored: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alphas", tuple(sorted(self.alphas)))

@@ -630,6 +630,30 @@ def _pooled_ratio(pooled: np.ndarray, own_max: float, scores: np.ndarray) -> np.
     return np.clip(survival(scores) / at_max, 0.0, 1.0)
 
 
+def stretch_pvalues(score: np.ndarray, p_value: np.ndarray, target: np.ndarray
+                    ) -> np.ndarray:
+    """Return `p_value` raised, where needed, to each element's p-value among its
+    own scores in the stretch of `target` bins it belongs to.
+
+    A stretch is a run of consecutive bins of `target`. Within it, an element's
+    p-value is the share of its scores at least as large as the bin's own, so the
+    largest score of a stretch of n bins gets 1 / n. Where an element has no
+    p-value (NaN) it keeps none.
+    """
+    result = p_value.copy()
+    if len(target) == 0:
+        return result
+    for stretch in np.split(target, np.flatnonzero(np.diff(target) > 1) + 1):
+        finite = ~np.isnan(p_value[stretch])
+        for column in np.flatnonzero(finite.any(axis=0)):
+            rows = stretch[finite[:, column]]
+            values = score[rows, column]
+            ordered = np.sort(values)
+            at_least = len(values) - np.searchsorted(ordered, values, side="left")
+            result[rows, column] = np.maximum(result[rows, column], at_least / len(values))
+    return result
+
+
 def recalibrate(p_value: np.ndarray, null_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map p-values through the distribution of held-out null p-values of the same
     family and scale.

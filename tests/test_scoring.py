@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from core import store, train
+from core import scoring, store, train
 from core.ingest import IngestOptions, ingest_frame
 from core.scoring import (P_FLOOR, Family, aggregate, coarse_periods, families,
                           recalibrate, tail_pvalues)
@@ -307,3 +307,39 @@ def test_families_range_needs_two_readings(tmp_path):
     spread = sensor.residual.shape[-1] - 1
     assert sensor.weight[..., spread].max() == 0.0
     assert np.abs(sensor.residual[..., spread]).max() == 0.0
+
+
+def test_stretch_pvalues_absorb_level_shift():
+    """A level shift that fills its stretch stops being rare; a spike stays the
+    rarest bin of its stretch, at one over the stretch's bins."""
+    rng = np.random.default_rng(4)
+    score = rng.normal(0.0, 1.0, (30, 3))
+    score[20:30, 0] += 10.0
+    score[25, 1] = 50.0
+    p_value = np.full((30, 3), 0.5)
+    p_value[20:30, 0] = 1e-6
+    p_value[25, 1] = 1e-9
+    p_value[:, 2] = np.nan
+    target = np.r_[np.arange(0, 10), np.arange(20, 30)]
+
+    result = scoring.stretch_pvalues(score, p_value, target)
+
+    assert result[20:30, 0].min() == pytest.approx(0.1)
+    assert sorted(result[20:30, 0]) == pytest.approx(np.arange(1, 11) / 10)
+    assert result[25, 1] == pytest.approx(0.1)
+    assert np.isnan(result[:, 2]).all()
+    # Bins outside the target keep their p-values; none is ever lowered.
+    np.testing.assert_array_equal(result[10:20, :2], p_value[10:20, :2])
+    assert (result[:, :2] >= p_value[:, :2]).all()
+
+
+def test_stretch_pvalues_split_at_gaps():
+    """Each stretch ranks its own bins: a high stretch does not mask a low one."""
+    score = np.r_[np.full(10, 1.0), np.full(10, 5.0)][:, None] + np.arange(20)[:, None] * 1e-3
+    p_value = np.full((20, 1), 1e-6)
+    one = scoring.stretch_pvalues(score, p_value, np.arange(20))
+    two = scoring.stretch_pvalues(score, p_value, np.r_[np.arange(10), np.arange(11, 20)])
+
+    assert one[9, 0] == pytest.approx(11 / 20)
+    assert two[9, 0] == pytest.approx(1 / 10)
+    assert two[10, 0] == pytest.approx(1e-6)
