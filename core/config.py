@@ -180,11 +180,12 @@ class SearchConfig:
         scan_fanout: new pairs a device must open in an incident's interval to be
             treated as the source of a scan, whose peers are its targets.
         calibrate_on_scored: also rank each element's score among its own scores
-            in the stretch of scored bins it belongs to, and keep the larger of
-            that p-value and the reference's. For a scored period far in time from
-            the reference, where the plant's normal level has moved. It costs power
-            on anomalies that fill a large share of the stretch, and no p-value can
-            fall below one over the stretch's bins.
+            in the stretch of scored bins it belongs to, leaving out the
+            `max_interval_bins` bins on either side, and keep the larger of that
+            p-value and the reference's. For a scored period far in time from the
+            reference, where the plant's normal level has moved: a change that
+            lasts longer than the longest interval searched becomes normal. No
+            p-value falls below one over the bins of the stretch.
     """
 
     statistic: str = "bj"

@@ -290,7 +290,9 @@ def score_scales(
                 null_p[fold] = fold_p[fold]
             p, null_p = scoring.recalibrate(p, null_p)
             if config.search.calibrate_on_scored:
-                p = scoring.stretch_pvalues(scaled.score, p, target)
+                p = scoring.stretch_pvalues(scaled.score, p, target,
+                                            config.search.max_interval_bins,
+                                            config.search.min_reference)
             scaled.p_value = p
             scaled.calibration = level
             scaled_families.append(scaled)

@@ -310,36 +310,51 @@ def test_families_range_needs_two_readings(tmp_path):
 
 
 def test_stretch_pvalues_absorb_level_shift():
-    """A level shift that fills its stretch stops being rare; a spike stays the
-    rarest bin of its stretch, at one over the stretch's bins."""
+    """A level shift that fills its stretch stops being rare; a burst shorter than
+    the guard stays the rarest of its stretch."""
     rng = np.random.default_rng(4)
-    score = rng.normal(0.0, 1.0, (30, 3))
-    score[20:30, 0] += 10.0
-    score[25, 1] = 50.0
-    p_value = np.full((30, 3), 0.5)
-    p_value[20:30, 0] = 1e-6
-    p_value[25, 1] = 1e-9
+    score = rng.normal(0.0, 1.0, (900, 3))
+    score[500:900, 0] += 10.0
+    score[600:615, 1] += 50.0
+    p_value = np.full((900, 3), 0.5)
+    p_value[500:900, 0] = 1e-6
+    p_value[600:615, 1] = 1e-9
     p_value[:, 2] = np.nan
-    target = np.r_[np.arange(0, 10), np.arange(20, 30)]
+    target = np.r_[np.arange(0, 400), np.arange(500, 900)]
 
-    result = scoring.stretch_pvalues(score, p_value, target)
+    result = scoring.stretch_pvalues(score, p_value, target, guard=20, min_outside=30)
 
-    assert result[20:30, 0].min() == pytest.approx(0.1)
-    assert sorted(result[20:30, 0]) == pytest.approx(np.arange(1, 11) / 10)
-    assert result[25, 1] == pytest.approx(0.1)
+    shifted = result[500:900, 0]
+    assert np.median(shifted) > 0.3
+    assert shifted.min() >= 1 / 360 - 1e-12
+    # Each bin of the burst is compared with the 359 or more bins beyond the guard.
+    burst = result[600:615, 1]
+    assert burst.max() == pytest.approx(1 / 360)
     assert np.isnan(result[:, 2]).all()
-    # Bins outside the target keep their p-values; none is ever lowered.
-    np.testing.assert_array_equal(result[10:20, :2], p_value[10:20, :2])
+    np.testing.assert_array_equal(result[400:500, :2], p_value[400:500, :2])
     assert (result[:, :2] >= p_value[:, :2]).all()
 
 
 def test_stretch_pvalues_split_at_gaps():
     """Each stretch ranks its own bins: a high stretch does not mask a low one."""
-    score = np.r_[np.full(10, 1.0), np.full(10, 5.0)][:, None] + np.arange(20)[:, None] * 1e-3
-    p_value = np.full((20, 1), 1e-6)
-    one = scoring.stretch_pvalues(score, p_value, np.arange(20))
-    two = scoring.stretch_pvalues(score, p_value, np.r_[np.arange(10), np.arange(11, 20)])
+    score = np.r_[np.full(100, 1.0), np.full(100, 5.0)][:, None] + np.arange(200)[:, None] * 1e-6
+    p_value = np.full((200, 1), 1e-6)
+    joined = scoring.stretch_pvalues(score, p_value, np.arange(200), guard=5,
+                                     min_outside=20)
+    split = scoring.stretch_pvalues(score, p_value, np.r_[np.arange(100), np.arange(101, 200)],
+                                    guard=5, min_outside=20)
 
-    assert one[9, 0] == pytest.approx(11 / 20)
-    assert two[9, 0] == pytest.approx(1 / 10)
-    assert two[10, 0] == pytest.approx(1e-6)
+    assert joined[50, 0] > 0.5
+    assert split[99, 0] == pytest.approx(1 / 95)
+    assert split[100, 0] == pytest.approx(1e-6)
+
+
+def test_stretch_pvalues_keep_short_stretch():
+    """A stretch with too few bins beyond the guard keeps the reference p-values."""
+    score = np.arange(30, dtype=float)[:, None]
+    p_value = np.full((30, 1), 1e-6)
+
+    result = scoring.stretch_pvalues(score, p_value, np.arange(30), guard=10,
+                                     min_outside=20)
+
+    np.testing.assert_array_equal(result, p_value)
