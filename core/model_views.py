@@ -66,7 +66,7 @@ def run_notes(info: dict) -> list[str]:
         count, spans = int(gaps["bins"]), int(gaps["intervals"])
         first = gaps["first"][0]
         notes.append(
-            f"{count} bin{plural(count)} without data from any device "
+            f"{count:,} bin{plural(count)} without data from any device "
             f"({spans} collection gap{plural(spans)}, the first {first[0]} to "
             f"{first[1]}) excluded from training and scoring")
     rounded = info.get("rounded_readings") or []
@@ -82,7 +82,7 @@ def run_notes(info: dict) -> list[str]:
         count = int(fill.get("imputed_cells", 0))
         limit = fill.get("limit")
         rule = fill["policy"] if limit is None else f"{fill['policy']}, limit {limit}"
-        notes.append(f"{count} cell{plural(count)} imputed ({rule})")
+        notes.append(f"{count:,} cell{plural(count)} imputed ({rule})")
     return notes
 
 
