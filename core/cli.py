@@ -305,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     planting.add_argument("--into", required=True, help="new folder for the copy")
     planting.add_argument("--fault", action="append", default=[], metavar="TYPE[:DEVICES]",
                           help="fault type (scan, new_link, silence, flood, drift, stuck, "
-                               "spike, process_fault) and optional comma-separated devices; "
-                               "repeatable")
+                               "spike, process_fault, link_loss) and optional "
+                               "comma-separated devices; repeatable")
     planting.add_argument("--seed", type=int, default=0,
                           help="seed of the devices and sizes drawn (default 0)")
     planting.add_argument("--minutes", type=float, default=30.0,

@@ -9,6 +9,8 @@ its anomalies, with the same sizes:
 - new_link: a device starts polling a device it never talked to, every 10 to 20 s.
 - silence: a device stops sending and its sensors stop reporting.
 - flood: a pair's events come 20 to 50 times as often.
+- link_loss: a pair's events stop in both directions, while both devices go on
+  talking to their other peers.
 - drift: a sensor drifts linearly by 4 to 6 standard deviations.
 - stuck: a sensor repeats its last value.
 - spike: one or two samples of a sensor jump by 8 standard deviations.
@@ -38,7 +40,7 @@ from core.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 FAULT_TYPES = ("port_scan", "new_link", "silence", "flood", "drift", "stuck", "spike",
-               "process_fault")
+               "process_fault", "link_loss")
 ALIASES = {"scan": "port_scan", "spreading": "process_fault", "process": "process_fault"}
 DEFAULT_MINUTES = 30.0
 
@@ -168,6 +170,38 @@ class _Planter:
                 "sensors": [],
                 "description": f"{src} sends {sent} extra events to {dst}, "
                                f"{factor:.0f} times its normal rate"}
+
+    def link_loss(self, names, start, end) -> dict:
+        inside = (self.events["t"] >= start) & (self.events["t"] < end)
+        active = self.events[inside]
+        if names and len(names) >= 2:
+            src, dst = names[0], names[1]
+            self._choose((src, dst), self.devices)
+        else:
+            # Pairs with events in the window whose two ends also talk to others,
+            # so the loss is of the link and not of a device.
+            counts = active.groupby(["src", "dst"]).size()
+            peers = pd.concat([self.events[["src", "dst"]],
+                               self.events[["dst", "src"]].set_axis(["src", "dst"], axis=1)])
+            degree = peers.drop_duplicates().groupby("src").size()
+            options = [(str(a), str(b)) for a, b in counts.index
+                       if a != b and degree.get(a, 0) > 1 and degree.get(b, 0) > 1]
+            if not options:
+                raise DataError("no pair of devices talks in the fault's window",
+                                "Name the link's two devices or plant another type.")
+            src, dst = options[int(self.rng.integers(len(options)))]
+        between = (((self.events["src"] == src) & (self.events["dst"] == dst))
+                   | ((self.events["src"] == dst) & (self.events["dst"] == src)))
+        lost = int((between & inside).sum())
+        if lost == 0:
+            raise DataError(f"{src} and {dst} exchange no events in the fault's window",
+                            "Name two devices that talk then, or plant another type.")
+        self.events = self.events[~(between & inside)]
+        return {"devices": [src, dst],
+                "pairs": [{"src": src, "dst": dst}, {"src": dst, "dst": src}],
+                "targets": [], "sensors": [],
+                "description": f"the link between {src} and {dst} goes quiet: "
+                               f"{lost} events in both directions are lost"}
 
     def _sensor(self, names) -> tuple[str, str]:
         device = self._choose(names, self.sensor_devices)[0]

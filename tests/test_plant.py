@@ -65,6 +65,33 @@ def test_plant_writes_faults_and_truth(source, tmp_path, capsys):
     assert count(root, "SELECT count(*) FROM events WHERE protocol = 'tcp-syn'") == 0
 
 
+def test_plant_link_loss_drops_one_pair(source, tmp_path):
+    root, _ = source
+    target = tmp_path / "copy"
+    code = cli.main(["plant", "--workspace", str(root), "--into", str(target),
+                     "--fault", "link_loss", "--seed", "2", "--minutes", "20"])
+    assert code == 0
+    truth = store.query(target / "store.duckdb", "SELECT * FROM ground_truth").iloc[0]
+    first, second = truth["devices"]
+    window = [truth["start"], truth["end"]]
+    between = ("SELECT count(*) FROM events WHERE ((src = ? AND dst = ?) OR (src = ? AND dst = ?))"
+               " AND t >= ? AND t < ?")
+    others = ("SELECT count(*) FROM events WHERE (src = ? OR dst = ?) AND NOT "
+              "((src = ? AND dst = ?) OR (src = ? AND dst = ?)) AND t >= ? AND t < ?")
+    pair = [first, second, second, first]
+
+    assert truth["kind"] == "link_loss"
+    assert count_with(root, between, pair + window) > 0
+    assert count_with(target, between, pair + window) == 0
+    for device in (first, second):
+        args = [device, device] + pair + window
+        assert count_with(target, others, args) == count_with(root, others, args) > 0
+
+
+def count_with(root, sql, args):
+    return int(store.query(root / "store.duckdb", sql, args).iloc[0, 0])
+
+
 def test_plant_same_seed_same_truth(source, tmp_path):
     root, _ = source
     for name in ("a", "b"):
