@@ -1058,6 +1058,9 @@ def detect(
         ratio, state, hit = max(found, key=lambda item: item[0])
         hit.devices = _split_in_time(state, hit, config)
         start, stop, alpha = _refine(state, hit, config)
+        start, stop = _split_quiet(state, hit.devices, start, stop, alpha, config,
+                                   -(-aftermath // state.scale),
+                                   _coarse_stop(min_stop, state.scale))
         base_start = start * state.scale
         base_stop = min(stop * state.scale, num_bins)
         base_start, base_stop = _widen(states, hit, base_start, base_stop, num_bins, config)
@@ -1273,6 +1276,50 @@ def _core(counts: np.ndarray) -> tuple[int, int]:
         stop = int(np.searchsorted(cumulative, cumulative[start] + need, side="left"))
         if stop <= len(counts) and stop - start < best[1] - best[0]:
             best = (start, max(stop, start + 1))
+    return best
+
+
+def _split_quiet(
+    state: ScaleState, devices: list[int], start: int, stop: int, alpha: float,
+    config: SearchConfig, gap: int, min_stop: int | None = None,
+) -> tuple[int, int]:
+    """Cut [start, stop) at its quiet stretches and return the strongest piece.
+
+    The statistic grows with the evidence it sums, so one interval over two
+    anomalies of the same devices, days apart, can outscore either alone. A
+    stretch of at least `gap` bins in which the devices have no more p-values at
+    most `alpha` than `alpha` times their elements separates two such anomalies.
+    The piece with the highest statistic is kept, and the others stay in the scan
+    for later rounds. With `min_stop`, only pieces that end at or after it count.
+    """
+    if gap < 1 or alpha not in config.alphas or stop - start < 2 * gap + 1:
+        return start, stop
+    a = config.alphas.index(alpha)
+    evidence = state.evidence()
+    chosen = np.asarray(devices)
+    counts = np.diff(evidence.counts[start:stop + 1, chosen, a].sum(axis=1).astype(np.float64))
+    totals = np.diff(evidence.totals[start:stop + 1, chosen].sum(axis=1).astype(np.float64))
+    running = np.concatenate([[0.0], np.cumsum(counts - alpha * totals)])
+    quiet_from = np.flatnonzero(running[gap:] - running[:-gap] <= 1e-9)
+    if len(quiet_from) == 0:
+        return start, stop
+    # Mark every bin of every quiet window of `gap` bins.
+    marks = np.zeros(len(counts) + 1)
+    np.add.at(marks, quiet_from, 1.0)
+    np.add.at(marks, quiet_from + gap, -1.0)
+    quiet = np.cumsum(marks)[:-1] > 0
+    edges = np.flatnonzero(np.diff(np.concatenate([[1], quiet.astype(np.int8), [1]])))
+    pieces = list(zip(edges[::2], edges[1::2]))
+    if len(pieces) <= 1:
+        return start, stop
+    function = STATISTICS[config.statistic]
+    best, best_value = (start, stop), -np.inf
+    for lower, upper in pieces:
+        if min_stop is not None and start + upper < min_stop:
+            continue
+        value = float(function(counts[lower:upper].sum(), totals[lower:upper].sum(), alpha))
+        if value > best_value:
+            best, best_value = (start + int(lower), start + int(upper)), value
     return best
 
 

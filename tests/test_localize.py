@@ -386,6 +386,37 @@ def test_detect_splits_two_anomalies_sharing_a_device():
     assert spans[1][2] == [1, 2]
 
 
+def test_detect_cuts_quiet_stretch_between_bursts():
+    """Device 2 is abnormal in bins 10-19 and again in bins 40-49. One interval over
+    both outscores either burst, but 20 quiet bins lie between them, longer than
+    the model's aftermath of 8 bins, so they are two incidents."""
+    rng = np.random.default_rng(6)
+    rows = []
+    for t in range(64):
+        for device in range(4):
+            for _ in range(3):
+                burst = device == 2 and (10 <= t < 20 or 40 <= t < 50)
+                rows.append(("sensor", device, -1, t, 0.005 if burst else rng.uniform(0.02, 1)))
+    elements = _elements(rows)
+    thresholds = {2 ** k: 15.0 for k in range(7)}
+
+    def run(aftermath):
+        scale_elements = ScaleElements(scale=1, num_bins=64, elements=elements.copy(),
+                                       runs=[(0, 64)])
+        state = ScaleState.build(scale_elements, 4, SearchConfig().alphas, thresholds,
+                                 {"sensor": 1e-12})
+        return detect([state], num_devices=4, num_bins=64, links=np.array([[0, 1], [1, 2]]),
+                      kinds=np.array(["rtu", "plc", "rtu", "rtu"]),
+                      config=SearchConfig(max_incidents=5), aftermath=aftermath)
+
+    joined = run(aftermath=0)
+    split = run(aftermath=8)
+
+    assert [(i.start, i.stop) for i in joined] == [(10, 50)]
+    assert sorted((i.start, i.stop) for i in split) == [(10, 20), (40, 50)]
+    assert all(i.devices == [2] for i in split)
+
+
 def _incident(start, stop, devices, process=False):
     from core.localize import Incident
 
