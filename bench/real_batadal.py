@@ -364,13 +364,15 @@ def trained_model(folder: Path, epochs: int, cache: Path) -> Trained:
     path = cache / f"trained-e{epochs}-{code_version(MODEL_MODULES)}-{data_digest(folder)}.pickle"
     if path.exists():
         with path.open("rb") as handle:
-            trained = pickle.load(handle)
+            fields = pickle.load(handle)
         log.info("loaded the trained model from %s", path)
-        return trained
+        return Trained(**fields)
     trained = train_model(folder, epochs)
+    # The fields are pickled, not the dataclass: run as `python -m`, this module
+    # is `__main__`, and a pickled `__main__.Trained` would not load elsewhere.
     partial = path.with_suffix(".partial")
     with partial.open("wb") as handle:
-        pickle.dump(trained, handle)
+        pickle.dump(vars(trained), handle)
     partial.replace(path)
     return trained
 
