@@ -28,8 +28,9 @@ so the interval ends one hour later):
   rows of role "sensor". They are ranked by evidence (-log10 of the smallest
   p-value of the sensor's significant elements in the incident, higher is more
   anomalous), then by the number of hourly bins inside the incident in which
-  `sensor_flags` flags the sensor (constant in training, or outside the training
-  range). Ties left after both go against the target signals, so a tie never
+  `sensor_flags` flags the sensor "outside training range". The other flag,
+  "constant in training", is on in every bin of such a sensor, so it does not
+  count. Ties left after both go against the target signals, so a tie never
   makes a hit.
 - false incident-hours: hours of the file covered by an incident and by no
   attack, as a share of the file's hours without an attack.
@@ -345,7 +346,8 @@ def incidents_from_run(table: pd.DataFrame, members: pd.DataFrame,
         start, end = pd.Timestamp(row.start), pd.Timestamp(row.end)
         own = members[members["incident_id"] == row.incident_id]
         devices = tuple(sorted(set(own.loc[own["role"] == "device", "device"])))
-        inside = flags[(flags["start"] >= start) & (flags["start"] < end)]
+        inside = flags[(flags["start"] >= start) & (flags["start"] < end)
+                       & (flags["flag"] == scoring.OUTSIDE_TRAINING_RANGE)]
         flagged = inside.groupby(["device", "sensor"])["bin"].nunique()
         sensors = tuple(
             RankedSensor(str(s.device), str(s.sensor), float(s.evidence),

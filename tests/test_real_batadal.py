@@ -229,18 +229,21 @@ def test_incidents_from_run_roles_and_flags():
         "p_value": [1e-5, 1e-4, 1e-5, 1e-2],
     })
     flags = pd.DataFrame({
-        "bin": [0, 0, 1, 3],
-        "start": [start, start, start + HOUR, start + 3 * HOUR],
-        "device": ["PLC1"] * 4,
-        "sensor": ["F_PU1"] * 4,
+        "bin": [0, 0, 1, 2, 3],
+        "start": [start, start, start + HOUR, start + 2 * HOUR, start + 3 * HOUR],
+        "device": ["PLC1"] * 5,
+        "sensor": ["F_PU1"] * 5,
         "flag": ["outside training range", "constant in training",
-                 "outside training range", "outside training range"],
+                 "outside training range", "constant in training",
+                 "outside training range"],
     })
     (built,) = real_batadal.incidents_from_run(table, members, flags)
     # A pair's peer is not a member device.
     assert built.devices == ("PLC1",)
     by_name = {s.sensor: s for s in built.sensors}
-    # Bins 0 and 1 are inside, and bin 0's two flags count once. Bin 3 is after the end.
+    # Bins 0 and 1 are flagged outside the training range inside the incident, and
+    # bin 0's two flags count once. Bin 2 is only constant in training, which does not
+    # count, and bin 3 is after the end.
     assert by_name["F_PU1"].flagged_bins == 2
     assert by_name["L_T1"].flagged_bins == 0
     assert by_name["L_T1"].device == "PLC2"
