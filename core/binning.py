@@ -75,8 +75,11 @@ ORDER BY 1, 2, 3
 """
 
 
-def measurement_bins_sql(dialect: Dialect) -> str:
+def measurement_bins_sql(dialect: Dialect, source: str = "measurements") -> str:
     """Return the query of sensor features per (bin, device, sensor).
+
+    `source` is the relation read: the store's `measurements`, or a module
+    constant that derives rows of the same columns from it.
 
     `last_change_us` is the epoch microsecond of the last reading in the bin whose
     value differs from the sensor's previous reading (NULL when none differs).
@@ -95,7 +98,7 @@ WITH runs AS (
     SELECT device, sensor, t, value,
            count(value) OVER so_far AS run,
            {last_seen} OVER so_far AS last_seen
-    FROM measurements
+    FROM {source}
     WHERE {in_window(dialect)}
     WINDOW so_far AS (PARTITION BY device, sensor ORDER BY t
                       ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)

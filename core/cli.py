@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import ingest, linkstream, smd, store, views
+from core import darpa, flows, ingest, linkstream, smd, store, views
 from core.config import (
     GAP_FILL_POLICIES,
     ModelConfig,
@@ -33,6 +33,8 @@ from core.stages import StageTimer
 log = logging.getLogger(__name__)
 
 DEFAULT_WORKSPACE = "workspace"
+# The file formats of `tgloc ingest --format`.
+FORMATS = ("auto", "uvt", "darpa", "flows")
 # CSV files written for spreadsheets: UTF-8 with a byte order mark, which Excel
 # needs to read non-ASCII names as UTF-8.
 CSV_FILE_ENCODING = "utf-8-sig"
@@ -106,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--column", action="append", default=[], metavar="OURS=THEIRS",
                       help="map a file column, e.g. --column time=Timestamp (repeatable)")
     load.add_argument("--time-format", help="strptime format of the time column")
+    load.add_argument("--date-order", choices=ingest.DATE_ORDERS,
+                      help="order of dates such as 03/07/2017 (default: detected "
+                      "from a day above 12; a file without one needs this)")
     load.add_argument("--timezone", default="UTC",
                       help="IANA zone for timestamps without a zone (default UTC)")
     load.add_argument("--epoch-unit", choices=("s", "ms"),
@@ -131,10 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--read-unterminated-line", action="store_true",
                       help="also read a last line without a line end (by default it "
                       "is held back until a writer ends it)")
-    load.add_argument("--format", choices=("auto", "uvt"), default="auto",
+    load.add_argument("--format", choices=FORMATS, default="auto",
                       help="auto: detect CSV, Parquet, Zeek or JSON lines; uvt: "
                       "headerless integer lines u,v,t with t a slot index "
-                      "(needs --slot-seconds)")
+                      "(needs --slot-seconds); darpa: DARPA 1998 connection "
+                      "records as MIDAS distributes them, headerless "
+                      "src,dst,MM/DD/YYYY-HH:MM,attack, zipped or not; flows: "
+                      "CICFlowMeter flow CSV (Source IP, Destination IP, "
+                      "Timestamp, Label)")
     load.add_argument("--slot-seconds", type=float,
                       help="uvt: length of one slot in seconds")
     load.add_argument("--origin", default=linkstream.DEFAULT_ORIGIN,
@@ -143,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     load.add_argument("--undirected", action="store_true",
                       help="uvt: contacts have no direction; store each as "
                       "(smaller id, larger id)")
+    load.add_argument("--flow-weight", choices=flows.WEIGHTS,
+                      help="flows: event weight, the flow's bytes (forward + "
+                      "backward payload, the default), its packets, or 1 per flow")
     load.add_argument("--batadal", metavar="FOLDER",
                       help="import the BATADAL water network data set from FOLDER")
     load.add_argument("--withdraw", type=int, metavar="REPORT_ID",
@@ -459,11 +471,11 @@ def command_ingest(args: argparse.Namespace) -> int:
     if not args.files:
         raise TglocError("no file to ingest",
                          "Name one or more files, --batadal FOLDER or --smd FOLDER.")
+    _check_format_options(args)
     if args.format == "uvt":
         return ingest_uvt_files(workspace, args)
-    if args.slot_seconds is not None or args.undirected:
-        raise TglocError("--slot-seconds and --undirected need --format uvt",
-                         "Add --format uvt for headerless u,v,t slot files.")
+    if args.format == "darpa":
+        return ingest_darpa_files(workspace, args)
     columns = {}
     for item in args.column:
         ours, _, theirs = item.partition("=")
@@ -485,7 +497,8 @@ def command_ingest(args: argparse.Namespace) -> int:
                                             args.sensor_map_columns)
     options = ingest.IngestOptions(
         target=args.target, layout=args.layout, columns=columns,
-        time_format=args.time_format, timezone=args.timezone,
+        time_format=args.time_format, date_order=args.date_order,
+        timezone=args.timezone,
         epoch_unit=args.epoch_unit, sensor_map=sensor_map,
         label_column=args.label_column, ignore_columns=tuple(args.ignore_column),
         weight_policy=args.weight_policy,
@@ -497,7 +510,11 @@ def command_ingest(args: argparse.Namespace) -> int:
     failed: list[str] = []
     for path in args.files:
         try:
-            report = ingest.ingest_file(workspace, path, options)
+            if args.format == "flows":
+                report = flows.ingest_flows(workspace, path,
+                                            args.flow_weight or "bytes", options)
+            else:
+                report = ingest.ingest_file(workspace, path, options)
         except TglocError as exc:
             print(f"error: {path}: {exc.headline}", file=sys.stderr)
             if exc.detail:
@@ -518,6 +535,70 @@ def command_ingest(args: argparse.Namespace) -> int:
         stored = len(args.files) - len(failed)
         print(f"{stored} of {len(args.files)} files loaded; "
               f"{len(failed)} failed: {', '.join(failed)}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+# The options of `tgloc ingest` that only one format reads, with the value that
+# means "not given".
+FORMAT_OPTIONS = {
+    "uvt": {"--slot-seconds": ("slot_seconds", None),
+            "--undirected": ("undirected", False)},
+    "flows": {"--flow-weight": ("flow_weight", None)},
+}
+# The general options that a fixed-layout format has no use for.
+LAYOUT_OPTIONS = {
+    "--column": ("column", []), "--time-format": ("time_format", None),
+    "--date-order": ("date_order", None), "--epoch-unit": ("epoch_unit", None),
+    "--sensor-map": ("sensor_map", None), "--label-column": ("label_column", None),
+    "--ignore-column": ("ignore_column", []), "--sentinel": ("sentinel", []),
+    "--layout": ("layout", "long"), "--target": ("target", "events"),
+    "--weight-policy": ("weight_policy", "quarantine"),
+    "--encoding": ("encoding", "utf-8"),
+    "--read-unterminated-line": ("read_unterminated_line", False),
+}
+
+
+def _check_format_options(args: argparse.Namespace) -> None:
+    """Raise when an option is given that the chosen --format does not read."""
+    for name, options in FORMAT_OPTIONS.items():
+        given = [option for option, (attribute, unset) in options.items()
+                 if getattr(args, attribute) != unset]
+        if given and args.format != name:
+            listed = " and ".join(options)
+            verb = "needs" if len(options) == 1 else "need"
+            raise TglocError(f"{listed} {verb} --format {name}",
+                             f"Remove {' and '.join(given)}, or add --format {name}.")
+    if args.format != "darpa":
+        return
+    for option, (name, unset) in LAYOUT_OPTIONS.items():
+        if getattr(args, name) != unset:
+            raise TglocError(
+                f"--format darpa does not read {option}",
+                "A DARPA record file has a fixed layout (src,dst,time,attack), so "
+                f"its columns need no mapping. Remove {option}; --timezone sets "
+                "the zone of its times.",
+            )
+
+
+def ingest_darpa_files(workspace: store.Workspace, args: argparse.Namespace) -> int:
+    """Ingest each file as DARPA 1998 connection records in the MIDAS layout."""
+    failed: list[str] = []
+    for path in args.files:
+        try:
+            report = darpa.ingest_darpa(workspace, path, args.timezone)
+        except TglocError as exc:
+            print(f"error: {path}: {exc.headline}", file=sys.stderr)
+            if exc.detail:
+                print(f"  {exc.detail}", file=sys.stderr)
+            failed.append(path)
+            continue
+        print(report.summary())
+        print(ingest_details(workspace, report, header=False))
+        if report.rows_stored == 0 and report.rows_rejected > 0:
+            print(f"error: nothing stored from {path}: all {report.rows_rejected} "
+                  "records were rejected; a DARPA record line is "
+                  "src,dst,MM/DD/YYYY-HH:MM,attack", file=sys.stderr)
+            failed.append(path)
     return 2 if failed else 0
 
 
@@ -616,6 +697,14 @@ def run_notes(info: dict) -> list[str]:
             f"{count} bin{_plural(count)} without data from any device "
             f"({spans} collection gap{_plural(spans)}, the first {first[0]} to "
             f"{first[1]}) excluded from training and scoring")
+    rounded = info.get("rounded_readings") or []
+    if rounded:
+        first = rounded[0]
+        notes.append(
+            f"{len(rounded)} sensor{_plural(len(rounded))} read at different resolutions "
+            f"by different sources, so read at the coarsest everywhere in this run "
+            f"(the first: {first['device']}/{first['sensor']} to {first['places']} "
+            f"decimal place{_plural(first['places'])})")
     fill = info.get("gap_fill") or {}
     if fill.get("policy", "none") != "none":
         count = int(fill.get("imputed_cells", 0))

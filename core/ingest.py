@@ -42,7 +42,7 @@ import json
 import logging
 import re
 import zoneinfo
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,6 +62,7 @@ TARGETS = ("events", "measurements", "devices", "links")
 LAYOUTS = ("long", "wide")
 WEIGHT_POLICIES = ("quarantine", "count")
 DUPLICATE_POLICIES = ("last", "keep")
+DATE_ORDERS = ("day-first", "month-first")
 
 # Epoch values are accepted as seconds or milliseconds when they fall in 1990-2100.
 EPOCH_SECONDS_MIN = 631_152_000
@@ -151,6 +152,9 @@ class IngestOptions:
             {"time": "Timestamp", "src": "Source IP"}. Names not given are found
             case-insensitively among common names after trimming the headers.
         time_format: a `strptime` format applied to the whole time column.
+        date_order: "day-first" or "month-first" for dates such as 03/07/2017.
+            None detects the order from a value whose day is above 12 and raises
+            when no value settles it.
         timezone: IANA zone of timestamps that carry no zone or offset.
         epoch_unit: "s" or "ms" for epoch timestamps; None detects the unit.
         sensor_map: wide layout: sensor column to device. Columns not in the map
@@ -180,6 +184,7 @@ class IngestOptions:
     layout: str = "long"
     columns: Mapping[str, str] = field(default_factory=dict)
     time_format: str | None = None
+    date_order: str | None = None
     timezone: str = "UTC"
     epoch_unit: str | None = None
     sensor_map: Mapping[str, str] | None = None
@@ -202,6 +207,7 @@ class IngestOptions:
             "weight_policy": (self.weight_policy, WEIGHT_POLICIES),
             "duplicate_policy": (self.duplicate_policy, DUPLICATE_POLICIES),
             "epoch_unit": (self.epoch_unit, (None, *EPOCH_UNITS)),
+            "date_order": (self.date_order, (None, *DATE_ORDERS)),
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
@@ -251,6 +257,10 @@ class IngestOptions:
             "encoding": codecs.lookup(self.encoding).name,
             "sentinels": {k: list(v) for k, v in sorted(self.sentinels.items())},
         }
+        # Added only when set, so loads stored before the option existed keep
+        # their identity.
+        if self.date_order is not None:
+            document["date_order"] = self.date_order
         return json.dumps(document, sort_keys=True, ensure_ascii=False)
 
 
@@ -542,6 +552,59 @@ def ingest_parsed_events(
         rejected: the reader's rejected lines (columns line, column, value,
             reason, record), or None.
     """
+    def store_rows(origin: _Origin) -> IngestReport:
+        return _ingest(workspace, frame, lines, options, origin, list(notes),
+                       rejected)
+
+    return _store_once(workspace, source, checksum, options, store_rows)
+
+
+def ingest_arrow_events(
+    workspace: Workspace,
+    read_events: Callable[[], tuple[pa.Table, pd.DataFrame, list[str]]],
+    options: IngestOptions, source: str, checksum: str,
+) -> IngestReport:
+    """Store events that a format-specific reader checks itself, as Arrow.
+
+    For large files in a fixed layout (`core.darpa`): the reader converts and
+    checks every column with vectorised code, so no Python object is built per
+    row, and returns the clean rows and the rejected ones. The load gets the
+    same already-loaded check, report and transaction as any other. The check
+    comes first, so content that is already stored is not read again.
+
+    Args:
+        read_events: returns the rows in the `events` layout (t as a UTC
+            timestamp, src, dst, weight, protocol, line, and optionally label and
+            attack), the rejected rows (columns line, column, value, reason,
+            record) and notes on what the reader did. Called at most once.
+        options: recorded as the load's identity; target must be "events".
+        source: the file, recorded in the report.
+        checksum: identifies the content (and how it was read) for the
+            already-loaded check.
+    """
+    read: list[tuple[pa.Table, pd.DataFrame, list[str]]] = []
+
+    def store_rows(origin: _Origin) -> IngestReport:
+        if not read:
+            read.append(read_events())
+        events, rejected, notes = read[0]
+        rows_read = events.num_rows + len(rejected)
+        batch = _Batch("events", events, rows_read, events.num_rows,
+                       rejected=[rejected] if len(rejected) else [],
+                       notes=list(notes))
+        return _write(workspace, batch, options, origin)
+
+    return _store_once(workspace, source, checksum, options, store_rows)
+
+
+def _store_once(
+    workspace: Workspace, source: str, checksum: str, options: IngestOptions,
+    store_rows: Callable[[_Origin], IngestReport],
+) -> IngestReport:
+    """Store one load with `store_rows`, unless its content is already stored.
+
+    The load is planned again when another process changed the store meanwhile.
+    """
     resolved = str(Path(source).resolve())
     identity = options.identity()
     for _ in range(PLAN_ATTEMPTS):
@@ -554,8 +617,7 @@ def ingest_parsed_events(
         try:
             if already is not None:
                 return _write_already_loaded(workspace, origin, options)
-            return _ingest(workspace, frame, lines, options, origin, list(notes),
-                           rejected)
+            return store_rows(origin)
         except _StoreChanged:
             log.info("store changed while %s was read; planning again", source)
     raise StoreBusyError(
@@ -834,13 +896,13 @@ def _columnar_events(
         "protocol": protocol,
         "line": pa.array(np.arange(first_line, first_line + count, dtype=np.int64)),
     })
-    order = _event_order(instants, notes)
+    order = event_order(instants, notes)
     if order is not None:
         events = events.take(pa.array(order))
     return _Batch("events", events, count, count, notes=notes)
 
 
-def _event_order(instants: np.ndarray, notes: list[str]) -> np.ndarray | None:
+def event_order(instants: np.ndarray, notes: list[str]) -> np.ndarray | None:
     """Return a stable time order of epoch microseconds, or None if already sorted.
 
     Adds a note on out-of-order rows, worded as the general path words it.
@@ -1176,8 +1238,8 @@ def _report_list(report_ids: pd.Series) -> str:
 
 def _table_columns(table: str) -> tuple[str, ...]:
     return {
-        "events": ("t", "src", "dst", "weight", "protocol", "label", "report_id",
-                   "line"),
+        "events": ("t", "src", "dst", "weight", "protocol", "label", "attack",
+                   "report_id", "line"),
         "measurements": ("t", "device", "sensor", "value", "report_id", "line"),
         "devices": ("device", "kind", "zone", "criticality", "label", "report_id"),
         "links": ("src", "dst", "weight", "report_id"),
@@ -1477,6 +1539,8 @@ def _parse_day_month(
     options: IngestOptions,
 ) -> tuple[pd.Series, pd.Series, list[str]]:
     parts = present.str.extract(DAY_MONTH_PATTERN)
+    if options.date_order is not None:
+        return _parse_declared_order(parts, present, column, reasons, index, options)
     first, second = parts[0].astype(int), parts[2].astype(int)
     day_first = (first > 12) & (second <= 12)
     month_first = (second > 12) & (first <= 12)
@@ -1488,16 +1552,53 @@ def _parse_day_month(
             f"inconsistent day/month order in column {column}",
             f"Line {lines[a]} has {present[a]!r} (day first) and line {lines[b]} has "
             f"{present[b]!r} (month first). Fix the file or pass --time-format "
-            "(time_format).",
+            "(time_format), which rejects the rows of the other order.",
         )
     if not day_first.any() and not month_first.any():
         raise IngestError(
             f"ambiguous day/month order in column {column}; pass an explicit format "
             f"such as --time-format '{suggestion}'",
             f"No value in the column has a day above 12, so both readings are "
-            f"possible (line {lines[present.index[0]]} has {present.iloc[0]!r}).",
+            f"possible (line {lines[present.index[0]]} has {present.iloc[0]!r}). "
+            "Declare the order with --date-order day-first or --date-order "
+            "month-first (date_order), or give --time-format (time_format).",
         )
-    day, month = (first, second) if day_first.any() else (second, first)
+    order = "day-first" if day_first.any() else "month-first"
+    settle = day_first.idxmax() if day_first.any() else month_first.idxmax()
+    local, reasons, notes = _day_month_instants(parts, order == "day-first", reasons,
+                                                index, options)
+    notes.insert(0, f"{order} dates in column {column} (line {lines[settle]} "
+                    f"has {present[settle]!r}); read as {suggestion}")
+    return local, reasons, notes
+
+
+def _parse_declared_order(
+    parts: pd.DataFrame, present: pd.Series, column: str, reasons: pd.Series,
+    index: pd.Index, options: IngestOptions,
+) -> tuple[pd.Series, pd.Series, list[str]]:
+    """Read day/month dates in the declared `options.date_order`.
+
+    A value that is no date in that order (a month above 12) is rejected.
+    """
+    day_first = options.date_order == "day-first"
+    suggestion = _suggest_format(parts, present, day_first)
+    local, reasons, notes = _day_month_instants(parts, day_first, reasons, index,
+                                                options)
+    notes.insert(0, f"{options.date_order} dates in column {column} as declared "
+                    f"(date_order); read as {suggestion}")
+    return local, reasons, notes
+
+
+def _day_month_instants(
+    parts: pd.DataFrame, day_first: bool, reasons: pd.Series, index: pd.Index,
+    options: IngestOptions,
+) -> tuple[pd.Series, pd.Series, list[str]]:
+    """Convert split day/month dates to UTC instants, NaT with a reason if invalid.
+
+    Returns the instants, the rejection reasons and the time-zone notes.
+    """
+    first, second = parts[0].astype(int), parts[2].astype(int)
+    day, month = (first, second) if day_first else (second, first)
     year = parts[3].astype(int)
     year = year.where(parts[3].str.len() == 4, np.where(year < 69, 2000, 1900) + year)
 
@@ -1517,11 +1618,7 @@ def _parse_day_month(
     }), errors="coerce")
     parsed[bad_clock] = pd.NaT
     reasons[parsed[parsed.isna()].index] = "invalid date or time"
-    order = "day-first" if day_first.any() else "month-first"
-    settle = day_first.idxmax() if day_first.any() else month_first.idxmax()
     local, reasons, notes = _localize(parsed.reindex(index), options.timezone, reasons)
-    notes.insert(0, f"{order} dates in column {column} (line {lines[settle]} "
-                    f"has {present[settle]!r}); read as {suggestion}")
     return local, reasons, notes
 
 
@@ -1770,6 +1867,19 @@ def _parse_labels(
     return flags.astype(np.int8)
 
 
+def _attack_names(values: pd.Series, flags: pd.Series) -> pd.Series:
+    """Return the label text of attack rows that name a class, None elsewhere.
+
+    Generic attack words and numbers ("attack", "1") name no class.
+    """
+    text = _text(values)
+    squeezed = text.str.lower().str.replace(r"\s+", "", regex=True)
+    generic = squeezed.isin(ATTACK_LABELS) | pd.to_numeric(squeezed,
+                                                           errors="coerce").notna()
+    named = (flags == 1) & ~generic
+    return text.where(named, None).astype(object)
+
+
 def _label_runs(
     times: pd.Series, flags: pd.Series, column: str, source: str
 ) -> pd.DataFrame:
@@ -1845,6 +1955,7 @@ def _parse_events(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
     if label is not None:
         flags = _parse_labels(rows.frame[label], label, rows.frame["_line"], notes)
         rows.frame["_label"] = flags
+        rows.frame["_attack"] = _attack_names(rows.frame[label], flags)
 
     _times_into(rows, found["time"], options, notes)
     _addresses(rows, found["src"], "src", notes)
@@ -1880,6 +1991,7 @@ def _parse_events(rows: _Rows, options: IngestOptions, source: str) -> _Batch:
     })
     if label is not None:
         events["label"] = frame["_label"].astype(np.int8)
+        events["attack"] = frame["_attack"]
     attributes, notices = _event_attributes(rows, used, options, notes, source)
     events = _sort_events(events, notes)
     batch = _Batch("events", events, rows_read, len(events), notes=notes,
@@ -2008,7 +2120,7 @@ def _sort_events(events: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     if events.empty:
         return events
     instants = _utc_numpy(events["t"]).view(np.int64)
-    if _event_order(instants, notes) is not None:
+    if event_order(instants, notes) is not None:
         events = events.sort_values("t", kind="stable")
     return events.reset_index(drop=True)
 

@@ -58,15 +58,24 @@ import torch
 from core import binning, localize, pipeline, scoring, store, train
 from core.config import RunConfig
 from core.errors import DataError
-from core.snapshots import (COMM_FEATURES, EVENT_BINS_SQL, MEASUREMENT_BINS_SQL, MICROS,
+from core.snapshots import (COMM_FEATURES, EVENT_BINS_SQL, MICROS, PLACES_COLUMNS,
                             SENSOR_FEATURES, Snapshots, _communication, _positions,
-                            _sensor_values, build_snapshots)
+                            _sensor_values, build_snapshots, measurement_bins, no_rounding)
 
 log = logging.getLogger(__name__)
 
 ONLINE_DIR = "online"
 EVIDENCE_BINS = 720
 MIN_HORIZON_BINS = 64
+
+
+def recorded_places(info: dict) -> pd.DataFrame:
+    """Return the sensors a run read at a coarser resolution (`rounded_readings`
+    of its report), as `core.snapshots.reading_places` gives them."""
+    rows = info.get("rounded_readings") or []
+    if not rows:
+        return no_rounding()
+    return pd.DataFrame(rows, columns=list(PLACES_COLUMNS))
 
 
 def micros(text: str) -> int:
@@ -290,9 +299,10 @@ class OnlineModel:
                             "Run `tgloc run` with a reference period, then start again.")
         model, payload = train.load_checkpoint(bytes(blobs["data"].iloc[0]))
         started = time.perf_counter()
+        places = recorded_places(info)
         reference = build_snapshots(workspace.store_path, int(info["bin_seconds"]),
                                     int(info["origin_us"]),
-                                    micros(spans["calibration"]["end"]))
+                                    micros(spans["calibration"]["end"]), places=places)
         reference_config = dataclasses.replace(
             config, reference_start=spans["train"]["start"],
             reference_end=spans["calibration"]["end"], score_start=None, score_end=None)
@@ -424,9 +434,9 @@ class BinFeed:
             # NOTE: forward fill reaches back one bin here, where the batch run
             # fills from any earlier reading.
             stream = online.config.stream
-            readings = con.execute(MEASUREMENT_BINS_SQL, binning.measurement_parameters(
+            readings = measurement_bins(con, binning.measurement_parameters(
                 online.origin_us, online.bin_seconds, start - width, start + width,
-                stream.gap_fill == "ffill", stream.gap_fill_limit)).df()
+                stream.gap_fill == "ffill", stream.gap_fill_limit), online.reference.rounded)
         readings = readings[readings["bin"] == bin_index]
 
         known = events["src"].isin(self.index.index) & events["dst"].isin(self.index.index)

@@ -635,6 +635,10 @@ def run_info(workspace, run_id, config, snapshots, periods, checkpoint, fitted,
         },
         "constant_in_training": [list(pair) for pair in prepared.constant],
         "collection_gaps": collection_gaps(snapshots, periods),
+        "rounded_readings": [
+            {"device": str(r.device), "sensor": str(r.sensor), "places": int(r.places),
+             "sources": int(r.sources), "finer_sources": int(r.finer_sources)}
+            for r in snapshots.rounded.itertuples()],
         "gap_fill": {"policy": config.stream.gap_fill,
                      "limit": config.stream.gap_fill_limit,
                      "imputed_cells": snapshots.imputed_cells},

@@ -314,8 +314,7 @@ def families_with_stats(
         enough = (snapshots.sensor_values[..., 4] >= 2) & exists
         if stats is None:
             train_ranges = np.where(enough[train_bins], ranges[train_bins], np.nan)
-            typical = np.nan_to_num(np.nanmedian(train_ranges, axis=0)) if len(train_bins) \
-                else np.zeros(len(sensors))
+            typical = _column_medians(train_ranges, len(sensors))
         else:
             typical = stats.typical_range
         widening = np.where(enough, np.clip(np.nan_to_num(ranges) - typical, 0, None), 0.0)
@@ -560,6 +559,16 @@ def _gpd_survival(excess: np.ndarray, y: np.ndarray, min_scale: float = 0.0) -> 
     if shape < 1e-6:
         return np.exp(-scaled)
     return (1 + shape * scaled) ** (-1 / shape)
+
+
+def _column_medians(values: np.ndarray, width: int) -> np.ndarray:
+    """Median of each column of `values` over its finite entries; 0 for a column
+    without any (a sensor read once per bin has no within-bin range)."""
+    medians = np.zeros(width)
+    if values.size:
+        has = np.isfinite(values).any(axis=0)
+        medians[has] = np.nanmedian(values[:, has], axis=0)
+    return medians
 
 
 def tail_pvalues(

@@ -11,6 +11,12 @@ counts, out and in bytes, and out and in degree. Per (device, sensor, bin) the s
 features are mean, standard deviation, minimum, maximum, sample count and the time
 since the value last changed, with a mask where the bin has no reading: a mean alone
 would hide a one-sample spike and a stuck sensor.
+
+A sensor whose sources report it at different decimal resolutions (one historian
+export rounds to two places, another keeps every digit) is read at the coarsest of
+them everywhere in the run. Otherwise the rounding itself becomes a residual, and a
+sensor that varies by less than the rounding step looks abnormal in every bin of
+the coarse source.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import io
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -40,6 +46,51 @@ SENSOR_FEATURES = ("mean", "std", "min", "max", "count", "stale")
 EVENT_BINS_SQL = binning.event_bins_sql(binning.DUCKDB)
 MEASUREMENT_BINS_SQL = binning.measurement_bins_sql(binning.DUCKDB)
 SPAN_SQL = binning.span_sql(binning.DUCKDB)
+
+# Resolutions tried for a source's readings: 10^0 down to 10^-MAX_PLACES.
+MAX_PLACES = 6
+# A source whose readings are all whole numbers shows a resolution of 0 places
+# only with this many distinct values: a status signal reads 0 and 1 by nature.
+MIN_DISTINCT_VALUES = 20
+PLACES_COLUMNS = ("device", "sensor", "places", "sources", "finer_sources")
+
+
+def _resolution_sql() -> str:
+    """Per (device, sensor, source): distinct values, and for each k the readings
+    that are not a multiple of 10^-k (within the rounding error of a double)."""
+    checks = ",\n       ".join(
+        f"count(*) FILTER (WHERE abs(value * 1e{k} - round(value * 1e{k})) "
+        f"> 1e-6 + 1e-9 * abs(value * 1e{k})) AS off_{k}"
+        for k in range(MAX_PLACES + 1))
+    return f"""
+SELECT device, sensor, report_id, count(DISTINCT value) AS distinct_values,
+       {checks}
+FROM measurements
+WHERE value IS NOT NULL AND isfinite(value) AND {binning.in_window(binning.DUCKDB)}
+GROUP BY device, sensor, report_id
+"""
+
+
+RESOLUTION_SQL = _resolution_sql()
+# The measurements with each listed sensor rounded to its places (`reading_places`,
+# registered on the connection for the query).
+ROUNDED_MEASUREMENTS = """(
+    SELECT m.t, m.device, m.sensor,
+           CASE WHEN r.places IS NULL THEN m.value
+                ELSE round(m.value, CAST(r.places AS INTEGER)) END AS value
+    FROM measurements AS m
+    LEFT JOIN reading_places AS r ON m.device = r.device AND m.sensor = r.sensor
+) AS measurements"""
+ROUNDED_MEASUREMENT_BINS_SQL = binning.measurement_bins_sql(binning.DUCKDB,
+                                                            ROUNDED_MEASUREMENTS)
+
+
+def no_rounding() -> pd.DataFrame:
+    """An empty table of `reading_places`."""
+    return pd.DataFrame({"device": pd.Series(dtype=str), "sensor": pd.Series(dtype=str),
+                         "places": pd.Series(dtype=np.int64),
+                         "sources": pd.Series(dtype=np.int64),
+                         "finer_sources": pd.Series(dtype=np.int64)})
 
 
 @dataclass
@@ -64,6 +115,8 @@ class Snapshots:
         active: shape [num_bins, num_devices], bool, the device has an event or a
             reading in the bin.
         imputed_cells: NULL readings that the gap-fill policy filled.
+        rounded: the sensors read at the coarsest resolution of their sources
+            (`reading_places`); empty when every sensor's sources agree.
 
     NOTE: the arrays are dense over devices and bins, which suits plants of up to a
     few thousand devices and about ten thousand bins; streams with tens of thousands
@@ -83,6 +136,7 @@ class Snapshots:
     links: np.ndarray
     active: np.ndarray
     imputed_cells: int = 0
+    rounded: pd.DataFrame = field(default_factory=no_rounding)
 
     @property
     def num_devices(self) -> int:
@@ -179,14 +233,63 @@ def bin_measurements(
 
 def _measurement_rows(
     con: duckdb.DuckDBPyConnection, origin_us: int, width_seconds: int, start_us: int, stop_us: int,
-    gap_fill: str, gap_fill_limit: int | None,
+    gap_fill: str, gap_fill_limit: int | None, places: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     if gap_fill not in GAP_FILL_POLICIES:
         raise ValueError(f"invalid gap_fill {gap_fill!r}; expected one of "
                          f"{', '.join(GAP_FILL_POLICIES)}")
     params = binning.measurement_parameters(origin_us, width_seconds, start_us, stop_us,
                                             gap_fill == "ffill", gap_fill_limit)
-    return con.execute(MEASUREMENT_BINS_SQL, params).df()
+    return measurement_bins(con, params, places)
+
+
+def measurement_bins(
+    con: duckdb.DuckDBPyConnection, params: dict, places: pd.DataFrame | None,
+) -> pd.DataFrame:
+    """Run the measurement binning query, with the sensors of `places` (see
+    `reading_places`) rounded to their decimal places first."""
+    if places is None or places.empty:
+        return con.execute(MEASUREMENT_BINS_SQL, params).df()
+    con.register("reading_places", places[["device", "sensor", "places"]])
+    try:
+        return con.execute(ROUNDED_MEASUREMENT_BINS_SQL, params).df()
+    finally:
+        con.unregister("reading_places")
+
+
+def reading_places(con: duckdb.DuckDBPyConnection, start_us: int, stop_us: int
+                   ) -> pd.DataFrame:
+    """Return the sensors whose sources report them at different resolutions.
+
+    A source is one ingest (`report_id`). Its resolution is the fewest decimal
+    places, 0 to `MAX_PLACES`, that every reading of the sensor in [start_us,
+    stop_us) fits; a source that fits none reads at full precision. A source of
+    whole numbers shows its resolution only with `MIN_DISTINCT_VALUES` distinct
+    values or more.
+
+    Returns:
+        Columns device, sensor, places (the coarsest resolution among the sources),
+        sources (that showed a resolution) and finer_sources (of those, the ones
+        that read finer than `places`), one row per sensor where they disagree.
+    """
+    rows = con.execute(RESOLUTION_SQL, {"start": int(start_us), "stop": int(stop_us)}).df()
+    fits = rows[[f"off_{k}" for k in range(MAX_PLACES + 1)]].to_numpy() == 0
+    rows = rows.assign(places=np.where(fits.any(axis=1), fits.argmax(axis=1), MAX_PLACES + 1))
+    rows = rows[(rows["places"] > 0) | (rows["distinct_values"] >= MIN_DISTINCT_VALUES)]
+    if rows.empty:
+        return no_rounding()
+    grouped = rows.groupby(["device", "sensor"], sort=True)["places"]
+    spread = pd.DataFrame({"places": grouped.min(), "finest": grouped.max(),
+                           "sources": grouped.size()}).reset_index()
+    spread = spread[spread["places"] < spread["finest"]]
+    finer = rows.merge(spread[["device", "sensor", "places"]], on=["device", "sensor"],
+                       suffixes=("", "_coarsest"))
+    finer = finer[finer["places"] > finer["places_coarsest"]].groupby(
+        ["device", "sensor"]).size().rename("finer_sources").reset_index()
+    result = spread.merge(finer, on=["device", "sensor"])
+    for name in ("places", "sources", "finer_sources"):
+        result[name] = result[name].astype(np.int64)
+    return result[list(PLACES_COLUMNS)].reset_index(drop=True)
 
 
 def build_snapshots(
@@ -196,6 +299,7 @@ def build_snapshots(
     stop_us: int | None = None,
     gap_fill: str = "none",
     gap_fill_limit: int | None = None,
+    places: pd.DataFrame | None = None,
 ) -> Snapshots:
     """Bin the whole store into snapshots with one device index.
 
@@ -208,6 +312,9 @@ def build_snapshots(
             (`StreamConfig.gap_fill`). It changes the features, never the store.
         gap_fill_limit: the maximum number of consecutive NULL readings filled;
             None fills them all.
+        places: the sensors to round (`reading_places`); by default those whose
+            sources disagree on resolution inside the window. A run's online
+            path passes the run's own, so it reads as the run did.
 
     Raises:
         DataError: the store contains no data.
@@ -221,14 +328,18 @@ def build_snapshots(
             origin_us, stop_us, num_bins = binning.window(
                 first_us, last_us, bin_seconds, origin_us, stop_us)
             rows = _event_rows(con, origin_us, bin_seconds, origin_us, stop_us)
+            if places is None:
+                places = reading_places(con, origin_us, stop_us)
             measurements = _measurement_rows(con, origin_us, bin_seconds, origin_us,
-                                             stop_us, gap_fill, gap_fill_limit)
+                                             stop_us, gap_fill, gap_fill_limit, places)
             known = con.execute(
                 "SELECT device, kind, zone, criticality FROM devices").df()
             links = con.execute("SELECT src, dst, weight FROM links").df()
         events = categorical_addresses(rows)
-        return assemble(events, measurements, known, links, origin_us, bin_seconds,
-                        num_bins)
+        built = assemble(events, measurements, known, links, origin_us, bin_seconds,
+                         num_bins)
+        built.rounded = places.reset_index(drop=True)
+        return built
 
 
 def assemble(
@@ -421,7 +532,8 @@ def save_snapshots(snapshots: Snapshots, path: str | os.PathLike) -> Path:
     header = {"origin_us": snapshots.origin_us, "bin_seconds": snapshots.bin_seconds,
               "num_bins": snapshots.num_bins,
               "devices": snapshots.devices.to_json(orient="split"),
-              "sensors": snapshots.sensors.to_json(orient="split")}
+              "sensors": snapshots.sensors.to_json(orient="split"),
+              "rounded": snapshots.rounded.to_json(orient="split")}
     arrays = {name: getattr(snapshots, name) for name in SNAPSHOT_ARRAYS}
     with open(path, "wb") as sink:
         np.savez_compressed(sink, header=np.array(json.dumps(header)), **arrays)
@@ -444,6 +556,12 @@ def load_snapshots(path: str | os.PathLike) -> Snapshots:
             from exc
     tables = {name: pd.read_json(io.StringIO(header[name]), orient="split")
               for name in ("devices", "sensors")}
+    # Files written before rounding was recorded have no table of it.
+    rounded = (pd.read_json(io.StringIO(header["rounded"]), orient="split",
+                            dtype={"device": str, "sensor": str})
+               if "rounded" in header else no_rounding())
+    if rounded.empty:
+        rounded = no_rounding()
     return Snapshots(origin_us=int(header["origin_us"]),
                      bin_seconds=int(header["bin_seconds"]),
-                     num_bins=int(header["num_bins"]), **tables, **arrays)
+                     num_bins=int(header["num_bins"]), rounded=rounded, **tables, **arrays)

@@ -52,7 +52,9 @@ LOCK_RETRY_SECONDS = 5.0
 # (attack) when the file has a label column. `event_attributes` contains the other
 # numeric columns of an event file, one row per (event, column), keyed by the
 # event's `report_id` and file `line`; a missing, non-finite or sentinel cell is
-# NULL. The ALTER statements add the newer columns to stores created before them.
+# NULL. `events.attack` is the attack name of a labelled event when the file names
+# it (NULL for normal events and for files with plain 0/1 labels). The ALTER
+# statements add the newer columns to stores created before them.
 STORE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
     t TIMESTAMPTZ NOT NULL, src VARCHAR NOT NULL, dst VARCHAR NOT NULL,
@@ -92,11 +94,12 @@ ALTER TABLE devices ADD COLUMN IF NOT EXISTS report_id BIGINT;
 ALTER TABLE links ADD COLUMN IF NOT EXISTS report_id BIGINT;
 ALTER TABLE ingest_reports ADD COLUMN IF NOT EXISTS options VARCHAR;
 ALTER TABLE ingest_reports ADD COLUMN IF NOT EXISTS withdrawn TIMESTAMPTZ;
+ALTER TABLE events ADD COLUMN IF NOT EXISTS attack VARCHAR;
 """
 
 # The column that the last change of STORE_SCHEMA added. A store that has it is
 # current, so `ensure_store_schema` skips the DDL, which costs more than a small load.
-NEWEST_STORE_COLUMN = ("ingest_reports", "withdrawn")
+NEWEST_STORE_COLUMN = ("events", "attack")
 
 # One run file. `bin` counts base bins from the run's origin at scale 1 and bins of
 # that scale at coarser scales. Element kinds: device, sensor, pair, new_device.

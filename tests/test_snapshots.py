@@ -8,13 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import store
+from core import binning, online, store
 from core.snapshots import (
     MICROS,
     SENSOR_FEATURES,
     align_origin,
     bin_events,
     build_snapshots,
+    load_snapshots,
+    measurement_bins,
+    save_snapshots,
 )
 from core.store import Workspace
 
@@ -209,3 +212,100 @@ def test_stale_feature_resets_on_change(tmp_path):
     stale = snapshots.sensor_values[:, 0, STALE]
 
     np.testing.assert_allclose(stale, np.log1p([1.0, 2.0, 1.0, 2.0]), rtol=1e-6)
+
+
+def _sources(tmp_path: Path, rng: np.random.Generator) -> Workspace:
+    """Two sources of one plant: the first reads at full precision, the second (a
+    later export) rounds every reading to two decimal places."""
+    hours = 400
+    times = pd.date_range(f"{DAY} 00:00", periods=hours, freq="h", tz="UTC")
+    pressure = 2.976 + rng.normal(0, 0.006, hours)
+    level = rng.uniform(0, 5, hours)
+    status = rng.integers(0, 2, hours).astype(float)
+    tenths = np.round(rng.uniform(0, 50, hours), 1)
+    rows = []
+    for sensor, values in (("P_J280", pressure), ("L_T1", level), ("S_PU1", status),
+                           ("F_V2", tenths)):
+        rows.append(pd.DataFrame({"t": times, "device": "PLC1", "sensor": sensor,
+                                  "value": values}))
+    frame = pd.concat(rows, ignore_index=True)
+    frame["t"] = frame["t"].astype("datetime64[us, UTC]")
+    later = frame["t"] >= times[hours // 2]
+    frame["report_id"] = np.where(later, 2, 1)
+    # The later export keeps two decimal places of the full-precision signals.
+    coarse = later & frame["sensor"].isin(["P_J280", "L_T1"])
+    frame.loc[coarse, "value"] = frame.loc[coarse, "value"].round(2)
+    return _workspace(tmp_path, measurements=frame)
+
+
+def test_mixed_resolutions_read_at_coarsest(tmp_path):
+    rng = np.random.default_rng(11)
+    workspace = _sources(tmp_path, rng)
+    with store.connect(workspace.store_path, read_only=True) as con:
+        raw = con.execute("SELECT sensor, t, value FROM measurements "
+                          "WHERE report_id = 1 ORDER BY sensor, t").df()
+
+    snapshots = build_snapshots(workspace.store_path, 3600)
+
+    rounded = snapshots.rounded
+    assert rounded[["device", "sensor"]].values.tolist() == [["PLC1", "L_T1"],
+                                                              ["PLC1", "P_J280"]]
+    assert rounded["places"].tolist() == [2, 2]
+    assert rounded["sources"].tolist() == [2, 2]
+    assert rounded["finer_sources"].tolist() == [1, 1]
+    sensors = snapshots.sensors["sensor"].tolist()
+    first = raw[raw["t"] < raw["t"].min() + pd.Timedelta(hours=200)]
+    for sensor, digits in (("P_J280", 2), ("L_T1", 2), ("S_PU1", None), ("F_V2", None)):
+        expected = first[first["sensor"] == sensor]["value"].to_numpy()
+        if digits is not None:
+            expected = np.round(expected, digits)
+        column = snapshots.sensor_values[:200, sensors.index(sensor), MEAN]
+        np.testing.assert_allclose(column, expected, atol=1e-5)
+    # The full-precision source did differ from its rounding, so the test reads it.
+    pressure = first[first["sensor"] == "P_J280"]["value"].to_numpy()
+    assert np.abs(pressure - np.round(pressure, 2)).max() > 1e-3
+
+
+def test_one_resolution_not_rounded(tmp_path):
+    measurements = _measurements([(f"00:{m:02d}:00", "P1", "FIT101", 2.40 + 0.01 * m)
+                                  for m in range(30)])
+    measurements["report_id"] = np.where(np.arange(30) < 15, 1, 2)
+    workspace = _workspace(tmp_path, measurements=measurements)
+
+    snapshots = build_snapshots(workspace.store_path, 60)
+
+    assert snapshots.rounded.empty
+    np.testing.assert_allclose(snapshots.sensor_values[:, 0, MEAN],
+                               2.40 + 0.01 * np.arange(30), atol=1e-5)
+
+
+def test_rounding_survives_save_and_load(tmp_path):
+    workspace = _sources(tmp_path, np.random.default_rng(5))
+    snapshots = build_snapshots(workspace.store_path, 3600)
+
+    loaded = load_snapshots(save_snapshots(snapshots, tmp_path / "snapshots.npz"))
+
+    pd.testing.assert_frame_equal(loaded.rounded, snapshots.rounded, check_dtype=False)
+    np.testing.assert_array_equal(loaded.sensor_values, snapshots.sensor_values)
+
+
+def test_live_bin_rounded_like_run(tmp_path):
+    """The online path rounds a new bin's readings as the run it follows did."""
+    workspace = _sources(tmp_path, np.random.default_rng(7))
+    snapshots = build_snapshots(workspace.store_path, 3600)
+    info = {"rounded_readings": snapshots.rounded.to_dict(orient="records")}
+    places = online.recorded_places(info)
+    start = snapshots.origin_us + 10 * 3600 * MICROS
+    params = binning.measurement_parameters(snapshots.origin_us, 3600, start,
+                                            start + 3600 * MICROS)
+
+    with store.connect(workspace.store_path, read_only=True) as con:
+        live = measurement_bins(con, params, places).set_index("sensor")["mean"]
+        plain = measurement_bins(con, params, None).set_index("sensor")["mean"]
+
+    assert live["P_J280"] == pytest.approx(round(plain["P_J280"], 2), abs=1e-9)
+    assert live["P_J280"] != pytest.approx(plain["P_J280"], abs=1e-6)
+    sensors = snapshots.sensors["sensor"].tolist()
+    for sensor in ("P_J280", "L_T1", "S_PU1", "F_V2"):
+        assert live[sensor] == pytest.approx(
+            snapshots.sensor_values[10, sensors.index(sensor), MEAN], abs=1e-5)
