@@ -98,7 +98,7 @@ HOUR = pd.Timedelta(hours=1)
 
 @dataclass(frozen=True)
 class Attack:
-    """One attack of `attack_targets.csv`; `end` is exclusive."""
+    """One attack of `attack_targets.csv`, with an exclusive `end`."""
 
     attack_id: int
     file: str
@@ -120,7 +120,7 @@ class RankedSensor:
 
 @dataclass(frozen=True)
 class Incident:
-    """An incident as the run file describes it; `end` is exclusive."""
+    """An incident as the run file describes it, with an exclusive `end`."""
 
     incident_id: str
     start: pd.Timestamp
@@ -131,7 +131,7 @@ class Incident:
 
 @dataclass(frozen=True)
 class Match:
-    """How one attack was localized.
+    """The localization of one attack.
 
     Attributes:
         incident: the hitting incident when there is one (a sensor hit before a
@@ -266,15 +266,16 @@ def top_sensors(incident: Incident, signals: tuple[str, ...],
 
 
 def is_device_hit(attack: Attack, incident: Incident) -> bool:
-    """Whether the incident overlaps the attack with IoU >= `MIN_IOU`, has at most
-    `MAX_DEVICES` devices and contains an accepted PLC."""
+    """Return whether the incident overlaps the attack with IoU >= `MIN_IOU`, has at
+    most `MAX_DEVICES` devices and contains an accepted PLC."""
     iou = interval_iou(attack.start, attack.end, incident.start, incident.end)
     return (iou >= MIN_IOU and len(incident.devices) <= MAX_DEVICES
             and any(d in attack.plcs for d in incident.devices))
 
 
 def is_sensor_hit(attack: Attack, incident: Incident) -> bool:
-    """Whether the incident is a device hit with a target signal in its top sensors."""
+    """Return whether the incident is a device hit with a target signal in its top
+    sensors."""
     if not is_device_hit(attack, incident):
         return False
     return any(s in attack.signals for s in top_sensors(incident, attack.signals))

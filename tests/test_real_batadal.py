@@ -228,6 +228,7 @@ def test_incidents_from_run_roles_and_flags():
         "evidence": [5.0, 4.0, 5.0, 2.0],
         "p_value": [1e-5, 1e-4, 1e-5, 1e-2],
     })
+
     flags = pd.DataFrame({
         "bin": [0, 0, 1, 2, 3],
         "start": [start, start, start + HOUR, start + 2 * HOUR, start + 3 * HOUR],
@@ -237,6 +238,7 @@ def test_incidents_from_run_roles_and_flags():
                  "outside training range", "constant in training",
                  "outside training range"],
     })
+
     (built,) = real_batadal.incidents_from_run(table, members, flags)
     # A pair's peer is not a member device.
     assert built.devices == ("PLC1",)
