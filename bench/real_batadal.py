@@ -13,8 +13,8 @@ The search level (`SearchConfig.level`) is tuned on `BATADAL_dataset04.csv` (201
 attacks 1 to 7). Of `LEVELS`, it is the one with the most device hits among those
 whose false incident-hours stay within `FALSE_HOURS_BUDGET`. Ties go to the smaller
 share of false hours, then to the smaller level. When no level is within budget,
-the level with the smallest share is taken. The test file (2017, attacks 8 to 14) and both files
-together are reported at that level.
+the level with the smallest share is taken. The test file (2017, attacks 8 to 14)
+and both files together are reported at that level.
 
 Scoring, per attack of `attack_targets.csv` (its end there is the last attack hour,
 so the interval ends one hour later):
@@ -364,7 +364,8 @@ def incidents_from_run(table: pd.DataFrame, members: pd.DataFrame,
 def trained_model(folder: Path, epochs: int, cache: Path) -> Trained:
     """Load the cached model output for this code and data, or train and cache it."""
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"trained-e{epochs}-{code_version(MODEL_MODULES)}-{data_digest(folder)}.pickle"
+    digests = f"{code_version(MODEL_MODULES)}-{data_digest(folder)}"
+    path = cache / f"trained-e{epochs}-{digests}.pickle"
     if path.exists():
         with path.open("rb") as handle:
             fields = pickle.load(handle)
@@ -506,8 +507,9 @@ def format_tables(outcomes: list[FileOutcome], grid: dict[float, dict],
         f"| both | {total['incidents']} | {total['device_hits']} of {total['attacks']} "
         f"| {total['sensor_hits']} of {total['attacks']} | {total['false_hours']} | "
         f"{total['normal_hours']} | {total['false_share']:.1%} |")
-    lines.append(f"| target | | >= {TARGET_DEVICE_HITS} of 14 | >= {TARGET_SENSOR_HITS} "
-                 f"of 14 | | | <= {FALSE_HOURS_BUDGET:.0%} per file |")
+    lines.append(f"| target | | >= {TARGET_DEVICE_HITS} of 14 | "
+                 f">= {TARGET_SENSOR_HITS} of 14 | | | "
+                 f"<= {FALSE_HOURS_BUDGET:.0%} per file |")
     lines += [
         "",
         "| level | file | incidents | device hits | sensor hits | false share "
@@ -541,7 +543,8 @@ def totals(outcomes: list[FileOutcome]) -> dict:
 def caveats(trained: Trained, quick: bool) -> str:
     return (
         f"caveats: trained once on {REFERENCE_FILE} ({trained.epochs} epochs at most, "
-        f"best epoch {trained.best_epoch}, {trained.train_seconds:.0f} s when trained); "
+        f"best epoch {trained.best_epoch}, "
+        f"{trained.train_seconds:.0f} s when trained); "
         "each attack file scored as its own run; the search level was tuned on "
         f"{TUNE_FILE}, so only {TEST_FILE} is held out"
         f"{'; quick run: few epochs' if quick else ''}."
@@ -584,8 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     print(result["caveats"])
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} at the end; "
           f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(json.dumps({"set": "batadal", "started": started.isoformat(timespec="seconds"),
-                      **result["headline"]}))
+    started_text = started.isoformat(timespec="seconds")
+    print(json.dumps({"set": "batadal", "started": started_text, **result["headline"]}))
     return 0
 
 

@@ -189,7 +189,8 @@ def test_score_file_counts_hits(folder, attacks):
     chosen = [a for a in attacks.values() if a.file == name]
     ninth, tenth = attacks[9], attacks[10]
     incidents = [
-        incident(ninth.start, ninth.end, ["PLC3"], [sensor("L_T2", 4.0, device="PLC2")]),
+        incident(ninth.start, ninth.end, ["PLC3"],
+                 [sensor("L_T2", 4.0, device="PLC2")]),
         incident(tenth.start, tenth.end, ["PLC1", "PLC2"]),
     ]
     outcome = real_batadal.score_file(name, 0.05, incidents, chosen, span)
@@ -200,7 +201,8 @@ def test_score_file_counts_hits(folder, attacks):
 
 def outcome(level, device_hits, false_hours) -> FileOutcome:
     result = FileOutcome("f", level, [], [], false_hours, 1000)
-    result.matches = [real_batadal.Match(None, True, False, None, 1.0, ())] * device_hits
+    hit = real_batadal.Match(None, True, False, None, 1.0, ())
+    result.matches = [hit] * device_hits
     return result
 
 
