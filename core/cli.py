@@ -9,6 +9,7 @@ only with `--debug`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -184,6 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default), ffill uses the sensor's last earlier reading")
     run.add_argument("--gap-fill-limit", type=int, metavar="N",
                      help="ffill: fill at most N consecutive missing readings")
+    run.add_argument("--calibrate-on-scored", action="store_true",
+                     help="also judge each element against its own scores in the "
+                     "scored period, for a reference far in time from it (see "
+                     "SearchConfig.calibrate_on_scored)")
     run.add_argument("--progress-file",
                      help="append JSON lines {stage, fraction} to this file")
     run.set_defaults(handler=command_run)
@@ -847,8 +852,10 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         "reference_start": args.reference_start, "reference_end": args.reference_end,
         "score_start": args.score_start, "score_end": args.score_end,
     }
-    values = {**config.__dict__, "stream": stream, "model": model,
-              "search": config.search if isinstance(config.search, SearchConfig) else SearchConfig()}
+    search = config.search if isinstance(config.search, SearchConfig) else SearchConfig()
+    if getattr(args, "calibrate_on_scored", False):
+        search = dataclasses.replace(search, calibrate_on_scored=True)
+    values = {**config.__dict__, "stream": stream, "model": model, "search": search}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return RunConfig(**values)
 

@@ -179,6 +179,13 @@ class SearchConfig:
             kind) among a hit's members that a member's own largest score needs.
         scan_fanout: new pairs a device must open in an incident's interval to be
             treated as the source of a scan, whose peers are its targets.
+        calibrate_on_scored: also rank each element's score among its own scores
+            in the stretch of scored bins it belongs to, leaving out the
+            `max_interval_bins` bins on either side, and keep the larger of that
+            p-value and the reference's. For a scored period far in time from the
+            reference, where the plant's normal level has moved: a change that
+            lasts longer than the longest interval searched becomes normal. No
+            p-value falls below one over the bins of the stretch.
     """
 
     statistic: str = "bj"
@@ -194,6 +201,7 @@ class SearchConfig:
     member_min_share: float = 0.5
     member_min_magnitude: float = 0.3
     scan_fanout: int = 3
+    calibrate_on_scored: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alphas", tuple(sorted(self.alphas)))

@@ -37,6 +37,10 @@ The online scan takes incidents out in the order their bins close, but the batch
 scan takes the strongest first. So when an anomaly is found first at a fine scale,
 its elements are taken out of the coarse bins that close later, and the coarse scale
 does not widen its interval as it may in the batch run.
+
+NOTE: a run with `SearchConfig.calibrate_on_scored` ranks each element among its
+scores in the whole scored stretch; the online path has no such stretch yet and
+calibrates against the reference alone.
 """
 
 from __future__ import annotations

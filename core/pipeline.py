@@ -289,6 +289,10 @@ def score_scales(
                     scaled, rest, fold, config.search.min_reference, rng)
                 null_p[fold] = fold_p[fold]
             p, null_p = scoring.recalibrate(p, null_p)
+            if config.search.calibrate_on_scored:
+                p = scoring.stretch_pvalues(scaled.score, p, target,
+                                            config.search.max_interval_bins,
+                                            config.search.min_reference)
             scaled.p_value = p
             scaled.calibration = level
             scaled_families.append(scaled)
@@ -636,9 +640,10 @@ def run_info(workspace, run_id, config, snapshots, periods, checkpoint, fitted,
         "constant_in_training": [list(pair) for pair in prepared.constant],
         "collection_gaps": collection_gaps(snapshots, periods),
         "rounded_readings": [
-            {"device": str(r.device), "sensor": str(r.sensor), "places": int(r.places),
-             "sources": int(r.sources), "finer_sources": int(r.finer_sources)}
-            for r in snapshots.rounded.itertuples()],
+            {"device": str(row.device), "sensor": str(row.sensor),
+             "places": int(row.places), "sources": int(row.sources),
+             "finer_sources": int(row.finer_sources)}
+            for row in snapshots.rounded.itertuples()],
         "gap_fill": {"policy": config.stream.gap_fill,
                      "limit": config.stream.gap_fill_limit,
                      "imputed_cells": snapshots.imputed_cells},

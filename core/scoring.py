@@ -630,6 +630,48 @@ def _pooled_ratio(pooled: np.ndarray, own_max: float, scores: np.ndarray) -> np.
     return np.clip(survival(scores) / at_max, 0.0, 1.0)
 
 
+def stretch_pvalues(score: np.ndarray, p_value: np.ndarray, target: np.ndarray,
+                    guard: int, min_outside: int) -> np.ndarray:
+    """Return `p_value` raised, where needed, to each element's p-value among its
+    own scores in the stretch of `target` bins it belongs to.
+
+    A stretch is a run of consecutive bins of `target`. An element's p-value in a
+    bin is (k + 1) / (n + 1), with n its scores in the stretch outside the `guard`
+    bins on either side and k of them at least as large as the bin's own. So a
+    change that lasts longer than the guard raises its own reference, and an
+    anomaly shorter than it does not. Where fewer than `min_outside` scores lie
+    outside, or the element has no p-value (NaN), the p-value is kept.
+    """
+    result = p_value.copy()
+    if len(target) == 0:
+        return result
+    width = 2 * guard + 1
+    for stretch in np.split(target, np.flatnonzero(np.diff(target) > 1) + 1):
+        finite = ~np.isnan(p_value[stretch])
+        for column in np.flatnonzero(finite.any(axis=0)):
+            present = finite[:, column]
+            rows = stretch[present]
+            values = score[rows, column].astype(np.float64)
+            ordered = np.sort(values)
+            at_least = len(values) - np.searchsorted(ordered, values, side="left")
+            # Scores of the bins within the guard, in stretch positions (absent
+            # elements count as -inf, so they are never at least as large).
+            padded = np.full(len(stretch) + 2 * guard, -np.inf)
+            padded[guard:guard + len(stretch)][present] = values
+            near = np.lib.stride_tricks.sliding_window_view(padded, width)[present]
+            inside = (near >= values[:, None]).sum(axis=1)
+            running = np.concatenate([[0], np.cumsum(present)])
+            positions = np.flatnonzero(present)
+            counted = (running[np.minimum(positions + guard + 1, len(stretch))]
+                       - running[np.maximum(positions - guard, 0)])
+            outside = len(values) - counted
+            own = (at_least - inside + 1) / (outside + 1)
+            keep = outside < min_outside
+            raised = np.maximum(result[rows, column], own)
+            result[rows, column] = np.where(keep, result[rows, column], raised)
+    return result
+
+
 def recalibrate(p_value: np.ndarray, null_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Map p-values through the distribution of held-out null p-values of the same
     family and scale.

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import store
+from core import cli, store
 from core.cli import build_parser, main, sanitize_cell
 from core.store import Workspace
 
@@ -418,3 +418,17 @@ def test_run_reports_collection_gap_unscored(tmp_path):
     assert int(scored["n"][0]) == 0
     assert coarse["period"].tolist() == ["mixed"]
     assert coarse["note"].str.startswith("collection gap").all()
+
+
+def test_run_calibrate_on_scored_option(tmp_path):
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"search": {"level": 0.01}}', encoding="utf-8")
+    parser = build_parser()
+
+    plain = cli.run_config(parser.parse_args(["run", "--config", str(settings)]))
+    chosen = cli.run_config(parser.parse_args(
+        ["run", "--config", str(settings), "--calibrate-on-scored"]))
+
+    assert plain.search.calibrate_on_scored is False
+    assert chosen.search.calibrate_on_scored is True
+    assert chosen.search.level == 0.01

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from core import store, train
+from core import scoring, store, train
 from core.ingest import IngestOptions, ingest_frame
 from core.scoring import (P_FLOOR, Family, aggregate, coarse_periods, families,
                           recalibrate, tail_pvalues)
@@ -307,3 +307,54 @@ def test_families_range_needs_two_readings(tmp_path):
     spread = sensor.residual.shape[-1] - 1
     assert sensor.weight[..., spread].max() == 0.0
     assert np.abs(sensor.residual[..., spread]).max() == 0.0
+
+
+def test_stretch_pvalues_absorb_level_shift():
+    """A level shift that fills its stretch stops being rare; a burst shorter than
+    the guard stays the rarest of its stretch."""
+    rng = np.random.default_rng(4)
+    score = rng.normal(0.0, 1.0, (900, 3))
+    score[500:900, 0] += 10.0
+    score[600:615, 1] += 50.0
+    p_value = np.full((900, 3), 0.5)
+    p_value[500:900, 0] = 1e-6
+    p_value[600:615, 1] = 1e-9
+    p_value[:, 2] = np.nan
+    target = np.r_[np.arange(0, 400), np.arange(500, 900)]
+
+    result = scoring.stretch_pvalues(score, p_value, target, guard=20, min_outside=30)
+
+    shifted = result[500:900, 0]
+    assert np.median(shifted) > 0.3
+    assert shifted.min() >= 1 / 360 - 1e-12
+    # Each bin of the burst is compared with the 359 or more bins beyond the guard.
+    burst = result[600:615, 1]
+    assert burst.max() == pytest.approx(1 / 360)
+    assert np.isnan(result[:, 2]).all()
+    np.testing.assert_array_equal(result[400:500, :2], p_value[400:500, :2])
+    assert (result[:, :2] >= p_value[:, :2]).all()
+
+
+def test_stretch_pvalues_split_at_gaps():
+    """Each stretch ranks its own bins: a high stretch does not mask a low one."""
+    score = np.r_[np.full(100, 1.0), np.full(100, 5.0)][:, None] + np.arange(200)[:, None] * 1e-6
+    p_value = np.full((200, 1), 1e-6)
+    joined = scoring.stretch_pvalues(score, p_value, np.arange(200), guard=5,
+                                     min_outside=20)
+    split = scoring.stretch_pvalues(score, p_value, np.r_[np.arange(100), np.arange(101, 200)],
+                                    guard=5, min_outside=20)
+
+    assert joined[50, 0] > 0.5
+    assert split[99, 0] == pytest.approx(1 / 95)
+    assert split[100, 0] == pytest.approx(1e-6)
+
+
+def test_stretch_pvalues_keep_short_stretch():
+    """A stretch with too few bins beyond the guard keeps the reference p-values."""
+    score = np.arange(30, dtype=float)[:, None]
+    p_value = np.full((30, 1), 1e-6)
+
+    result = scoring.stretch_pvalues(score, p_value, np.arange(30), guard=10,
+                                     min_outside=20)
+
+    np.testing.assert_array_equal(result, p_value)
