@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bench import real_batadal
-from bench.real_batadal import FileOutcome, Incident, RankedSensor
+from bench.real_batadal import FileOutcome, Incident, RankedSensor, Setting
 from tests.conftest import data_folder
 
 HOUR = pd.Timedelta(hours=1)
@@ -193,28 +193,43 @@ def test_score_file_counts_hits(folder, attacks):
                  [sensor("L_T2", 4.0, device="PLC2")]),
         incident(tenth.start, tenth.end, ["PLC1", "PLC2"]),
     ]
-    outcome = real_batadal.score_file(name, 0.05, incidents, chosen, span)
+    outcome = real_batadal.score_file(name, Setting(0.05), incidents, chosen, span)
     assert outcome.device_hits == 2
     assert outcome.sensor_hits == 1
     assert outcome.false_hours == 0
 
 
-def outcome(level, device_hits, false_hours) -> FileOutcome:
-    result = FileOutcome("f", level, [], [], false_hours, 1000)
+def outcome(setting, device_hits, false_hours) -> FileOutcome:
+    result = FileOutcome("f", setting, [], [], false_hours, 1000)
     hit = real_batadal.Match(None, True, False, None, 1.0, ())
     result.matches = [hit] * device_hits
     return result
 
 
-def test_choose_level_within_budget():
-    tuned = {0.01: outcome(0.01, 3, 10), 0.05: outcome(0.05, 5, 40),
-             0.2: outcome(0.2, 7, 80)}
-    assert real_batadal.choose_level(tuned) == 0.05
+def choose(*rows) -> Setting:
+    return real_batadal.choose_setting(
+        {setting: outcome(setting, hits, false_hours)
+         for setting, hits, false_hours in rows})
 
 
-def test_choose_level_none_within_budget():
-    tuned = {0.01: outcome(0.01, 3, 60), 0.05: outcome(0.05, 5, 90)}
-    assert real_batadal.choose_level(tuned) == 0.01
+def test_choose_setting_within_budget():
+    chosen = choose((Setting(0.01), 3, 10), (Setting(0.05), 5, 40),
+                    (Setting(0.2), 7, 80), (Setting(0.2, True), 9, 51))
+    assert chosen == Setting(0.05)
+
+
+def test_choose_setting_ties():
+    # Equal hits: the smaller false share wins, whatever the level.
+    assert choose((Setting(0.01), 5, 30), (Setting(0.2), 5, 20)) == Setting(0.2)
+    # Equal hits and share: calibration on the reference alone, then the smaller level.
+    assert choose((Setting(0.01, True), 5, 20), (Setting(0.2), 5, 20)) == Setting(0.2)
+    assert choose((Setting(0.2), 5, 20), (Setting(0.05), 5, 20)) == Setting(0.05)
+
+
+def test_choose_setting_none_within_budget():
+    chosen = choose((Setting(0.01), 3, 60), (Setting(0.05, True), 5, 55),
+                    (Setting(0.2), 7, 90))
+    assert chosen == Setting(0.05, True)
 
 
 def test_incidents_from_run_roles_and_flags():
