@@ -15,7 +15,7 @@ off and on. The chosen setting has the most device hits among those whose false
 incident-hours stay within `FALSE_HOURS_BUDGET`. Ties go to the smaller share of
 false hours, then to calibration on the reference alone (the default), then to the
 smaller level. When no setting is within budget, the one with the smallest share is
-taken. The test file (2017, attacks 8 to 14) and both files together are reported
+taken, ties going to the most device hits and then as above. The test file (2017, attacks 8 to 14) and both files together are reported
 with that setting.
 
 Scoring, per attack of `attack_targets.csv` (its end there is the last attack hour,
@@ -345,15 +345,17 @@ def score_file(name: str, setting: Setting, incidents: list[Incident],
 
 
 def choose_setting(tuned: dict[Setting, FileOutcome]) -> Setting:
-    """Pick the setting with the most device hits within the false-hours budget."""
+    """Pick the setting with the most device hits within the false-hours budget,
+    or the one with the smallest false share when none is within it."""
     def preference(outcome: FileOutcome) -> tuple:
         setting = outcome.setting
-        return (outcome.false_share, setting.calibrate_on_scored, setting.level)
+        return (outcome.false_share, -outcome.device_hits,
+                setting.calibrate_on_scored, setting.level)
 
     within = [o for o in tuned.values() if o.false_share <= FALSE_HOURS_BUDGET]
     if within:
-        most = max(o.device_hits for o in within)
-        best = min((o for o in within if o.device_hits == most), key=preference)
+        max_hits = max(o.device_hits for o in within)
+        best = min((o for o in within if o.device_hits == max_hits), key=preference)
     else:
         best = min(tuned.values(), key=preference)
     return best.setting

@@ -232,6 +232,13 @@ def test_choose_setting_none_within_budget():
     assert chosen == Setting(0.05, True)
 
 
+def test_choose_setting_none_within_budget_ties():
+    # Equal smallest share: the most device hits, not the smaller level.
+    chosen = choose((Setting(0.01, True), 3, 95), (Setting(0.05, True), 4, 95),
+                    (Setting(0.2, True), 4, 112))
+    assert chosen == Setting(0.05, True)
+
+
 def test_incidents_from_run_roles_and_flags():
     start = pd.Timestamp("2017-01-01 00:00", tz="UTC")
     table = pd.DataFrame({"incident_id": ["a"], "start": [start],
