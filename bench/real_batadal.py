@@ -10,13 +10,14 @@ Each attack file is then scored as its own run (`score_start` and `score_end` at
 file's bounds), so the scan's thresholds are set for one file at a time.
 
 The search setting is tuned on `BATADAL_dataset04.csv` (2016, attacks 1 to 7) over
-a fixed grid: `SearchConfig.level` in `LEVELS`, with `SearchConfig.calibrate_on_scored`
-off and on. The chosen setting has the most device hits among those whose false
-incident-hours stay within `FALSE_HOURS_BUDGET`. Ties go to the smaller share of
-false hours, then to calibration on the reference alone (the default), then to the
-smaller level. When no setting is within budget, the one with the smallest share is
-taken, ties going to the most device hits and then as above. The test file (2017, attacks 8 to 14) and both files together are reported
-with that setting.
+a fixed grid: `SearchConfig.level` in `LEVELS`, each with
+`SearchConfig.calibrate_on_scored` off and on. The chosen setting has the most device
+hits among those whose false incident-hours stay within `FALSE_HOURS_BUDGET`. Ties go
+to the smaller share of false hours, then to calibration on the reference alone (the
+default), then to the smaller level. When no setting is within budget, the one with
+the smallest share is taken, ties going to the most device hits and then as above.
+The test file (2017, attacks 8 to 14) and both files together are reported with that
+setting.
 
 Scoring, per attack of `attack_targets.csv` (its end there is the last attack hour,
 so the interval ends one hour later):
