@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -140,7 +141,11 @@ def run_config(settings: Settings) -> RunConfig:
 def _workspace(settings: Settings, size: int, seed: int, planted: bool) -> store.Workspace:
     """The plant's workspace, generated and ingested unless the cache contains it."""
     field = field_devices_for(size)
-    name = f"n{size}-f{field}-h{settings.hours:g}-s{seed}-{'planted' if planted else 'null'}"
+    # A planted workspace is named by its anomaly types too, so a cache made with
+    # other types is not reused.
+    types = hashlib.sha256(",".join(synth.ANOMALY_TYPES).encode()).hexdigest()[:8]
+    kind = f"planted-{types}" if planted else "null"
+    name = f"n{size}-f{field}-h{settings.hours:g}-s{seed}-{kind}"
     root = settings.cache / name
     done = root / "ingested"
     workspace = store.Workspace.create(root)
@@ -759,7 +764,7 @@ def run_size(settings: Settings, size: int, methods: tuple[str, ...], out) -> di
                 [[m, str(better[m]), str(worse[m])] for m in methods[1:]]), file=out)
 
     recall_rows = []
-    for kind in ("silence",):
+    for kind in ("silence", "link_loss"):
         part = frame[(frame["kind"] == kind) & (frame["method"] == "tgloc")]
         recall_rows.append([kind, cell(part["device_recall"]), cell(part["device_precision"])])
     print("\ntgloc device recall and precision:\n", file=out)
@@ -777,11 +782,14 @@ def run_size(settings: Settings, size: int, methods: tuple[str, ...], out) -> di
     print(table(["method", "CPU s per plant"],
                 [[m, f"{np.mean(timings[m]):.2f}"] for m in methods]), file=out)
     silence = frame[(frame["kind"] == "silence") & (frame["method"] == "tgloc")]
+    lost = frame[(frame["kind"] == "link_loss") & (frame["method"] == "tgloc")]
     summary.update({
         "types_tgloc_beats_every_baseline": beats_all,
         "tgloc_never_significantly_worse": bool(never_worse),
         "silence_recall": mean_ci(silence["device_recall"])[0],
         "silence_precision": mean_ci(silence["device_precision"])[0],
+        "link_loss_recall": mean_ci(lost["device_recall"])[0],
+        "link_loss_precision": mean_ci(lost["device_precision"])[0],
         "null_share_with_incident": float(np.mean(null_any["tgloc"])),
     })
     return summary

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core import darpa, flows, ingest, linkstream, smd, store, views
+from core import darpa, flows, ingest, linkstream, model_views, smd, store, views
 from core.config import (
     GAP_FILL_POLICIES,
     ModelConfig,
@@ -683,40 +683,12 @@ def command_run(args: argparse.Namespace) -> int:
                                    progress=progress, timer=timer, snapshots=snapshots)
     found = len(result.incidents)
     print(f"run {result.run_id}: {found} incident{_plural(found)} -> {result.path}")
-    for line in run_notes(result.info):
+    for line in model_views.run_notes(result.info):
         print(f"  {line}")
     for line in accepted_lines(result.info.get("accepted", [])):
         print(line)
     print(timer.table())
     return 0
-
-
-def run_notes(info: dict) -> list[str]:
-    """Return the lines of a run's report that describe how its input was treated."""
-    notes = []
-    gaps = info.get("collection_gaps") or {}
-    if gaps.get("bins"):
-        count, spans = int(gaps["bins"]), int(gaps["intervals"])
-        first = gaps["first"][0]
-        notes.append(
-            f"{count} bin{_plural(count)} without data from any device "
-            f"({spans} collection gap{_plural(spans)}, the first {first[0]} to "
-            f"{first[1]}) excluded from training and scoring")
-    rounded = info.get("rounded_readings") or []
-    if rounded:
-        first = rounded[0]
-        notes.append(
-            f"{len(rounded)} sensor{_plural(len(rounded))} read at different resolutions "
-            f"by different sources, so read at the coarsest everywhere in this run "
-            f"(the first: {first['device']}/{first['sensor']} to {first['places']} "
-            f"decimal place{_plural(first['places'])})")
-    fill = info.get("gap_fill") or {}
-    if fill.get("policy", "none") != "none":
-        count = int(fill.get("imputed_cells", 0))
-        limit = fill.get("limit")
-        rule = fill["policy"] if limit is None else f"{fill['policy']}, limit {limit}"
-        notes.append(f"{count} cell{_plural(count)} imputed ({rule})")
-    return notes
 
 
 def _plural(count: int) -> str:

@@ -56,3 +56,36 @@ def reference_p_values(
     table["lower"] = edges[table["bucket"]]
     table["upper"] = edges[table["bucket"] + 1]
     return table[["kind", "bucket", "lower", "upper", "elements"]]
+
+
+def run_notes(info: dict) -> list[str]:
+    """Return the lines of a run's report that describe how its input was treated."""
+    notes = []
+    gaps = info.get("collection_gaps") or {}
+    if gaps.get("bins"):
+        count, spans = int(gaps["bins"]), int(gaps["intervals"])
+        first = gaps["first"][0]
+        notes.append(
+            f"{count:,} bin{plural(count)} without data from any device "
+            f"({spans} collection gap{plural(spans)}, the first {first[0]} to "
+            f"{first[1]}) excluded from training and scoring")
+    rounded = info.get("rounded_readings") or []
+    if rounded:
+        first = rounded[0]
+        notes.append(
+            f"{len(rounded)} sensor{plural(len(rounded))} read at different resolutions "
+            f"by different sources, so read at the coarsest everywhere in this run "
+            f"(the first: {first['device']}/{first['sensor']} to {first['places']} "
+            f"decimal place{plural(first['places'])})")
+    fill = info.get("gap_fill") or {}
+    if fill.get("policy", "none") != "none":
+        count = int(fill.get("imputed_cells", 0))
+        limit = fill.get("limit")
+        rule = fill["policy"] if limit is None else f"{fill['policy']}, limit {limit}"
+        notes.append(f"{count:,} cell{plural(count)} imputed ({rule})")
+    return notes
+
+
+def plural(count: int) -> str:
+    """Return "s" unless `count` is 1."""
+    return "" if count == 1 else "s"

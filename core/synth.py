@@ -80,6 +80,10 @@ deviation" is the sensor's standard deviation over the reference period.
 - ``silence``: a field device sends nothing for 20-60 min, neither events nor
   measurements, while its PLC's requests go on. devices = [field device];
   pairs = (device, PLC) and (PLC, device); targets = sensors = [].
+- ``link_loss``: a SCADA server or HMI stops polling one PLC it normally reads for
+  20-60 min, and the PLC's answers stop with it, while both go on talking to their
+  other peers. devices = [source, PLC]; pairs = (source, PLC) and (PLC, source);
+  targets = sensors = []. Not in the default plant (`DEFAULT_ANOMALIES`).
 - ``flood``: a SCADA server or HMI writes to one PLC it normally writes to at 20-50
   times its normal write rate for 5-15 min. devices = [source, PLC];
   pairs = [(source, PLC)]; targets = sensors = [].
@@ -120,8 +124,11 @@ log = logging.getLogger(__name__)
 
 ANOMALY_TYPES = (
     "port_scan", "new_link", "silence", "flood", "drift", "stuck", "spike",
-    "process_fault",
+    "process_fault", "link_loss",
 )
+# The sample plant's anomalies: every type but link_loss, which came later and
+# would move every anomaly of the default plant.
+DEFAULT_ANOMALIES = ANOMALY_TYPES[:8]
 
 FIELD_PER_PLC = 8
 MIN_FIELD_DEVICES = 4
@@ -172,6 +179,7 @@ DURATIONS = {
     "stuck": (1800.0, 3600.0),
     "spike": (SPIKE_SLOT_SECONDS, SPIKE_SLOT_SECONDS),
     "process_fault": (1800.0, 3600.0),
+    "link_loss": (1200.0, 3600.0),
 }
 
 TRUTH_COLUMNS = (
@@ -221,7 +229,7 @@ class PlantConfig:
     field_devices: int = 80
     hours: float = 24.0
     start: str = "2024-03-04T00:00:00Z"
-    anomalies: tuple[str, ...] = ANOMALY_TYPES
+    anomalies: tuple[str, ...] = DEFAULT_ANOMALIES
     anomaly_start_share: float = 0.62
 
     def __post_init__(self) -> None:
@@ -745,6 +753,28 @@ class _Planter:
             "sensors": [],
             "description": f"{self._name(device)} goes silent: no answers to "
                            f"{self._name(plc)} and no measurements",
+        }
+
+    def link_loss(self, start: float, end: float) -> dict[str, Any]:
+        read = PROTOCOLS.index("modbus-read")
+        kinds = self.topo.kinds
+        options = [i for i in range(len(self.links.src))
+                   if self.links.protocol[i] == read
+                   and kinds[self.links.src[i]] in ("scada", "hmi")
+                   and kinds[self.links.dst[i]] == "plc"]
+        link = options[int(self.rng.integers(len(options)))]
+        src, plc = int(self.links.src[link]), int(self.links.dst[link])
+        self.used.update((src, plc))
+        ev = self.events
+        between = ((ev.src == src) & (ev.dst == plc)) | ((ev.src == plc) & (ev.dst == src))
+        self.events = ev.keep(~(between & (ev.t >= start) & (ev.t < end)))
+        return {
+            "devices": [self._name(src), self._name(plc)],
+            "pairs": [self._pair(src, plc), self._pair(plc, src)],
+            "targets": [],
+            "sensors": [],
+            "description": f"{self._name(src)} stops polling {self._name(plc)}, "
+                           f"while both keep talking to their other peers",
         }
 
     def flood(self, start: float, end: float) -> dict[str, Any]:

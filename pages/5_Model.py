@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
-from core import plots
+from core import model_views, plots
 from pages.common import ui, window
 
 st.set_page_config(page_title="tgloc · Model", layout="wide")
@@ -40,8 +41,23 @@ def main() -> None:
         st.metric("Reference elements", f"{int(histogram['elements'].sum()):,}")
     st.plotly_chart(plots.p_value_histogram_figure(histogram), key="p_values")
 
-    st.subheader("Configuration")
     info = ui.load("run_info", context)
+    st.subheader("Input")
+    notes = model_views.run_notes(info)
+    if notes:
+        st.markdown("\n".join(f"- {note}" for note in notes))
+    else:
+        st.caption("No collection gap, no imputed reading and no rounded sensor in "
+                   "this run.")
+    rounded = info.get("rounded_readings") or []
+    if rounded:
+        st.caption("Sensors whose sources (ingest loads) report different decimal "
+                   "places, read at the coarsest everywhere in the run.")
+        st.dataframe(pd.DataFrame(rounded).rename(columns={
+            "places": "decimal places", "sources": "sources",
+            "finer_sources": "sources read finer"}), hide_index=True)
+
+    st.subheader("Configuration")
     st.text(f"Run {context.run_id}, created {info.get('created', 'unknown')}")
     st.json(info.get("config", {}), expanded=2)
     details = {key: value for key, value in info.items()

@@ -52,7 +52,7 @@ def test_sample_plant_anomalies_found(tmp_path, seed):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"seed-{seed}.txt").write_text(summary, encoding="utf-8")
 
-    assert len(truth) == len(synth.ANOMALY_TYPES)
+    assert len(truth) == len(synth.DEFAULT_ANOMALIES)
     assert match.found >= MIN_FOUND
     assert len(match.unmatched) <= MAX_UNMATCHED
     found = set(match.truth.loc[match.truth["incident_id"].notna(), "kind"])

@@ -13,13 +13,14 @@ from core.errors import ConfigError
 from core.store import Workspace, query
 from core.synth import (
     ANOMALY_TYPES,
+    DEFAULT_ANOMALIES,
     PlantConfig,
     generate_plant,
     store_plant,
     write_plant,
 )
 
-SMALL = PlantConfig(seed=3, field_devices=24, hours=6.0)
+SMALL = PlantConfig(seed=3, field_devices=24, hours=6.0, anomalies=ANOMALY_TYPES)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_default_plant_size_and_placement(default_plant):
     assert 500_000 < len(plant.events) < 1_500_000
     assert seconds < 15.0
     truth = plant.truth
-    assert sorted(truth["kind"]) == sorted(ANOMALY_TYPES)
+    assert sorted(truth["kind"]) == sorted(DEFAULT_ANOMALIES)
     assert truth["anomaly_id"].is_unique
     reference_end = _reference_end(plant)
     plant_end = _origin(plant) + pd.Timedelta(hours=24)
@@ -188,6 +189,31 @@ def test_silence_drops_device_output(small, small_null):
     expected = normal[(normal["src"] == plc) & (normal["dst"] == device)]
     assert len(requests) == len(expected) > 0
     assert (_in(small_null.events, row)["src"] == device).sum() > 0
+
+
+def test_link_loss_drops_one_pair(small, small_null):
+    row = _row(small, "link_loss")
+    source, plc = row["devices"]
+    assert [(p["src"], p["dst"]) for p in row["pairs"]] == [(source, plc), (plc, source)]
+    during = _in(small.events, row)
+    normal = _in(small_null.events, row)
+
+    def between(events):
+        return (((events["src"] == source) & (events["dst"] == plc))
+                | ((events["src"] == plc) & (events["dst"] == source)))
+
+    assert between(normal).sum() > 0
+    assert between(during).sum() == 0
+    # Both ends go on talking to their other peers as in the plant without it.
+    for device in (source, plc):
+        others = (during["src"] == device) & ~between(during)
+        expected = (normal["src"] == device) & ~between(normal)
+        assert others.sum() == expected.sum() > 0
+
+
+def test_default_plant_has_no_link_loss():
+    assert "link_loss" in ANOMALY_TYPES
+    assert "link_loss" not in PlantConfig().anomalies
 
 
 def test_stuck_sensor_repeats_one_value(small):

@@ -132,6 +132,8 @@ def build_fixture_workspace(path: str | os.PathLike) -> Workspace:
         "versions": {"tgloc": "0.1.0"},
         "model_checksum": "0" * 64,
         "workspace": str(workspace.root),
+        "rounded_readings": [{"device": "pump-04", "sensor": "pressure", "places": 2,
+                              "sources": 3, "finer_sources": 1}],
         "periods": {
             "train": [0, TRAIN_END],
             "calibration": [TRAIN_END, CALIBRATION_END],

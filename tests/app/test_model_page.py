@@ -74,3 +74,19 @@ def test_model_page_coarse_scale(app, run_id):
     assert not app.exception
     metric = [m.value for m in app.metric if m.label == "Reference elements"]
     assert metric == [f"{(CALIBRATION_END - TRAIN_END) // 4 * ELEMENTS_PER_BIN:,}"]
+
+
+def test_model_page_lists_rounded_sensors(app, run_id):
+    app.query_params["run"] = run_id
+    app.run()
+    app.switch_page("pages/5_Model.py").run()
+
+    assert not app.exception
+    notes = " ".join(block.value for block in app.markdown)
+    assert "1 sensor read at different resolutions" in notes
+    assert "pump-04/pressure to 2 decimal places" in notes
+    table = app.dataframe[0].value
+    assert table["device"].tolist() == ["pump-04"]
+    assert table["sensor"].tolist() == ["pressure"]
+    assert table["decimal places"].tolist() == [2]
+    assert table["sources read finer"].tolist() == [1]
