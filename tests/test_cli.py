@@ -111,6 +111,15 @@ def test_bench_real_invalid_only(tmp_path, capsys):
     assert "invalid --only 'nope'" in capsys.readouterr().err
 
 
+def test_bench_real_only_batadal_without_folder(tmp_path, capsys):
+    code = main(["bench", "real", "--data", str(tmp_path), "--only", "batadal"])
+    output = capsys.readouterr()
+
+    assert code == 2
+    assert f"batadal: skipped, {tmp_path / 'batadal'} not found" in output.out
+    assert "mad:" not in output.out
+
+
 def test_bench_localization_passes_its_options(capsys):
     code = main(["bench", "localization", "--seeds", "0"])
 
