@@ -1063,7 +1063,8 @@ def detect(
                                    _coarse_stop(min_stop, state.scale))
         base_start = start * state.scale
         base_stop = min(stop * state.scale, num_bins)
-        base_start, base_stop = _widen(states, hit, base_start, base_stop, num_bins, config)
+        base_start, base_stop = _widen(states, hit, base_start, base_stop, num_bins, config,
+                                       aftermath)
         incidents.append(Incident(base_start, base_stop, state.scale, alpha, hit.score,
                                   hit.threshold, hit.devices, [hit]))
         devices = state.dominant(hit.devices, start, stop, alpha, config.member_min_magnitude)
@@ -1194,14 +1195,16 @@ def _absorb(
 
 def _widen(
     states: list[ScaleState], hit: Hit, start: int, stop: int, num_bins: int,
-    config: SearchConfig,
+    config: SearchConfig, gap: int = 0,
 ) -> tuple[int, int]:
     """Widen base bins [start, stop) to the best interval of the hit's devices at the
     finest scale, searched within one hit length on either side.
 
     A coarse hit, one bin of sixteen base bins, shows only roughly when an anomaly
     began and ended, and the finest scale gives it to the bin. The interval only grows:
-    a slow drift is clearer at the coarse scale than in any run of base bins.
+    a slow drift is clearer at the coarse scale than in any run of base bins. It grows
+    over no quiet stretch of `gap` base bins (`quiet_pieces`), so it does not reach
+    another anomaly of the same devices.
     """
     fine = min(states, key=lambda item: item.scale)
     if fine.scale >= hit.scale or fine.scale != 1:
@@ -1213,16 +1216,21 @@ def _widen(
     lower, upper = max(run[0], start - length), min(run[1], stop + length, num_bins)
     evidence = fine.evidence()
     single = hit.alpha not in config.alphas
-    best = (start, stop, 0.0)
+    best, best_alpha = (start, stop, 0.0), None
     for a, alpha in enumerate(config.alphas):
         if single and alpha > 1e-3:
             continue
         found = refine_interval(evidence, hit.devices, a, alpha, lower, upper, config.statistic)
         if found[2] > best[2]:
-            best = found
+            best, best_alpha = found, alpha
     if best[2] <= 0 or not (best[0] < stop and start < best[1]):
         return start, stop
-    return min(start, best[0]), max(stop, best[1])
+    near = [(a, b) for a, b in quiet_pieces(fine, hit.devices, best[0], best[1],
+                                            best_alpha, config, gap)
+            if a < stop and start < b]
+    if not near:
+        return start, stop
+    return min(start, near[0][0]), max(stop, near[-1][1])
 
 
 def _split_in_time(state: ScaleState, hit: Hit, config: SearchConfig) -> list[int]:
@@ -1286,14 +1294,42 @@ def _split_quiet(
     """Cut [start, stop) at its quiet stretches and return the strongest piece.
 
     The statistic grows with the evidence it sums, so one interval over two
-    anomalies of the same devices, days apart, can outscore either alone. A
-    stretch of at least `gap` bins in which the devices have no more p-values at
-    most `alpha` than `alpha` times their elements separates two such anomalies.
-    The piece with the highest statistic is kept, and the others stay in the scan
-    for later rounds. With `min_stop`, only pieces that end at or after it count.
+    anomalies of the same devices, days apart, can outscore either alone. The
+    piece with the highest statistic is kept (`quiet_pieces`), and the others stay
+    in the scan for later rounds. With `min_stop`, only pieces that end at or after
+    it count.
+    """
+    pieces = quiet_pieces(state, devices, start, stop, alpha, config, gap)
+    if len(pieces) <= 1:
+        return start, stop
+    a = config.alphas.index(alpha)
+    evidence = state.evidence()
+    chosen = np.asarray(devices)
+    function = STATISTICS[config.statistic]
+    best, best_value = (start, stop), -np.inf
+    for lower, upper in pieces:
+        if min_stop is not None and upper < min_stop:
+            continue
+        counts = evidence.counts[upper, chosen, a] - evidence.counts[lower, chosen, a]
+        totals = evidence.totals[upper, chosen] - evidence.totals[lower, chosen]
+        value = float(function(float(counts.sum()), float(totals.sum()), alpha))
+        if value > best_value:
+            best, best_value = (lower, upper), value
+    return best
+
+
+def quiet_pieces(
+    state: ScaleState, devices: list[int], start: int, stop: int, alpha: float,
+    config: SearchConfig, gap: int,
+) -> list[tuple[int, int]]:
+    """Return the pieces of [start, stop) between its quiet stretches.
+
+    A quiet stretch is at least `gap` bins in which the devices have no more
+    p-values at most `alpha` than `alpha` times their elements: no excess at all.
+    Without one, the whole interval is the only piece.
     """
     if gap < 1 or alpha not in config.alphas or stop - start < 2 * gap + 1:
-        return start, stop
+        return [(start, stop)]
     a = config.alphas.index(alpha)
     evidence = state.evidence()
     chosen = np.asarray(devices)
@@ -1302,25 +1338,15 @@ def _split_quiet(
     running = np.concatenate([[0.0], np.cumsum(counts - alpha * totals)])
     quiet_from = np.flatnonzero(running[gap:] - running[:-gap] <= 1e-9)
     if len(quiet_from) == 0:
-        return start, stop
+        return [(start, stop)]
     # Mark every bin of every quiet window of `gap` bins.
     marks = np.zeros(len(counts) + 1)
     np.add.at(marks, quiet_from, 1.0)
     np.add.at(marks, quiet_from + gap, -1.0)
     quiet = np.cumsum(marks)[:-1] > 0
     edges = np.flatnonzero(np.diff(np.concatenate([[1], quiet.astype(np.int8), [1]])))
-    pieces = list(zip(edges[::2], edges[1::2]))
-    if len(pieces) <= 1:
-        return start, stop
-    function = STATISTICS[config.statistic]
-    best, best_value = (start, stop), -np.inf
-    for lower, upper in pieces:
-        if min_stop is not None and start + upper < min_stop:
-            continue
-        value = float(function(counts[lower:upper].sum(), totals[lower:upper].sum(), alpha))
-        if value > best_value:
-            best, best_value = (start + int(lower), start + int(upper)), value
-    return best
+    return [(start + int(lower), start + int(upper))
+            for lower, upper in zip(edges[::2], edges[1::2])] or [(start, stop)]
 
 
 def _refine(state: ScaleState, hit: Hit, config: SearchConfig) -> tuple[int, int, float]:
