@@ -576,6 +576,20 @@ def components(members: np.ndarray, matrix: np.ndarray, hubs: np.ndarray) -> lis
     return [members[labels == label] for label in range(int(labels.max()) + 1)]
 
 
+def _linked_components(members: np.ndarray, linked: np.ndarray) -> list[np.ndarray]:
+    """Return `components(members, matrix, hubs)` from `linked_devices(matrix, hubs)`.
+
+    Both relations join the same pairs of distinct devices, so the components and
+    their order are the same. This reads only the members' block of `linked`.
+    """
+    members = np.asarray(members)
+    if len(members) == 0:
+        return []
+    _, labels = connected_components(csr_matrix(linked[np.ix_(members, members)]),
+                                     directed=False)
+    return [members[labels == label] for label in range(int(labels.max()) + 1)]
+
+
 def connected_best(
     counts: np.ndarray, totals: np.ndarray, alpha: float, members: np.ndarray,
     matrix: np.ndarray, hubs: np.ndarray, statistic: str, linked: np.ndarray | None = None,
@@ -606,12 +620,12 @@ def connected_best(
         return ranked[: int(values.argmax()) + 1]
 
     starts: dict[tuple[int, ...], float] = {}
-    queue = components(members, matrix, hubs)
+    queue = _linked_components(members, linked)
     for _ in range(4):
         next_queue = []
         for component in queue:
             chosen = prefix_best(component)
-            parts = components(chosen, matrix, hubs)
+            parts = _linked_components(chosen, linked)
             if len(parts) == 1:
                 starts[tuple(np.sort(chosen).tolist())] = score(chosen)
             else:
@@ -668,25 +682,19 @@ def grow_connected(
         step_value, step = float(single[pick]), [int(frontier[pick])]
         outside = np.flatnonzero(evidence & ~inside)
         if len(outside):
-            reach = linked[np.ix_(frontier, outside)]
-            for row in np.flatnonzero(reach.any(axis=1)):
-                bridge = int(frontier[row])
-                extra = outside[reach[row]]
-                extra = extra[extra != bridge]
-                if len(extra) == 0:
-                    continue
-                extra = extra[np.argsort(-priority[extra], kind="stable")]
-                values = function(base_count + counts[bridge] + np.cumsum(counts[extra]),
-                                  base_total + totals[bridge] + np.cumsum(totals[extra]),
-                                  alpha)
-                k = int(values.argmax())
-                if values[k] > step_value:
-                    step_value, step = float(values[k]), [bridge] + extra[: k + 1].tolist()
-        for path in _paths_to(inside, outside, linked, BRIDGE_HOPS):
-            path_value = float(function(base_count + counts[path].sum(),
-                                        base_total + totals[path].sum(), alpha))
-            if path_value > step_value:
-                step_value, step = path_value, path
+            bridge_value, bridge_step = _best_bridge(
+                frontier, outside, base_count, base_total, counts, totals, priority,
+                alpha, linked, function)
+            if bridge_value > step_value:
+                step_value, step = bridge_value, bridge_step
+        paths = _paths_to(inside, outside, linked, BRIDGE_HOPS)
+        if paths:
+            path_counts = np.array([base_count + counts[path].sum() for path in paths])
+            path_totals = np.array([base_total + totals[path].sum() for path in paths])
+            path_values = function(path_counts, path_totals, alpha)
+            best_path = int(path_values.argmax())
+            if path_values[best_path] > step_value:
+                step_value, step = float(path_values[best_path]), paths[best_path]
         if step_value <= value + 1e-9 * max(1.0, abs(value)):
             break
         value = step_value
@@ -695,6 +703,57 @@ def grow_connected(
 
 
 BRIDGE_HOPS = 6
+# Bridge moves are scored in blocks of at most this many (bridge, neighbour) cells.
+BRIDGE_CELLS = 1 << 20
+
+
+def _best_bridge(
+    frontier: np.ndarray, outside: np.ndarray, base_count, base_total,
+    counts: np.ndarray, totals: np.ndarray, priority: np.ndarray, alpha: float,
+    linked: np.ndarray, function,
+) -> tuple[float, list[int]]:
+    """Score every bridge move of `grow_connected` at once and return the best, as
+    (score, devices to add), or (-inf, []) when no move exists.
+
+    A move adds a frontier device and the best prefix, by decreasing priority, of
+    its linked evidence devices in `outside`. The devices of `outside` are sorted
+    once, stably, so ties keep index order as in a stable sort of one bridge's own
+    neighbours. Each bridge's cumulative sums run over that order, with zeros for
+    the devices it does not reach. Adding zero leaves a sum unchanged, so the
+    scores and picks equal those of scoring one bridge at a time. Among equal
+    scores the first bridge in `frontier` and the shortest prefix win.
+    """
+    ordered = outside[np.argsort(-priority[outside], kind="stable")]
+    reach = linked[np.ix_(frontier, ordered)]
+    reach &= frontier[:, None] != ordered[None, :]
+    rows = np.flatnonzero(reach.any(axis=1))
+    best_value, best_step = -np.inf, []
+    if len(rows) == 0:
+        return best_value, best_step
+    # Devices that no bridge reaches add only zeros, so they are left out.
+    reached = reach[rows].any(axis=0)
+    ordered, reach = ordered[reached], reach[:, reached]
+    block = max(1, BRIDGE_CELLS // len(ordered))
+    for begin in range(0, len(rows), block):
+        part = rows[begin : begin + block]
+        mask = reach[part]
+        bridges = frontier[part]
+        count_sums = np.cumsum(np.where(mask, counts[ordered], 0), axis=1)
+        total_sums = np.cumsum(np.where(mask, totals[ordered], 0), axis=1)
+        # The statistic is evaluated only where a bridge reaches a device.
+        row_index, column = np.nonzero(mask)
+        values = np.full(mask.shape, -np.inf)
+        values[row_index, column] = function(
+            base_count + counts[bridges[row_index]] + count_sums[row_index, column],
+            base_total + totals[bridges[row_index]] + total_sums[row_index, column], alpha)
+        ends = values.argmax(axis=1)
+        row_best = values[np.arange(len(part)), ends]
+        row = int(row_best.argmax())
+        if row_best[row] > best_value:
+            end = int(ends[row])
+            best_value = float(row_best[row])
+            best_step = [int(bridges[row])] + ordered[: end + 1][mask[row, : end + 1]].tolist()
+    return best_value, best_step
 
 
 def _paths_to(

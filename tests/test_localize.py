@@ -6,8 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core import localize
 from core.config import SearchConfig
 from core.localize import (
+    BRIDGE_CELLS,
+    BRIDGE_HOPS,
     Family,
     ScaleElements,
     ScaleState,
@@ -16,14 +19,17 @@ from core.localize import (
     build_evidence,
     components,
     connected_best,
+    _linked_components,
+    _paths_to,
     detect,
     device_weights,
+    grow_connected,
     linked_devices,
     mark_novel,
     singleton_families,
     singleton_limit,
 )
-from core.scan import berk_jones, exact_connected_scan, prefix_scan
+from core.scan import STATISTICS, berk_jones, exact_connected_scan, prefix_scan
 
 ALPHAS = (0.01, 0.1)
 
@@ -500,3 +506,126 @@ def test_novel_elements_count_in_full():
     # (device 0 to device 2, never seen in the null) counts 1 at both ends.
     assert totals[0].tolist() == pytest.approx([1.25, 0.5, 1.0])
     assert counts[0, :, 0].tolist() == pytest.approx([1.25, 0.5, 1.0])
+
+
+def _grow_one_bridge_at_a_time(chosen, value, counts, totals, alpha, linked, statistic):
+    """Grow as `grow_connected` does, but score each bridge move on its own in a
+    Python loop over the frontier. This is the reference for the vectorised bridge
+    moves. Also return the kind of each move taken."""
+    function = STATISTICS[statistic]
+    evidence = (totals > 0) & (counts > alpha * totals)
+    priority = counts / np.maximum(totals, 1)
+    inside = np.zeros(len(counts), dtype=bool)
+    inside[chosen] = True
+    moves = []
+    while True:
+        frontier = np.flatnonzero(linked[inside].any(axis=0) & ~inside)
+        if len(frontier) == 0:
+            break
+        base_count, base_total = counts[inside].sum(), totals[inside].sum()
+        single = function(base_count + counts[frontier], base_total + totals[frontier],
+                          alpha)
+        pick = int(single.argmax())
+        step_value, step, move = float(single[pick]), [int(frontier[pick])], "single"
+        outside = np.flatnonzero(evidence & ~inside)
+        if len(outside):
+            reach = linked[np.ix_(frontier, outside)]
+            for row in np.flatnonzero(reach.any(axis=1)):
+                bridge = int(frontier[row])
+                extra = outside[reach[row]]
+                extra = extra[extra != bridge]
+                if len(extra) == 0:
+                    continue
+                extra = extra[np.argsort(-priority[extra], kind="stable")]
+                values = function(base_count + counts[bridge] + np.cumsum(counts[extra]),
+                                  base_total + totals[bridge] + np.cumsum(totals[extra]),
+                                  alpha)
+                k = int(values.argmax())
+                if values[k] > step_value:
+                    step_value = float(values[k])
+                    step = [bridge] + extra[: k + 1].tolist()
+                    move = "bridge"
+        for path in _paths_to(inside, outside, linked, BRIDGE_HOPS):
+            path_value = float(function(base_count + counts[path].sum(),
+                                        base_total + totals[path].sum(), alpha))
+            if path_value > step_value:
+                step_value, step, move = path_value, path, "path"
+        if step_value <= value + 1e-9 * max(1.0, abs(value)):
+            break
+        value = step_value
+        inside[step] = True
+        moves.append(move)
+    return value, np.flatnonzero(inside), moves
+
+
+def _plant_graph(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Links [L, 2] and kinds [N] of a plant: a random tree of field devices under
+    two to four PLCs (hubs) and a few extra links."""
+    hubs = int(rng.integers(2, 5))
+    links = [[int(rng.integers(0, hubs)), v] for v in range(hubs, size)]
+    links += [[int(rng.integers(hubs, v)), v] for v in range(hubs + 1, size)
+              if rng.random() < 0.3]
+    kinds = np.array(["plc"] * hubs + ["field"] * (size - hubs))
+    return np.array(links), kinds
+
+
+def _grow_inputs(rng: np.random.Generator, size: int, weighted: bool):
+    """Counts and totals [N] with many abnormal devices spread over the graph, as
+    integers (many ties in priority) or as device-weighted floats."""
+    totals = rng.integers(0, 12, size).astype(float)
+    share = np.where(rng.random(size) < 0.35, rng.choice([0.3, 0.6, 0.9], size), 0.0)
+    counts = np.minimum(rng.binomial(totals.astype(int), share), totals).astype(float)
+    if weighted:
+        weights = rng.choice([1.0, 0.5, 0.137, 1e-3], size)
+        counts, totals = counts * weights, totals * weights
+    return counts, totals
+
+
+@pytest.mark.parametrize("cells", [BRIDGE_CELLS, 5])
+def test_grow_connected_matches_loop_reference(monkeypatch, cells):
+    """Bridge moves scored all at once take the same steps as those scored one
+    bridge at a time. The score matches to the last bit and the devices match, on
+    80 random plants with hubs, with integer and weighted counts, and in blocks of
+    a few cells."""
+    monkeypatch.setattr(localize, "BRIDGE_CELLS", cells)
+    rng = np.random.default_rng(20261205)
+    moves = []
+    for case in range(80):
+        size = int(rng.integers(20, 120))
+        links, kinds = _plant_graph(rng, size)
+        matrix, hubs = adjacency(size, links, kinds, ("plc",))
+        linked = linked_devices(matrix, hubs)
+        counts, totals = _grow_inputs(rng, size, weighted=case % 2 == 1)
+        alpha = float(rng.choice([1e-3, 0.05, 0.1]))
+        abnormal = np.flatnonzero(counts > alpha * totals)
+        if len(abnormal) == 0:
+            continue
+        start = np.array([int(rng.choice(abnormal))])
+        value = float(berk_jones(counts[start].sum(), totals[start].sum(), alpha))
+
+        expected_value, expected_set, steps = _grow_one_bridge_at_a_time(
+            start, value, counts, totals, alpha, linked, "bj")
+        grown_value, grown_set = grow_connected(start, value, counts, totals, alpha,
+                                                linked, "bj")
+
+        assert grown_value == expected_value, case
+        assert grown_set.tolist() == expected_set.tolist(), case
+        moves += steps
+    # The comparison covers bridge moves, not only one-device steps.
+    assert moves.count("bridge") >= 100
+    assert moves.count("single") >= 20
+    assert moves.count("path") >= 5
+
+
+def test_linked_components_match_components():
+    rng = np.random.default_rng(11)
+    for case in range(50):
+        size = int(rng.integers(10, 80))
+        links, kinds = _plant_graph(rng, size)
+        matrix, hubs = adjacency(size, links, kinds, ("plc",))
+        members = np.sort(rng.choice(size, size=int(rng.integers(1, size)), replace=False))
+
+        expected = components(members, matrix, hubs)
+        found = _linked_components(members, linked_devices(matrix, hubs))
+
+        assert [part.tolist() for part in found] == [part.tolist() for part in expected], case
