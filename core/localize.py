@@ -1017,6 +1017,7 @@ def prune_members(
 def best_hit(
     state: ScaleState, matrix: np.ndarray, hubs: np.ndarray, config: SearchConfig,
     candidates: int = 64, min_stop: int | None = None, linked: np.ndarray | None = None,
+    floor: float = -np.inf,
 ) -> tuple[float, Hit] | None:
     """Return the strongest remaining hit of one scale, as (score / threshold, hit).
 
@@ -1024,6 +1025,11 @@ def best_hit(
     `min_stop` of this scale or later are considered. `linked` is
     `linked_devices(matrix, hubs)`, which `connected_best` computes when it is not
     given.
+
+    `floor` is the best ratio the caller already has from another scale. The
+    connected search is skipped for every interval whose bound stays below it
+    (`_below`). The result is therefore exact whenever its ratio is at least
+    `floor`. Below `floor`, a weaker hit or None may be returned instead.
     """
     evidence = state.evidence()
     longest = max(state.thresholds, default=0)
@@ -1037,6 +1043,9 @@ def best_hit(
         ratio = best / limit
         for row in np.argsort(-ratio)[:candidates]:
             if ratio[row] <= 1:
+                break
+            if _below(ratio[row], max(floor, result[0] if result else -np.inf)):
+                # Rows come by decreasing ratio, so no later row can beat it either.
                 break
             start, stop = intervals[row]
             a = int(alpha_index[row])
@@ -1082,6 +1091,22 @@ def best_hit(
     return result
 
 
+# Relative margin on the bound of `_below`. It is far above the rounding error of
+# a float64 sum of n counts, at most about n * 1.1e-16 relative.
+BOUND_MARGIN = 1e-6
+
+
+def _below(bound: float, floor: float) -> bool:
+    """Return whether a hit whose unconstrained ratio is `bound` stays below `floor`.
+
+    The prefix scan's score of an interval is the maximum over all device subsets
+    at its level (linear-time subset scanning), so the connected, pruned subset
+    that `best_hit` scores there cannot exceed it. Its sums are taken in another
+    order, so the bound gets a relative margin for rounding.
+    """
+    return bound * (1 + BOUND_MARGIN) < floor
+
+
 def detect(
     states: list[ScaleState], num_devices: int, num_bins: int, links: np.ndarray,
     kinds: np.ndarray, config: SearchConfig, aftermath: int = 0,
@@ -1108,10 +1133,16 @@ def detect(
     linked = linked_devices(matrix, hubs) if config.connectivity else None
     incidents: list[Incident] = []
     while len(incidents) < config.max_incidents:
-        found = [(r, s, h) for s in states
-                 if (x := best_hit(s, matrix, hubs, config,
-                                   min_stop=_coarse_stop(min_stop, s.scale), linked=linked))
-                 for r, h in [x]]
+        # Each scale searches only for hits that can beat the earlier scales' best.
+        # A hit that only ties is not needed, because `max` keeps the first.
+        found = []
+        for state in states:
+            floor = max((item[0] for item in found), default=-np.inf)
+            result = best_hit(state, matrix, hubs, config,
+                              min_stop=_coarse_stop(min_stop, state.scale), linked=linked,
+                              floor=floor)
+            if result is not None:
+                found.append((result[0], state, result[1]))
         if not found:
             break
         ratio, state, hit = max(found, key=lambda item: item[0])

@@ -629,3 +629,76 @@ def test_linked_components_match_components():
         found = _linked_components(members, linked_devices(matrix, hubs))
 
         assert [part.tolist() for part in found] == [part.tolist() for part in expected], case
+
+
+def _random_scan_states(
+    rng: np.random.Generator, size: int, links: np.ndarray, weighted: bool,
+) -> list[ScaleState]:
+    """States at scales 1, 2 and 4 over 48 base bins of `size` devices, with three
+    to five planted anomalies on linked devices of random strength and span."""
+    num_bins = 48
+    p_values = rng.uniform(size=(num_bins, size, 3))
+    for _ in range(int(rng.integers(3, 6))):
+        seed_device = int(rng.integers(size))
+        group = {seed_device}
+        for a, b in links:
+            if (a in group or b in group) and rng.random() < 0.5:
+                group |= {int(a), int(b)}
+        start = int(rng.integers(0, num_bins - 2))
+        stop = min(num_bins, start + int(rng.integers(1, 16)))
+        strength = float(rng.choice([1e-2, 1e-3, 1e-5]))
+        chosen = sorted(group)[:8]
+        p_values[start:stop, chosen] *= strength
+    weights = rng.choice([1.0, 0.4, 0.05], size) if weighted else None
+    states = []
+    for scale in (1, 2, 4):
+        bins, devices, _ = np.indices(p_values.shape)
+        elements = pd.DataFrame({
+            "kind": "sensor", "device_idx": devices.ravel(), "peer_idx": -1,
+            "bin": bins.ravel() // scale, "p_value": p_values.ravel()})
+        elements["score"] = -np.log10(elements["p_value"])
+        thresholds = {2 ** k: 9.0 * 1.15 ** k for k in range(5)}
+        states.append(ScaleState.build(
+            ScaleElements(scale, num_bins // scale, elements, [(0, num_bins // scale)]),
+            size, SearchConfig().alphas, thresholds, {"sensor": 1e-12}, weights))
+    return states
+
+
+def test_detect_bound_skips_keep_incidents(monkeypatch):
+    """Skipping the connected search where the prefix scan's bound cannot beat the
+    hit in hand finds the same incidents as searching every candidate. The check
+    runs on 12 random plants, whole and online (`min_stop`), with and without
+    device weights, and the skip must save connected searches."""
+    calls = {"count": 0}
+    search = localize.connected_best
+
+    def counted(*args, **kwargs):
+        calls["count"] += 1
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(localize, "connected_best", counted)
+    rng = np.random.default_rng(20261206)
+    saved, incidents_found = 0, 0
+    for case in range(12):
+        size = int(rng.integers(20, 40))
+        links, kinds = _plant_graph(rng, size)
+        state_seed = int(rng.integers(1 << 30))
+        min_stop = None if case % 2 == 0 else int(rng.integers(24, 49))
+        results, searches = {}, {}
+        for margin in (np.inf, localize.BOUND_MARGIN):
+            # An infinite margin turns the skip off.
+            monkeypatch.setattr(localize, "BOUND_MARGIN", margin)
+            states = _random_scan_states(np.random.default_rng(state_seed), size, links,
+                                         weighted=case % 4 >= 2)
+            calls["count"] = 0
+            results[margin] = detect(states, size, 48, links, kinds,
+                                     SearchConfig(max_incidents=10), min_stop=min_stop)
+            searches[margin] = calls["count"]
+
+        full, skipping = results[np.inf], results[localize.BOUND_MARGIN]
+        assert skipping == full, case
+        assert searches[localize.BOUND_MARGIN] <= searches[np.inf], case
+        saved += searches[np.inf] - searches[localize.BOUND_MARGIN]
+        incidents_found += len(full)
+    assert incidents_found >= 20
+    assert saved >= 100
