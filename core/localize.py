@@ -638,11 +638,12 @@ def connected_best(
 
     best_value, best_set = 0.0, np.zeros(0, dtype=np.int64)
     ranked_starts = sorted(starts.items(), key=lambda item: -item[1])[:GROW_STARTS]
+    moves: dict[bytes, tuple[float, list[int]] | None] = {}
     for subset, value in ranked_starts:
         if value <= 0:
             continue
         value, grown = grow_connected(np.array(subset, dtype=np.int64), value, counts,
-                                      totals, alpha, linked, statistic)
+                                      totals, alpha, linked, statistic, moves)
         if value > best_value:
             best_value, best_set = value, grown
     return best_value, best_set
@@ -654,6 +655,7 @@ GROW_STARTS = 4
 def grow_connected(
     chosen: np.ndarray, value: float, counts: np.ndarray, totals: np.ndarray,
     alpha: float, linked: np.ndarray, statistic: str,
+    moves: dict[bytes, tuple[float, list[int]] | None] | None = None,
 ) -> tuple[float, np.ndarray]:
     """Grow the connected set `chosen` (score `value`) while its score rises.
 
@@ -665,6 +667,11 @@ def grow_connected(
     devices whose share of p-values <= alpha exceeds alpha are evidence: for
     Berk-Jones, adding any other device never raises the score (n KL(N/n, alpha) is
     subadditive and 0 for such a device).
+
+    `moves` stores the best step from each set grown so far, keyed by the set's
+    mask. The step depends only on the set, so calls on the same counts, totals,
+    alpha and links can share it. Growths from different starts often reach the
+    same set, and only the first computes the steps from there.
     """
     function = STATISTICS[statistic]
     evidence = (totals > 0) & (counts > alpha * totals)
@@ -672,34 +679,53 @@ def grow_connected(
     inside = np.zeros(len(counts), dtype=bool)
     inside[chosen] = True
     while True:
-        frontier = np.flatnonzero(linked[inside].any(axis=0) & ~inside)
-        if len(frontier) == 0:
+        key = inside.tobytes()
+        if moves is not None and key in moves:
+            move = moves[key]
+        else:
+            move = _best_step(inside, counts, totals, alpha, linked, function, evidence,
+                              priority)
+            if moves is not None:
+                moves[key] = move
+        if move is None:
             break
-        base_count, base_total = counts[inside].sum(), totals[inside].sum()
-        single = function(base_count + counts[frontier], base_total + totals[frontier],
-                          alpha)
-        pick = int(single.argmax())
-        step_value, step = float(single[pick]), [int(frontier[pick])]
-        outside = np.flatnonzero(evidence & ~inside)
-        if len(outside):
-            bridge_value, bridge_step = _best_bridge(
-                frontier, outside, base_count, base_total, counts, totals, priority,
-                alpha, linked, function)
-            if bridge_value > step_value:
-                step_value, step = bridge_value, bridge_step
-        paths = _paths_to(inside, outside, linked, BRIDGE_HOPS)
-        if paths:
-            path_counts = np.array([base_count + counts[path].sum() for path in paths])
-            path_totals = np.array([base_total + totals[path].sum() for path in paths])
-            path_values = function(path_counts, path_totals, alpha)
-            best_path = int(path_values.argmax())
-            if path_values[best_path] > step_value:
-                step_value, step = float(path_values[best_path]), paths[best_path]
+        step_value, step = move
         if step_value <= value + 1e-9 * max(1.0, abs(value)):
             break
         value = step_value
         inside[step] = True
     return value, np.flatnonzero(inside)
+
+
+def _best_step(
+    inside: np.ndarray, counts: np.ndarray, totals: np.ndarray, alpha: float,
+    linked: np.ndarray, function, evidence: np.ndarray, priority: np.ndarray,
+) -> tuple[float, list[int]] | None:
+    """Return the best step of `grow_connected` from the set `inside`, as (score of
+    the grown set, devices to add), or None when no device is linked to the set."""
+    frontier = np.flatnonzero(linked[inside].any(axis=0) & ~inside)
+    if len(frontier) == 0:
+        return None
+    base_count, base_total = counts[inside].sum(), totals[inside].sum()
+    single = function(base_count + counts[frontier], base_total + totals[frontier], alpha)
+    pick = int(single.argmax())
+    step_value, step = float(single[pick]), [int(frontier[pick])]
+    outside = np.flatnonzero(evidence & ~inside)
+    if len(outside):
+        bridge_value, bridge_step = _best_bridge(
+            frontier, outside, base_count, base_total, counts, totals, priority, alpha,
+            linked, function)
+        if bridge_value > step_value:
+            step_value, step = bridge_value, bridge_step
+    paths = _paths_to(inside, outside, linked, BRIDGE_HOPS)
+    if paths:
+        path_counts = np.array([base_count + counts[path].sum() for path in paths])
+        path_totals = np.array([base_total + totals[path].sum() for path in paths])
+        path_values = function(path_counts, path_totals, alpha)
+        best_path = int(path_values.argmax())
+        if path_values[best_path] > step_value:
+            step_value, step = float(path_values[best_path]), paths[best_path]
+    return step_value, step
 
 
 BRIDGE_HOPS = 6

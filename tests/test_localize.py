@@ -702,3 +702,40 @@ def test_detect_bound_skips_keep_incidents(monkeypatch):
         incidents_found += len(full)
     assert incidents_found >= 20
     assert saved >= 100
+
+
+def test_grow_connected_shared_moves_match_reference():
+    """Growths from several starts that share their stored steps (`moves`), as
+    `connected_best` runs them, end where the loop reference ends from each start.
+    The check runs on 40 random plants, and later growths must reuse stored steps."""
+    rng = np.random.default_rng(20261207)
+    shared_steps, separate_steps = 0, 0
+    for case in range(40):
+        size = int(rng.integers(30, 120))
+        links, kinds = _plant_graph(rng, size)
+        matrix, hubs = adjacency(size, links, kinds, ("plc",))
+        linked = linked_devices(matrix, hubs)
+        counts, totals = _grow_inputs(rng, size, weighted=case % 2 == 1)
+        alpha = float(rng.choice([1e-3, 0.05, 0.1]))
+        abnormal = np.flatnonzero(counts > alpha * totals)
+        if len(abnormal) == 0:
+            continue
+        shared: dict = {}
+        starts = rng.choice(abnormal, size=min(4, len(abnormal)), replace=False)
+        for device in starts:
+            start = np.array([int(device)])
+            value = float(berk_jones(counts[start].sum(), totals[start].sum(), alpha))
+            own: dict = {}
+
+            expected_value, expected_set, _ = _grow_one_bridge_at_a_time(
+                start, value, counts, totals, alpha, linked, "bj")
+            grown_value, grown_set = grow_connected(start, value, counts, totals, alpha,
+                                                    linked, "bj", shared)
+            grow_connected(start, value, counts, totals, alpha, linked, "bj", own)
+
+            assert grown_value == expected_value, case
+            assert grown_set.tolist() == expected_set.tolist(), case
+            separate_steps += len(own)
+        shared_steps += len(shared)
+    # Steps stored once and reused by a later growth.
+    assert separate_steps - shared_steps >= 50
