@@ -576,6 +576,20 @@ def components(members: np.ndarray, matrix: np.ndarray, hubs: np.ndarray) -> lis
     return [members[labels == label] for label in range(int(labels.max()) + 1)]
 
 
+def _linked_components(members: np.ndarray, linked: np.ndarray) -> list[np.ndarray]:
+    """Return `components(members, matrix, hubs)` from `linked_devices(matrix, hubs)`.
+
+    Both relations join the same pairs of distinct devices, so the components and
+    their order are the same. This reads only the members' block of `linked`.
+    """
+    members = np.asarray(members)
+    if len(members) == 0:
+        return []
+    _, labels = connected_components(csr_matrix(linked[np.ix_(members, members)]),
+                                     directed=False)
+    return [members[labels == label] for label in range(int(labels.max()) + 1)]
+
+
 def connected_best(
     counts: np.ndarray, totals: np.ndarray, alpha: float, members: np.ndarray,
     matrix: np.ndarray, hubs: np.ndarray, statistic: str, linked: np.ndarray | None = None,
@@ -606,12 +620,12 @@ def connected_best(
         return ranked[: int(values.argmax()) + 1]
 
     starts: dict[tuple[int, ...], float] = {}
-    queue = components(members, matrix, hubs)
+    queue = _linked_components(members, linked)
     for _ in range(4):
         next_queue = []
         for component in queue:
             chosen = prefix_best(component)
-            parts = components(chosen, matrix, hubs)
+            parts = _linked_components(chosen, linked)
             if len(parts) == 1:
                 starts[tuple(np.sort(chosen).tolist())] = score(chosen)
             else:
@@ -624,11 +638,12 @@ def connected_best(
 
     best_value, best_set = 0.0, np.zeros(0, dtype=np.int64)
     ranked_starts = sorted(starts.items(), key=lambda item: -item[1])[:GROW_STARTS]
+    moves: dict[bytes, tuple[float, list[int]] | None] = {}
     for subset, value in ranked_starts:
         if value <= 0:
             continue
         value, grown = grow_connected(np.array(subset, dtype=np.int64), value, counts,
-                                      totals, alpha, linked, statistic)
+                                      totals, alpha, linked, statistic, moves)
         if value > best_value:
             best_value, best_set = value, grown
     return best_value, best_set
@@ -640,6 +655,7 @@ GROW_STARTS = 4
 def grow_connected(
     chosen: np.ndarray, value: float, counts: np.ndarray, totals: np.ndarray,
     alpha: float, linked: np.ndarray, statistic: str,
+    moves: dict[bytes, tuple[float, list[int]] | None] | None = None,
 ) -> tuple[float, np.ndarray]:
     """Grow the connected set `chosen` (score `value`) while its score rises.
 
@@ -651,6 +667,11 @@ def grow_connected(
     devices whose share of p-values <= alpha exceeds alpha are evidence: for
     Berk-Jones, adding any other device never raises the score (n KL(N/n, alpha) is
     subadditive and 0 for such a device).
+
+    `moves` stores the best step from each set grown so far, keyed by the set's
+    mask. The step depends only on the set, so calls on the same counts, totals,
+    alpha and links can share it. Growths from different starts often reach the
+    same set, and only the first computes the steps from there.
     """
     function = STATISTICS[statistic]
     evidence = (totals > 0) & (counts > alpha * totals)
@@ -658,35 +679,17 @@ def grow_connected(
     inside = np.zeros(len(counts), dtype=bool)
     inside[chosen] = True
     while True:
-        frontier = np.flatnonzero(linked[inside].any(axis=0) & ~inside)
-        if len(frontier) == 0:
+        key = inside.tobytes()
+        if moves is not None and key in moves:
+            move = moves[key]
+        else:
+            move = _best_step(inside, counts, totals, alpha, linked, function, evidence,
+                              priority)
+            if moves is not None:
+                moves[key] = move
+        if move is None:
             break
-        base_count, base_total = counts[inside].sum(), totals[inside].sum()
-        single = function(base_count + counts[frontier], base_total + totals[frontier],
-                          alpha)
-        pick = int(single.argmax())
-        step_value, step = float(single[pick]), [int(frontier[pick])]
-        outside = np.flatnonzero(evidence & ~inside)
-        if len(outside):
-            reach = linked[np.ix_(frontier, outside)]
-            for row in np.flatnonzero(reach.any(axis=1)):
-                bridge = int(frontier[row])
-                extra = outside[reach[row]]
-                extra = extra[extra != bridge]
-                if len(extra) == 0:
-                    continue
-                extra = extra[np.argsort(-priority[extra], kind="stable")]
-                values = function(base_count + counts[bridge] + np.cumsum(counts[extra]),
-                                  base_total + totals[bridge] + np.cumsum(totals[extra]),
-                                  alpha)
-                k = int(values.argmax())
-                if values[k] > step_value:
-                    step_value, step = float(values[k]), [bridge] + extra[: k + 1].tolist()
-        for path in _paths_to(inside, outside, linked, BRIDGE_HOPS):
-            path_value = float(function(base_count + counts[path].sum(),
-                                        base_total + totals[path].sum(), alpha))
-            if path_value > step_value:
-                step_value, step = path_value, path
+        step_value, step = move
         if step_value <= value + 1e-9 * max(1.0, abs(value)):
             break
         value = step_value
@@ -694,7 +697,89 @@ def grow_connected(
     return value, np.flatnonzero(inside)
 
 
+def _best_step(
+    inside: np.ndarray, counts: np.ndarray, totals: np.ndarray, alpha: float,
+    linked: np.ndarray, function, evidence: np.ndarray, priority: np.ndarray,
+) -> tuple[float, list[int]] | None:
+    """Return the best step of `grow_connected` from the set `inside`, as (score of
+    the grown set, devices to add), or None when no device is linked to the set."""
+    frontier = np.flatnonzero(linked[inside].any(axis=0) & ~inside)
+    if len(frontier) == 0:
+        return None
+    base_count, base_total = counts[inside].sum(), totals[inside].sum()
+    single = function(base_count + counts[frontier], base_total + totals[frontier], alpha)
+    pick = int(single.argmax())
+    step_value, step = float(single[pick]), [int(frontier[pick])]
+    outside = np.flatnonzero(evidence & ~inside)
+    if len(outside):
+        bridge_value, bridge_step = _best_bridge(
+            frontier, outside, base_count, base_total, counts, totals, priority, alpha,
+            linked, function)
+        if bridge_value > step_value:
+            step_value, step = bridge_value, bridge_step
+    paths = _paths_to(inside, outside, linked, BRIDGE_HOPS)
+    if paths:
+        path_counts = np.array([base_count + counts[path].sum() for path in paths])
+        path_totals = np.array([base_total + totals[path].sum() for path in paths])
+        path_values = function(path_counts, path_totals, alpha)
+        best_path = int(path_values.argmax())
+        if path_values[best_path] > step_value:
+            step_value, step = float(path_values[best_path]), paths[best_path]
+    return step_value, step
+
+
 BRIDGE_HOPS = 6
+# Bridge moves are scored in blocks of at most this many (bridge, neighbour) cells.
+BRIDGE_CELLS = 1 << 20
+
+
+def _best_bridge(
+    frontier: np.ndarray, outside: np.ndarray, base_count, base_total,
+    counts: np.ndarray, totals: np.ndarray, priority: np.ndarray, alpha: float,
+    linked: np.ndarray, function,
+) -> tuple[float, list[int]]:
+    """Score every bridge move of `grow_connected` at once and return the best, as
+    (score, devices to add), or (-inf, []) when no move exists.
+
+    A move adds a frontier device and the best prefix, by decreasing priority, of
+    its linked evidence devices in `outside`. The devices of `outside` are sorted
+    once, stably, so ties keep index order as in a stable sort of one bridge's own
+    neighbours. Each bridge's cumulative sums run over that order, with zeros for
+    the devices it does not reach. Adding zero leaves a sum unchanged, so the
+    scores and picks equal those of scoring one bridge at a time. Among equal
+    scores the first bridge in `frontier` and the shortest prefix win.
+    """
+    ordered = outside[np.argsort(-priority[outside], kind="stable")]
+    reach = linked[np.ix_(frontier, ordered)]
+    reach &= frontier[:, None] != ordered[None, :]
+    rows = np.flatnonzero(reach.any(axis=1))
+    best_value, best_step = -np.inf, []
+    if len(rows) == 0:
+        return best_value, best_step
+    # Devices that no bridge reaches add only zeros, so they are left out.
+    reached = reach[rows].any(axis=0)
+    ordered, reach = ordered[reached], reach[:, reached]
+    block = max(1, BRIDGE_CELLS // len(ordered))
+    for begin in range(0, len(rows), block):
+        part = rows[begin : begin + block]
+        mask = reach[part]
+        bridges = frontier[part]
+        count_sums = np.cumsum(np.where(mask, counts[ordered], 0), axis=1)
+        total_sums = np.cumsum(np.where(mask, totals[ordered], 0), axis=1)
+        # The statistic is evaluated only where a bridge reaches a device.
+        row_index, column = np.nonzero(mask)
+        values = np.full(mask.shape, -np.inf)
+        values[row_index, column] = function(
+            base_count + counts[bridges[row_index]] + count_sums[row_index, column],
+            base_total + totals[bridges[row_index]] + total_sums[row_index, column], alpha)
+        ends = values.argmax(axis=1)
+        row_best = values[np.arange(len(part)), ends]
+        row = int(row_best.argmax())
+        if row_best[row] > best_value:
+            end = int(ends[row])
+            best_value = float(row_best[row])
+            best_step = [int(bridges[row])] + ordered[: end + 1][mask[row, : end + 1]].tolist()
+    return best_value, best_step
 
 
 def _paths_to(
@@ -958,6 +1043,7 @@ def prune_members(
 def best_hit(
     state: ScaleState, matrix: np.ndarray, hubs: np.ndarray, config: SearchConfig,
     candidates: int = 64, min_stop: int | None = None, linked: np.ndarray | None = None,
+    floor: float = -np.inf,
 ) -> tuple[float, Hit] | None:
     """Return the strongest remaining hit of one scale, as (score / threshold, hit).
 
@@ -965,6 +1051,11 @@ def best_hit(
     `min_stop` of this scale or later are considered. `linked` is
     `linked_devices(matrix, hubs)`, which `connected_best` computes when it is not
     given.
+
+    `floor` is the best ratio the caller already has from another scale. The
+    connected search is skipped for every interval whose bound stays below it
+    (`_below`). The result is therefore exact whenever its ratio is at least
+    `floor`. Below `floor`, a weaker hit or None may be returned instead.
     """
     evidence = state.evidence()
     longest = max(state.thresholds, default=0)
@@ -978,6 +1069,9 @@ def best_hit(
         ratio = best / limit
         for row in np.argsort(-ratio)[:candidates]:
             if ratio[row] <= 1:
+                break
+            if _below(ratio[row], max(floor, result[0] if result else -np.inf)):
+                # Rows come by decreasing ratio, so no later row can beat it either.
                 break
             start, stop = intervals[row]
             a = int(alpha_index[row])
@@ -1023,6 +1117,22 @@ def best_hit(
     return result
 
 
+# Relative margin on the bound of `_below`. It is far above the rounding error of
+# a float64 sum of n counts, at most about n * 1.1e-16 relative.
+BOUND_MARGIN = 1e-6
+
+
+def _below(bound: float, floor: float) -> bool:
+    """Return whether a hit whose unconstrained ratio is `bound` stays below `floor`.
+
+    The prefix scan's score of an interval is the maximum over all device subsets
+    at its level (linear-time subset scanning), so the connected, pruned subset
+    that `best_hit` scores there cannot exceed it. Its sums are taken in another
+    order, so the bound gets a relative margin for rounding.
+    """
+    return bound * (1 + BOUND_MARGIN) < floor
+
+
 def detect(
     states: list[ScaleState], num_devices: int, num_bins: int, links: np.ndarray,
     kinds: np.ndarray, config: SearchConfig, aftermath: int = 0,
@@ -1049,10 +1159,16 @@ def detect(
     linked = linked_devices(matrix, hubs) if config.connectivity else None
     incidents: list[Incident] = []
     while len(incidents) < config.max_incidents:
-        found = [(r, s, h) for s in states
-                 if (x := best_hit(s, matrix, hubs, config,
-                                   min_stop=_coarse_stop(min_stop, s.scale), linked=linked))
-                 for r, h in [x]]
+        # Each scale searches only for hits that can beat the earlier scales' best.
+        # A hit that only ties is not needed, because `max` keeps the first.
+        found = []
+        for state in states:
+            floor = max((item[0] for item in found), default=-np.inf)
+            result = best_hit(state, matrix, hubs, config,
+                              min_stop=_coarse_stop(min_stop, state.scale), linked=linked,
+                              floor=floor)
+            if result is not None:
+                found.append((result[0], state, result[1]))
         if not found:
             break
         ratio, state, hit = max(found, key=lambda item: item[0])

@@ -6,8 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core import localize
 from core.config import SearchConfig
 from core.localize import (
+    BRIDGE_CELLS,
+    BRIDGE_HOPS,
     Family,
     ScaleElements,
     ScaleState,
@@ -16,14 +19,17 @@ from core.localize import (
     build_evidence,
     components,
     connected_best,
+    _linked_components,
+    _paths_to,
     detect,
     device_weights,
+    grow_connected,
     linked_devices,
     mark_novel,
     singleton_families,
     singleton_limit,
 )
-from core.scan import berk_jones, exact_connected_scan, prefix_scan
+from core.scan import STATISTICS, berk_jones, exact_connected_scan, prefix_scan
 
 ALPHAS = (0.01, 0.1)
 
@@ -531,3 +537,236 @@ def test_novel_elements_count_in_full():
     # (device 0 to device 2, never seen in the null) counts 1 at both ends.
     assert totals[0].tolist() == pytest.approx([1.25, 0.5, 1.0])
     assert counts[0, :, 0].tolist() == pytest.approx([1.25, 0.5, 1.0])
+
+
+def _grow_one_bridge_at_a_time(chosen, value, counts, totals, alpha, linked, statistic):
+    """Grow as `grow_connected` does, but score each bridge move on its own in a
+    Python loop over the frontier. This is the reference for the vectorised bridge
+    moves. Also return the kind of each move taken."""
+    function = STATISTICS[statistic]
+    evidence = (totals > 0) & (counts > alpha * totals)
+    priority = counts / np.maximum(totals, 1)
+    inside = np.zeros(len(counts), dtype=bool)
+    inside[chosen] = True
+    moves = []
+    while True:
+        frontier = np.flatnonzero(linked[inside].any(axis=0) & ~inside)
+        if len(frontier) == 0:
+            break
+        base_count, base_total = counts[inside].sum(), totals[inside].sum()
+        single = function(base_count + counts[frontier], base_total + totals[frontier],
+                          alpha)
+        pick = int(single.argmax())
+        step_value, step, move = float(single[pick]), [int(frontier[pick])], "single"
+        outside = np.flatnonzero(evidence & ~inside)
+        if len(outside):
+            reach = linked[np.ix_(frontier, outside)]
+            for row in np.flatnonzero(reach.any(axis=1)):
+                bridge = int(frontier[row])
+                extra = outside[reach[row]]
+                extra = extra[extra != bridge]
+                if len(extra) == 0:
+                    continue
+                extra = extra[np.argsort(-priority[extra], kind="stable")]
+                values = function(base_count + counts[bridge] + np.cumsum(counts[extra]),
+                                  base_total + totals[bridge] + np.cumsum(totals[extra]),
+                                  alpha)
+                k = int(values.argmax())
+                if values[k] > step_value:
+                    step_value = float(values[k])
+                    step = [bridge] + extra[: k + 1].tolist()
+                    move = "bridge"
+        for path in _paths_to(inside, outside, linked, BRIDGE_HOPS):
+            path_value = float(function(base_count + counts[path].sum(),
+                                        base_total + totals[path].sum(), alpha))
+            if path_value > step_value:
+                step_value, step, move = path_value, path, "path"
+        if step_value <= value + 1e-9 * max(1.0, abs(value)):
+            break
+        value = step_value
+        inside[step] = True
+        moves.append(move)
+    return value, np.flatnonzero(inside), moves
+
+
+def _plant_graph(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Links [L, 2] and kinds [N] of a plant: a random tree of field devices under
+    two to four PLCs (hubs) and a few extra links."""
+    hubs = int(rng.integers(2, 5))
+    links = [[int(rng.integers(0, hubs)), v] for v in range(hubs, size)]
+    links += [[int(rng.integers(hubs, v)), v] for v in range(hubs + 1, size)
+              if rng.random() < 0.3]
+    kinds = np.array(["plc"] * hubs + ["field"] * (size - hubs))
+    return np.array(links), kinds
+
+
+def _grow_inputs(rng: np.random.Generator, size: int, weighted: bool):
+    """Counts and totals [N] with many abnormal devices spread over the graph, as
+    integers (many ties in priority) or as device-weighted floats."""
+    totals = rng.integers(0, 12, size).astype(float)
+    share = np.where(rng.random(size) < 0.35, rng.choice([0.3, 0.6, 0.9], size), 0.0)
+    counts = np.minimum(rng.binomial(totals.astype(int), share), totals).astype(float)
+    if weighted:
+        weights = rng.choice([1.0, 0.5, 0.137, 1e-3], size)
+        counts, totals = counts * weights, totals * weights
+    return counts, totals
+
+
+@pytest.mark.parametrize("cells", [BRIDGE_CELLS, 5])
+def test_grow_connected_matches_loop_reference(monkeypatch, cells):
+    """Bridge moves scored all at once take the same steps as those scored one
+    bridge at a time. The score matches to the last bit and the devices match, on
+    80 random plants with hubs, with integer and weighted counts, and in blocks of
+    a few cells."""
+    monkeypatch.setattr(localize, "BRIDGE_CELLS", cells)
+    rng = np.random.default_rng(20261205)
+    moves = []
+    for case in range(80):
+        size = int(rng.integers(20, 120))
+        links, kinds = _plant_graph(rng, size)
+        matrix, hubs = adjacency(size, links, kinds, ("plc",))
+        linked = linked_devices(matrix, hubs)
+        counts, totals = _grow_inputs(rng, size, weighted=case % 2 == 1)
+        alpha = float(rng.choice([1e-3, 0.05, 0.1]))
+        abnormal = np.flatnonzero(counts > alpha * totals)
+        if len(abnormal) == 0:
+            continue
+        start = np.array([int(rng.choice(abnormal))])
+        value = float(berk_jones(counts[start].sum(), totals[start].sum(), alpha))
+
+        expected_value, expected_set, steps = _grow_one_bridge_at_a_time(
+            start, value, counts, totals, alpha, linked, "bj")
+        grown_value, grown_set = grow_connected(start, value, counts, totals, alpha,
+                                                linked, "bj")
+
+        assert grown_value == expected_value, case
+        assert grown_set.tolist() == expected_set.tolist(), case
+        moves += steps
+    # The comparison covers bridge moves, not only one-device steps.
+    assert moves.count("bridge") >= 100
+    assert moves.count("single") >= 20
+    assert moves.count("path") >= 5
+
+
+def test_linked_components_match_components():
+    rng = np.random.default_rng(11)
+    for case in range(50):
+        size = int(rng.integers(10, 80))
+        links, kinds = _plant_graph(rng, size)
+        matrix, hubs = adjacency(size, links, kinds, ("plc",))
+        members = np.sort(rng.choice(size, size=int(rng.integers(1, size)), replace=False))
+
+        expected = components(members, matrix, hubs)
+        found = _linked_components(members, linked_devices(matrix, hubs))
+
+        assert [part.tolist() for part in found] == [part.tolist() for part in expected], case
+
+
+def _random_scan_states(
+    rng: np.random.Generator, size: int, links: np.ndarray, weighted: bool,
+) -> list[ScaleState]:
+    """States at scales 1, 2 and 4 over 48 base bins of `size` devices, with three
+    to five planted anomalies on linked devices of random strength and span."""
+    num_bins = 48
+    p_values = rng.uniform(size=(num_bins, size, 3))
+    for _ in range(int(rng.integers(3, 6))):
+        seed_device = int(rng.integers(size))
+        group = {seed_device}
+        for a, b in links:
+            if (a in group or b in group) and rng.random() < 0.5:
+                group |= {int(a), int(b)}
+        start = int(rng.integers(0, num_bins - 2))
+        stop = min(num_bins, start + int(rng.integers(1, 16)))
+        strength = float(rng.choice([1e-2, 1e-3, 1e-5]))
+        chosen = sorted(group)[:8]
+        p_values[start:stop, chosen] *= strength
+    weights = rng.choice([1.0, 0.4, 0.05], size) if weighted else None
+    states = []
+    for scale in (1, 2, 4):
+        bins, devices, _ = np.indices(p_values.shape)
+        elements = pd.DataFrame({
+            "kind": "sensor", "device_idx": devices.ravel(), "peer_idx": -1,
+            "bin": bins.ravel() // scale, "p_value": p_values.ravel()})
+        elements["score"] = -np.log10(elements["p_value"])
+        thresholds = {2 ** k: 9.0 * 1.15 ** k for k in range(5)}
+        states.append(ScaleState.build(
+            ScaleElements(scale, num_bins // scale, elements, [(0, num_bins // scale)]),
+            size, SearchConfig().alphas, thresholds, {"sensor": 1e-12}, weights))
+    return states
+
+
+def test_detect_bound_skips_keep_incidents(monkeypatch):
+    """Skipping the connected search where the prefix scan's bound cannot beat the
+    hit in hand finds the same incidents as searching every candidate. The check
+    runs on 12 random plants, whole and online (`min_stop`), with and without
+    device weights, and the skip must save connected searches."""
+    calls = {"count": 0}
+    search = localize.connected_best
+
+    def counted(*args, **kwargs):
+        calls["count"] += 1
+        return search(*args, **kwargs)
+
+    monkeypatch.setattr(localize, "connected_best", counted)
+    rng = np.random.default_rng(20261206)
+    saved, incidents_found = 0, 0
+    for case in range(12):
+        size = int(rng.integers(20, 40))
+        links, kinds = _plant_graph(rng, size)
+        state_seed = int(rng.integers(1 << 30))
+        min_stop = None if case % 2 == 0 else int(rng.integers(24, 49))
+        results, searches = {}, {}
+        for margin in (np.inf, localize.BOUND_MARGIN):
+            # An infinite margin turns the skip off.
+            monkeypatch.setattr(localize, "BOUND_MARGIN", margin)
+            states = _random_scan_states(np.random.default_rng(state_seed), size, links,
+                                         weighted=case % 4 >= 2)
+            calls["count"] = 0
+            results[margin] = detect(states, size, 48, links, kinds,
+                                     SearchConfig(max_incidents=10), min_stop=min_stop)
+            searches[margin] = calls["count"]
+
+        full, skipping = results[np.inf], results[localize.BOUND_MARGIN]
+        assert skipping == full, case
+        assert searches[localize.BOUND_MARGIN] <= searches[np.inf], case
+        saved += searches[np.inf] - searches[localize.BOUND_MARGIN]
+        incidents_found += len(full)
+    assert incidents_found >= 20
+    assert saved >= 100
+
+
+def test_grow_connected_shared_moves_match_reference():
+    """Growths from several starts that share their stored steps (`moves`), as
+    `connected_best` runs them, end where the loop reference ends from each start.
+    The check runs on 40 random plants, and later growths must reuse stored steps."""
+    rng = np.random.default_rng(20261207)
+    shared_steps, separate_steps = 0, 0
+    for case in range(40):
+        size = int(rng.integers(30, 120))
+        links, kinds = _plant_graph(rng, size)
+        matrix, hubs = adjacency(size, links, kinds, ("plc",))
+        linked = linked_devices(matrix, hubs)
+        counts, totals = _grow_inputs(rng, size, weighted=case % 2 == 1)
+        alpha = float(rng.choice([1e-3, 0.05, 0.1]))
+        abnormal = np.flatnonzero(counts > alpha * totals)
+        if len(abnormal) == 0:
+            continue
+        shared: dict = {}
+        starts = rng.choice(abnormal, size=min(4, len(abnormal)), replace=False)
+        for device in starts:
+            start = np.array([int(device)])
+            value = float(berk_jones(counts[start].sum(), totals[start].sum(), alpha))
+            own: dict = {}
+
+            expected_value, expected_set, _ = _grow_one_bridge_at_a_time(
+                start, value, counts, totals, alpha, linked, "bj")
+            grown_value, grown_set = grow_connected(start, value, counts, totals, alpha,
+                                                    linked, "bj", shared)
+            grow_connected(start, value, counts, totals, alpha, linked, "bj", own)
+
+            assert grown_value == expected_value, case
+            assert grown_set.tolist() == expected_set.tolist(), case
+            separate_steps += len(own)
+        shared_steps += len(shared)
+    # Steps stored once and reused by a later growth.
+    assert separate_steps - shared_steps >= 50
