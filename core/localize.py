@@ -1179,6 +1179,13 @@ def detect(
                                    _coarse_stop(min_stop, state.scale))
         base_start = start * state.scale
         base_stop = min(stop * state.scale, num_bins)
+        fine = min(states, key=lambda item: item.scale)
+        if fine.scale == 1 < state.scale:
+            # A quiet stretch shorter than a few coarse bins shows only at the
+            # finest scale.
+            base_start, base_stop = _split_quiet(fine, hit.devices, base_start, base_stop,
+                                                 alpha, config, aftermath, min_stop)
+            start, stop = base_start // state.scale, -(-base_stop // state.scale)
         base_start, base_stop = _widen(states, hit, base_start, base_stop, num_bins, config,
                                        aftermath)
         incidents.append(Incident(base_start, base_stop, state.scale, alpha, hit.score,

@@ -423,6 +423,46 @@ def test_detect_cuts_quiet_stretch_between_bursts():
     assert all(i.devices == [2] for i in split)
 
 
+def test_detect_cuts_coarse_hit_at_fine_quiet_stretch():
+    """Device 2 is abnormal in base bins 10-19 and 30-39. At 4 base bins a bin the
+    quiet stretch between them is 2 bins, shorter than the aftermath of 10 base
+    bins, and only the finest scale shows the 10 quiet base bins."""
+    rng = np.random.default_rng(8)
+
+    def rows(scale, bins):
+        out = []
+        for t in range(bins):
+            base = range(t * scale, (t + 1) * scale)
+            burst = any(10 <= b < 20 or 30 <= b < 40 for b in base)
+            for device in range(4):
+                for _ in range(3):
+                    abnormal = device == 2 and burst
+                    out.append(("sensor", device, -1, t,
+                                0.005 if abnormal else rng.uniform(0.02, 1)))
+        return _elements(out)
+
+    def state(scale, bins, threshold):
+        elements = ScaleElements(scale=scale, num_bins=bins, elements=rows(scale, bins),
+                                 runs=[(0, bins)])
+        return ScaleState.build(elements, 4, SearchConfig().alphas,
+                                {2 ** k: threshold for k in range(5)}, {"sensor": 1e-12})
+
+    def run(aftermath):
+        states = [state(1, 64, 1e6), state(4, 16, 15.0)]
+        return detect(states, num_devices=4, num_bins=64, links=np.array([[0, 1], [1, 2]]),
+                      kinds=np.array(["rtu", "plc", "rtu", "rtu"]),
+                      config=SearchConfig(max_incidents=5), aftermath=aftermath)
+
+    joined = run(aftermath=0)
+    split = run(aftermath=10)
+
+    assert [(i.start, i.stop) for i in joined] == [(8, 40)]
+    first, second = sorted((i.start, i.stop) for i in split)
+    # Each incident covers one burst and none of the other.
+    assert first[0] <= 10 and 20 <= first[1] <= 30
+    assert 20 <= second[0] <= 30 and second[1] >= 40
+
+
 def _incident(start, stop, devices, process=False):
     from core.localize import Incident
 
