@@ -86,12 +86,7 @@ def ingest_flows(
         raise IngestError(f"flows are events, not {options.target}",
                           "Leave --target out, or set it to events.")
     path = Path(path)
-    if not path.is_file():
-        raise IngestError(f"file not found: {path}", "Check the path and try again.")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise IngestError(f"failed to read {path}", str(exc)) from exc
+    data = ingest.read_file(path)
 
     table = reading.read_table(data, "csv", path.name, options.encoding)
     frame, notes = _trimmed_header(table.frame)
@@ -205,8 +200,8 @@ def _weight(
             (None where the row is usable).
     """
     name = WEIGHT_COLUMNS[weight]
-    taken = {c.lower() for c in frame.columns}
-    while name.lower() in taken:
+    existing = {c.lower() for c in frame.columns}
+    while name.lower() in existing:
         name += "_sum"
 
     total = np.zeros(len(frame))
@@ -221,9 +216,9 @@ def _weight(
             (~np.isfinite(values.fillna(0)), f"{column} is not finite"),
             (values < 0, f"negative {column}"),
         ]
-        for mask, why in checks:
+        for mask, reason in checks:
             hit = mask & problems["reason"].isna()
-            problems.loc[hit, "reason"] = why
+            problems.loc[hit, "reason"] = reason
             problems.loc[hit, "column"] = column
         total += values.fillna(0).to_numpy()
     return name, total, problems

@@ -451,12 +451,7 @@ def ingest_file(
             `WRITE_RETRY_SECONDS`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise IngestError(f"file not found: {path}", "Check the path and try again.")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise IngestError(f"failed to read {path}", str(exc)) from exc
+    data = read_file(path)
     kind = reading.file_kind(path, data)
     end = reading.complete_end(data, kind, options.read_unterminated_line)
     held_back = []
@@ -576,7 +571,8 @@ def ingest_arrow_events(
         read_events: returns the rows in the `events` layout (t as a UTC
             timestamp, src, dst, weight, protocol, line, and optionally label and
             attack), the rejected rows (columns line, column, value, reason,
-            record) and notes on what the reader did. Called at most once.
+            record) and notes on what the reader did. It is called at most
+            once: a retried write reuses its result.
         options: recorded as the load's identity; target must be "events".
         source: the file, recorded in the report.
         checksum: identifies the content (and how it was read) for the
@@ -1247,6 +1243,20 @@ def _table_columns(table: str) -> tuple[str, ...]:
 
 
 # Reading files.
+
+
+def read_file(path: Path) -> bytes:
+    """Return the content of the file at `path`.
+
+    Raises:
+        IngestError: the file is not found or cannot be read.
+    """
+    if not path.is_file():
+        raise IngestError(f"file not found: {path}", "Check the path and try again.")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise IngestError(f"failed to read {path}", str(exc)) from exc
 
 
 def _read_source(path: Path) -> tuple[pd.DataFrame, np.ndarray, list[str]]:

@@ -88,12 +88,7 @@ def ingest_uvt(
         )
     origin_us = slot_origin_us(origin)
     path = Path(path)
-    if not path.is_file():
-        raise IngestError(f"file not found: {path}", "Check the path and try again.")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise IngestError(f"failed to read {path}", str(exc)) from exc
+    data = ingest.read_file(path)
 
     frame, lines, rejected, notes = parse_uvt(data, undirected)
     micros = origin_us + np.round(frame["t"].to_numpy(np.float64) * slot_seconds * 1e6)
