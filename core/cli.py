@@ -566,13 +566,13 @@ LAYOUT_OPTIONS = {
 def _check_format_options(args: argparse.Namespace) -> None:
     """Raise when an option is given that the chosen --format does not read."""
     for name, options in FORMAT_OPTIONS.items():
-        given = [option for option, (attribute, unset) in options.items()
-                 if getattr(args, attribute) != unset]
-        if given and args.format != name:
+        present = [option for option, (attribute, unset) in options.items()
+                   if getattr(args, attribute) != unset]
+        if present and args.format != name:
             listed = " and ".join(options)
             verb = "needs" if len(options) == 1 else "need"
             raise TglocError(f"{listed} {verb} --format {name}",
-                             f"Remove {' and '.join(given)}, or add --format {name}.")
+                             f"Remove {' and '.join(present)}, or add --format {name}.")
     if args.format != "darpa":
         return
     for option, (name, unset) in LAYOUT_OPTIONS.items():

@@ -379,11 +379,11 @@ def _note_hosts(
         forms.setdefault(host, []).append(value)
     merged = sorted(host for host, values in forms.items() if len(values) > 1)
     if merged:
-        shown = sorted(forms[merged[0]])
-        shown = ", ".join(shown[:-1]) + " and " + shown[-1]
+        spellings = sorted(forms[merged[0]])
+        example = ", ".join(spellings[:-1]) + " and " + spellings[-1]
         notes.append(
             f"{len(merged)} host{_plural(len(merged))} written in more than one way "
-            f"stored as one device each (such as {shown}, stored as {merged[0]})")
+            f"stored as one device each (such as {example}, stored as {merged[0]})")
     hosts = len(set(written.values()))
     notes.append(f"{hosts} distinct host{_plural(hosts)} from {len(written)} written "
                  f"address{'es' if len(written) != 1 else ''} in the stored records")

@@ -86,7 +86,7 @@ ROUNDED_MEASUREMENT_BINS_SQL = binning.measurement_bins_sql(binning.DUCKDB,
 
 
 def no_rounding() -> pd.DataFrame:
-    """An empty table of `reading_places`."""
+    """Return an empty table in the layout of `reading_places`."""
     return pd.DataFrame({"device": pd.Series(dtype=str), "sensor": pd.Series(dtype=str),
                          "places": pd.Series(dtype=np.int64),
                          "sources": pd.Series(dtype=np.int64),
@@ -263,7 +263,7 @@ def reading_places(con: duckdb.DuckDBPyConnection, start_us: int, stop_us: int
 
     A source is one ingest (`report_id`). Its resolution is the fewest decimal
     places, 0 to `MAX_PLACES`, that every reading of the sensor in [start_us,
-    stop_us) fits; a source that fits none reads at full precision. A source of
+    stop_us) fits. A source that fits none reads at full precision. A source of
     whole numbers shows its resolution only with `MIN_DISTINCT_VALUES` distinct
     values or more.
 

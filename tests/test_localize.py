@@ -459,8 +459,10 @@ def test_detect_cuts_coarse_hit_at_fine_quiet_stretch():
     assert [(i.start, i.stop) for i in joined] == [(8, 40)]
     first, second = sorted((i.start, i.stop) for i in split)
     # Each incident covers one burst and none of the other.
-    assert first[0] <= 10 and 20 <= first[1] <= 30
-    assert 20 <= second[0] <= 30 and second[1] >= 40
+    assert first[0] <= 10
+    assert 20 <= first[1] <= 30
+    assert 20 <= second[0] <= 30
+    assert second[1] >= 40
 
 
 def _incident(start, stop, devices, process=False):
