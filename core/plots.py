@@ -95,17 +95,16 @@ def heatmap_figure(
 
     figure = go.Figure()
     labels = [escape_label(d) for d in matrix.devices]
-    edges = list(matrix.starts) + [matrix.ends[-1]]
     figure.add_trace(go.Heatmap(
         # float32 halves the bytes sent and keeps the two decimals the hover shows.
         z=matrix.evidence.astype(np.float32),
-        x=edges,
+        x=column_edges(matrix.starts, matrix.ends),
         y=labels,
         colorscale=COLORSCALE,
         zmin=0.0,
         zmax=max(4.0, float(np.nanmax(matrix.evidence, initial=0.0))),
         colorbar={"title": {"text": "evidence<br>-log10 p", "side": "right"}},
-        hovertemplate="%{x}<br>evidence %{z:.2f}<extra></extra>",
+        hovertemplate="%{y}<br>%{x}<br>evidence %{z:.2f}<extra></extra>",
         hoverongaps=False,
         name="evidence",
     ))
@@ -121,8 +120,10 @@ def heatmap_figure(
     figure.update_layout(
         height=max(320, 120 + ROW_HEIGHT * len(matrix.devices)),
         margin={"l": 10, "r": 10, "t": 40, "b": 40},
-        # An explicit range, because the markers' padding would widen the axis.
-        xaxis={"title": "time (UTC)", "type": "date", "range": [edges[0], edges[-1]]},
+        # An explicit range, because the markers' padding would widen the axis and
+        # the last column can reach past the window's end (`column_edges`).
+        xaxis={"title": "time (UTC)", "type": "date",
+               "range": [matrix.starts[0], matrix.ends[-1]]},
         yaxis={
             "type": "category",
             "categoryorder": "array",
@@ -271,6 +272,42 @@ def loss_figure(loss: pd.DataFrame) -> go.Figure:
         xaxis={"title": "epoch"}, yaxis={"title": "loss"},
     )
     return figure
+
+
+def column_edges(starts: pd.DatetimeIndex, ends: pd.DatetimeIndex) -> list:
+    """Return the x edges of a heatmap's columns, evenly spaced where they can be.
+
+    Plotly.js 3 (bundled with Streamlit 1.67) draws a heatmap whose edges are evenly
+    spaced, within 1 % of a step, as an image of one pixel per cell that the
+    browser scales up. With uneven edges it fills each cell on a canvas the size of
+    the plot and then encodes that canvas as a PNG. In headless Chromium on the
+    development machine, 200 x 917 cells took about a second longer that way.
+
+    The last column of a window often covers fewer bins than the others. So when
+    the columns touch and all but the last are one step wide, the last edge is
+    put a full step after the last start. That cell then reaches past the
+    window's end, where the x axis range cuts it off.
+
+    NOTE: Plotly.js gives a cell's hover time as the middle of its edges, so the
+    hover of a widened last cell can show a time after the window's end.
+
+    Args:
+        starts: shape [num_columns], the start of each column.
+        ends: shape [num_columns], the end of each column.
+
+    Returns:
+        num_columns + 1 edges: the starts, then the end of the last column,
+        widened to a full step where the columns allow it.
+    """
+    edges = list(starts) + [ends[-1]]
+    if len(starts) < 2:
+        return edges
+    step = starts[1] - starts[0]
+    touching = (ends[:-1] == starts[1:]).all()
+    even = (starts[1:] - starts[:-1] == step).all()
+    if touching and even and ends[-1] - starts[-1] <= step:
+        edges[-1] = starts[-1] + step
+    return edges
 
 
 def _empty_figure(message: str) -> go.Figure:

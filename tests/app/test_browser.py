@@ -185,6 +185,23 @@ def _incident_labels(page) -> list[str]:
     return [text for text in texts if not text.startswith("training period")]
 
 
+def _heatmap_image_size(page) -> dict:
+    """Return the pixel size of the heatmap's drawn image and the trace's cell counts.
+
+    Plotly.js draws a heatmap on evenly spaced columns as one pixel per cell; other
+    heatmaps it draws at the plot's size, a second slower for a page of 200 x 1,000.
+    """
+    return page.evaluate(
+        "async () => { const plot = document.querySelector('.js-plotly-plot'); "
+        "const node = plot.querySelector('.heatmaplayer image'); "
+        "const image = new Image(); image.src = node.getAttribute('href') || "
+        "node.getAttribute('xlink:href'); await image.decode(); "
+        "const trace = plot.data[0]; return {width: image.naturalWidth, "
+        "height: image.naturalHeight, columns: trace.x.length - 1, "
+        "rows: trace.y.length}; }"
+    )
+
+
 def _click_incident_marker(page, incident_id: str) -> None:
     """Click the heatmap's click-layer marker of a cell that `incident_id` covers."""
     index = page.evaluate(
@@ -238,7 +255,9 @@ def test_heatmap_outlines_incidents_and_opens_one(server, page, workspace, run_i
     assert _metric_value(page, "Incidents") == str(len(stored))
     labels = _incident_labels(page)
     _screenshot(page, "heatmap")
+    image = _heatmap_image_size(page)
     assert sorted(labels) == sorted(stored)
+    assert (image["width"], image["height"]) == (image["columns"], image["rows"])
 
     target = stored[0]
     _click_incident_marker(page, target)

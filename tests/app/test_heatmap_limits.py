@@ -6,10 +6,12 @@ Each test publishes a run file whose `device_evidence` is a generated score matr
 
 from __future__ import annotations
 
+import base64
 import json
 
 import numpy as np
 import pandas as pd
+import plotly.io
 import pytest
 from conftest import REPOSITORY
 from streamlit.testing.v1 import AppTest
@@ -142,3 +144,52 @@ def test_numeric_like_ids_categorical_rows(tmp_path):
     assert list(heatmap.y) == ["10", "2", "1E1", "1"]
     assert [row[0] for row in heatmap.z] == [0.9, 0.5, 0.3, 0.1]
     assert sorted(figure.data[1].y) == sorted(["10", "2", "1E1", "1"])
+
+
+def _decode_typed_array(array: dict) -> np.ndarray:
+    """Decode a typed array as Plotly.js reads it: little-endian base64 bytes."""
+    shape = [int(size) for size in str(array["shape"]).split(",")]
+    values = np.frombuffer(base64.b64decode(array["bdata"]), dtype="<" + array["dtype"])
+    return values.reshape(shape)
+
+
+def test_heatmap_sends_evidence_on_even_columns(tmp_path):
+    """20 one-minute bins in 7 columns of 3 bins, the last of 2: the edges sent are
+    evenly spaced, so Plotly.js draws one pixel per cell, and z decodes to the
+    column maxima."""
+    scores = planted_scores(3, 20, 1, 18, 20)
+    workspace = publish_scores(tmp_path / "ws", scores, device_names(3))
+    matrix = views.heatmap_matrix(workspace, "big", 1, max_cols=7)
+    empty_cells = pd.DataFrame(columns=["rank", "incident_id", "start", "end", "device"])
+    no_incidents = pd.DataFrame(columns=["incident_id", "start", "end"])
+    figure = plots.heatmap_figure(matrix, empty_cells, no_incidents)
+    sent = json.loads(plotly.io.to_json(figure, validate=False))
+    heatmap = sent["data"][0]
+
+    order = [device_names(3).index(device) for device in heatmap["y"]]
+    padded = np.concatenate([scores, np.full((3, 1), -np.inf)], axis=1)
+    expected = padded[order].reshape(3, 7, 3).max(axis=2)
+    z = _decode_typed_array(heatmap["z"])
+    assert z.dtype == np.float32
+    np.testing.assert_array_equal(z, expected.astype(np.float32))
+
+    edges = pd.DatetimeIndex(heatmap["x"])
+    assert set(edges[1:] - edges[:-1]) == {pd.Timedelta(minutes=3)}
+    assert edges[0] == ORIGIN
+    assert edges[-1] == ORIGIN + pd.Timedelta(minutes=21)
+    window = pd.DatetimeIndex(sent["layout"]["xaxis"]["range"])
+    assert list(window) == [ORIGIN, ORIGIN + pd.Timedelta(minutes=20)]
+    assert heatmap["hovertemplate"].startswith("%{y}<br>%{x}<br>evidence %{z:.2f}")
+
+
+def test_column_edges_even_only_where_columns_touch():
+    """A short last column is widened to a full step only when the columns before it
+    are even and touch; after a gap every column keeps its own edges, and Plotly.js
+    then fills each cell, slower but at its time."""
+    touching = plots.column_edges(ORIGIN + pd.to_timedelta([0, 3, 6], unit="min"),
+                                  ORIGIN + pd.to_timedelta([3, 6, 7], unit="min"))
+    starts = ORIGIN + pd.to_timedelta([0, 3, 9], unit="min")
+    gap = plots.column_edges(starts, ORIGIN + pd.to_timedelta([3, 6, 10], unit="min"))
+
+    assert touching == list(ORIGIN + pd.to_timedelta([0, 3, 6, 9], unit="min"))
+    assert gap == [*starts, ORIGIN + pd.Timedelta(minutes=10)]
