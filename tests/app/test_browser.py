@@ -188,8 +188,9 @@ def _incident_labels(page) -> list[str]:
 def _heatmap_image_size(page) -> dict:
     """Return the pixel size of the heatmap's drawn image and the trace's cell counts.
 
-    Plotly.js draws a heatmap on evenly spaced columns as one pixel per cell; other
-    heatmaps it draws at the plot's size, a second slower for a page of 200 x 1,000.
+    Plotly.js draws a heatmap on evenly spaced columns as one pixel per cell. It
+    draws other heatmaps at the plot's size, which for a page of 200 x 917 cells
+    took about a second longer in headless Chromium on the development machine.
     """
     return page.evaluate(
         "async () => { const plot = document.querySelector('.js-plotly-plot'); "
