@@ -62,6 +62,11 @@ def main() -> None:
     st.caption("Outlined: incidents. Click a cell to open the incident that covers it.")
     _follow_click(context, event, scale)
     _incident_picker(context, in_window, scale)
+    if not zoom and page < pages:
+        # Analysts page on, so the next page is loaded into the cache after this one
+        # was sent. A change to that page then runs no query on the run file.
+        ui.load("heatmap_matrix", context, scale, start, end,
+                offset=offset + views.MAX_HEATMAP_ROWS, kinds=kinds, zones=zones)
 
 
 def _follow_click(context: ui.RunContext, event, scale: int) -> None:

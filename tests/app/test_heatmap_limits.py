@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 import plotly.io
 import pytest
+import streamlit as st
 from conftest import REPOSITORY
+from streamlit.runtime.caching import get_data_cache_stats_provider
 from streamlit.testing.v1 import AppTest
 
 from core import plots, store, views
@@ -182,10 +184,10 @@ def test_heatmap_sends_evidence_on_even_columns(tmp_path):
     assert heatmap["hovertemplate"].startswith("%{y}<br>%{x}<br>evidence %{z:.2f}")
 
 
-def test_column_edges_even_only_where_columns_touch():
+def test_column_edges_widen_touching_columns():
     """A short last column is widened to a full step only when the columns before it
-    are even and touch; after a gap every column keeps its own edges, and Plotly.js
-    then fills each cell, slower but at its time."""
+    are even and touch. After a gap every column keeps its own edges, so Plotly.js
+    fills each cell at its time, which is slower."""
     touching = plots.column_edges(ORIGIN + pd.to_timedelta([0, 3, 6], unit="min"),
                                   ORIGIN + pd.to_timedelta([3, 6, 7], unit="min"))
     starts = ORIGIN + pd.to_timedelta([0, 3, 9], unit="min")
@@ -193,3 +195,34 @@ def test_column_edges_even_only_where_columns_touch():
 
     assert touching == list(ORIGIN + pd.to_timedelta([0, 3, 6, 9], unit="min"))
     assert gap == [*starts, ORIGIN + pd.Timedelta(minutes=10)]
+
+
+def _cached_view_bytes() -> int:
+    """Return the bytes held by the dashboard's cache of `core.views` calls."""
+    stats = get_data_cache_stats_provider().get_stats()
+    return sum(stat.byte_length for family in stats.values() for stat in family
+               if stat.cache_name.endswith("_cached_view"))
+
+
+def test_heatmap_loads_next_page_ahead(tmp_path, monkeypatch):
+    """600 devices make 3 pages: opening page 1 also loads page 2, so moving to
+    page 2 caches page 3 ahead, and moving to page 3 caches nothing new."""
+    scores = planted_scores(600, 120, 234, 60, 70)
+    workspace = publish_scores(tmp_path / "ws", scores, device_names(600))
+    monkeypatch.setenv("TGLOC_WORKSPACE", str(workspace.root))
+    monkeypatch.chdir(REPOSITORY)
+    st.cache_data.clear()
+    app = AppTest.from_file(str(REPOSITORY / "pages" / "1_Heatmap.py"),
+                            default_timeout=TIMEOUT)
+    app.run()
+    first = _cached_view_bytes()
+
+    app.number_input(key="heatmap_page").set_value(2).run()
+    second = _cached_view_bytes()
+    app.number_input(key="heatmap_page").set_value(3).run()
+    third = _cached_view_bytes()
+
+    assert not app.exception
+    assert app.get("plotly_chart")[0].proto.spec
+    assert second > first
+    assert third == second
