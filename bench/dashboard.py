@@ -23,7 +23,10 @@ keeps the frontend and Plotly loaded, so this time is Streamlit's page run, the
 transfer and the drawing. The figure is the one the tab received on its first visit,
 so Streamlit's message cache in the tab replaces most of the transfer. A third table
 therefore times new figures in the open tab: the next device pages (200 other
-devices each), from the change of the page number until the new rows are drawn.
+devices each), from the change of the page number until the new rows are drawn. The
+Heatmap page loads the next device page into Streamlit's cache after sending its
+figure, and each change waits for the script run before it to end, so these times
+include no query on the run file.
 """
 
 from __future__ import annotations
