@@ -1056,6 +1056,13 @@ def best_hit(
     connected search is skipped for every interval whose bound stays below it
     (`_below`). The result is therefore exact whenever its ratio is at least
     `floor`. Below `floor`, a weaker hit or None may be returned instead.
+
+    The connected search of an interval runs at each level alpha whose
+    unconstrained score could still beat the best hit so far, strongest first. The
+    level that is best without the constraint can be the wrong one with it. One
+    device with a few very small p-values (a stuck sensor) loses at a moderate
+    level to a scattered set of devices with many moderately small ones. That set
+    is not connected, and the device alone passes at a small level.
     """
     evidence = state.evidence()
     longest = max(state.thresholds, default=0)
@@ -1074,26 +1081,20 @@ def best_hit(
                 # Rows come by decreasing ratio, so no later row can beat it either.
                 break
             start, stop = intervals[row]
-            a = int(alpha_index[row])
             counts, totals = evidence.interval(np.array([start]), np.array([stop]))
-            chosen = members[row]
-            value = float(best[row])
-            if config.connectivity:
-                value, chosen = connected_best(counts[0, :, a], totals[0], config.alphas[a],
-                                               chosen, matrix, hubs, config.statistic,
-                                               linked)
-            chosen = prune_members(chosen, counts[0, :, a], totals[0], config.alphas[a],
-                                   config, counts[0])
-            function = STATISTICS[config.statistic]
-            value = float(function(counts[0, chosen, a].sum(), totals[0, chosen].sum(),
-                                   config.alphas[a]))
-            connected_ratio = value / limit[row]
-            if connected_ratio > 1 and len(chosen) and (
-                    result is None or connected_ratio > result[0]):
-                result = (connected_ratio, Hit(state.scale, int(start), int(stop),
-                                               config.alphas[a], value, float(limit[row]),
-                                               [int(d) for d in chosen],
-                                               f"length {int(stop - start)}"))
+            level_scores, sizes, orders = prefix_scan(counts, totals, config.alphas,
+                                                      config.statistic)
+            for a in np.argsort(-level_scores[0], kind="stable"):
+                bound = level_scores[0, a] / limit[row]
+                if bound <= 1 or _below(bound, max(
+                        floor, result[0] if result else -np.inf)):
+                    break
+                chosen = members[row] if a == alpha_index[row] else orders[0, a, :sizes[0, a]]
+                hit = _connected_hit(state, int(start), int(stop), int(a), chosen,
+                                     counts[0], totals[0], float(limit[row]), matrix,
+                                     hubs, config, linked)
+                if hit is not None and (result is None or hit[0] > result[0]):
+                    result = hit
 
     live_rows = state.active
     if min_stop is not None:
@@ -1115,6 +1116,31 @@ def best_hit(
                                  float(limit_p), score, threshold, devices,
                                  f"single {kind}"))
     return result
+
+
+def _connected_hit(
+    state: ScaleState, start: int, stop: int, level: int, chosen: np.ndarray,
+    counts: np.ndarray, totals: np.ndarray, limit: float, matrix: np.ndarray,
+    hubs: np.ndarray, config: SearchConfig, linked: np.ndarray | None,
+) -> tuple[float, Hit] | None:
+    """Return (score / limit, hit) for the connected, pruned subset near `chosen` at
+    alpha `config.alphas[level]`, or None when it does not pass `limit`.
+
+    Args:
+        counts: shape [N, A], the interval's counts at every level.
+        totals: shape [N], the interval's elements per device.
+    """
+    alpha = config.alphas[level]
+    if config.connectivity:
+        _, chosen = connected_best(counts[:, level], totals, alpha, chosen, matrix, hubs,
+                                   config.statistic, linked)
+    chosen = prune_members(chosen, counts[:, level], totals, alpha, config, counts)
+    value = float(STATISTICS[config.statistic](counts[chosen, level].sum(),
+                                               totals[chosen].sum(), alpha))
+    if not (value > limit and len(chosen)):
+        return None
+    return value / limit, Hit(state.scale, start, stop, alpha, value, limit,
+                              [int(d) for d in chosen], f"length {stop - start}")
 
 
 # Relative margin on the bound of `_below`. It is far above the rounding error of

@@ -392,6 +392,48 @@ def test_detect_splits_two_anomalies_sharing_a_device():
     assert spans[1][2] == [1, 2]
 
 
+def _sparse_and_scattered_state() -> ScaleState:
+    """Build 21 unlinked devices with 5 elements each per bin over 32 bins. In bins
+    8 to 15, one element of device 0 has p = 5e-7. In every bin, one element of
+    each of devices 1 to 20 has p = 0.05. Other p-values lie in [0.2, 1]."""
+    rng = np.random.default_rng(8)
+    rows = []
+    for t in range(32):
+        for device in range(21):
+            for k in range(5):
+                p = rng.uniform(0.2, 1.0)
+                if device == 0 and k == 0 and 8 <= t < 16:
+                    p = 5e-7
+                elif device > 0 and k == 0:
+                    p = 0.05
+                rows.append(("sensor", device, -1, t, p))
+    scale_elements = ScaleElements(scale=1, num_bins=32, elements=_elements(rows),
+                                   runs=[(0, 32)])
+    thresholds = {length: 50.0 for length in (1, 2, 4, 8, 16, 32)}
+    return ScaleState.build(scale_elements, 21, SearchConfig().alphas, thresholds,
+                            {"sensor": 1e-12})
+
+
+def test_detect_tries_each_level_under_connectivity():
+    """Without the constraint, alpha = 0.05 is the best level of every interval: the
+    20 scattered devices together outscore device 0. No two of them are linked, and
+    each alone stays below the threshold. Device 0 alone passes at alpha = 1e-6,
+    so the search must go on to that level."""
+    state = _sparse_and_scattered_state()
+    evidence = state.evidence()
+    levels = SearchConfig().alphas
+    intervals = localize.dyadic_intervals(0, 32, 32)
+    counts, totals = evidence.interval(intervals[:, 0], intervals[:, 1])
+    scores, _, _ = prefix_scan(counts, totals, levels)
+    assert {levels[a] for a in scores.argmax(axis=1)} == {0.05}
+
+    incidents = detect([state], num_devices=21, num_bins=32, links=np.zeros((0, 2), int),
+                       kinds=np.array(["rtu"] * 21), config=SearchConfig(max_incidents=5))
+
+    assert [(i.devices, i.start, i.stop) for i in incidents] == [([0], 8, 16)]
+    assert incidents[0].alpha == 1e-6
+
+
 def test_detect_cuts_quiet_stretch_between_bursts():
     """Device 2 is abnormal in bins 10-19 and again in bins 40-49. One interval over
     both outscores either burst, but 20 quiet bins lie between them, longer than
