@@ -1139,8 +1139,12 @@ def _connected_hit(
                                                totals[chosen].sum(), alpha))
     if not (value > limit and len(chosen)):
         return None
-    return value / limit, Hit(state.scale, start, stop, alpha, value, limit,
-                              [int(d) for d in chosen], f"length {stop - start}")
+    # A threshold of 0 (a family whose null scores are all 0) makes any hit infinitely
+    # strong, as the ratios of `best_hit` are.
+    with np.errstate(divide="ignore"):
+        ratio = float(np.float64(value) / np.float64(limit))
+    return ratio, Hit(state.scale, start, stop, alpha, value, limit,
+                      [int(d) for d in chosen], f"length {stop - start}")
 
 
 # Relative margin on the bound of `_below`. It is far above the rounding error of
