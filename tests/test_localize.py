@@ -323,10 +323,16 @@ def _planted_state() -> ScaleState:
             for _ in range(3):
                 p = 1e-5 if device == 2 and 10 <= t < 15 else rng.uniform(0.2, 1.0)
                 rows.append(("sensor", device, -1, t, p))
+    return _sensor_state(rows, 4, 15.0)
+
+
+def _sensor_state(rows: list, num_devices: int, threshold: float) -> ScaleState:
+    """Build a one-scale state of 32 bins from sensor `rows`, with `threshold` for
+    every interval length and no single element passing alone."""
     scale_elements = ScaleElements(scale=1, num_bins=32, elements=_elements(rows),
                                    runs=[(0, 32)])
-    thresholds = {length: 15.0 for length in (1, 2, 4, 8, 16, 32)}
-    return ScaleState.build(scale_elements, 4, SearchConfig().alphas, thresholds,
+    thresholds = {length: threshold for length in (1, 2, 4, 8, 16, 32)}
+    return ScaleState.build(scale_elements, num_devices, SearchConfig().alphas, thresholds,
                             {"sensor": 1e-12})
 
 
@@ -407,11 +413,7 @@ def _sparse_and_scattered_state() -> ScaleState:
                 elif device > 0 and k == 0:
                     p = 0.05
                 rows.append(("sensor", device, -1, t, p))
-    scale_elements = ScaleElements(scale=1, num_bins=32, elements=_elements(rows),
-                                   runs=[(0, 32)])
-    thresholds = {length: 50.0 for length in (1, 2, 4, 8, 16, 32)}
-    return ScaleState.build(scale_elements, 21, SearchConfig().alphas, thresholds,
-                            {"sensor": 1e-12})
+    return _sensor_state(rows, 21, 50.0)
 
 
 def test_detect_tries_each_level_under_connectivity():
