@@ -12,7 +12,10 @@ effect only when set before numpy and torch load, so `core` is imported first (t
 `tgloc` command does so). A value already in the environment is kept.
 
 NOTE: identical results across machines are expected from the cap but were checked
-on one machine only.
+on one machine only. The number of torch threads, which torch sets from the
+machine's cores, also changes the trained weights. On the five sample plants of
+`tests/test_acceptance.py`, one thread instead of two found 38 of 40 anomalies too,
+but missed other ones: 6 of 8 on one plant.
 """
 
 import os
