@@ -1139,8 +1139,8 @@ def _connected_hit(
                                                totals[chosen].sum(), alpha))
     if not (value > limit and len(chosen)):
         return None
-    # A threshold of 0 (a family whose null scores are all 0) makes any hit infinitely
-    # strong, as the ratios of `best_hit` are.
+    # A threshold of 0 (a family whose null scores are all 0) gives an infinite
+    # ratio, as in `best_hit`.
     with np.errstate(divide="ignore"):
         ratio = float(np.float64(value) / np.float64(limit))
     return ratio, Hit(state.scale, start, stop, alpha, value, limit,

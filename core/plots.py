@@ -277,11 +277,12 @@ def loss_figure(loss: pd.DataFrame) -> go.Figure:
 def column_edges(starts: pd.DatetimeIndex, ends: pd.DatetimeIndex) -> list:
     """Return the x edges of a heatmap's columns, evenly spaced where they can be.
 
-    Plotly.js 3 (bundled with Streamlit 1.67) draws a heatmap whose edges are evenly
-    spaced, within 1 % of a step, as an image of one pixel per cell that the
-    browser scales up. With uneven edges it fills each cell on a canvas the size of
-    the plot and then encodes that canvas as a PNG. In headless Chromium on the
-    development machine, 200 x 917 cells took about a second longer that way.
+    Plotly.js, as bundled with Streamlit 1.67, draws a heatmap whose edges are evenly
+    spaced as an image of one pixel per cell that the browser scales up
+    (`tests/app/test_browser.py` checks the image size). With uneven edges it fills
+    each cell on a canvas the size of the plot and then encodes that canvas as a PNG.
+    In headless Chromium on the development machine, 200 x 917 cells took about a
+    second longer that way.
 
     The last column of a window often covers fewer bins than the others. So when
     the columns touch and all but the last are one step wide, the last edge is

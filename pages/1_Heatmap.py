@@ -63,8 +63,8 @@ def main() -> None:
     _follow_click(context, event, scale)
     _incident_picker(context, in_window, scale)
     if not zoom and page < pages:
-        # Analysts page on, so the next page is loaded into the cache after this one
-        # was sent. A change to that page then runs no query on the run file.
+        # The next page goes into the cache after this one is sent, so moving on to
+        # it runs no query on the run file.
         ui.load("heatmap_matrix", context, scale, start, end,
                 offset=offset + views.MAX_HEATMAP_ROWS, kinds=kinds, zones=zones)
 
