@@ -26,13 +26,14 @@ MAX_MARKERS = 4000
 MAX_CLICK_COLUMNS = 120
 CLICK_MARKER_SIZE = 6
 ROW_HEIGHT = 22
-# Margins of the heatmap in pixels (`_heatmap_margin`): the colour bar with its
-# two-line title needs 123 px on the right, and the date ticks with the axis title
-# 88 px below. A device label needs about 7 px per character at the theme's font;
-# 8 leaves room for wider letters.
+# Heatmap margins in pixels (`_heatmap_margin`). In headless Chromium the colour bar
+# with its two-line title took 123 px on the right, and the date ticks with the axis
+# title 88 px below. Labels of 8 characters took 72 px on the left, about 7 px per
+# character, so 8 px per character leaves room for wider letters.
 HEATMAP_RIGHT_MARGIN = 130
 HEATMAP_BOTTOM_MARGIN = 95
 LABEL_CHARACTER_WIDTH = 8
+LABEL_PADDING = 16
 HEATMAP_MAX_LEFT_MARGIN = 320
 NODE_SPACING = 24
 TRAINING_PERIOD = "train"
@@ -148,16 +149,16 @@ def heatmap_figure(
 
 
 def _heatmap_margin(devices: list[str]) -> dict[str, int]:
-    """Return margins that already hold the device labels, the colour bar and the
-    two-line date ticks with the axis title.
+    """Return margins wide enough for the device labels, the colour bar and the date
+    ticks, so that Plotly.js draws the heatmap once.
 
-    Plotly.js draws a figure, measures its labels and draws it a second time when
-    they need wider margins than the layout gives. On a page of 200 devices the
-    second draw took about half of the drawing time. Margins that are too small still work:
-    Plotly widens them and draws again.
+    Plotly.js draws a figure, measures its labels and draws it again when they need
+    wider margins than the layout gives. In a CPU profile of a page of 200 devices,
+    the second draw took about half of the drawing time. A margin that is too narrow
+    still works: Plotly.js widens it and draws again.
     """
     longest = max((len(str(device)) for device in devices), default=0)
-    left = min(HEATMAP_MAX_LEFT_MARGIN, 16 + LABEL_CHARACTER_WIDTH * longest)
+    left = min(HEATMAP_MAX_LEFT_MARGIN, LABEL_PADDING + LABEL_CHARACTER_WIDTH * longest)
     return {"l": left, "r": HEATMAP_RIGHT_MARGIN, "t": 40, "b": HEATMAP_BOTTOM_MARGIN}
 
 

@@ -203,6 +203,20 @@ def _heatmap_image_size(page) -> dict:
     )
 
 
+def _heatmap_margins(page) -> dict:
+    """Return the heatmap's margins as the figure sets them and as Plotly.js drew them.
+
+    Plotly.js widens margins too narrow for the labels and then draws the figure
+    again, so equal margins mean that the heatmap was drawn once.
+    """
+    return page.evaluate(
+        "() => { const plot = document.querySelector('.js-plotly-plot'); "
+        "const given = plot.layout.margin, drawn = plot._fullLayout._size; "
+        "return {given: [given.l, given.r, given.t, given.b], "
+        "drawn: [drawn.l, drawn.r, drawn.t, drawn.b]}; }"
+    )
+
+
 def _click_incident_marker(page, incident_id: str) -> None:
     """Click the heatmap's click-layer marker of a cell that `incident_id` covers."""
     index = page.evaluate(
@@ -257,8 +271,10 @@ def test_heatmap_outlines_incidents_and_opens_one(server, page, workspace, run_i
     labels = _incident_labels(page)
     _screenshot(page, "heatmap")
     image = _heatmap_image_size(page)
+    margins = _heatmap_margins(page)
     assert sorted(labels) == sorted(stored)
     assert (image["width"], image["height"]) == (image["columns"], image["rows"])
+    assert margins["drawn"] == margins["given"]
 
     target = stored[0]
     _click_incident_marker(page, target)
