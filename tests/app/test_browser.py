@@ -203,20 +203,38 @@ def _heatmap_image_size(page) -> dict:
     )
 
 
+def _heatmap_margins(page) -> dict:
+    """Return the heatmap's margins as the figure sets them and as Plotly.js drew them.
+
+    Plotly.js widens margins too narrow for the labels and then draws the figure
+    again, so equal margins mean that the heatmap was drawn once.
+    """
+    return page.evaluate(
+        "() => { const plot = document.querySelector('.js-plotly-plot'); "
+        "const given = plot.layout.margin, drawn = plot._fullLayout._size; "
+        "return {given: [given.l, given.r, given.t, given.b], "
+        "drawn: [drawn.l, drawn.r, drawn.t, drawn.b]}; }"
+    )
+
+
 def _click_incident_marker(page, incident_id: str) -> None:
-    """Click the heatmap's click-layer marker of a cell that `incident_id` covers."""
-    index = page.evaluate(
-        "(id) => document.querySelector('.js-plotly-plot').data[1].customdata"
-        ".findIndex((row) => row[3] === id)",
+    """Click the heatmap at a click-layer marker of a cell that `incident_id` covers.
+
+    Plotly.js draws one marker of the click layer, so the click goes to the plot
+    area at the marker's position, as an analyst's click on the cell would.
+    """
+    position = page.evaluate(
+        "(id) => { const plot = document.querySelector('.js-plotly-plot'); "
+        "const index = plot.data[1].customdata.findIndex((row) => row[3] === id); "
+        "if (index < 0) return null; "
+        "const point = plot.calcdata[1][index], layout = plot._fullLayout; "
+        "return {x: layout.xaxis.c2p(point.x), y: layout.yaxis.c2p(point.y)}; }",
         incident_id,
     )
-    assert index >= 0, f"no heatmap marker carries incident {incident_id}"
-    point = page.locator(".js-plotly-plot .scatterlayer path.point").nth(index)
-    # A mouse click outside the viewport does nothing; the incident's row may be
-    # below the fold when its device ranks low by peak evidence.
-    point.scroll_into_view_if_needed()
-    box = point.bounding_box()
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    assert position is not None, f"no heatmap marker carries incident {incident_id}"
+    # Playwright scrolls the position into view first, because the incident's row may
+    # be below the fold when its device ranks low by peak evidence.
+    page.locator(".js-plotly-plot .draglayer .nsewdrag").first.click(position=position)
 
 
 def _wait_drilldown(page) -> None:
@@ -257,8 +275,10 @@ def test_heatmap_outlines_incidents_and_opens_one(server, page, workspace, run_i
     labels = _incident_labels(page)
     _screenshot(page, "heatmap")
     image = _heatmap_image_size(page)
+    margins = _heatmap_margins(page)
     assert sorted(labels) == sorted(stored)
     assert (image["width"], image["height"]) == (image["columns"], image["rows"])
+    assert margins["drawn"] == margins["given"]
 
     target = stored[0]
     _click_incident_marker(page, target)
