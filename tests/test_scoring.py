@@ -270,6 +270,50 @@ def test_null_mapping_never_strengthens_a_pvalue_beyond_the_null():
     np.testing.assert_array_equal(null_mapping(null)(values), values)
 
 
+def _pair_family(counts: np.ndarray, train: int) -> scoring.ScaledFamily:
+    """A pair family of one sender's links at one scale, scored as the pipeline
+    scores reference pairs: |log1p(count) - log1p(median training count)|."""
+    median = np.median(counts[:train], axis=0)
+    links = counts.shape[1]
+    ids = pd.DataFrame({"device": ["scada"] * links,
+                        "peer": [f"plc-{i}" for i in range(links)], "sensor": None,
+                        "device_idx": 0, "peer_idx": np.arange(1, links + 1),
+                        "group": "scada", "novel": False})
+    score = np.abs(np.log1p(counts) - np.log1p(median))
+    return scoring.ScaledFamily("pair", 1, ids, score, np.ones(counts.shape, bool),
+                                counts, np.broadcast_to(median, counts.shape).copy())
+
+
+def test_calibrate_polling_pair_uses_its_own_count_law():
+    # One polling link reads 3 to 5 events a bin; five bursty links of the same
+    # sender vary far more. A flood of 28 events on the polling link is extreme
+    # for it, however common such scores are among the bursty links.
+    rng = np.random.default_rng(0)
+    polling = rng.choice([3.0, 4.0, 5.0], size=400, p=[0.1, 0.8, 0.1])
+    bursty = rng.negative_binomial(1, 0.2, size=(400, 5)).astype(np.float64)
+    counts = np.column_stack([polling, bursty])
+    counts[350, 0] = 28.0
+    counts[360, 0] = 6.0
+    family = _pair_family(counts, 300)
+    p, level, _ = scoring.calibrate(family, np.arange(300), np.arange(300, 400), 50, rng)
+    assert level[0] == "element"
+    assert p[350, 0] < 1e-9
+    # One event beyond the reference's largest count is polling jitter.
+    assert p[360, 0] > 1e-4
+
+
+def test_count_law_follows_the_reference_dispersion():
+    rng = np.random.default_rng(1)
+    regular = scoring.CountLaw.fit(rng.poisson(20.0, 300).astype(np.float64))
+    bursty = scoring.CountLaw.fit(rng.negative_binomial(1, 0.05, 300).astype(np.float64))
+    # Twice the largest reference count is far rarer for a Poisson count.
+    assert regular.ratio(np.array([2 * regular.high]))[0] < 1e-6
+    assert bursty.ratio(np.array([2 * bursty.high]))[0] > 1e-3
+    # A silent bin is far below a regular count's smallest one.
+    assert regular.ratio(np.array([0.0]))[0] < 1e-3
+    np.testing.assert_array_equal(regular.ratio(np.array([regular.low, regular.high])), 1.0)
+
+
 def _one_reading_per_bin(tmp_path, step: float = 2.0):
     """Build a store of 3 sensors read once a minute for 40 minutes.
 
