@@ -112,6 +112,7 @@ class Calibrator:
     novelty: dict[str, float]
     min_reference: int
     mapping: Any
+    laws: dict[int, scoring.CountLaw]
 
     @classmethod
     def fit(cls, scaled: scoring.ScaledFamily, reference_bins: np.ndarray,
@@ -137,9 +138,18 @@ class Calibrator:
             counts[column] = len(values)
         keys = pd.Series(np.arange(len(scaled.ids)), index=element_keys(scaled.ids))
         keys = keys[~keys.index.duplicated()]
+        # The count law of each pair with a pool of its own, as `scoring.calibrate`
+        # fits it.
+        laws = {}
+        if scaled.kind == "pair":
+            for column in np.flatnonzero((counts >= min_reference) & ~novel):
+                seen = reference_bins[reference_exists[:, column]]
+                law = scoring.CountLaw.fit(scaled.observed[seen, column] * scaled.scale)
+                if law is not None:
+                    laws[int(column)] = law
         return cls(scaled.kind, scaled.scale, keys, own, counts, pools, whole,
                    {str(k): v for k, v in novelty.items()}, min_reference,
-                   scoring.null_mapping(null_p))
+                   scoring.null_mapping(null_p), laws)
 
     def pvalues(self, scaled: scoring.ScaledFamily, rng: np.random.Generator) -> np.ndarray:
         """Return the p-values of the single bin of `scaled`, shape [J], NaN where
@@ -202,8 +212,11 @@ class Calibrator:
                 else self._pool(group)
             pool_group = self.group_pools.get(group, np.zeros(0))
             tail = pool_group if len(pool_group) >= self.min_reference else self.whole
+            law = self.laws.get(int(rows[column])) if has_own[position] else None
+            events = scaled.observed[0, column:column + 1] * scaled.scale
             value[position] = scoring.tail_pvalues(pool, values[position:position + 1],
-                                                   _Drawn(uniform[position]), tail)[0]
+                                                   _Drawn(uniform[position]), tail,
+                                                   law, events)[0]
         if novel_here.any():
             rates = np.array([self.novelty.get(str(g), 1.0) for g in group_of[novel_here]])
             value[novel_here] = rates * uniform[novel_here]

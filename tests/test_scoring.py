@@ -10,7 +10,7 @@ from scipy import stats
 from core import scoring, store, train
 from core.ingest import IngestOptions, ingest_frame
 from core.scoring import (P_FLOOR, Family, aggregate, coarse_periods, families,
-                          recalibrate, tail_pvalues)
+                          null_mapping, recalibrate, tail_pvalues)
 from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, build_snapshots
 
 
@@ -230,6 +230,88 @@ def test_recalibrate_null_stays_uniform():
     _, mapped = recalibrate(np.full((1, 2000), 0.5), null)
     for level in (0.001, 0.01, 0.1):
         assert abs((mapped <= level).mean() - level) < 0.3 * level + 2e-4
+
+
+def _exchangeable_null(rng: np.random.Generator) -> np.ndarray:
+    """Null p-values as the pipeline makes them for a family whose elements are
+    exchangeable with their reference: 160 elements of 350 chi-square scores, each
+    fifth of the bins scored against the other four fifths with `tail_pvalues`."""
+    null = []
+    for _ in range(160):
+        scores = rng.standard_normal(350) ** 2
+        for fold in np.array_split(np.arange(350), 5):
+            null.append(tail_pvalues(np.sort(np.delete(scores, fold)), scores[fold], rng))
+    return np.concatenate(null)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_null_mapping_keeps_an_extreme_pvalue_of_a_calibrated_family(seed):
+    # Such a family's deepest null p-values are near 1e-5, and an 8-sigma spike
+    # gets far smaller ones. A tail that bends towards them would map 1e-9 to
+    # about 1e-6, beyond the reach of one element of one bin.
+    mapped = null_mapping(_exchangeable_null(np.random.default_rng(seed)))
+    extreme = mapped(np.array([1e-9, 1e-12]))
+    assert extreme[0] <= 1e-8
+    assert extreme[1] <= 1e-11
+
+
+def test_null_mapping_weakens_pvalues_beyond_an_overconfident_null():
+    # Null p-values drawn as u ** 2 are the square of what they should be, so a
+    # p-value beyond the deepest of them is worth about its square root.
+    null = np.random.default_rng(5).random(50_000) ** 2
+    mapped = null_mapping(null)(np.array([1e-12]))[0]
+    assert 1e-8 <= mapped <= 1e-4
+
+
+def test_null_mapping_never_strengthens_a_pvalue_beyond_the_null():
+    # A conservative null (u ** 0.5) would extrapolate below the p-value itself.
+    null = np.random.default_rng(6).random(50_000) ** 0.5
+    values = np.array([1e-8, 1e-10, 1e-12])
+    np.testing.assert_array_equal(null_mapping(null)(values), values)
+
+
+def _pair_family(counts: np.ndarray, train: int) -> scoring.ScaledFamily:
+    """A pair family of one sender's links at one scale, scored as the pipeline
+    scores reference pairs: |log1p(count) - log1p(median training count)|."""
+    median = np.median(counts[:train], axis=0)
+    links = counts.shape[1]
+    ids = pd.DataFrame({"device": ["scada"] * links,
+                        "peer": [f"plc-{i}" for i in range(links)], "sensor": None,
+                        "device_idx": 0, "peer_idx": np.arange(1, links + 1),
+                        "group": "scada", "novel": False})
+    score = np.abs(np.log1p(counts) - np.log1p(median))
+    return scoring.ScaledFamily("pair", 1, ids, score, np.ones(counts.shape, bool),
+                                counts, np.broadcast_to(median, counts.shape).copy())
+
+
+def test_calibrate_polling_pair_uses_its_own_count_law():
+    # One polling link reads 3 to 5 events a bin; five bursty links of the same
+    # sender vary far more. A flood of 28 events on the polling link is extreme
+    # for it, however common such scores are among the bursty links.
+    rng = np.random.default_rng(0)
+    polling = rng.choice([3.0, 4.0, 5.0], size=400, p=[0.1, 0.8, 0.1])
+    bursty = rng.negative_binomial(1, 0.2, size=(400, 5)).astype(np.float64)
+    counts = np.column_stack([polling, bursty])
+    counts[350, 0] = 28.0
+    counts[360, 0] = 6.0
+    family = _pair_family(counts, 300)
+    p, level, _ = scoring.calibrate(family, np.arange(300), np.arange(300, 400), 50, rng)
+    assert level[0] == "element"
+    assert p[350, 0] < 1e-9
+    # One event beyond the reference's largest count is polling jitter.
+    assert p[360, 0] > 1e-4
+
+
+def test_count_law_follows_the_reference_dispersion():
+    rng = np.random.default_rng(1)
+    regular = scoring.CountLaw.fit(rng.poisson(20.0, 300).astype(np.float64))
+    bursty = scoring.CountLaw.fit(rng.negative_binomial(1, 0.05, 300).astype(np.float64))
+    # Twice the largest reference count is far rarer for a Poisson count.
+    assert regular.ratio(np.array([2 * regular.high]))[0] < 1e-6
+    assert bursty.ratio(np.array([2 * bursty.high]))[0] > 1e-3
+    # A silent bin is far below a regular count's smallest one.
+    assert regular.ratio(np.array([0.0]))[0] < 1e-3
+    np.testing.assert_array_equal(regular.ratio(np.array([regular.low, regular.high])), 1.0)
 
 
 def _one_reading_per_bin(tmp_path, step: float = 2.0):
