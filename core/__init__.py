@@ -11,11 +11,12 @@ the cap, every x86-64 machine with AVX2 runs the same code paths. The variables 
 effect only when set before numpy and torch load, so `core` is imported first (the
 `tgloc` command does so). A value already in the environment is kept.
 
-NOTE: identical results across machines are expected from the cap but were checked
-on one machine only. The number of torch threads, which torch sets from the
-machine's cores, also changes the trained weights. On the five sample plants of
-`tests/test_acceptance.py`, one thread instead of two found 38 of 40 anomalies too,
-but missed other ones: 6 of 8 on one plant.
+NOTE: the cap does not make training identical on every machine. Before the
+calibration changes of the null mapping and the count law, the same code found 7 of
+8 anomalies on one sample plant on an AVX-512 machine and 6 of 8 on an AMD EPYC
+without AVX-512. The
+number of torch threads, which torch sets from the machine's cores, also changes
+the trained weights.
 """
 
 import os

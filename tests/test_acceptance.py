@@ -14,12 +14,10 @@ from core.cli import demo_config
 
 SEEDS = (0, 1, 2, 3, 4)
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "acceptance"
-# NOTE: the target is all 8 planted anomalies found with at most two incidents that
-# match none. With the numeric libraries capped at AVX2 (see `core`), these plants
-# give 38 of 40 found with 0 or 1 unmatched per plant. The misses are two spikes whose
-# strongest elements get p = 1.8e-6 and 5.9e-8, where one element of the run needs
-# about 2e-8.
-MIN_FOUND = 7
+# NOTE: training differs in the last bits between machines (see `core`), so a plant
+# can move an anomaly across the line on another machine. These five plants found
+# all 40 anomalies, with at most 2 unmatched incidents per plant, on the machine
+# that recorded the figures in docs/benchmarks.md.
 MAX_UNMATCHED = 2
 
 
@@ -53,7 +51,5 @@ def test_sample_plant_anomalies_found(tmp_path, seed):
     (ARTIFACTS / f"seed-{seed}.txt").write_text(summary, encoding="utf-8")
 
     assert len(truth) == len(synth.DEFAULT_ANOMALIES)
-    assert match.found >= MIN_FOUND
+    assert match.found == len(truth)
     assert len(match.unmatched) <= MAX_UNMATCHED
-    found = set(match.truth.loc[match.truth["incident_id"].notna(), "kind"])
-    assert {"silence", "stuck"} <= found
