@@ -14,9 +14,8 @@ effect only when set before numpy and torch load, so `core` is imported first (t
 NOTE: the cap does not make training identical on every machine. Before the
 calibration changes of the null mapping and the count law, the same code found 7 of
 8 anomalies on one sample plant on an AVX-512 machine and 6 of 8 on an AMD EPYC
-without AVX-512. The
-number of torch threads, which torch sets from the machine's cores, also changes
-the trained weights.
+without AVX-512. The number of torch threads, which torch sets from the machine's
+cores, also changes the trained weights.
 """
 
 import os
