@@ -603,9 +603,9 @@ class CountLaw:
                    float(counts.min()), float(counts.max()))
 
     def ratio(self, counts: np.ndarray) -> np.ndarray:
-        """How much rarer each count is than the reference's extreme on its side:
-        P(X >= count) / P(X >= high) above the reference's counts, P(X <= count) /
-        P(X <= low) below them, and 1 within them."""
+        """Return how much rarer each count is than the reference's extreme on its
+        side: P(X >= count) / P(X >= high) above the reference's counts,
+        P(X <= count) / P(X <= low) below them, and 1 within them."""
         counts = np.round(np.asarray(counts, dtype=np.float64))
         mean = max(self.mean, 1e-3)
         if self.variance > mean:
@@ -756,7 +756,7 @@ def null_mapping(null_p: np.ndarray):
 
     Beyond the smallest null p-value, -log10(p) has an exponential tail whose mean
     excess is fitted to the deepest null p-values. Element p-values that are off by
-    a power, p ** k, have such a tail; an element tail fitted too light or too heavy
+    a power, p ** k, have such a tail. An element tail fitted too light or too heavy
     makes that error. The shape of a generalized Pareto is not fitted: from a few
     hundred exceedances it swings between about -0.4 and 0.35 with their number,
     and a positive shape maps an 8-sigma spike's p = 1e-12 to about 1e-6. The
