@@ -762,6 +762,10 @@ def null_mapping(null_p: np.ndarray):
     and a positive shape maps an 8-sigma spike's p = 1e-12 to about 1e-6. The
     extrapolated share is never smaller than the p-value itself. So a null that
     looks conservative deep in its tail does not make an unseen p-value stronger.
+
+    NOTE: a sensor whose readings later go further beyond its reference than the
+    calibration bins showed now gives single-reading incidents. On 100 null runs of
+    sample plants, 30 had an incident against 23 with the fitted shape.
     """
     null = null_p[~np.isnan(null_p)]
     if len(null) < 100:
