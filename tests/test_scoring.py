@@ -245,7 +245,7 @@ def _exchangeable_null(rng: np.random.Generator) -> np.ndarray:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_null_mapping_keeps_an_extreme_pvalue_of_a_calibrated_family(seed):
+def test_null_mapping_calibrated_family_extreme(seed):
     # Such a family's deepest null p-values are near 1e-5, and an 8-sigma spike
     # gets far smaller ones. A tail that bends towards them would map 1e-9 to
     # about 1e-6, beyond the reach of one element of one bin.
@@ -255,7 +255,7 @@ def test_null_mapping_keeps_an_extreme_pvalue_of_a_calibrated_family(seed):
     assert extreme[1] <= 1e-11
 
 
-def test_null_mapping_weakens_pvalues_beyond_an_overconfident_null():
+def test_null_mapping_overconfident_null():
     # Null p-values drawn as u ** 2 are the square of what they should be, so a
     # p-value beyond the deepest of them is worth about its square root.
     null = np.random.default_rng(5).random(50_000) ** 2
@@ -263,7 +263,7 @@ def test_null_mapping_weakens_pvalues_beyond_an_overconfident_null():
     assert 1e-8 <= mapped <= 1e-4
 
 
-def test_null_mapping_never_strengthens_a_pvalue_beyond_the_null():
+def test_null_mapping_conservative_null_floor():
     # A conservative null (u ** 0.5) would extrapolate below the p-value itself.
     null = np.random.default_rng(6).random(50_000) ** 0.5
     values = np.array([1e-8, 1e-10, 1e-12])
@@ -284,7 +284,7 @@ def _pair_family(counts: np.ndarray, train: int) -> scoring.ScaledFamily:
                                 counts, np.broadcast_to(median, counts.shape).copy())
 
 
-def test_calibrate_polling_pair_uses_its_own_count_law():
+def test_calibrate_polling_pair_count_law():
     # One polling link reads 3 to 5 events a bin; five bursty links of the same
     # sender vary far more. A flood of 28 events on the polling link is extreme
     # for it, however common such scores are among the bursty links.
@@ -302,7 +302,7 @@ def test_calibrate_polling_pair_uses_its_own_count_law():
     assert p[360, 0] > 1e-4
 
 
-def test_count_law_follows_the_reference_dispersion():
+def test_count_law_reference_dispersion():
     rng = np.random.default_rng(1)
     regular = scoring.CountLaw.fit(rng.poisson(20.0, 300).astype(np.float64))
     bursty = scoring.CountLaw.fit(rng.negative_binomial(1, 0.05, 300).astype(np.float64))
