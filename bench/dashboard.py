@@ -7,17 +7,26 @@ Run from the repository root:
 Publishes a run whose device evidence is a 2,000 x 10,080 score matrix (a week of
 one-minute bins, `core.score_runs`), serves the dashboard with `streamlit run` on a
 free loopback port, and opens the Heatmap page in headless Chromium (Playwright,
-/usr/bin/chromium). One load warms Streamlit's data cache, then each measured load
+/usr/bin/chromium) with a browser profile on disk, as an analyst's browser has. One
+load warms Streamlit's data cache and the browser's caches, then each measured load
 opens the page in a new tab and times it until the Plotly heatmap has drawn its
-image. The Chrome DevTools Protocol counts the bytes the browser receives: HTTP
-response bodies as sent (`encodedDataLength`) and websocket frames from the server.
-It also notes when the page title appeared (the frontend has started and the script's
-first output arrived) and when the largest frame, the one that carries the figure,
-arrived. These two times split a load into the frontend's start, the server's part
-and the browser's drawing. Prints one row per load and the median.
+image. The times are the browser's own, from the start of the navigation: a script
+added to every page notes when the page title appeared (the frontend has started
+and the script's first output arrived), when the largest websocket message, the one
+that carries the figure, arrived, and when the heatmap's image entered the page.
+These times split a load into the frontend's start, the server's part and the
+browser's drawing. The same script counts the websocket bytes, and the browser's
+resource timing the HTTP bytes (headers included, 0 for a file from its cache).
+Prints one row per load and the median.
+
+Before it, the same table for a floor: a page of a title and a 2 x 2 Plotly heatmap,
+served with the repository's Streamlit settings. Any page built on Streamlit and
+Plotly spends at least that long in a new tab.
 
 A second table times the Heatmap page opened from the sidebar of a dashboard that is
-already open in the tab, as an analyst moves between pages. Each measured switch goes
+already open in the tab, as an analyst moves between pages. This table and the
+third take their times in Python and count bytes through the Chrome DevTools
+Protocol. Each measured switch goes
 to the home page, then clicks "Heatmap" and waits for the drawn heatmap. The tab
 keeps the frontend and Plotly loaded, so this time is Streamlit's page run, the
 transfer and the drawing. The figure is the one the tab received on its first visit,
@@ -66,6 +75,57 @@ HEATMAP_DRAWN = (
     "\"[data-testid='stPlotlyChart'] .js-plotly-plot .heatmaplayer image\")"
 )
 
+# A script for every page: the milliseconds from the start of the navigation until
+# the page title and the heatmap's image were first in the page, and the websocket's
+# bytes with the arrival of its largest message.
+MARKS = f"""(() => {{
+  const marks = {{}};
+  window.tglocMarks = marks;
+  const note = () => {{
+    const now = performance.now();
+    if (marks.title === undefined && ({TITLE_SHOWN})()) marks.title = now;
+    if (marks.drawn === undefined && ({HEATMAP_DRAWN})()) marks.drawn = now;
+  }};
+  new MutationObserver(note).observe(document, {{subtree: true, childList: true,
+                                                 attributes: true}});
+  // Streamlit's websocket: the bytes of each message and when the largest came.
+  marks.websocket = 0;
+  marks.largest = 0;
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {{
+    constructor(...args) {{
+      super(...args);
+      this.addEventListener("message", (event) => {{
+        const data = event.data;
+        const size = data.byteLength ?? data.size ?? data.length;
+        marks.websocket += size;
+        if (size > marks.largest) {{
+          marks.largest = size;
+          marks.figure = performance.now();
+        }}
+      }});
+    }}
+  }};
+}})();"""
+
+# Bytes of the page and the files it loaded over HTTP, headers included. A file
+# from the browser's cache counts 0.
+HTTP_BYTES = (
+    "() => performance.getEntriesByType('navigation').concat("
+    "performance.getEntriesByType('resource'))"
+    ".reduce((sum, entry) => sum + entry.transferSize, 0)"
+)
+
+# The floor of any page built on Streamlit and Plotly: its frontend and the Plotly
+# chunk start in the new tab as they do for the Heatmap page.
+FLOOR_PAGE = """import plotly.graph_objects as go
+import streamlit as st
+
+st.set_page_config(page_title="floor", layout="wide")
+st.title("Floor")
+st.plotly_chart(go.Figure(go.Heatmap(z=[[0, 1], [1, 0]])))
+"""
+
 # The label of the heatmap's first row, which changes with the device page, and a
 # signature of the image of its cells: Plotly can redraw the axes before the cells, so
 # a new page is drawn only when both changed.
@@ -105,13 +165,22 @@ def main(argv: list[str] | None = None) -> int:
         built = time.perf_counter() - began
         print(f"run of {args.devices:,} devices x {args.bins:,} bins published in "
               f"{built:.1f} s")
+        floor_script = Path(folder) / "floor.py"
+        floor_script.write_text(FLOOR_PAGE, encoding="utf-8")
         load_before = os.getloadavg()
-        with _dashboard(workspace.root, Path(folder) / "server.log") as url:
-            rows, switches, pages = _measure(url, args.loads)
+        with _browser(Path(folder) / "profile") as context:
+            with _dashboard(workspace.root, Path(folder) / "floor.log",
+                            floor_script) as url:
+                floors = _new_tabs(context, url, args.loads)
+            with _dashboard(workspace.root, Path(folder) / "server.log") as url:
+                rows, switches, pages = _measure(context, url, args.loads)
         load_after = os.getloadavg()
 
     print("Heatmap page opened in a new tab:")
     _print_table(rows)
+    print("Floor: a page of a title and a 2 x 2 Plotly heatmap, same server, in a new "
+          "tab:")
+    _print_table(floors)
     print("Heatmap page opened from the sidebar of the open dashboard:")
     _print_table(switches)
     print("Next device page in the open Heatmap page (a new figure):")
@@ -122,28 +191,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _measure(url: str, loads: int) -> tuple[list[dict], list[dict], list[dict]]:
-    """Time `loads` new-tab loads, sidebar switches and device pages of the Heatmap
-    page."""
+@contextlib.contextmanager
+def _browser(profile: Path) -> Iterator:
+    """Yield a headless Chromium context with a profile on disk, where it keeps
+    its caches between tabs as an analyst's browser does."""
     from playwright.sync_api import sync_playwright
 
-    heatmap_url = f"{url}/Heatmap?run={RUN_ID}"
-    rows, switches, pages = [], [], []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, viewport=VIEWPORT,
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"],
         )
-        context = browser.new_context(viewport=VIEWPORT)
+        context.add_init_script(MARKS)
         try:
-            _load(context, heatmap_url)  # warms Streamlit's cache and the browser's
-            for number in range(1, loads + 1):
-                rows.append({"load": number, **_load(context, heatmap_url)})
-            switches, pages = _switch(context, url, loads)
+            yield context
         finally:
             context.close()
-            browser.close()
+
+
+def _new_tabs(context, url: str, loads: int) -> list[dict]:
+    """Time `loads` new-tab loads of `url` after one that warms the caches."""
+    _load(context, url)
+    return [{"load": number, **_load(context, url)} for number in range(1, loads + 1)]
+
+
+def _measure(context, url: str, loads: int) -> tuple[list[dict], list[dict], list[dict]]:
+    """Time `loads` new-tab loads, sidebar switches and device pages of the Heatmap
+    page."""
+    # The first load warms Streamlit's cache and the browser's.
+    rows = _new_tabs(context, f"{url}/Heatmap?run={RUN_ID}", loads)
+    switches, pages = _switch(context, url, loads)
     return rows, switches, pages
 
 
@@ -238,32 +316,30 @@ def _count_bytes(session) -> dict:
 def _load(context, url: str) -> dict:
     """Open `url` in a new tab and time it until the heatmap drew.
 
+    The times are the browser's own, from the start of the navigation, and the
+    bytes are counted in the page (`MARKS`, `HTTP_BYTES`). A DevTools session that
+    counted them would copy each websocket frame to Playwright, which on two cores
+    slows the page it measures.
+
     Returns:
         seconds (until drawn), title_seconds (until the page title showed),
-        figure_seconds (until the largest websocket frame arrived), http and
+        figure_seconds (until the largest websocket message arrived), http and
         websocket (bytes received).
     """
     page = context.new_page()
     page.set_default_timeout(PAGE_TIMEOUT_MS)
-    session = context.new_cdp_session(page)
-    counts = _count_bytes(session)
     try:
-        began = time.perf_counter()
         page.goto(url, wait_until="commit")
-        page.wait_for_function(TITLE_SHOWN, polling="raf")
-        title_seconds = time.perf_counter() - began
         page.wait_for_function(HEATMAP_DRAWN, polling="raf")
-        seconds = time.perf_counter() - began
-        # Frames still arriving after the draw belong to this load too.
+        # Messages still arriving after the draw belong to this load too.
         _settle(page)
+        marks = page.evaluate("() => window.tglocMarks")
+        http = int(page.evaluate(HTTP_BYTES))
     finally:
-        session.detach()
         page.close()
-    # CDP events reach Python only while Playwright waits, so an arrival time is
-    # when the event was handled: an upper bound, at most one animation frame late.
-    return {"seconds": seconds, "title_seconds": title_seconds,
-            "figure_seconds": counts["largest_at"] - began,
-            "http": counts["http"], "websocket": counts["websocket"]}
+    return {"seconds": marks["drawn"] / 1000, "title_seconds": marks["title"] / 1000,
+            "figure_seconds": marks["figure"] / 1000, "http": http,
+            "websocket": int(marks["websocket"])}
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -287,15 +363,16 @@ def _print_table(rows: list[dict]) -> None:
 
 
 @contextlib.contextmanager
-def _dashboard(root: Path, log_path: Path) -> Iterator[str]:
-    """Serve `app.py` on `root` from a free loopback port; yield its base URL."""
+def _dashboard(root: Path, log_path: Path, script: Path | None = None) -> Iterator[str]:
+    """Serve `app.py` (or `script`) on `root` from a free loopback port, with the
+    repository's Streamlit settings; yield its base URL."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
     environment = {**os.environ, "TGLOC_WORKSPACE": str(root)}
     with log_path.open("wb") as log_file:
         server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py",
+            [sys.executable, "-m", "streamlit", "run", str(script or "app.py"),
              "--server.headless", "true", "--server.port", str(port),
              "--server.address", HOST, "--browser.gatherUsageStats", "false"],
             cwd=REPOSITORY, env=environment, stdout=log_file,
