@@ -12,7 +12,7 @@ generation, ingest and training.
 
 Every method turns its scores into flags per (device, base bin) and, where it has
 them, per (pair, base bin). tgloc flags the devices and pairs of each incident over
-the incident's interval. The baselines run on the same run's data:
+the incident's interval, and both ends of each pair as devices. The baselines run on the same run's data:
 
 - ``threshold``: element p-values of the run (the same calibrated element scores
   tgloc scans), -log10 p, thresholded; a device gets the largest of its elements,
@@ -241,9 +241,12 @@ def tgloc_scores(run: PlantRun) -> Scores:
         start, stop = _bin_of(snapshots, incident.start), _bin_of(snapshots, incident.end, up=True)
         rows = run.members[run.members["incident_id"] == incident.incident_id]
         chosen = [index[d] for d in rows.loc[rows["role"] == "device", "device"]]
-        device[start:stop, chosen] = 1.0
         pairs = [(index[s], index[d]) for s, d in
                  rows.loc[rows["role"] == "pair", ["device", "peer"]].itertuples(index=False)]
+        # The incident's subgraph contains both ends of its pairs, as the threshold and
+        # pair_z baselines flag both ends of a pair element.
+        ends = sorted({end for pair in pairs for end in pair})
+        device[start:stop, chosen + ends] = 1.0
         # A scan's hosts are reported as targets; the pairs to them are its pairs.
         targets = [index[d] for d in rows.loc[rows["role"] == "target", "device"]]
         active = snapshots.pair_events[start:stop].sum(axis=0) > 0

@@ -18,6 +18,7 @@ from bench.localization import (
     field_devices_for,
     mean_ci,
     quiet_cells,
+    tgloc_scores,
     tune_threshold,
 )
 from core import synth
@@ -71,6 +72,29 @@ def test_evaluate_run_device_and_interval():
     # Device-level scores: pairs are the carried pairs between flagged devices, and
     # a and c share none.
     assert row["pair_f1"] == 0.0
+
+
+def test_tgloc_scores_flag_pair_ends():
+    # An incident of device b and pair a->b flags both ends of the pair over the
+    # incident's interval.
+    run = _run([], [])
+    origin = pd.Timestamp(0, unit="us", tz="UTC")
+    run.incidents = pd.DataFrame({"incident_id": ["inc-1"],
+                                  "start": [origin + pd.Timedelta(minutes=20)],
+                                  "end": [origin + pd.Timedelta(minutes=30)]})
+    run.members = pd.DataFrame({"incident_id": ["inc-1", "inc-1"],
+                                "role": ["device", "pair"],
+                                "device": ["b", "a"], "peer": [None, "b"]})
+
+    scores = tgloc_scores(run)
+
+    assert scores.device[20:30, 0].all()
+    assert scores.device[20:30, 1].all()
+    assert not scores.device[:, 2:].any()
+    assert not scores.device[:20].any()
+    assert not scores.device[30:].any()
+    assert scores.pair_codes.tolist() == [0 * 4 + 1]
+    assert scores.pair[20:30, 0].all()
 
 
 def test_evaluate_run_pair_scores():
