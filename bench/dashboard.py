@@ -19,17 +19,16 @@ browser's drawing. The same script counts the websocket bytes, and the browser's
 resource timing the HTTP bytes (headers included, 0 for a file from its cache).
 Prints one row per load and the median.
 
-Before it, the same table for a floor: a page of a title and a 2 x 2 Plotly heatmap,
-served with the repository's Streamlit settings. Any page built on Streamlit and
-Plotly spends at least that long in a new tab.
+The bench also times a floor in the same way: a page of a title and a 2 x 2 Plotly
+heatmap, served with the repository's Streamlit settings. Any page built on
+Streamlit and Plotly takes at least that long in a new tab.
 
 A second table times the Heatmap page opened from the sidebar of a dashboard that is
 already open in the tab, as an analyst moves between pages. This table and the
 third take their times in Python and count bytes through the Chrome DevTools
-Protocol. Each measured switch goes
-to the home page, then clicks "Heatmap" and waits for the drawn heatmap. The tab
-keeps the frontend and Plotly loaded, so this time is Streamlit's page run, the
-transfer and the drawing. The figure is the one the tab received on its first visit,
+Protocol. Each measured switch goes to the home page, then clicks "Heatmap" and
+waits for the drawn heatmap. The tab keeps the frontend and Plotly loaded, so this
+time is Streamlit's page run, the transfer and the drawing. The figure is the one the tab received on its first visit,
 so Streamlit's message cache in the tab replaces most of the transfer. A third table
 therefore times new figures in the open tab: the next device pages (200 other
 devices each), from the change of the page number until the new rows are drawn. The

@@ -12,7 +12,8 @@ generation, ingest and training.
 
 Every method turns its scores into flags per (device, base bin) and, where it has
 them, per (pair, base bin). tgloc flags the devices and pairs of each incident over
-the incident's interval, and both ends of each pair as devices. The baselines run on the same run's data:
+the incident's interval, and both ends of each pair as devices. The baselines run
+on the same run's data:
 
 - ``threshold``: element p-values of the run (the same calibrated element scores
   tgloc scans), -log10 p, thresholded; a device gets the largest of its elements,

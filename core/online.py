@@ -143,8 +143,7 @@ class Calibrator:
         laws = {}
         if scaled.kind == "pair":
             for column in np.flatnonzero((counts >= min_reference) & ~novel):
-                seen = reference_bins[reference_exists[:, column]]
-                law = scoring.CountLaw.fit(scaled.observed[seen, column] * scaled.scale)
+                law = scoring.CountLaw.of_column(scaled, reference_bins, column)
                 if law is not None:
                     laws[int(column)] = law
         return cls(scaled.kind, scaled.scale, keys, own, counts, pools, whole,

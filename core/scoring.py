@@ -503,8 +503,7 @@ def calibrate(
             continue
         law = events = None
         if scaled.kind == "pair" and level[column] == "element":
-            seen = reference_bins[reference_exists[:, column]]
-            law = CountLaw.fit(scaled.observed[seen, column] * scaled.scale)
+            law = CountLaw.of_column(scaled, reference_bins, column)
             events = scaled.observed[targets, column] * scaled.scale
         p_value[targets, column] = tail_pvalues(pool, score[targets, column], rng, tail,
                                                 law, events)
@@ -601,6 +600,14 @@ class CountLaw:
             return None
         return cls(float(counts.mean()), float(counts.var()),
                    float(counts.min()), float(counts.max()))
+
+    @classmethod
+    def of_column(cls, scaled: ScaledFamily, reference_bins: np.ndarray,
+                  column: int) -> CountLaw | None:
+        """Fit the law to one element's event counts in the reference bins where it
+        exists; None without any."""
+        seen = reference_bins[scaled.exists[reference_bins, column]]
+        return cls.fit(scaled.observed[seen, column] * scaled.scale)
 
     def ratio(self, counts: np.ndarray) -> np.ndarray:
         """Return how much rarer each count is than the reference's extreme on its

@@ -29,8 +29,8 @@ def test_dashboard_bench_small_run(capsys):
     seconds, title, figure = (float(value) for value in heatmap[:3])
     assert 0 < title <= seconds
     assert 0 < figure <= seconds
-    # The figure of 200 rows is tens of kilobytes of websocket messages, and the
-    # floor's 2 x 2 heatmap far fewer.
+    # The figure of 200 rows x 240 bins takes more than 10 kB of websocket
+    # messages, and the floor's 2 x 2 heatmap fewer.
     heatmap_bytes = int(heatmap[4].replace(",", ""))
     floor_bytes = int(floor[4].replace(",", ""))
     assert heatmap_bytes > 10_000
