@@ -605,7 +605,7 @@ class CountLaw:
     def of_column(cls, scaled: ScaledFamily, reference_bins: np.ndarray,
                   column: int) -> CountLaw | None:
         """Fit the law to one element's event counts in the reference bins where it
-        exists; None without any."""
+        exists. Return None when it has none there."""
         seen = reference_bins[scaled.exists[reference_bins, column]]
         return cls.fit(scaled.observed[seen, column] * scaled.scale)
 
