@@ -1081,7 +1081,8 @@ class OnlineScorer:
         sensor_family = [_SensorIds(self.sensor_ids)] if self.sensor_ids is not None else []
         by_scale = {scale: state.elements for scale, state in self.scan.items()}
         table, members = pipeline.describe_incidents(
-            frame, incidents, by_scale, {s: sensor_family for s in by_scale})
+            frame, incidents, by_scale, {s: sensor_family for s in by_scale},
+            config.search.scan_fanout)
         starts = {row.incident_id: (inc.start + origin, inc.stop + origin)
                   for row, inc in zip(table.itertuples(), _ordered(incidents, table, frame))}
         self._track(table, members, starts, bin_index, aftermath, result)

@@ -371,7 +371,8 @@ def localize_run(
     report("localization", 1.0)
     by_scale = {state.scale: state.elements for state in states}
     families = {item.scale: item.families for item in scored}
-    table, members = describe_incidents(snapshots, incidents, by_scale, families)
+    table, members = describe_incidents(snapshots, incidents, by_scale, families,
+                                        search.scan_fanout)
     return table, members, thresholds, null_rows
 
 
@@ -432,8 +433,10 @@ def explain_away(
 def describe_incidents(
     snapshots: Snapshots, incidents: list[localize.Incident],
     by_scale: dict[int, pd.DataFrame], families: dict[int, list[scoring.ScaledFamily]],
+    fanout: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Choose each incident's members and describe it in one sentence."""
+    """Choose each incident's members and describe it in one sentence; `fanout` as
+    in `choose_members`."""
     names = snapshots.devices["device"].astype(str).to_numpy()
     criticality = snapshots.devices["criticality"].to_numpy(dtype=float)
     rows, member_rows = [], []
@@ -443,7 +446,8 @@ def describe_incidents(
         start = incident.start // scale
         stop = -(-incident.stop // scale)
         inside = elements[(elements["bin"] >= start) & (elements["bin"] < stop)]
-        chosen = choose_members(inside, incident.devices, incident.alpha, incident.targets)
+        chosen = choose_members(inside, incident.devices, incident.alpha, fanout,
+                                incident.targets)
         device_set = chosen["devices"]
 
         begin = snapshots.bin_start(incident.start)[0]
@@ -481,15 +485,20 @@ def describe_incidents(
     return table, members.reset_index(drop=True)
 
 
-def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float,
+def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float, fanout: int,
                    reached: list[int] = ()) -> dict:
     """Second pass: members, pairs, targets and sensors of an incident.
 
     A device whose only significant pairs are with a single peer that has
-    significant pairs with three or more devices (the centre of a scan) is a target
-    of that peer, not a member. Both ends of a flood or of a new link stay members.
-    The pairs between the members and the hosts in `reached` (a
-    scan's targets) are targets whatever their p-values.
+    significant pairs with `fanout` or more devices (the centre of a scan) is a
+    target of that peer, not a member. Both ends of a flood or of a new link stay
+    members. A member without a significant sensor element, whose significant
+    pairs reach fewer than `fanout` devices, entered on its communication alone.
+    Its pairs are what is abnormal (its device element sums them), so the devices
+    at their other ends are members too: a lost link between a SCADA server and a
+    PLC names both, while a field device that went silent, whose readings are
+    missing, keeps its PLC as a target. The pairs between the members and the
+    hosts in `reached` (a scan's targets) are targets whatever their p-values.
     """
     significant = inside[inside["p_value"] <= alpha]
     members = set(devices)
@@ -509,9 +518,17 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float,
         (peer,) = linked
         if peer not in members or peer in demoted:
             continue
-        if len(peers.get(peer, set())) >= 3:
+        if len(peers.get(peer, set())) >= fanout:
             demoted.add(device)
     kept = sorted(members - demoted) or sorted(members)
+    sensors = own[own["kind"].str.startswith("sensor")]
+    with_readings = set(sensors["device_idx"].tolist())
+    joined = set()
+    for device in kept:
+        linked = peers.get(device, set())
+        if device not in with_readings and len(linked) < fanout:
+            joined |= linked
+    kept = sorted(set(kept) | joined)
 
     in_set = set(kept)
     src_in = pairs["device_idx"].isin(in_set)
@@ -527,7 +544,7 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float,
     src_side = leaving["device_idx"].isin(in_set).to_numpy()
     outside = np.where(src_side, leaving["peer_idx"], leaving["device_idx"])
     targets = leaving.assign(target=outside)
-    sensors = own[own["kind"].str.startswith("sensor") & own["device_idx"].isin(in_set)]
+    sensors = sensors[sensors["device_idx"].isin(in_set)]
     return {
         "devices": kept,
         "pairs": internal,
