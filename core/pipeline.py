@@ -435,8 +435,8 @@ def describe_incidents(
     by_scale: dict[int, pd.DataFrame], families: dict[int, list[scoring.ScaledFamily]],
     fanout: int,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Choose each incident's members and describe it in one sentence; `fanout` as
-    in `choose_members`."""
+    """Choose each incident's members and describe it in one sentence. `fanout` is
+    the scan fan-out of `choose_members`."""
     names = snapshots.devices["device"].astype(str).to_numpy()
     criticality = snapshots.devices["criticality"].to_numpy(dtype=float)
     rows, member_rows = [], []

@@ -166,12 +166,16 @@ def _heatmap_margin(devices: list[str]) -> dict[str, int]:
 def subgraph_figure(members: pd.DataFrame, edges: pd.DataFrame) -> go.Figure:
     """Draw an incident's devices and pairs with their one-hop context.
 
-    Member devices and pairs are red, targets orange, context grey. Nodes sit on a
-    circle, members first, so the figure stays readable without a layout engine.
+    Member devices and pairs are red, targets orange, context grey. A pair that
+    went missing (no events where the model expected them) is a dashed line
+    without an arrow, with its direction and expected events in the hover of a
+    mark at its middle. Nodes sit on a circle, members first, so the figure stays
+    readable without a layout engine.
 
     Args:
         members: rows of `core.views.incident_members`.
-        edges: rows of `core.views.context_edges` (src, dst, evidence, weight).
+        edges: rows of `core.views.context_edges` (src, dst, evidence, weight and,
+            from runs that store them, expected and missing).
     """
     member_devices = _unique(members.loc[members["role"].isin(
         ["device", "sensor"]), "device"])
@@ -191,8 +195,14 @@ def subgraph_figure(members: pd.DataFrame, edges: pd.DataFrame) -> go.Figure:
     figure = go.Figure()
     all_pairs = list(zip(edges["src"], edges["dst"]))
     all_pairs += [p for p in member_pairs if p not in set(all_pairs)]
+    missing = _missing_pairs(edges)
+    for flagged in (True, False):
+        lost = [p for p in missing if ((p in member_pairs) == flagged
+                                       and p[0] in position and p[1] in position)]
+        if lost:
+            figure.add_traces(_missing_traces(lost, missing, position, flagged))
     for src, dst in all_pairs:
-        if src not in position or dst not in position:
+        if src not in position or dst not in position or (src, dst) in missing:
             continue
         flagged = (src, dst) in member_pairs
         figure.add_annotation(
@@ -234,6 +244,40 @@ def subgraph_figure(members: pd.DataFrame, edges: pd.DataFrame) -> go.Figure:
         legend={"orientation": "h", "y": -0.02},
     )
     return figure
+
+
+def _missing_pairs(edges: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """Return the expected events per bin of each missing pair in `edges`."""
+    if "missing" not in edges or edges.empty:
+        return {}
+    lost = edges[edges["missing"].fillna(False).astype(bool)]
+    return {(src, dst): float(expected)
+            for src, dst, expected in zip(lost["src"], lost["dst"], lost["expected"])}
+
+
+def _missing_traces(
+    pairs: list[tuple[str, str]], expected: dict[tuple[str, str], float],
+    position: dict[str, tuple[float, float]], flagged: bool,
+) -> list[go.Scatter]:
+    """Return a dashed line per missing pair and a hover mark at the middle of each."""
+    color = MEMBER_COLOR if flagged else CONTEXT_COLOR
+    name = "missing link" + (" (abnormal)" if flagged else "")
+    xs, ys = [], []
+    for src, dst in pairs:
+        xs += [position[src][0], position[dst][0], None]
+        ys += [position[src][1], position[dst][1], None]
+    middle_x = [(position[s][0] + position[d][0]) / 2 for s, d in pairs]
+    middle_y = [(position[s][1] + position[d][1]) / 2 for s, d in pairs]
+    hover = [f"{escape_label(s)} to {escape_label(d)}: no events, "
+             f"{expected[(s, d)]:.1f} a bin expected" for s, d in pairs]
+    return [
+        go.Scatter(x=xs, y=ys, mode="lines", name=name, hoverinfo="skip",
+                   line={"color": color, "width": 3 if flagged else 1.5, "dash": "dash"}),
+        go.Scatter(x=middle_x, y=middle_y, mode="markers", showlegend=False,
+                   marker={"size": 9, "color": color, "symbol": "x"},
+                   hovertext=hover, hovertemplate="%{hovertext}<extra></extra>",
+                   name=name),
+    ]
 
 
 def series_figure(

@@ -37,6 +37,7 @@ MAX_HEATMAP_ROWS = 200
 MAX_HEATMAP_COLUMNS = 1000
 MAX_TARGETS_SHOWN = 20
 MAX_CONTEXT_EDGES = 60
+MISSING_EXPECTED_EVENTS = 3.0
 PROGRESS_FILE = ".progress.jsonl"
 PIPELINE_LOG_FILE = ".pipeline.log"
 PROGRESS_TAIL_BYTES = 4096
@@ -247,10 +248,14 @@ WHERE e.kind = 'pair' AND e.device = $src AND e.peer = $dst AND e.scale = $scale
 ORDER BY b.start
 """
 
-# Pairs touching a member device during the incident, strongest evidence first.
+# Pairs touching a member device during the incident, strongest evidence first. A
+# pair is missing when it carried no event while the model expected at least
+# $missing_expected events over the incident.
 CONTEXT_EDGES_SQL = """
 SELECT e.device AS src, e.peer AS dst, max(-log10(greatest(e.p_value, 1e-300)))
-       AS evidence, avg(e.observed) AS weight
+       AS evidence, avg(e.observed) AS weight, avg(e.expected) AS expected,
+       coalesce(sum(e.observed) = 0 AND sum(e.expected) >= $missing_expected, false)
+       AS missing
 FROM elements e
 JOIN bins b ON b.scale = e.scale AND b.bin = e.bin
 WHERE e.kind = 'pair' AND e.scale = $scale
@@ -588,8 +593,12 @@ def context_edges(
 ) -> pd.DataFrame:
     """Return the pairs within one hop of an incident's devices during it.
 
-    Columns: src, dst, evidence (peak -log10 p-value, higher is more anomalous) and
-    weight (mean observed weight). At most `limit` pairs, strongest first.
+    Columns: src, dst, evidence (peak -log10 p-value, higher is more anomalous),
+    weight and expected (mean observed and expected events per bin) and missing:
+    the pair carried no event during the incident while at least
+    `MISSING_EXPECTED_EVENTS` were expected, so that under a Poisson law its
+    silence had a chance of at most exp(-3), about 5%. At most `limit` pairs,
+    strongest first.
 
     NOTE: only pairs the run stored as elements appear; a large run that keeps only
     elements with small p-values shows fewer quiet neighbours.
@@ -600,7 +609,8 @@ def context_edges(
         set(members["device"].dropna()) | set(members["peer"].dropna())
     )
     params = {"scale": int(row["scale"]), "devices": devices,
-              "start": row["start"], "end": row["end"], "limit": int(limit)}
+              "start": row["start"], "end": row["end"], "limit": int(limit),
+              "missing_expected": MISSING_EXPECTED_EVENTS}
     return _frame(workspace, run_id, CONTEXT_EDGES_SQL, params)
 
 

@@ -69,6 +69,10 @@ def main() -> None:
     edges = ui.load("context_edges", context, incident_id)
     subgraph = plots.subgraph_figure(shown, edges)
     st.plotly_chart(subgraph, key="subgraph")
+    lost = edges[edges["missing"]] if "missing" in edges else edges.iloc[0:0]
+    if len(lost):
+        st.caption(f"Dashed: {len(lost)} expected link{'s' if len(lost) != 1 else ''} "
+                   "that carried no events during the incident.")
     targets = shown.loc[shown["role"] == "target", "device"].dropna().tolist()
     if targets:
         st.caption("Targets (touched by the incident, outside it), strongest first:")

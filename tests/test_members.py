@@ -42,7 +42,7 @@ def test_lost_link_names_both_ends():
 
 
 def test_silent_device_keeps_its_poller_as_target():
-    # Field device 3 misses its readings; its PLC 1 only lost the link to it.
+    # Field device 3 misses its readings, and its PLC 1 only lost the link to it.
     inside = _elements([
         ("sensor", 3, -1, STRONG), ("device", 3, -1, STRONG), ("pair", 3, 1, STRONG),
         ("pair", 1, 3, STRONG), ("device", 1, -1, QUIET),

@@ -91,6 +91,9 @@ INCIDENTS = [
     },
 ]
 
+# Member pairs that carry no event during their incident: a lost link.
+LOST_PAIRS = [("gateway-06", "historian-10")]
+
 # Flagged sensor bins: device, sensor, flag, first and last base bin (inclusive).
 # Only the first two rows lie inside an incident that has the sensor as a member.
 SENSOR_FLAGS = [
@@ -208,6 +211,8 @@ def _element_row(rng: np.random.Generator, kind: str, device: str,
     expected = 50.0 + 10.0 * np.sin(index * scale / 15.0)
     residual = rng.normal(0.0, 1.0) + (8.0 if planted else 0.0)
     p_value = 10 ** rng.uniform(-5.5, -4.0) if planted else rng.uniform(0.01, 1.0)
+    if planted and kind == "pair" and (device, peer) in LOST_PAIRS:
+        residual = -expected
     return {
         "kind": kind, "device": device, "peer": peer, "sensor": sensor,
         "scale": scale, "bin": index, "observed": expected + residual,

@@ -100,6 +100,22 @@ def test_drilldown_lists_member_devices(app, workspace, run_id, planted):
     assert any(heading in header.value for header in app.subheader)
 
 
+def test_drilldown_names_missing_links(app, run_id):
+    captions = {}
+    for planted in INCIDENTS:
+        app.query_params["run"] = run_id
+        app.query_params["incident"] = planted["incident_id"]
+        app.run()
+        app.switch_page("pages/2_Incident.py").run()
+        assert not app.exception
+        captions[planted["incident_id"]] = [c.value for c in app.caption
+                                            if c.value.startswith("Dashed")]
+    lost = INCIDENTS[2]["incident_id"]
+    assert captions.pop(lost) == [
+        "Dashed: 1 expected link that carried no events during the incident."]
+    assert all(not found for found in captions.values())
+
+
 def test_drilldown_shows_sensor_flags(app, run_id):
     app.query_params["run"] = run_id
     app.query_params["incident"] = INCIDENTS[0]["incident_id"]

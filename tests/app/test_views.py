@@ -10,7 +10,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from fixture_run import INCIDENTS, NUM_BINS, SENSOR_FLAGS
+from fixture_run import INCIDENTS, LOST_PAIRS, NUM_BINS, SENSOR_FLAGS
 
 from core import plots, views
 from core.errors import RunNotFoundError, StoreBusyError, TglocError
@@ -131,6 +131,35 @@ def test_series_cover_incident(workspace, run_id):
     assert (inside["p_value"] < 1e-3).all()
     sensor = views.sensor_series(workspace, run_id, "pump-04", "temperature", 4)
     assert len(sensor) == NUM_BINS // 4
+
+
+def test_context_edges_mark_lost_link_missing(workspace, run_id):
+    planted = INCIDENTS[2]
+    edges = views.context_edges(workspace, run_id, planted["incident_id"])
+    lost = set(zip(edges.loc[edges["missing"], "src"], edges.loc[edges["missing"], "dst"]))
+    assert lost == set(LOST_PAIRS)
+    # Its other pair still carries events above its expected level.
+    carrying = edges.set_index(["src", "dst"]).loc[("ws-11", "gateway-06")]
+    assert not carrying["missing"]
+    assert carrying["weight"] > carrying["expected"]
+
+
+def test_subgraph_draws_missing_link_dashed(workspace, run_id):
+    planted = INCIDENTS[2]
+    members = views.incident_members(workspace, run_id, planted["incident_id"])
+    edges = views.context_edges(workspace, run_id, planted["incident_id"])
+    figure = plots.subgraph_figure(members, edges)
+    dashed = [trace for trace in figure.data if trace.mode == "lines"]
+    assert [trace.line.dash for trace in dashed] == ["dash"]
+    assert dashed[0].name == "missing link (abnormal)"
+    nodes = {text: (x, y) for trace in figure.data if trace.mode == "markers+text"
+             for text, x, y in zip(trace.text, trace.x, trace.y)}
+    src, dst = LOST_PAIRS[0]
+    assert list(zip(dashed[0].x, dashed[0].y))[:2] == [nodes[src], nodes[dst]]
+    # The lost link gets no arrow, and the pair that still carries events keeps one.
+    arrows = {(a.ax, a.ay, a.x, a.y) for a in figure.layout.annotations}
+    assert (*nodes[src], *nodes[dst]) not in arrows
+    assert (*nodes["ws-11"], *nodes["gateway-06"]) in arrows
 
 
 def test_bound_parameters_take_text_literally(workspace, run_id):
