@@ -8,8 +8,12 @@ It replays the batch run's scored bins through the online path (the same code as
 `tgloc replay --speed max`), and prints per planted anomaly: the bin of onset, the
 first bin after which an online incident matched it (time overlap and device
 Jaccard >= 0.5, as `core.evaluate` matches), the start bin of the batch run's
-matching incident, and whether the target holds (abrupt types: online within two
-bins of onset; gradual types: no later than the batch run's start plus one bin).
+matching incident, and whether the target holds. Abrupt types: online within two
+bins of onset. Gradual types: no later than one bin after the batch run found
+them, where "found" is the first bin t after which a batch run over the data up to
+t matches the anomaly (the run's model, with the bins after t left unscored). The
+batch run's start bin dates an anomaly from the whole day's data, which no run
+has at the time, so the count of targets met against it is printed too.
 Then how many batch incidents have an online incident with the same devices and
 start and end within one bin, and the seconds to score one bin after it closes.
 With --timing-devices N it builds a plant of about N devices, trains it for
@@ -35,11 +39,19 @@ import core  # noqa: E402,F401  (first: it caps vector code before numpy loads)
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from core import evaluate, ingest, online, pipeline, store, synth  # noqa: E402
+from core import evaluate, ingest, online, pipeline, scoring, store, synth, train  # noqa: E402
 from core.config import ModelConfig, RunConfig, StreamConfig  # noqa: E402
+from core.snapshots import build_snapshots  # noqa: E402
 
 ABRUPT = ("port_scan", "new_link", "silence", "flood", "spike")
 GRADUAL = ("drift", "stuck", "process_fault")
+# The batch runs over the data so far are searched up to this many bins after the
+# online path's first match.
+PREFIX_MARGIN = 3
+
+
+def _shown(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def read_truth(workspace: store.Workspace) -> pd.DataFrame:
@@ -95,6 +107,59 @@ def same_incidents(batch: pd.DataFrame, batch_members: pd.DataFrame,
                 count += 1
                 break
     return count
+
+
+class PrefixRuns:
+    """Batch runs of a published run's model over the data up to a chosen bin.
+
+    The model is causal, so the element scores of the bins up to t are the same
+    whether the run saw the bins after t or not. A prefix run marks the bins after
+    t as not scored and calibrates, scans and describes the rest as `tgloc run`
+    does, its family-wise thresholds set for the bins it scores.
+    """
+
+    def __init__(self, workspace: store.Workspace, run_id: str) -> None:
+        info = store.read_run_info(workspace, run_id)
+        self.config = RunConfig.from_dict(info["config"])
+        blobs = store.query(workspace.run_path(run_id),
+                            "SELECT data FROM model_checkpoint WHERE name = 'model'")
+        self.model, payload = train.load_checkpoint(bytes(blobs["data"].iloc[0]))
+        stream = self.config.stream
+        self.snapshots = build_snapshots(workspace.store_path, stream.bin_seconds,
+                                         gap_fill=stream.gap_fill,
+                                         gap_fill_limit=stream.gap_fill_limit)
+        self.periods, segments = pipeline.assign_periods(self.snapshots, self.config)
+        train_bins = np.flatnonzero(self.periods == "train")
+        with train.deterministic():
+            self.prepared = train.prepare(self.snapshots, train_bins, segments,
+                                          kinds=payload["kinds"])
+            x_hat, pair_hat, candidates, _ = scoring.reconstruct(self.model, self.prepared,
+                                                                 self.snapshots)
+            self.families = scoring.families(self.snapshots, self.prepared, x_hat,
+                                             pair_hat, candidates, train_bins)
+
+    def found(self, last: int, truth: pd.DataFrame) -> set[str]:
+        """Return the anomaly ids of `truth` that a batch run over bins 0 to `last`
+        matches."""
+        periods = self.periods.copy()
+        periods[last + 1:] = "gap"
+        rng = np.random.default_rng(self.config.model.seed)
+        with train.deterministic():
+            scored = pipeline.score_scales(self.families, periods, self.config, rng)
+            incidents, members, _, _ = pipeline.localize_run(
+                self.snapshots, scored, periods, self.prepared, self.config, rng,
+                lambda stage, fraction: None, self.model)
+        match = evaluate.match_incidents(incidents, members, truth)
+        return set(match.truth.loc[match.truth["incident_id"].notna(), "anomaly_id"])
+
+    def first_found(self, truth: pd.DataFrame, anomaly_id: str, first: int,
+                    last: int) -> int | None:
+        """Return the first bin t in [first, last] after which a batch run over the
+        bins up to t matches the anomaly, or None."""
+        for bin_index in range(first, last + 1):
+            if anomaly_id in self.found(bin_index, truth):
+                return bin_index
+        return None
 
 
 def timing_plant(devices: int, bins: int) -> list[float]:
@@ -202,27 +267,40 @@ def replay_report(args: argparse.Namespace) -> None:
 
     print(f"\nrun {run_id}, {len(truth)} planted anomalies; replay of {len(seconds)} bins "
           f"took {elapsed:.0f} s\n")
-    print(f"{'anomaly':<14} {'onset':>6} {'online':>7} {'batch':>6}  {'target':<22} met")
-    met = 0
+    prefix = PrefixRuns(workspace, run_id)
+    print(f"{'anomaly':<14} {'onset':>6} {'online':>7} {'batch':>6} {'so far':>7}  "
+          f"{'target':<24} met")
+    met = met_on_start = 0
     for row in truth.sort_values("start").itertuples():
         onset = bin_of(row.start)
         live_bin = found.get(row.anomaly_id)
         batch_id = batch_match.truth.set_index("anomaly_id").loc[row.anomaly_id, "incident_id"]
-        batch_bin = None
+        batch_bin = so_far = None
         if pd.notna(batch_id):
             batch_bin = bin_of(batch.set_index("incident_id").loc[batch_id, "start"])
         if row.kind in ABRUPT:
             target = "online <= onset + 2"
-            ok = live_bin is not None and live_bin <= onset + 2
+            ok = ok_on_start = live_bin is not None and live_bin <= onset + 2
         else:
-            target = "online <= batch + 1"
-            ok = live_bin is not None and batch_bin is not None and live_bin <= batch_bin + 1
+            # The earliest batch run over the data so far that finds the anomaly,
+            # searched up to a few bins past the online path's.
+            last = (live_bin if live_bin is not None else bin_of(row.end)) + PREFIX_MARGIN
+            so_far = prefix.first_found(truth, row.anomaly_id, onset,
+                                        min(last, int(info["num_bins"]) - 1))
+            target = "online <= so far + 1"
+            ok = live_bin is not None and (so_far is None or live_bin <= so_far + 1)
+            ok_on_start = (live_bin is not None and batch_bin is not None
+                           and live_bin <= batch_bin + 1)
         met += ok
-        print(f"{row.kind:<14} {onset:>6} {str(live_bin if live_bin is not None else '-'):>7} "
-              f"{str(batch_bin if batch_bin is not None else '-'):>6}  {target:<22} "
-              f"{'yes' if ok else 'no'}")
+        met_on_start += ok_on_start
+        print(f"{row.kind:<14} {onset:>6} {_shown(live_bin):>7} {_shown(batch_bin):>6} "
+              f"{_shown(so_far):>7}  {target:<24} {'yes' if ok else 'no'}")
+    print(f"\ntargets met: {met} of {len(truth)}; with the gradual types against the "
+          f"batch incident's start bin instead: {met_on_start} of {len(truth)}")
+    print("'so far': the first bin after which a batch run over the data up to that "
+          f"bin finds the anomaly ('-': none up to {PREFIX_MARGIN} bins after the online "
+          "path's)")
     same = same_incidents(batch, batch_members, live, live_members, width)
-    print(f"\ntargets met: {met} of {len(truth)}")
     print(f"batch incidents: {len(batch)}; online incidents: {len(live)}; batch incidents "
           f"with an online incident of the same devices, start and end within one bin: "
           f"{same}")
