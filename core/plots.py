@@ -168,8 +168,8 @@ def subgraph_figure(members: pd.DataFrame, edges: pd.DataFrame) -> go.Figure:
 
     Member devices and pairs are red, targets orange, context grey. A pair that
     went missing (no events where the model expected them) is a dashed line
-    without an arrow, with its direction and expected events in the hover of a
-    mark at its middle. Nodes sit on a circle, members first, so the figure stays
+    without an arrow. A mark at the middle of two devices names each missing
+    direction between them with its expected events on hover. Nodes sit on a circle, members first, so the figure stays
     readable without a layout engine.
 
     Args:
@@ -196,8 +196,10 @@ def subgraph_figure(members: pd.DataFrame, edges: pd.DataFrame) -> go.Figure:
     all_pairs = list(zip(edges["src"], edges["dst"]))
     all_pairs += [p for p in member_pairs if p not in set(all_pairs)]
     missing = _missing_pairs(edges)
+    # Both directions between two devices go with the member pair, if either is one.
+    member_ends = {frozenset(pair) for pair in member_pairs}
     for flagged in (True, False):
-        lost = [p for p in missing if ((p in member_pairs) == flagged
+        lost = [p for p in missing if ((frozenset(p) in member_ends) == flagged
                                        and p[0] in position and p[1] in position)]
         if lost:
             figure.add_traces(_missing_traces(lost, missing, position, flagged))
@@ -259,17 +261,22 @@ def _missing_traces(
     pairs: list[tuple[str, str]], expected: dict[tuple[str, str], float],
     position: dict[str, tuple[float, float]], flagged: bool,
 ) -> list[go.Scatter]:
-    """Return a dashed line per missing pair and a hover mark at the middle of each."""
+    """Return a dashed line per missing pair and a hover mark at the middle of each
+    pair of devices, which names every missing direction between them."""
     color = MEMBER_COLOR if flagged else CONTEXT_COLOR
     name = "missing link" + (" (abnormal)" if flagged else "")
     xs, ys = [], []
+    directions: dict[frozenset, list[str]] = {}
     for src, dst in pairs:
         xs += [position[src][0], position[dst][0], None]
         ys += [position[src][1], position[dst][1], None]
-    middle_x = [(position[s][0] + position[d][0]) / 2 for s, d in pairs]
-    middle_y = [(position[s][1] + position[d][1]) / 2 for s, d in pairs]
-    hover = [f"{escape_label(s)} to {escape_label(d)}: no events, "
-             f"{expected[(s, d)]:.1f} a bin expected" for s, d in pairs]
+        directions.setdefault(frozenset((src, dst)), []).append(
+            f"{escape_label(src)} to {escape_label(dst)}: no events, "
+            f"{expected[(src, dst)]:.1f} a bin expected")
+    ends = [sorted(devices) for devices in directions]
+    middle_x = [(position[a][0] + position[b][0]) / 2 for a, b in ends]
+    middle_y = [(position[a][1] + position[b][1]) / 2 for a, b in ends]
+    hover = ["<br>".join(lines) for lines in directions.values()]
     return [
         go.Scatter(x=xs, y=ys, mode="lines", name=name, hoverinfo="skip",
                    line={"color": color, "width": 3 if flagged else 1.5, "dash": "dash"}),

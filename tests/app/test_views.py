@@ -162,6 +162,24 @@ def test_subgraph_draws_missing_link_dashed(workspace, run_id):
     assert (*nodes["ws-11"], *nodes["gateway-06"]) in arrows
 
 
+def test_subgraph_names_both_lost_directions():
+    members = pd.DataFrame({"incident_id": "i", "role": ["device", "device", "pair"],
+                            "device": ["scada-1", "plc-<7>", "scada-1"],
+                            "peer": [None, None, "plc-<7>"]})
+    edges = pd.DataFrame({"src": ["scada-1", "plc-<7>"], "dst": ["plc-<7>", "scada-1"],
+                          "evidence": [12.0, 9.0], "weight": [0.0, 0.0],
+                          "expected": [4.1, 3.4], "missing": [True, True]})
+    figure = plots.subgraph_figure(members, edges)
+    marks = [trace for trace in figure.data if trace.mode == "markers"]
+    assert len(marks) == 1
+    assert list(marks[0].hovertext) == [
+        "scada-1 to plc-&lt;7&gt;: no events, 4.1 a bin expected<br>"
+        "plc-&lt;7&gt; to scada-1: no events, 3.4 a bin expected"]
+    lines = [trace for trace in figure.data if trace.mode == "lines"]
+    assert len(lines) == 1
+    assert len(lines[0].x) == 6
+
+
 def test_bound_parameters_take_text_literally(workspace, run_id):
     hostile = "x' OR 1=1 --"
     assert views.incident_members(workspace, run_id, hostile).empty
