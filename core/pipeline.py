@@ -510,6 +510,16 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float, fanou
         peers.setdefault(int(src), set()).add(int(dst))
         peers.setdefault(int(dst), set()).add(int(src))
 
+    # The other ends join before the demotion, so that a scanned host found alone
+    # brings in its scanner and then becomes the scanner's target, as it does when
+    # both were found.
+    sensors = own[own["kind"].str.startswith("sensor")]
+    with_readings = set(sensors["device_idx"].tolist())
+    for device in sorted(members):
+        linked = peers.get(device, set())
+        if device not in with_readings and len(linked) < fanout:
+            members |= linked
+
     demoted = set()
     for device in sorted(members):
         linked = peers.get(device, set())
@@ -521,20 +531,14 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float, fanou
         if len(peers.get(peer, set())) >= fanout:
             demoted.add(device)
     kept = sorted(members - demoted) or sorted(members)
-    sensors = own[own["kind"].str.startswith("sensor")]
-    with_readings = set(sensors["device_idx"].tolist())
-    joined = set()
-    for device in kept:
-        linked = peers.get(device, set())
-        if device not in with_readings and len(linked) < fanout:
-            joined |= linked
-    kept = sorted(set(kept) | joined)
 
     in_set = set(kept)
     src_in = pairs["device_idx"].isin(in_set)
     dst_in = pairs["peer_idx"].isin(in_set)
     internal = pairs[src_in & dst_in]
     leaving = pairs[src_in ^ dst_in]
+    # A host that the scan reached but that is a member now is no target.
+    reached = [device for device in reached if device not in in_set]
     if len(reached):
         every = inside[inside["kind"] == "pair"]
         to_reached = ((every["device_idx"].isin(in_set) & every["peer_idx"].isin(reached))

@@ -273,7 +273,9 @@ def _missing_traces(
         directions.setdefault(frozenset((src, dst)), []).append(
             f"{escape_label(src)} to {escape_label(dst)}: no events, "
             f"{expected[(src, dst)]:.1f} a bin expected")
-    ends = [sorted(devices) for devices in directions]
+    # A self-loop's two ends are one device, so its mark sits on the device.
+    ends = [sorted(devices) if len(devices) == 2 else list(devices) * 2
+            for devices in directions]
     middle_x = [(position[a][0] + position[b][0]) / 2 for a, b in ends]
     middle_y = [(position[a][1] + position[b][1]) / 2 for a, b in ends]
     hover = ["<br>".join(lines) for lines in directions.values()]

@@ -254,8 +254,8 @@ ORDER BY b.start
 CONTEXT_EDGES_SQL = """
 SELECT e.device AS src, e.peer AS dst, max(-log10(greatest(e.p_value, 1e-300)))
        AS evidence, avg(e.observed) AS weight, avg(e.expected) AS expected,
-       coalesce(sum(e.observed) = 0 AND sum(e.expected) >= $missing_expected, false)
-       AS missing
+       coalesce(sum(e.observed) = 0 AND isfinite(sum(e.expected))
+                AND sum(e.expected) >= $missing_expected, false) AS missing
 FROM elements e
 JOIN bins b ON b.scale = e.scale AND b.bin = e.bin
 WHERE e.kind = 'pair' AND e.scale = $scale

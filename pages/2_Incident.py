@@ -70,8 +70,10 @@ def main() -> None:
     subgraph = plots.subgraph_figure(shown, edges)
     st.plotly_chart(subgraph, key="subgraph")
     lost = edges[edges["missing"]] if "missing" in edges else edges.iloc[0:0]
-    if len(lost):
-        st.caption(f"Dashed: {len(lost)} expected link{'s' if len(lost) != 1 else ''} "
+    # Both directions between two devices are one dashed line in the figure.
+    links = len({frozenset(pair) for pair in zip(lost["src"], lost["dst"])})
+    if links:
+        st.caption(f"Dashed: {links} expected link{'s' if links != 1 else ''} "
                    "that carried no events during the incident.")
     targets = shown.loc[shown["role"] == "target", "device"].dropna().tolist()
     if targets:

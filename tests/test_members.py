@@ -65,3 +65,21 @@ def test_host_of_scan_is_demoted_to_target():
     chosen = choose_members(inside, [0, 4], ALPHA, FANOUT)
     assert chosen["devices"] == [0]
     assert set(chosen["targets"]["target"]) == {4, 5, 6}
+
+
+def test_scanned_host_alone_brings_its_scanner():
+    # The first pass found only host 4; the scan's centre 0 joins, and the host
+    # becomes its target as when both were found.
+    inside = _elements([("pair", 0, host, STRONG) for host in (4, 5, 6)])
+    chosen = choose_members(inside, [4], ALPHA, FANOUT)
+    assert chosen["devices"] == [0]
+    assert set(chosen["targets"]["target"]) == {4, 5, 6}
+
+
+def test_reached_member_is_not_target():
+    # Device 7's only abnormal pair goes to host 4, which the scan from 0 reached.
+    inside = _elements([("pair", 0, host, STRONG) for host in (4, 5, 6)]
+                       + [("pair", 7, 4, STRONG)])
+    chosen = choose_members(inside, [0, 7], ALPHA, FANOUT, reached=[4, 5, 6])
+    assert chosen["devices"] == [0, 4, 7]
+    assert set(chosen["targets"]["target"]) == {5, 6}

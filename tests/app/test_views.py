@@ -180,6 +180,35 @@ def test_subgraph_names_both_lost_directions():
     assert len(lines[0].x) == 6
 
 
+def test_context_edges_nan_expected_not_missing():
+    con = duckdb.connect()
+    con.execute("CREATE TABLE bins AS SELECT 1 AS scale, 0 AS bin, "
+                "TIMESTAMPTZ '2026-03-01 00:00:00+00' AS start, "
+                "TIMESTAMPTZ '2026-03-01 00:01:00+00' AS \"end\"")
+    con.execute("CREATE TABLE elements (kind TEXT, device TEXT, peer TEXT, scale INT, "
+                "bin INT, observed DOUBLE, expected DOUBLE, p_value DOUBLE)")
+    con.execute("INSERT INTO elements VALUES ('pair', 'a', 'b', 1, 0, 0, 'NaN', 1e-6), "
+                "('pair', 'b', 'a', 1, 0, 0, 5, 1e-6), ('pair', 'a', 'c', 1, 0, 0, 1, 1e-6)")
+    params = {"scale": 1, "devices": ["a"], "start": pd.Timestamp("2026-03-01", tz="UTC"),
+              "end": pd.Timestamp("2026-03-01 00:01", tz="UTC"), "limit": 10,
+              "missing_expected": views.MISSING_EXPECTED_EVENTS}
+    edges = con.execute(views.CONTEXT_EDGES_SQL, params).df()
+    missing = dict(zip(zip(edges["src"], edges["dst"]), edges["missing"]))
+    assert missing == {("a", "b"): False, ("b", "a"): True, ("a", "c"): False}
+
+
+def test_subgraph_draws_lost_self_loop():
+    members = pd.DataFrame({"incident_id": "i", "role": ["device"], "device": ["scada"],
+                            "peer": [None]})
+    edges = pd.DataFrame({"src": ["scada"], "dst": ["scada"], "evidence": [5.0],
+                          "weight": [0.0], "expected": [4.0], "missing": [True]})
+    figure = plots.subgraph_figure(members, edges)
+    marks = [trace for trace in figure.data if trace.mode == "markers"]
+    node = next(trace for trace in figure.data if trace.mode == "markers+text")
+    assert (marks[0].x[0], marks[0].y[0]) == (node.x[0], node.y[0])
+    assert list(marks[0].hovertext) == ["scada to scada: no events, 4.0 a bin expected"]
+
+
 def test_bound_parameters_take_text_literally(workspace, run_id):
     hostile = "x' OR 1=1 --"
     assert views.incident_members(workspace, run_id, hostile).empty
