@@ -537,7 +537,7 @@ def choose_members(inside: pd.DataFrame, devices: list[int], alpha: float, fanou
     dst_in = pairs["peer_idx"].isin(in_set)
     internal = pairs[src_in & dst_in]
     leaving = pairs[src_in ^ dst_in]
-    # A host that the scan reached but that is a member now is no target.
+    # A host that the scan reached and that is now a member is not a target.
     reached = [device for device in reached if device not in in_set]
     if len(reached):
         every = inside[inside["kind"] == "pair"]

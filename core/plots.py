@@ -169,8 +169,8 @@ def subgraph_figure(members: pd.DataFrame, edges: pd.DataFrame) -> go.Figure:
     Member devices and pairs are red, targets orange, context grey. A pair that
     went missing (no events where the model expected them) is a dashed line
     without an arrow. A mark at the middle of two devices names each missing
-    direction between them with its expected events on hover. Nodes sit on a circle, members first, so the figure stays
-    readable without a layout engine.
+    direction between them with its expected events on hover. Nodes sit on a
+    circle, members first, so the figure stays readable without a layout engine.
 
     Args:
         members: rows of `core.views.incident_members`.
@@ -246,6 +246,12 @@ def subgraph_figure(members: pd.DataFrame, edges: pd.DataFrame) -> go.Figure:
         legend={"orientation": "h", "y": -0.02},
     )
     return figure
+
+
+def missing_links(edges: pd.DataFrame) -> int:
+    """Return how many dashed lines `subgraph_figure` draws for `edges`: the pairs
+    of devices with a missing link in either direction."""
+    return len({frozenset(pair) for pair in _missing_pairs(edges)})
 
 
 def _missing_pairs(edges: pd.DataFrame) -> dict[tuple[str, str], float]:

@@ -69,9 +69,7 @@ def main() -> None:
     edges = ui.load("context_edges", context, incident_id)
     subgraph = plots.subgraph_figure(shown, edges)
     st.plotly_chart(subgraph, key="subgraph")
-    lost = edges[edges["missing"]] if "missing" in edges else edges.iloc[0:0]
-    # Both directions between two devices are one dashed line in the figure.
-    links = len({frozenset(pair) for pair in zip(lost["src"], lost["dst"])})
+    links = plots.missing_links(edges)
     if links:
         st.caption(f"Dashed: {links} expected link{'s' if links != 1 else ''} "
                    "that carried no events during the incident.")
