@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 # Module name to the data set's folder under the data folder.
-DATA_SETS = {"mad": "mad_hospital", "smd": "smd", "batadal": "batadal"}
+DATA_SETS = {"mad": "mad_hospital", "darpa": "darpa98", "smd": "smd", "batadal": "batadal"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,321 @@
+"""Element p-values and incidents of a large link stream, without dense arrays.
+
+A stream of tens of thousands of hosts over tens of thousands of minutes (DARPA 1998:
+25,524 hosts, 86,400 minutes) has billions of (host, bin) cells, nearly all empty.
+This path never builds one of them: DuckDB aggregates the events into the elements
+that exist, and every later step works on those rows.
+
+Elements, per bin: a pair (src, dst) with its number of events, a host's sent
+events (`out`) and its received events (`in`). Each element has a count law fitted
+to the reference bins where it was active: the count minus one is Poisson, or
+negative binomial where it varies more, with its mean and second moment drawn
+towards its kind's law by `prior_bins` pseudo-bins, so an element seen in two
+reference bins does not get a tail as narrow as one seen in two thousand. An
+element never active in the reference (a new host, a new pair) takes its kind's
+law of newcomers: the counts of elements in the first bin they were seen, after the
+first tenth of the reference. The p-value is the upper tail at the observed count,
+with ties broken at random.
+
+Calibration: the laws are fitted again on the reference without its last
+`holdout_share` of bins, and the held-out bins are scored with them. Those out of
+sample p-values are each kind's null, mapped as in `core.scoring.null_mapping`, so
+a law that fits real traffic badly does not make its p-values look stronger than
+the held-out bins show.
+
+Incidents: an element whose calibrated p-value, times the number of element tests
+in the scored bins, is at most the level (Bonferroni, a family-wise level over the
+whole scored period) is flagged. Flagged elements that share a host and lie within
+`merge_gap` bins of each other form one incident. Its devices are the hosts with a
+flagged element of their own, or both ends of its pairs when none has.
+
+Known weaknesses: only elements with events are scored, so a pair or host that goes
+quiet raises nothing here; and each bin is judged alone, without the interval scan of
+`core.localize`, whose evidence arrays are dense over devices and bins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import numpy as np
+import pandas as pd
+from scipy import stats
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from core import scoring
+
+KINDS = ("pair", "out", "in")
+MICROS = 1_000_000
+
+
+@dataclass(frozen=True)
+class CountConfig:
+    """Settings of the count path.
+
+    Attributes:
+        bin_seconds: width of a bin.
+        holdout_share: share of the reference bins, at its end, held out to
+            calibrate the p-values.
+        prior_bins: pseudo-bins of the kind's law mixed into each element's law.
+        newcomer_share: share of the reference, at its start, whose first sightings
+            are not counted as newcomers (everything is new when a capture starts).
+        level: family-wise false-alarm level of the flagged elements.
+        merge_gap: flagged elements of one host at most this many bins apart join
+            one incident.
+        seed: seed of the random tie-breaking.
+    """
+
+    bin_seconds: int = 60
+    holdout_share: float = 0.3
+    prior_bins: float = 5.0
+    newcomer_share: float = 0.1
+    level: float = 0.05
+    merge_gap: int = 10
+    seed: int = 0
+
+
+@dataclass
+class CountScores:
+    """The scored bins of one stream.
+
+    Attributes:
+        origin_us: epoch microseconds of the start of bin 0.
+        reference_bins: bins before this one are the reference.
+        elements: one row per scored element: kind, src, dst (NULL unless a pair;
+            a host element names its host in src), bin, count, expected (the law's
+            mean count), p_raw, p_value (calibrated).
+        tests: number of element tests in the scored bins.
+        limit: the calibrated p-value at or below which an element is flagged.
+        incidents: one row per incident: incident, start_bin, stop_bin, devices,
+            pairs (lists), elements (flagged), p_min, significance (p_min times the
+            tests, at most 1), targets (list: the hosts its devices' flagged events
+            reached).
+    """
+
+    origin_us: int
+    reference_bins: int
+    elements: pd.DataFrame
+    tests: int
+    limit: float
+    incidents: pd.DataFrame
+
+
+def build_elements(con: duckdb.DuckDBPyConnection, source: str, config: CountConfig) -> int:
+    """Aggregate the events of `source` (a table or view with t, src, dst, weight)
+    into the temporary table `count_elements` (kind, src, dst, bin, count).
+
+    Returns the origin of bin 0 in epoch microseconds: the first event's time,
+    floored to the bin width.
+    """
+    width = config.bin_seconds * MICROS
+    first = con.execute(f"SELECT min(epoch_us(t)) FROM {source}").fetchall()[0][0]
+    if first is None:
+        raise ValueError(f"no events found in {source}; ingest a stream before scoring it")
+    origin = int(first) // width * width
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE count_pairs AS
+        SELECT src, dst, CAST((epoch_us(t) - {origin}) // {width} AS INTEGER) AS bin,
+               sum(weight) AS count
+        FROM {source} GROUP BY ALL""")
+    con.execute("""
+        CREATE OR REPLACE TEMP TABLE count_elements AS
+        SELECT 'pair' AS kind, src, dst, bin, count FROM count_pairs
+        UNION ALL
+        SELECT 'out', src, NULL, bin, sum(count) FROM count_pairs GROUP BY src, bin
+        UNION ALL
+        SELECT 'in', dst, NULL, bin, sum(count) FROM count_pairs GROUP BY dst, bin""")
+    con.execute("DROP TABLE count_pairs")
+    return origin
+
+
+def fit_laws(con: duckdb.DuckDBPyConnection, stop_bin: int, config: CountConfig) -> tuple[
+        pd.DataFrame, pd.DataFrame]:
+    """Fit each element's law on bins [0, stop_bin).
+
+    Returns:
+        laws: kind, src, dst, n (active bins), m1 and m2 (mean of count - 1 and of
+            its square over those bins).
+        kinds: per kind, m1 and m2 over all active element bins (`all_m1`,
+            `all_m2`) and over newcomers' first bins (`new_m1`, `new_m2`).
+    """
+    laws = con.execute(f"""
+        SELECT kind, src, dst, count(*) AS n, avg(count - 1) AS m1,
+               avg((count - 1) * (count - 1)) AS m2
+        FROM count_elements WHERE bin < {stop_bin} GROUP BY kind, src, dst""").df()
+    settle = int(stop_bin * config.newcomer_share)
+    kinds = con.execute(f"""
+        WITH firsts AS (
+            SELECT kind, src, dst, arg_min(count, bin) AS count, min(bin) AS bin
+            FROM count_elements WHERE bin < {stop_bin} GROUP BY kind, src, dst),
+        everything AS (
+            SELECT kind, avg(count - 1) AS all_m1, avg((count - 1) * (count - 1)) AS all_m2
+            FROM count_elements WHERE bin < {stop_bin} GROUP BY kind),
+        newcomers AS (
+            SELECT kind, avg(count - 1) AS new_m1, avg((count - 1) * (count - 1)) AS new_m2,
+                   count(*) AS newcomers
+            FROM firsts WHERE bin >= {settle} GROUP BY kind)
+        SELECT * FROM everything LEFT JOIN newcomers USING (kind)""").df()
+    missing = kinds["newcomers"].isna()
+    kinds.loc[missing, "new_m1"] = kinds.loc[missing, "all_m1"]
+    kinds.loc[missing, "new_m2"] = kinds.loc[missing, "all_m2"]
+    return laws, kinds.set_index("kind")
+
+
+def upper_p(counts: np.ndarray, m1: np.ndarray, m2: np.ndarray,
+            rng: np.random.Generator) -> np.ndarray:
+    """P(C > c) + U P(C = c) for C - 1 with mean `m1` and second moment `m2`:
+    Poisson where the variance is at most the mean, negative binomial above it."""
+    y = np.maximum(counts - 1.0, 0.0)
+    mean = np.maximum(m1, 1e-6)
+    variance = np.maximum(m2 - m1 * m1, 0.0)
+    u = rng.random(len(y))
+    p = np.empty(len(y))
+    poisson = variance <= mean * 1.0001
+    if poisson.any():
+        mu = mean[poisson]
+        p[poisson] = stats.poisson.sf(y[poisson], mu) + u[poisson] * stats.poisson.pmf(
+            y[poisson], mu)
+    wide = ~poisson
+    if wide.any():
+        mu, var = mean[wide], variance[wide]
+        success = mu / var
+        size = mu * success / (1.0 - success)
+        p[wide] = (stats.nbinom.sf(y[wide], size, success)
+                   + u[wide] * stats.nbinom.pmf(y[wide], size, success))
+    return np.clip(p, scoring.P_FLOOR, 1.0)
+
+
+def element_p(con: duckdb.DuckDBPyConnection, start_bin: int, stop_bin: int | None,
+              laws: pd.DataFrame, kinds: pd.DataFrame, config: CountConfig,
+              rng: np.random.Generator) -> pd.DataFrame:
+    """Return the elements of bins [start_bin, stop_bin) with their laws' raw p-values."""
+    con.register("count_laws", laws)
+    upper = "" if stop_bin is None else f"AND e.bin < {stop_bin}"
+    rows = con.execute(f"""
+        SELECT e.kind, e.src, e.dst, e.bin, e.count,
+               coalesce(l.n, 0) AS n, coalesce(l.m1, 0) AS m1, coalesce(l.m2, 0) AS m2
+        FROM count_elements e LEFT JOIN count_laws l
+          ON e.kind = l.kind AND e.src = l.src AND e.dst IS NOT DISTINCT FROM l.dst
+        WHERE e.bin >= {start_bin} {upper}
+        ORDER BY e.kind, e.bin, e.src, e.dst""").df()
+    con.unregister("count_laws")
+    n = rows["n"].to_numpy(np.float64)
+    weight = config.prior_bins
+    new = n == 0
+    kind_all_m1 = rows["kind"].map(kinds["all_m1"]).to_numpy(np.float64)
+    kind_all_m2 = rows["kind"].map(kinds["all_m2"]).to_numpy(np.float64)
+    m1 = (n * rows["m1"].to_numpy() + weight * kind_all_m1) / (n + weight)
+    m2 = (n * rows["m2"].to_numpy() + weight * kind_all_m2) / (n + weight)
+    m1[new] = rows.loc[new, "kind"].map(kinds["new_m1"]).to_numpy(np.float64)
+    m2[new] = rows.loc[new, "kind"].map(kinds["new_m2"]).to_numpy(np.float64)
+    rows["expected"] = m1 + 1.0
+    rows["novel"] = new
+    rows["p_raw"] = upper_p(rows["count"].to_numpy(np.float64), m1, m2, rng)
+    return rows.drop(columns=["n", "m1", "m2"])
+
+
+def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: int,
+                 config: CountConfig = CountConfig()) -> CountScores:
+    """Score every element of `source` from `reference_end_us` (epoch microseconds)
+    on against the laws of the events before it, and take out the incidents."""
+    rng = np.random.default_rng(config.seed)
+    origin = build_elements(con, source, config)
+    reference_bins = int((reference_end_us - origin) // (config.bin_seconds * MICROS))
+    split = int(reference_bins * (1.0 - config.holdout_share))
+    if split <= 0 or split >= reference_bins:
+        raise ValueError(
+            f"the reference contains {reference_bins} bins of {config.bin_seconds} s; it "
+            f"needs at least 2 so that {config.holdout_share:.0%} of them calibrate; "
+            "choose a later reference end")
+    laws, kinds = fit_laws(con, split, config)
+    held_out = element_p(con, split, reference_bins, laws, kinds, config, rng)
+    laws, kinds = fit_laws(con, reference_bins, config)
+    scored = element_p(con, reference_bins, None, laws, kinds, config, rng)
+    scored["p_value"] = scored["p_raw"]
+    for kind in KINDS:
+        mapping = scoring.null_mapping(held_out.loc[held_out["kind"] == kind, "p_raw"]
+                                       .to_numpy(np.float64))
+        here = (scored["kind"] == kind).to_numpy()
+        if mapping is not None and here.any():
+            scored.loc[here, "p_value"] = mapping(scored.loc[here, "p_raw"].to_numpy())
+    tests = len(scored)
+    limit = config.level / max(tests, 1)
+    incidents = gather_incidents(scored, limit, tests, config.merge_gap)
+    incidents["targets"] = reached_hosts(con, scored, incidents, limit)
+    return CountScores(origin, reference_bins, scored, tests, limit, incidents)
+
+
+def reached_hosts(con: duckdb.DuckDBPyConnection, scored: pd.DataFrame,
+                  incidents: pd.DataFrame, limit: float) -> list[list[str]]:
+    """Per incident, the hosts that its devices' flagged sent or received events
+    reached in their bins, other than its devices: the hosts a sweep touched, or the
+    sources of a flood, none of whose pairs needs to be abnormal on its own."""
+    if incidents.empty:
+        return []
+    flagged = scored[(scored["p_value"] <= limit) & (scored["kind"] != "pair")]
+    owners = incidents[["incident", "start_bin", "stop_bin", "devices"]].explode("devices")
+    owners = owners.rename(columns={"devices": "host"}).astype(
+        {"incident": "int64", "host": "object", "start_bin": "int64", "stop_bin": "int64"})
+    con.register("count_flagged", flagged[["kind", "src", "bin"]])
+    con.register("count_owners", owners)
+    reached = con.execute("""
+        SELECT DISTINCT o.incident,
+               CASE WHEN f.kind = 'out' THEN e.dst ELSE e.src END AS host
+        FROM count_flagged f
+        JOIN count_owners o ON o.host = f.src AND f.bin >= o.start_bin
+                           AND f.bin < o.stop_bin
+        JOIN count_elements e ON e.kind = 'pair' AND e.bin = f.bin
+         AND ((f.kind = 'out' AND e.src = f.src) OR (f.kind = 'in' AND e.dst = f.src))
+        """).df()
+    con.unregister("count_flagged")
+    con.unregister("count_owners")
+    by_incident = reached.groupby("incident")["host"].agg(set)
+    return [sorted(by_incident.get(number, set()) - set(devices))
+            for number, devices in zip(incidents["incident"], incidents["devices"])]
+
+
+def gather_incidents(elements: pd.DataFrame, limit: float, tests: int,
+                     gap: int) -> pd.DataFrame:
+    """Join the flagged elements that share a host within `gap` bins into incidents."""
+    columns = ["incident", "start_bin", "stop_bin", "devices", "pairs", "elements",
+               "p_min", "significance"]
+    flagged = elements[elements["p_value"] <= limit].reset_index(drop=True)
+    if flagged.empty:
+        return pd.DataFrame(columns=columns)
+    # Each flagged element mentions its host, or both ends of its pair.
+    ids = np.arange(len(flagged))
+    is_pair = (flagged["kind"] == "pair").to_numpy()
+    mentions = pd.DataFrame({
+        "element": np.concatenate([ids, ids[is_pair]]),
+        "host": np.concatenate([flagged["src"].to_numpy(object),
+                                flagged.loc[is_pair, "dst"].to_numpy(object)]),
+        "bin": np.concatenate([flagged["bin"].to_numpy(), flagged.loc[is_pair, "bin"]
+                               .to_numpy()]),
+    }).sort_values(["host", "bin"], kind="stable")
+    host = mentions["host"].to_numpy(object)
+    bins = mentions["bin"].to_numpy()
+    element = mentions["element"].to_numpy()
+    chained = (host[1:] == host[:-1]) & (bins[1:] - bins[:-1] <= gap)
+    graph = coo_matrix((np.ones(chained.sum()), (element[:-1][chained], element[1:][chained])),
+                       shape=(len(flagged), len(flagged)))
+    _, label = connected_components(graph, directed=False)
+    flagged["incident"] = label
+    rows = []
+    for number, group in flagged.groupby("incident", sort=False):
+        own = group[group["kind"] != "pair"]
+        pairs = group[group["kind"] == "pair"]
+        devices = sorted(set(own["src"]) if len(own)
+                         else set(pairs["src"]) | set(pairs["dst"]))
+        p_min = float(group["p_value"].min())
+        rows.append({
+            "incident": int(number), "start_bin": int(group["bin"].min()),
+            "stop_bin": int(group["bin"].max()) + 1, "devices": devices,
+            "pairs": sorted(set(zip(pairs["src"], pairs["dst"]))),
+            "elements": len(group), "p_min": p_min,
+            "significance": min(1.0, p_min * tests)})
+    table = pd.DataFrame(rows, columns=columns)
+    table = table.sort_values(["significance", "start_bin"]).reset_index(drop=True)
+    table["incident"] = np.arange(len(table))
+    return table
