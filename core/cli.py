@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         "real", help="public real data sets against their published results")
     real.add_argument("--data", default=os.environ.get("TGLOC_DATA"),
                       help="folder holding the data sets (default: $TGLOC_DATA)")
-    real.add_argument("--only", help="run one data set only (batadal, mad, smd)")
+    real.add_argument("--only", help="run one data set only (batadal, darpa, mad, smd)")
     real.add_argument("--quick", action="store_true",
                       help="a short version of each benchmark, for a smoke test")
     real.set_defaults(handler=command_bench_real)

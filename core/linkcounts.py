@@ -25,8 +25,9 @@ the held-out bins show.
 Incidents: an element whose calibrated p-value, times the number of element tests
 in the scored bins, is at most the level (Bonferroni, a family-wise level over the
 whole scored period) is flagged. Flagged elements that share a host and lie within
-`merge_gap` bins of each other form one incident. Its devices are the hosts with a
-flagged element of their own, or both ends of its pairs when none has.
+`merge_gap` base bins of each other form one incident, at any scale. Its interval is
+that of its flagged elements at the finest scale among them. Its devices are the hosts
+with a flagged element of their own, or both ends of its pairs when none has.
 
 Known weaknesses: only elements with events are scored, so a pair or host that goes
 quiet raises nothing here; and each bin is judged alone, without the interval scan of
@@ -55,7 +56,9 @@ class CountConfig:
     """Settings of the count path.
 
     Attributes:
-        bin_seconds: width of a bin.
+        bin_seconds: width of a base bin.
+        scales: bin widths scored, in base bins. A slow sweep that sends a few
+            events a minute stands out over an hour.
         holdout_share: share of the reference bins, at its end, held out to
             calibrate the p-values.
         prior_bins: pseudo-bins of the kind's law mixed into each element's law.
@@ -68,6 +71,7 @@ class CountConfig:
     """
 
     bin_seconds: int = 60
+    scales: tuple[int, ...] = (1, 10, 60)
     holdout_share: float = 0.3
     prior_bins: float = 5.0
     newcomer_share: float = 0.1
@@ -83,9 +87,10 @@ class CountScores:
     Attributes:
         origin_us: epoch microseconds of the start of bin 0.
         reference_bins: bins before this one are the reference.
-        elements: one row per scored element: kind, src, dst (NULL unless a pair;
-            a host element names its host in src), bin, count, expected (the law's
-            mean count), p_raw, p_value (calibrated).
+        elements: one row per scored element: scale, kind, src, dst (NULL unless a
+            pair, because a host element names its host in src), bin (at its scale),
+            start and stop (base bins), count, expected (the law's mean count),
+            novel, p_raw, p_value (calibrated).
         tests: number of element tests in the scored bins.
         limit: the calibrated p-value at or below which an element is flagged.
         incidents: one row per incident: incident, start_bin, stop_bin, devices,
@@ -104,7 +109,8 @@ class CountScores:
 
 def build_elements(con: duckdb.DuckDBPyConnection, source: str, config: CountConfig) -> int:
     """Aggregate the events of `source` (a table or view with t, src, dst, weight)
-    into the temporary table `count_elements` (kind, src, dst, bin, count).
+    into the temporary table `count_elements` (scale, kind, src, dst, bin, count),
+    where `bin` counts bins of `scale` base bins.
 
     Returns the origin of bin 0 in epoch microseconds: the first event's time,
     floored to the bin width.
@@ -119,48 +125,56 @@ def build_elements(con: duckdb.DuckDBPyConnection, source: str, config: CountCon
         SELECT src, dst, CAST((epoch_us(t) - {origin}) // {width} AS INTEGER) AS bin,
                sum(weight) AS count
         FROM {source} GROUP BY ALL""")
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE count_elements AS
-        SELECT 'pair' AS kind, src, dst, bin, count FROM count_pairs
-        UNION ALL
-        SELECT 'out', src, NULL, bin, sum(count) FROM count_pairs GROUP BY src, bin
-        UNION ALL
-        SELECT 'in', dst, NULL, bin, sum(count) FROM count_pairs GROUP BY dst, bin""")
+    parts = []
+    for scale in config.scales:
+        coarse = f"bin // {scale}"
+        parts += [
+            f"SELECT {scale} AS scale, 'pair' AS kind, src, dst, {coarse} AS bin, "
+            f"sum(count) AS count FROM count_pairs GROUP BY src, dst, {coarse}",
+            f"SELECT {scale}, 'out', src, NULL, {coarse}, sum(count) FROM count_pairs "
+            f"GROUP BY src, {coarse}",
+            f"SELECT {scale}, 'in', dst, NULL, {coarse}, sum(count) FROM count_pairs "
+            f"GROUP BY dst, {coarse}"]
+    con.execute("CREATE OR REPLACE TEMP TABLE count_elements AS "
+                + " UNION ALL ".join(parts))
     con.execute("DROP TABLE count_pairs")
     return origin
 
 
 def fit_laws(con: duckdb.DuckDBPyConnection, stop_bin: int, config: CountConfig) -> tuple[
         pd.DataFrame, pd.DataFrame]:
-    """Fit each element's law on bins [0, stop_bin).
+    """Fit each element's law on the bins that end by base bin `stop_bin`.
 
     Returns:
-        laws: kind, src, dst, n (active bins), m1 and m2 (mean of count - 1 and of
+        laws: scale, kind, src, dst, n (active bins), m1 and m2 (mean of count - 1 and of
             its square over those bins).
-        kinds: per kind, m1 and m2 over all active element bins (`all_m1`,
+        kinds: per scale and kind, m1 and m2 over all active element bins (`all_m1`,
             `all_m2`) and over newcomers' first bins (`new_m1`, `new_m2`).
     """
     laws = con.execute(f"""
-        SELECT kind, src, dst, count(*) AS n, avg(count - 1) AS m1,
+        SELECT scale, kind, src, dst, count(*) AS n, avg(count - 1) AS m1,
                avg((count - 1) * (count - 1)) AS m2
-        FROM count_elements WHERE bin < {stop_bin} GROUP BY kind, src, dst""").df()
+        FROM count_elements WHERE (bin + 1) * scale <= {stop_bin}
+        GROUP BY scale, kind, src, dst""").df()
     settle = int(stop_bin * config.newcomer_share)
     kinds = con.execute(f"""
         WITH firsts AS (
-            SELECT kind, src, dst, arg_min(count, bin) AS count, min(bin) AS bin
-            FROM count_elements WHERE bin < {stop_bin} GROUP BY kind, src, dst),
+            SELECT scale, kind, src, dst, arg_min(count, bin) AS count, min(bin) AS bin
+            FROM count_elements WHERE (bin + 1) * scale <= {stop_bin}
+            GROUP BY scale, kind, src, dst),
         everything AS (
-            SELECT kind, avg(count - 1) AS all_m1, avg((count - 1) * (count - 1)) AS all_m2
-            FROM count_elements WHERE bin < {stop_bin} GROUP BY kind),
+            SELECT scale, kind, avg(count - 1) AS all_m1,
+                   avg((count - 1) * (count - 1)) AS all_m2
+            FROM count_elements WHERE (bin + 1) * scale <= {stop_bin} GROUP BY scale, kind),
         newcomers AS (
-            SELECT kind, avg(count - 1) AS new_m1, avg((count - 1) * (count - 1)) AS new_m2,
-                   count(*) AS newcomers
-            FROM firsts WHERE bin >= {settle} GROUP BY kind)
-        SELECT * FROM everything LEFT JOIN newcomers USING (kind)""").df()
+            SELECT scale, kind, avg(count - 1) AS new_m1,
+                   avg((count - 1) * (count - 1)) AS new_m2, count(*) AS newcomers
+            FROM firsts WHERE bin * scale >= {settle} GROUP BY scale, kind)
+        SELECT * FROM everything LEFT JOIN newcomers USING (scale, kind)""").df()
     missing = kinds["newcomers"].isna()
     kinds.loc[missing, "new_m1"] = kinds.loc[missing, "all_m1"]
     kinds.loc[missing, "new_m2"] = kinds.loc[missing, "all_m2"]
-    return laws, kinds.set_index("kind")
+    return laws, kinds
 
 
 def upper_p(counts: np.ndarray, m1: np.ndarray, m2: np.ndarray,
@@ -190,30 +204,36 @@ def upper_p(counts: np.ndarray, m1: np.ndarray, m2: np.ndarray,
 def element_p(con: duckdb.DuckDBPyConnection, start_bin: int, stop_bin: int | None,
               laws: pd.DataFrame, kinds: pd.DataFrame, config: CountConfig,
               rng: np.random.Generator) -> pd.DataFrame:
-    """Return the elements of bins [start_bin, stop_bin) with their laws' raw p-values."""
+    """Return the elements inside base bins [start_bin, stop_bin) with their laws'
+    raw p-values, and their base bins `start` and `stop`."""
     con.register("count_laws", laws)
-    upper = "" if stop_bin is None else f"AND e.bin < {stop_bin}"
+    con.register("count_kinds", kinds)
+    upper = "" if stop_bin is None else f"AND (e.bin + 1) * e.scale <= {stop_bin}"
     rows = con.execute(f"""
-        SELECT e.kind, e.src, e.dst, e.bin, e.count,
-               coalesce(l.n, 0) AS n, coalesce(l.m1, 0) AS m1, coalesce(l.m2, 0) AS m2
-        FROM count_elements e LEFT JOIN count_laws l
-          ON e.kind = l.kind AND e.src = l.src AND e.dst IS NOT DISTINCT FROM l.dst
-        WHERE e.bin >= {start_bin} {upper}
-        ORDER BY e.kind, e.bin, e.src, e.dst""").df()
+        SELECT e.scale, e.kind, e.src, e.dst, e.bin, e.bin * e.scale AS start,
+               (e.bin + 1) * e.scale AS stop, e.count,
+               coalesce(l.n, 0) AS n, coalesce(l.m1, 0) AS m1, coalesce(l.m2, 0) AS m2,
+               k.all_m1, k.all_m2, k.new_m1, k.new_m2
+        FROM count_elements e
+        JOIN count_kinds k ON e.scale = k.scale AND e.kind = k.kind
+        LEFT JOIN count_laws l
+          ON e.scale = l.scale AND e.kind = l.kind AND e.src = l.src
+         AND e.dst IS NOT DISTINCT FROM l.dst
+        WHERE e.bin * e.scale >= {start_bin} {upper}
+        ORDER BY e.scale, e.kind, e.bin, e.src, e.dst""").df()
     con.unregister("count_laws")
+    con.unregister("count_kinds")
     n = rows["n"].to_numpy(np.float64)
     weight = config.prior_bins
     new = n == 0
-    kind_all_m1 = rows["kind"].map(kinds["all_m1"]).to_numpy(np.float64)
-    kind_all_m2 = rows["kind"].map(kinds["all_m2"]).to_numpy(np.float64)
-    m1 = (n * rows["m1"].to_numpy() + weight * kind_all_m1) / (n + weight)
-    m2 = (n * rows["m2"].to_numpy() + weight * kind_all_m2) / (n + weight)
-    m1[new] = rows.loc[new, "kind"].map(kinds["new_m1"]).to_numpy(np.float64)
-    m2[new] = rows.loc[new, "kind"].map(kinds["new_m2"]).to_numpy(np.float64)
+    m1 = (n * rows["m1"].to_numpy() + weight * rows["all_m1"].to_numpy()) / (n + weight)
+    m2 = (n * rows["m2"].to_numpy() + weight * rows["all_m2"].to_numpy()) / (n + weight)
+    m1[new] = rows.loc[new, "new_m1"].to_numpy(np.float64)
+    m2[new] = rows.loc[new, "new_m2"].to_numpy(np.float64)
     rows["expected"] = m1 + 1.0
     rows["novel"] = new
     rows["p_raw"] = upper_p(rows["count"].to_numpy(np.float64), m1, m2, rng)
-    return rows.drop(columns=["n", "m1", "m2"])
+    return rows.drop(columns=["n", "m1", "m2", "all_m1", "all_m2", "new_m1", "new_m2"])
 
 
 def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: int,
@@ -234,10 +254,9 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
     laws, kinds = fit_laws(con, reference_bins, config)
     scored = element_p(con, reference_bins, None, laws, kinds, config, rng)
     scored["p_value"] = scored["p_raw"]
-    for kind in KINDS:
-        mapping = scoring.null_mapping(held_out.loc[held_out["kind"] == kind, "p_raw"]
-                                       .to_numpy(np.float64))
-        here = (scored["kind"] == kind).to_numpy()
+    for (scale, kind), null in held_out.groupby(["scale", "kind"]):
+        mapping = scoring.null_mapping(null["p_raw"].to_numpy(np.float64))
+        here = ((scored["scale"] == scale) & (scored["kind"] == kind)).to_numpy()
         if mapping is not None and here.any():
             scored.loc[here, "p_value"] = mapping(scored.loc[here, "p_raw"].to_numpy())
     tests = len(scored)
@@ -258,15 +277,15 @@ def reached_hosts(con: duckdb.DuckDBPyConnection, scored: pd.DataFrame,
     owners = incidents[["incident", "start_bin", "stop_bin", "devices"]].explode("devices")
     owners = owners.rename(columns={"devices": "host"}).astype(
         {"incident": "int64", "host": "object", "start_bin": "int64", "stop_bin": "int64"})
-    con.register("count_flagged", flagged[["kind", "src", "bin"]])
+    con.register("count_flagged", flagged[["scale", "kind", "src", "bin", "start"]])
     con.register("count_owners", owners)
     reached = con.execute("""
         SELECT DISTINCT o.incident,
                CASE WHEN f.kind = 'out' THEN e.dst ELSE e.src END AS host
         FROM count_flagged f
-        JOIN count_owners o ON o.host = f.src AND f.bin >= o.start_bin
-                           AND f.bin < o.stop_bin
-        JOIN count_elements e ON e.kind = 'pair' AND e.bin = f.bin
+        JOIN count_owners o ON o.host = f.src AND f.start >= o.start_bin
+                           AND f.start < o.stop_bin
+        JOIN count_elements e ON e.scale = f.scale AND e.kind = 'pair' AND e.bin = f.bin
          AND ((f.kind = 'out' AND e.src = f.src) OR (f.kind = 'in' AND e.dst = f.src))
         """).df()
     con.unregister("count_flagged")
@@ -291,13 +310,18 @@ def gather_incidents(elements: pd.DataFrame, limit: float, tests: int,
         "element": np.concatenate([ids, ids[is_pair]]),
         "host": np.concatenate([flagged["src"].to_numpy(object),
                                 flagged.loc[is_pair, "dst"].to_numpy(object)]),
-        "bin": np.concatenate([flagged["bin"].to_numpy(), flagged.loc[is_pair, "bin"]
-                               .to_numpy()]),
-    }).sort_values(["host", "bin"], kind="stable")
+        "start": np.concatenate([flagged["start"].to_numpy(),
+                                 flagged.loc[is_pair, "start"].to_numpy()]),
+        "stop": np.concatenate([flagged["stop"].to_numpy(),
+                                flagged.loc[is_pair, "stop"].to_numpy()]),
+    }).sort_values(["host", "start"], kind="stable")
     host = mentions["host"].to_numpy(object)
-    bins = mentions["bin"].to_numpy()
+    # Each mention chains to the one before it of the same host when it starts at
+    # most `gap` base bins after the latest end among the earlier ones.
+    reach = mentions.groupby("host", sort=False)["stop"].cummax().to_numpy()
+    starts = mentions["start"].to_numpy()
     element = mentions["element"].to_numpy()
-    chained = (host[1:] == host[:-1]) & (bins[1:] - bins[:-1] <= gap)
+    chained = (host[1:] == host[:-1]) & (starts[1:] - reach[:-1] <= gap)
     graph = coo_matrix((np.ones(chained.sum()), (element[:-1][chained], element[1:][chained])),
                        shape=(len(flagged), len(flagged)))
     _, label = connected_components(graph, directed=False)
@@ -309,9 +333,11 @@ def gather_incidents(elements: pd.DataFrame, limit: float, tests: int,
         devices = sorted(set(own["src"]) if len(own)
                          else set(pairs["src"]) | set(pairs["dst"]))
         p_min = float(group["p_value"].min())
+        # A flood flags its hour as well as its minutes: the finest scale dates it.
+        finest = group[group["scale"] == group["scale"].min()]
         rows.append({
-            "incident": int(number), "start_bin": int(group["bin"].min()),
-            "stop_bin": int(group["bin"].max()) + 1, "devices": devices,
+            "incident": int(number), "start_bin": int(finest["start"].min()),
+            "stop_bin": int(finest["stop"].max()), "devices": devices,
             "pairs": sorted(set(zip(pairs["src"], pairs["dst"]))),
             "elements": len(group), "p_min": p_min,
             "significance": min(1.0, p_min * tests)})
