@@ -5,27 +5,31 @@ The data is the DARPA 1998 intrusion detection evaluation as MIDAS distributes i
 README fixes: the reference is 1 to 14 June 1998, and every record from 15 June on
 is scored; 94% of the hosts seen from 15 June never appear before it.
 
-The path runs from the zip to incidents without a dense array (`core.linkcounts`):
-the general DARPA import (`core.darpa`) stores the records, DuckDB aggregates them
-into (pair, minute) and (host, minute) elements, each element's count is tested
-against its reference count law (or its kind's law of newcomers) and calibrated on
-the held-out end of the reference, and flagged elements that share a host join
-into incidents.
+The run is tgloc's own, as a user gets it from the zip: the DARPA import
+(`core.darpa`) stores the records, and `tgloc run --method counts` (the path that
+`--method auto` takes for a link stream this large) scores them without a dense
+array (`core.countrun`, `core.linkcounts`). DuckDB aggregates the records into
+(pair, bin) and (host, bin) elements at bins of 1, 10 and 60 minutes; each
+element's count is tested against its reference count law (or its kind's law of
+newcomers) and calibrated on the held-out end of the reference; flagged elements
+that share a host join into incidents.
 
 Measures:
 
 - ROC-AUC and average precision per record from 15 June. A record's score is
-  -log10 of the smallest calibrated p-value among its elements at every scale: its
+  -log10 of the smallest calibrated p-value among its elements in the run file: its
   pair, its source's sent events and its destination's received events in the
-  bins of 1, 10 and 60 minutes that hold its minute.
+  bins of 1, 10 and 60 minutes that hold its minute. The run keeps the elements
+  with a p-value up to 0.2, so a record none of whose elements is kept scores 0.
   The 10 records with the invalid date 07/32/1998 are quarantined by the import
   and not scored; MIDAS scores them.
 - Recall of attack instances for the 10 attack names with the most records from
   15 June. An instance is one attack name at one victim host (the destination),
   its records joined where they are at most 10 minutes apart. It is found when an
-  incident names the victim, as a device, an end of a pair or a target, in a minute
-  of the instance.
-- Incidents, and those that name no host of an attack record in their interval.
+  incident names the victim, as a device, an end of a pair or a target, and
+  overlaps the instance in time.
+- Incidents, and those that name no host of an attack record in their interval. An
+  incident's hosts are its devices, the ends of its pairs and its targets.
 - Seconds and peak memory (resident set size) of each stage; records and distinct
   (pair, minute) elements per second from the zip to incidents.
 
@@ -49,7 +53,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from core import darpa, linkcounts, store
+from core import darpa, pipeline, store
+from core.config import RunConfig, StreamConfig
+from core.countrun import ELEMENT_NAMES
 from core.stages import StageTimer
 
 FOLDER = "darpa98"
@@ -64,6 +70,9 @@ REFERENCES = {"MIDAS": (0.910, 0.948), "MIDAS-R": (0.952, 0.973), "MIDAS-F": (0.
 TARGET_AUC, TARGET_AP = REFERENCES["MIDAS-R"]
 TARGET_SECONDS = 600.0
 TARGET_PEAK_MB = 8192.0
+SCALES = (1, 10, 60)
+KINDS = ("pair", "out", "in")
+SENT, RECEIVED = ELEMENT_NAMES["out"], ELEMENT_NAMES["in"]
 
 
 @dataclass
@@ -79,6 +88,7 @@ class Outcome:
     elements: int
     stages: list
     rejected: int
+    stored: int
 
 
 def run(data_dir: Path, quick: bool) -> dict:
@@ -88,38 +98,60 @@ def run(data_dir: Path, quick: bool) -> dict:
             "headline": headline(outcome, quick)}
 
 
-def measure(archive: Path, quick: bool, config: linkcounts.CountConfig | None = None,
-            reference_end: pd.Timestamp = REFERENCE_END,
-            scored_end: pd.Timestamp | None = None) -> Outcome:
-    """Run the path from `archive` to incidents and score it against the labels."""
-    config = config or linkcounts.CountConfig()
-    if quick and scored_end is None:
-        scored_end = QUICK_END
+def run_config(quick: bool, scored_end: pd.Timestamp | None = None) -> RunConfig:
+    """The run settings: the count path with bins of 1, 10 and 60 minutes."""
+    end = scored_end if scored_end is not None else (QUICK_END if quick else None)
+    return RunConfig(stream=StreamConfig(bin_seconds=60, scales=SCALES),
+                     reference_end=REFERENCE_END.isoformat(),
+                     score_end=None if end is None else end.isoformat(), method="counts")
+
+
+def measure(archive: Path, quick: bool, scored_end: pd.Timestamp | None = None) -> Outcome:
+    """Run tgloc from `archive` to a published run and score it against the labels."""
+    config = run_config(quick, scored_end)
     timer = StageTimer()
     with tempfile.TemporaryDirectory(prefix="tgloc-darpa-") as root:
         workspace = store.Workspace.create(root)
         with timer.stage("ingest"):
             report = darpa.ingest_darpa(workspace, archive)
-        with store.connect(workspace.store_path) as con:
-            source = "events"
-            if scored_end is not None:
-                con.execute(f"CREATE TEMP VIEW scored_events AS SELECT * FROM events "
-                            f"WHERE t < '{scored_end.isoformat()}'")
-                source = "scored_events"
-            reference_us = reference_end.value // 1000
-            with timer.stage("score"):
-                scores = linkcounts.score_stream(con, source, reference_us, config)
-            with timer.stage("evaluate"):
-                records = record_scores(con, source, scores, config, reference_end)
-                instances = attack_instances(con, source, scores, config, reference_end)
-                unmatched = unmatched_incidents(con, source, scores, config)
+        result = pipeline.run_pipeline(workspace, config, run_id="darpa", timer=timer)
+        run_path = workspace.run_path(result.run_id)
+        with timer.stage("evaluate"), store.connect(workspace.store_path) as con:
+            con.execute(f"ATTACH '{run_path}' AS run (READ_ONLY)")
+            bins = Bins(int(result.info["origin_us"]), int(result.info["bin_seconds"]))
+            scored = _scored_events(con, config)
+            records = record_scores(con, scored, bins, config.stream.scales)
+            instances = attack_instances(con, scored, bins)
+            unmatched = unmatched_incidents(con, scored, bins)
+            incidents = con.execute("SELECT count(*) FROM run.incidents").fetchall()[0][0]
+            elements = con.execute(f"""
+                SELECT count(*) FROM (SELECT DISTINCT src, dst, {bins.sql()} FROM events)
+                """).fetchall()[0][0]
     labels = records["label"].to_numpy()
-    by_kind = {kind: _ranking(labels, records[f"p_{kind}"].to_numpy())
-               for kind in linkcounts.KINDS}
+    by_kind = {kind: _ranking(labels, records[f"p_{kind}"].to_numpy()) for kind in KINDS}
     auc, ap = _ranking(labels, records["p"].to_numpy())
     return Outcome(len(records), float(labels.mean()) if len(labels) else 0.0, auc, ap,
-                   by_kind, instances, len(scores.incidents), unmatched,
-                   len(scores.elements), timer.records, report.rows_rejected)
+                   by_kind, instances, int(incidents), unmatched, int(elements),
+                   timer.records, report.rows_rejected, report.rows_stored)
+
+
+@dataclass(frozen=True)
+class Bins:
+    origin_us: int
+    bin_seconds: int
+
+    def sql(self, column: str = "t") -> str:
+        width = self.bin_seconds * 1_000_000
+        return f"CAST((epoch_us({column}) - {self.origin_us}) // {width} AS BIGINT)"
+
+
+def _scored_events(con: duckdb.DuckDBPyConnection, config: RunConfig) -> str:
+    bounds = [f"t >= TIMESTAMPTZ '{config.reference_end}'"]
+    if config.score_end is not None:
+        bounds.append(f"t < TIMESTAMPTZ '{config.score_end}'")
+    con.execute(f"CREATE TEMP VIEW scored_events AS SELECT src, dst, t, label, attack "
+                f"FROM events WHERE {' AND '.join(bounds)}")
+    return "scored_events"
 
 
 def _ranking(labels: np.ndarray, p: np.ndarray) -> tuple[float | None, float | None]:
@@ -129,70 +161,53 @@ def _ranking(labels: np.ndarray, p: np.ndarray) -> tuple[float | None, float | N
     return float(roc_auc_score(labels, score)), float(average_precision_score(labels, score))
 
 
-def _bin_sql(scores: linkcounts.CountScores, config: linkcounts.CountConfig) -> str:
-    width = config.bin_seconds * linkcounts.MICROS
-    return f"CAST((epoch_us(t) - {scores.origin_us}) // {width} AS INTEGER)"
+def record_scores(con: duckdb.DuckDBPyConnection, source: str, bins: Bins,
+                  scales: tuple[int, ...]) -> pd.DataFrame:
+    """Label and smallest p-value per element kind of every scored record.
 
-
-def record_scores(con: duckdb.DuckDBPyConnection, source: str,
-                  scores: linkcounts.CountScores, config: linkcounts.CountConfig,
-                  reference_end: pd.Timestamp) -> pd.DataFrame:
-    """Label and element p-values of every record from `reference_end` on."""
-    con.register("scored_elements",
-                 scores.elements[["scale", "kind", "src", "dst", "bin", "p_value"]])
-    joins, columns = [], {kind: [] for kind in linkcounts.KINDS}
-    for scale in config.scales:
-        # A coarse bin that straddles the reference end is not scored at its scale.
+    The run keeps elements with a p-value up to `countrun.KEPT_P`; a record whose
+    element is not kept gets 1 for it.
+    """
+    joins, terms = [], {kind: [] for kind in KINDS}
+    for scale in scales:
+        on = f"e{{alias}}{scale}.scale = {scale} AND e{{alias}}{scale}.bin = r.bin // {scale}"
         joins += [
-            f"LEFT JOIN scored_elements p{scale} ON p{scale}.scale = {scale} "
-            f"AND p{scale}.kind = 'pair' AND p{scale}.src = r.src AND p{scale}.dst = r.dst "
-            f"AND p{scale}.bin = r.bin // {scale}",
-            f"LEFT JOIN scored_elements o{scale} ON o{scale}.scale = {scale} "
-            f"AND o{scale}.kind = 'out' AND o{scale}.src = r.src "
-            f"AND o{scale}.bin = r.bin // {scale}",
-            f"LEFT JOIN scored_elements i{scale} ON i{scale}.scale = {scale} "
-            f"AND i{scale}.kind = 'in' AND i{scale}.src = r.dst "
-            f"AND i{scale}.bin = r.bin // {scale}"]
-        for kind, alias in zip(linkcounts.KINDS, "poi"):
-            columns[kind].append(f"coalesce({alias}{scale}.p_value, 1.0)")
-    least = {kind: f"least({', '.join(terms)})" for kind, terms in columns.items()}
-    frame = con.execute(f"""
-        WITH records AS (
-            SELECT src, dst, {_bin_sql(scores, config)} AS bin, label FROM {source}
-            WHERE t >= '{reference_end.isoformat()}')
+            f"LEFT JOIN run.elements ep{scale} ON {on.format(alias='p')} "
+            f"AND ep{scale}.kind = 'pair' AND ep{scale}.device = r.src "
+            f"AND ep{scale}.peer = r.dst",
+            f"LEFT JOIN run.elements eo{scale} ON {on.format(alias='o')} "
+            f"AND eo{scale}.kind = 'device' AND eo{scale}.sensor = '{SENT}' "
+            f"AND eo{scale}.device = r.src",
+            f"LEFT JOIN run.elements ei{scale} ON {on.format(alias='i')} "
+            f"AND ei{scale}.kind = 'device' AND ei{scale}.sensor = '{RECEIVED}' "
+            f"AND ei{scale}.device = r.dst"]
+        for kind, alias in zip(KINDS, "poi"):
+            terms[kind].append(f"coalesce(e{alias}{scale}.p_value, 1.0)")
+    least = {kind: f"least({', '.join(values)})" for kind, values in terms.items()}
+    return con.execute(f"""
+        WITH r AS (SELECT src, dst, {bins.sql()} AS bin, label FROM {source})
         SELECT r.label, {least['pair']} AS p_pair, {least['out']} AS p_out,
                {least['in']} AS p_in,
                least({least['pair']}, {least['out']}, {least['in']}) AS p
-        FROM records r {' '.join(joins)}""").df()
-    con.unregister("scored_elements")
-    return frame
+        FROM r {' '.join(joins)}""").df()
 
 
-def _register_incident_hosts(con: duckdb.DuckDBPyConnection,
-                             scores: linkcounts.CountScores) -> None:
-    rows = []
-    for incident in scores.incidents.itertuples():
-        hosts = set(incident.devices) | set(incident.targets)
-        for src, dst in incident.pairs:
-            hosts.update((src, dst))
-        rows += [(incident.incident, host, incident.start_bin, incident.stop_bin)
-                 for host in hosts]
-    con.register("incident_hosts", pd.DataFrame(
-        rows, columns=["incident", "host", "start_bin", "stop_bin"]).astype(
-        {"incident": "int64", "host": "object", "start_bin": "int64", "stop_bin": "int64"}))
+INCIDENT_HOSTS = """
+    WITH hosts AS (
+        SELECT incident_id, device AS host FROM run.incident_members
+        UNION SELECT incident_id, peer FROM run.incident_members WHERE peer IS NOT NULL)
+    SELECT h.incident_id, h.host, i.start, i."end"
+    FROM hosts h JOIN run.incidents i USING (incident_id)"""
 
 
-def attack_instances(con: duckdb.DuckDBPyConnection, source: str,
-                     scores: linkcounts.CountScores, config: linkcounts.CountConfig,
-                     reference_end: pd.Timestamp) -> pd.DataFrame:
+def attack_instances(con: duckdb.DuckDBPyConnection, source: str, bins: Bins) -> pd.DataFrame:
     """Per attack name among the largest: records, instances and instances found."""
-    _register_incident_hosts(con, scores)
-    gap = INSTANCE_GAP_MINUTES * 60 // config.bin_seconds
-    frame = con.execute(f"""
+    gap = INSTANCE_GAP_MINUTES * 60 // bins.bin_seconds
+    return con.execute(f"""
         WITH attacks AS (
-            SELECT attack, dst AS victim, {_bin_sql(scores, config)} AS bin, count(*) AS n
-            FROM {source} WHERE label = 1 AND t >= '{reference_end.isoformat()}'
-            GROUP BY ALL),
+            SELECT attack, dst AS victim, {bins.sql()} AS bin, min(t) AS first_t,
+                   count(*) AS n
+            FROM {source} WHERE label = 1 GROUP BY ALL),
         largest AS (
             SELECT attack FROM attacks GROUP BY attack
             ORDER BY sum(n) DESC, attack LIMIT {LARGEST_ATTACKS}),
@@ -205,38 +220,33 @@ def attack_instances(con: duckdb.DuckDBPyConnection, source: str,
             SELECT *, sum(opens) OVER (PARTITION BY attack, victim ORDER BY bin) AS instance
             FROM starts),
         instances AS (
-            SELECT attack, victim, instance, min(bin) AS first, max(bin) + 1 AS stop,
+            SELECT attack, victim, instance, min(first_t) AS first,
+                   max(first_t) + INTERVAL ({bins.bin_seconds}) SECOND AS stop,
                    sum(n) AS records
             FROM numbered GROUP BY ALL),
+        incident_hosts AS ({INCIDENT_HOSTS}),
         found AS (
             SELECT DISTINCT i.attack, i.victim, i.instance FROM instances i
             JOIN incident_hosts h ON h.host = i.victim
-             AND h.start_bin < i.stop AND i.first < h.stop_bin)
+             AND h.start < i.stop AND i.first < h."end")
         SELECT i.attack, sum(i.records) AS records, count(*) AS instances,
                count(f.instance) AS found
         FROM instances i LEFT JOIN found f USING (attack, victim, instance)
         GROUP BY i.attack ORDER BY records DESC, i.attack""").df()
-    con.unregister("incident_hosts")
-    return frame
 
 
-def unmatched_incidents(con: duckdb.DuckDBPyConnection, source: str,
-                        scores: linkcounts.CountScores,
-                        config: linkcounts.CountConfig) -> int:
+def unmatched_incidents(con: duckdb.DuckDBPyConnection, source: str, bins: Bins) -> int:
     """Incidents none of whose hosts is an end of an attack record in their interval."""
-    if scores.incidents.empty:
-        return 0
-    _register_incident_hosts(con, scores)
-    matched = con.execute(f"""
-        WITH attack_hosts AS (
-            SELECT src AS host, {_bin_sql(scores, config)} AS bin FROM {source} WHERE label = 1
-            UNION
-            SELECT dst, {_bin_sql(scores, config)} FROM {source} WHERE label = 1)
-        SELECT count(DISTINCT h.incident) FROM incident_hosts h
-        JOIN attack_hosts a ON a.host = h.host AND a.bin >= h.start_bin
-                            AND a.bin < h.stop_bin""").fetchall()[0][0]
-    con.unregister("incident_hosts")
-    return len(scores.incidents) - int(matched)
+    return int(con.execute(f"""
+        WITH incident_hosts AS ({INCIDENT_HOSTS}),
+        attack_hosts AS (
+            SELECT src AS host, t FROM {source} WHERE label = 1
+            UNION ALL SELECT dst, t FROM {source} WHERE label = 1),
+        matched AS (
+            SELECT DISTINCT h.incident_id FROM incident_hosts h
+            JOIN attack_hosts a ON a.host = h.host AND a.t >= h.start AND a.t < h."end")
+        SELECT count(*) FROM run.incidents
+        WHERE incident_id NOT IN (SELECT incident_id FROM matched)""").fetchall()[0][0])
 
 
 def _seconds(outcome: Outcome) -> float:
@@ -279,8 +289,9 @@ def table(outcome: Outcome, quick: bool) -> str:
         lines.append(f"| {record.stage} | {record.seconds:.2f} | {record.peak_mb:,.0f} |")
     seconds = _path_seconds(outcome)
     lines += [f"| zip to incidents | {seconds:.2f} | {_peak(outcome):,.0f} |", "",
-              f"Rate from the zip to incidents: {outcome.records / seconds:,.0f} scored "
-              f"records a second; {outcome.elements / seconds:,.0f} scored elements a second."]
+              f"Rate from the zip to incidents: {outcome.stored / seconds:,.0f} records a "
+              f"second ({outcome.stored:,} stored), {outcome.elements / seconds:,.0f} "
+              f"distinct (pair, minute) elements a second ({outcome.elements:,})."]
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from core import darpa, flows, ingest, linkstream, model_views, smd, store, views
 from core.config import (
     GAP_FILL_POLICIES,
+    METHODS,
     ModelConfig,
     RunConfig,
     SearchConfig,
@@ -174,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", help="name of the run (default: a UTC timestamp)")
     run.add_argument("--config", help="JSON file of run settings (RunConfig fields)")
     run.add_argument("--bin-seconds", type=int, help="base bin width in seconds")
+    run.add_argument("--scales", type=scale_list, metavar="1,K,...",
+                     help="bin widths scored, in base bins, the first 1 (default 1,4,16)")
     run.add_argument("--reference-start", help="ISO time: reference period start")
     run.add_argument("--reference-end", help="ISO time: reference period end")
     run.add_argument("--score-start", help="ISO time: first scored bin")
@@ -189,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also judge each element against its own scores in the "
                      "scored period, for a reference far in time from it (see "
                      "SearchConfig.calibrate_on_scored)")
+    run.add_argument("--method", choices=METHODS,
+                     help="model: train the auto-encoder; counts: test each link's and "
+                     "host's event counts against the reference, for link streams of "
+                     "many hosts; auto (default): counts for a link stream too large "
+                     "for the model's dense arrays")
     run.add_argument("--progress-file",
                      help="append JSON lines {stage, fraction} to this file")
     run.set_defaults(handler=command_run)
@@ -798,6 +806,17 @@ def command_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def scale_list(text: str) -> tuple[int, ...]:
+    """Parse --scales: comma-separated whole numbers such as 1,10,60."""
+    try:
+        scales = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid scales {text!r}: write whole numbers of base bins separated by "
+            "commas, such as 1,10,60") from None
+    return scales
+
+
 def run_config(args: argparse.Namespace) -> RunConfig:
     """Build a RunConfig from --config and the command-line overrides."""
     data: dict[str, Any] = {}
@@ -810,7 +829,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     stream = config.stream
     stream_overrides = {
         "bin_seconds": args.bin_seconds, "gap_fill": args.gap_fill,
-        "gap_fill_limit": args.gap_fill_limit,
+        "gap_fill_limit": args.gap_fill_limit, "scales": getattr(args, "scales", None),
     }
     stream_overrides = {k: v for k, v in stream_overrides.items() if v is not None}
     if stream_overrides:
@@ -823,6 +842,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     overrides = {
         "reference_start": args.reference_start, "reference_end": args.reference_end,
         "score_start": args.score_start, "score_end": args.score_end,
+        "method": getattr(args, "method", None),
     }
     search = config.search if isinstance(config.search, SearchConfig) else SearchConfig()
     if getattr(args, "calibrate_on_scored", False):

@@ -224,6 +224,9 @@ class SearchConfig:
         _check("scan_fanout", self.scan_fanout, self.scan_fanout >= 2, ">= 2")
 
 
+METHODS = ("auto", "model", "counts")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """One run: which bins train, calibrate and get scored, and with what settings.
@@ -233,6 +236,11 @@ class RunConfig:
     rest calibrates p-values and the null of the scan. Bins from `score_start` to
     `score_end` are scored; `None` means right after the reference and to the end.
     Bins in neither period (a gap between files) are binned but never scored.
+
+    `method`: "model" trains the auto-encoder on dense arrays of every device and
+    bin; "counts" tests each link's and host's event counts against their reference
+    laws (`core.countrun`), for link streams of many hosts without sensors; "auto"
+    takes "counts" for a link stream too large for the dense arrays.
     """
 
     stream: StreamConfig = field(default_factory=StreamConfig)
@@ -244,8 +252,10 @@ class RunConfig:
     score_end: str | None = None
     train_share: float = 0.6
     reference_share: float = 0.6
+    method: str = "auto"
 
     def __post_init__(self) -> None:
+        _check("method", self.method, self.method in METHODS, f"one of {', '.join(METHODS)}")
         _check("train_share", self.train_share, 0.2 <= self.train_share <= 0.9,
                "between 0.2 and 0.9")
         _check("reference_share", self.reference_share,

@@ -141,9 +141,20 @@ def build_elements(con: duckdb.DuckDBPyConnection, source: str, config: CountCon
     return origin
 
 
-def fit_laws(con: duckdb.DuckDBPyConnection, stop_bin: int, config: CountConfig) -> tuple[
-        pd.DataFrame, pd.DataFrame]:
-    """Fit each element's law on the bins that end by base bin `stop_bin`.
+def _overlapping(ranges: list[tuple[int, int]], table: str = "") -> str:
+    """SQL condition: the element's bin overlaps one of the base-bin `ranges`.
+    `table` qualifies the columns bin and scale (`e.`, say)."""
+    terms = [f"({table}bin * {table}scale < {stop} AND ({table}bin + 1) * {table}scale "
+             f"> {start})" for start, stop in ranges]
+    return " OR ".join(terms) if terms else "FALSE"
+
+
+def fit_laws(con: duckdb.DuckDBPyConnection, stop_bin: int, config: CountConfig,
+             accepted: list[tuple[int, int]] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit each element's law on the bins that end by base bin `stop_bin`, and on
+    those that overlap an `accepted` range of base bins. The kinds' laws come from
+    the former only: accepting one host's burst makes it normal for that host, not
+    for every newcomer.
 
     Returns:
         laws: scale, kind, src, dst, n (active bins), m1 and m2 (mean of count - 1 and of
@@ -151,21 +162,23 @@ def fit_laws(con: duckdb.DuckDBPyConnection, stop_bin: int, config: CountConfig)
         kinds: per scale and kind, m1 and m2 over all active element bins (`all_m1`,
             `all_m2`) and over newcomers' first bins (`new_m1`, `new_m2`).
     """
+    before = f"(bin + 1) * scale <= {stop_bin}"
+    reference = f"({before} OR {_overlapping(list(accepted))})"
     laws = con.execute(f"""
         SELECT scale, kind, src, dst, count(*) AS n, avg(count - 1) AS m1,
                avg((count - 1) * (count - 1)) AS m2
-        FROM count_elements WHERE (bin + 1) * scale <= {stop_bin}
+        FROM count_elements WHERE {reference}
         GROUP BY scale, kind, src, dst""").df()
     settle = int(stop_bin * config.newcomer_share)
     kinds = con.execute(f"""
         WITH firsts AS (
             SELECT scale, kind, src, dst, arg_min(count, bin) AS count, min(bin) AS bin
-            FROM count_elements WHERE (bin + 1) * scale <= {stop_bin}
+            FROM count_elements WHERE {before}
             GROUP BY scale, kind, src, dst),
         everything AS (
             SELECT scale, kind, avg(count - 1) AS all_m1,
                    avg((count - 1) * (count - 1)) AS all_m2
-            FROM count_elements WHERE (bin + 1) * scale <= {stop_bin} GROUP BY scale, kind),
+            FROM count_elements WHERE {before} GROUP BY scale, kind),
         newcomers AS (
             SELECT scale, kind, avg(count - 1) AS new_m1,
                    avg((count - 1) * (count - 1)) AS new_m2, count(*) AS newcomers
@@ -203,9 +216,10 @@ def upper_p(counts: np.ndarray, m1: np.ndarray, m2: np.ndarray,
 
 def element_p(con: duckdb.DuckDBPyConnection, start_bin: int, stop_bin: int | None,
               laws: pd.DataFrame, kinds: pd.DataFrame, config: CountConfig,
-              rng: np.random.Generator) -> pd.DataFrame:
-    """Return the elements inside base bins [start_bin, stop_bin) with their laws'
-    raw p-values, and their base bins `start` and `stop`."""
+              rng: np.random.Generator, skipped: list[tuple[int, int]] = ()) -> pd.DataFrame:
+    """Return the elements inside base bins [start_bin, stop_bin), except those that
+    overlap a `skipped` range, with their laws' raw p-values and their base bins
+    `start` and `stop`."""
     con.register("count_laws", laws)
     con.register("count_kinds", kinds)
     upper = "" if stop_bin is None else f"AND (e.bin + 1) * e.scale <= {stop_bin}"
@@ -220,6 +234,7 @@ def element_p(con: duckdb.DuckDBPyConnection, start_bin: int, stop_bin: int | No
           ON e.scale = l.scale AND e.kind = l.kind AND e.src = l.src
          AND e.dst IS NOT DISTINCT FROM l.dst
         WHERE e.bin * e.scale >= {start_bin} {upper}
+          AND NOT ({_overlapping(list(skipped), "e.")})
         ORDER BY e.scale, e.kind, e.bin, e.src, e.dst""").df()
     con.unregister("count_laws")
     con.unregister("count_kinds")
@@ -237,9 +252,14 @@ def element_p(con: duckdb.DuckDBPyConnection, start_bin: int, stop_bin: int | No
 
 
 def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: int,
-                 config: CountConfig = CountConfig()) -> CountScores:
+                 config: CountConfig = CountConfig(),
+                 accepted_us: list[tuple[int, int]] = ()) -> CountScores:
     """Score every element of `source` from `reference_end_us` (epoch microseconds)
-    on against the laws of the events before it, and take out the incidents."""
+    on against the laws of the events before it, and take out the incidents.
+
+    The bins that overlap an `accepted_us` interval (epoch microseconds, behaviour an
+    analyst accepted as normal) join the reference and are not scored.
+    """
     rng = np.random.default_rng(config.seed)
     origin = build_elements(con, source, config)
     reference_bins = int((reference_end_us - origin) // (config.bin_seconds * MICROS))
@@ -249,10 +269,13 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
             f"the reference contains {reference_bins} bins of {config.bin_seconds} s; it "
             f"needs at least 2 so that {config.holdout_share:.0%} of them calibrate; "
             "choose a later reference end")
-    laws, kinds = fit_laws(con, split, config)
+    width = config.bin_seconds * MICROS
+    accepted = [((start - origin) // width, -(-(stop - origin) // width))
+                for start, stop in accepted_us]
+    laws, kinds = fit_laws(con, split, config, accepted)
     held_out = element_p(con, split, reference_bins, laws, kinds, config, rng)
-    laws, kinds = fit_laws(con, reference_bins, config)
-    scored = element_p(con, reference_bins, None, laws, kinds, config, rng)
+    laws, kinds = fit_laws(con, reference_bins, config, accepted)
+    scored = element_p(con, reference_bins, None, laws, kinds, config, rng, accepted)
     scored["p_value"] = scored["p_raw"]
     for (scale, kind), null in held_out.groupby(["scale", "kind"]):
         mapping = scoring.null_mapping(null["p_raw"].to_numpy(np.float64))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from core import localize, scoring, store, train
+from core import countrun, localize, scoring, store, train
 from core.accepted import apply_accepted, list_accepted
 from core.config import RunConfig
 from core.errors import DataError
@@ -72,6 +72,11 @@ def run_pipeline(
     report = progress or (lambda stage, fraction: None)
     run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("run-%Y%m%dT%H%M%S%fZ")
     workspace.run_path(run_id)
+    if snapshots is None and countrun.wants_counts(workspace, config):
+        log.info("run %s: link stream scored by its event counts", run_id)
+        path, incidents, members, info = countrun.run_counts(workspace, config, run_id,
+                                                             timer, report)
+        return RunResult(run_id, path, incidents, members, timer, info)
     seed = config.model.seed
     rng = np.random.default_rng(seed)
 

@@ -66,7 +66,8 @@ def test_generated_zip_scores_records_and_finds_both_attacks(darpa_folder) -> No
     assert instances.loc["ipsweep", ["instances", "found"]].tolist() == [40, 40]
     assert outcome.incidents == 2
     assert outcome.unmatched_incidents == 0
-    assert [record.stage for record in outcome.stages] == ["ingest", "score", "evaluate"]
+    assert [record.stage for record in outcome.stages] == [
+        "ingest", "scoring", "localization", "publishing", "evaluate"]
 
 
 def test_bench_real_runs_darpa_and_prints_its_figures(darpa_folder, capsys) -> None:

@@ -1,0 +1,166 @@
+"""`tgloc run` on a link stream through the count path: the choice of path, the run
+file, accepted behaviour, and the dashboard pages on that file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import countrun, darpa, pipeline, store
+from core.accepted import accept_incident
+from core.cli import main
+from core.config import RunConfig
+from core.errors import DataError
+from tests.test_real_darpa import SWEPT, darpa_file
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+REFERENCE_END = "1998-06-15T00:00:00Z"
+FLOOD_SOURCE, FLOOD_VICTIM = "135.13.216.191", "172.16.112.10"
+SWEEPER = "202.77.162.213"
+
+
+@pytest.fixture(scope="module")
+def stream_workspace(tmp_path_factory) -> store.Workspace:
+    root = tmp_path_factory.mktemp("counts")
+    darpa_file(root / "darpa.zip")
+    workspace = store.Workspace.create(root / "workspace")
+    darpa.ingest_darpa(workspace, root / "darpa.zip")
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def count_run(stream_workspace) -> pipeline.RunResult:
+    config = RunConfig(reference_end=REFERENCE_END, method="counts")
+    return pipeline.run_pipeline(stream_workspace, config, run_id="counts")
+
+
+def run_table(workspace: store.Workspace, run_id: str, sql: str) -> pd.DataFrame:
+    with duckdb.connect(str(workspace.run_path(run_id)), read_only=True) as con:
+        return con.execute(sql).df()
+
+
+def test_count_run_publishes_flood_and_sweep(stream_workspace, count_run) -> None:
+    assert count_run.info["method"] == countrun.METHOD
+    incidents = run_table(stream_workspace, "counts", "SELECT * FROM incidents ORDER BY start")
+    assert len(incidents) == 2
+    assert list(incidents["type"]) == ["communication", "communication"]
+    flood, sweep = incidents["incident_id"]
+    members = run_table(stream_workspace, "counts", "SELECT * FROM incident_members")
+    flood_members = members[members["incident_id"] == flood]
+    assert set(flood_members.loc[flood_members["role"] == "device", "device"]) == {
+        FLOOD_SOURCE, FLOOD_VICTIM}
+    pair = flood_members[flood_members["role"] == "pair"]
+    assert list(zip(pair["device"], pair["peer"])) == [(FLOOD_SOURCE, FLOOD_VICTIM)]
+    sweep_members = members[members["incident_id"] == sweep]
+    assert list(sweep_members.loc[sweep_members["role"] == "device", "device"]) == [SWEEPER]
+    targets = sweep_members.loc[sweep_members["role"] == "target", "device"]
+    assert sorted(targets) == sorted(".".join(str(int(octet)) for octet in host.split("."))
+                                     for host in SWEPT)
+    assert incidents.loc[0, "start"] == pd.Timestamp("1998-06-15 09:00", tz="UTC")
+    assert incidents.loc[0, "end"] == pd.Timestamp("1998-06-15 09:04", tz="UTC")
+
+
+def test_count_run_tables_cover_hosts_and_bins(stream_workspace, count_run) -> None:
+    devices = run_table(stream_workspace, "counts", "SELECT * FROM devices")
+    # 8 clients polling 8 servers, the flood's source, the sweeper and the swept hosts.
+    assert len(devices) == 8 + 8 + 1 + 1 + len(SWEPT)
+    assert len(devices) == len(set(devices["device"]))
+    assert {FLOOD_SOURCE, SWEEPER} <= set(devices["device"])
+    bins = run_table(stream_workspace, "counts",
+                     "SELECT period, count(*) AS n FROM bins WHERE scale = 1 GROUP BY 1")
+    periods = dict(zip(bins["period"], bins["n"]))
+    # 13 June 12:00 to 15 June: 36 hours of reference, 30% held out to calibrate.
+    assert periods["train"] + periods["calibration"] == 36 * 60
+    assert periods["score"] == 24 * 60
+    evidence = run_table(stream_workspace, "counts",
+                         "SELECT max(evidence) AS top FROM device_evidence "
+                         f"WHERE device = '{FLOOD_VICTIM}' AND scale = 1")
+    assert evidence.loc[0, "top"] > 10
+    assert run_table(stream_workspace, "counts",
+                     "SELECT count(*) AS n FROM training_loss").loc[0, "n"] == 0
+
+
+def test_auto_takes_counts_only_beyond_the_dense_limit(stream_workspace,
+                                                       monkeypatch) -> None:
+    config = RunConfig(reference_end=REFERENCE_END)
+    bins, devices, measured = countrun.dense_cells(stream_workspace, 60)
+    assert (bins, devices, measured) == (60 * 60, 58, False)
+    assert not countrun.wants_counts(stream_workspace, config)
+    monkeypatch.setattr(countrun, "DENSE_CELL_LIMIT", bins * devices - 1)
+    assert countrun.wants_counts(stream_workspace, config)
+    assert not countrun.wants_counts(stream_workspace, RunConfig(method="model"))
+
+
+def test_counts_reject_a_store_with_readings(tmp_path, monkeypatch) -> None:
+    workspace = store.Workspace.create(tmp_path)
+    with store.connect(workspace.store_path) as con:
+        con.execute("INSERT INTO events VALUES ('2024-01-01 00:00:00+00', 'a', 'b', 1, "
+                    "NULL, NULL, NULL, 0, NULL)")
+        con.execute("INSERT INTO measurements VALUES ('2024-01-01 00:00:00+00', 'a', "
+                    "'temperature', 20.5, NULL, NULL)")
+    with pytest.raises(DataError, match="sensor readings"):
+        countrun.wants_counts(workspace, RunConfig(method="counts"))
+    monkeypatch.setattr(countrun, "DENSE_CELL_LIMIT", 0)
+    with pytest.raises(DataError, match="more than the 0 cells"):
+        countrun.wants_counts(workspace, RunConfig())
+
+
+def test_accepted_flood_is_reference_in_the_next_run(tmp_path) -> None:
+    darpa_file(tmp_path / "darpa.zip")
+    workspace = store.Workspace.create(tmp_path / "workspace")
+    darpa.ingest_darpa(workspace, tmp_path / "darpa.zip")
+    config = RunConfig(reference_end=REFERENCE_END, method="counts")
+    first = pipeline.run_pipeline(workspace, config, run_id="first")
+    flood = first.incidents.sort_values("start").iloc[0]
+    members = first.members[first.members["incident_id"] == flood["incident_id"]]
+    accept_incident(workspace, "first", flood["incident_id"], members, flood["start"],
+                    flood["end"], "ana")
+
+    second = pipeline.run_pipeline(workspace, config, run_id="second")
+
+    assert len(second.incidents) == 1
+    assert second.incidents.iloc[0]["start"] == pd.Timestamp("1998-06-15 14:00", tz="UTC")
+    assert [record["bins"] for record in second.info["accepted"]] == [4]
+    periods = run_table(workspace, "second", """
+        SELECT period FROM bins WHERE scale = 1 AND start >= '1998-06-15 09:00+00'
+        AND start < '1998-06-15 09:04+00'""")
+    assert set(periods["period"]) == {"train"}
+
+
+def test_cli_run_counts_prints_its_incidents(stream_workspace, capsys) -> None:
+    code = main(["run", "--workspace", str(stream_workspace.root), "--run-id", "cli",
+                 "--reference-end", REFERENCE_END, "--method", "counts",
+                 "--scales", "1,10,60"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "run cli: 2 incidents" in printed
+    info = store.read_run_info(stream_workspace, "cli")
+    assert info["config"]["stream"]["scales"] == [1, 10, 60]
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--workspace", str(stream_workspace.root), "--scales", "1,x"])
+    assert exited.value.code == 2
+    assert "invalid scales '1,x'" in capsys.readouterr().err
+
+
+def test_incident_page_lists_count_run_members(stream_workspace, count_run,
+                                               monkeypatch) -> None:
+    monkeypatch.setenv("TGLOC_WORKSPACE", str(stream_workspace.root))
+    monkeypatch.chdir(REPOSITORY)
+    sweep = count_run.incidents.sort_values("start").iloc[1]["incident_id"]
+    app = AppTest.from_file(str(REPOSITORY / "app.py"), default_timeout=60)
+    app.query_params["run"] = "counts"
+    app.query_params["incident"] = sweep
+    app.run()
+    app.switch_page("pages/2_Incident.py").run()
+
+    assert not app.exception
+    assert not app.error
+    members = app.dataframe[0].value
+    assert list(members.loc[members["role"] == "device", "device"]) == [SWEEPER]
+    assert (members["role"] == "target").sum() == 20  # the table's strongest 20
+    assert any(f"+{len(SWEPT) - 20} more targets" in caption.value
+               for caption in app.caption)
