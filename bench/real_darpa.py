@@ -5,9 +5,9 @@ The data is the DARPA 1998 intrusion detection evaluation as MIDAS distributes i
 README fixes: the reference is 1 to 14 June 1998, and every record from 15 June on
 is scored; 94% of the hosts seen from 15 June never appear before it.
 
-The run is tgloc's own, as a user gets it from the zip: the DARPA import
-(`core.darpa`) stores the records, and `tgloc run --method counts` (the path that
-`--method auto` takes for a link stream this large) scores them without a dense
+The run is tgloc's own, as a user gets it from the zip. The DARPA import
+(`core.darpa`) stores the records. `tgloc run --method counts`, the path that
+`--method auto` takes for a link stream this large, scores them without a dense
 array (`core.countrun`, `core.linkcounts`). DuckDB aggregates the records into
 (pair, bin) and (host, bin) elements at bins of 1, 10 and 60 minutes; each
 element's count is tested against its reference count law (or its kind's law of
@@ -99,8 +99,10 @@ def run(data_dir: Path, quick: bool) -> dict:
 
 
 def run_config(quick: bool, scored_end: pd.Timestamp | None = None) -> RunConfig:
-    """The run settings: the count path with bins of 1, 10 and 60 minutes."""
-    end = scored_end if scored_end is not None else (QUICK_END if quick else None)
+    """Return the run settings: the count path with bins of 1, 10 and 60 minutes."""
+    end = scored_end
+    if end is None and quick:
+        end = QUICK_END
     return RunConfig(stream=StreamConfig(bin_seconds=60, scales=SCALES),
                      reference_end=REFERENCE_END.isoformat(),
                      score_end=None if end is None else end.isoformat(), method="counts")

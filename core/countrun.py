@@ -32,7 +32,7 @@ KEPT_P = 0.2
 HOST_KIND = "host"
 METHOD = "link counts"
 # Dense arrays above this many (bin, device) cells do not fit the model's path on a
-# machine of 8 GB: each cell holds 6 communication features and a mask.
+# machine of 8 GB, because each cell has 6 communication features and a mask.
 DENSE_CELL_LIMIT = 150_000_000
 ELEMENT_NAMES = {"out": "sent events", "in": "received events"}
 
@@ -110,7 +110,10 @@ def run_counts(workspace: store.Workspace, config: RunConfig, run_id: str,
     report("publishing", 0.0)
     with timer.stage("publishing"):
         kept = scores.elements[scores.elements["p_value"] <= KEPT_P]
-        elements = _element_table(kept)
+        # Every held-out element is kept, so the Model page's calibration check
+        # shows the laws' p-values over the whole of [0, 1].
+        elements = pd.concat([_element_table(scores.held_out, "held out"),
+                              _element_table(kept)], ignore_index=True)
         from core.pipeline import device_evidence
 
         info = _run_info(run_id, config, scores, counts, devices, bins, days)
@@ -135,8 +138,8 @@ def _reference_end(config: RunConfig, first_us: int, last_us: int) -> int:
 
 
 def _scored_source(con, config: RunConfig) -> str:
-    """A view of the events the run reads: from `reference_start` (if set) to
-    `score_end` (if set)."""
+    """Create the view of the events the run reads, from `reference_start` (if set)
+    to `score_end` (if set), and return its name."""
     bounds = []
     if config.reference_start is not None:
         bounds.append(f"t >= TIMESTAMPTZ '{pd.Timestamp(config.reference_start).isoformat()}'")
@@ -149,7 +152,7 @@ def _scored_source(con, config: RunConfig) -> str:
 
 
 def _devices(con, origin_us: int, bin_seconds: int) -> pd.DataFrame:
-    """Every host, ordered by its first bin, with the kinds the store declares."""
+    """Return every host, ordered by its first bin, with the kinds the store declares."""
     width = bin_seconds * linkcounts.MICROS
     frame = con.execute(f"""
         WITH seen AS (
@@ -171,8 +174,9 @@ def _devices(con, origin_us: int, bin_seconds: int) -> pd.DataFrame:
 def _bins(con, source: str, scores: linkcounts.CountScores,
           counts: linkcounts.CountConfig, last_us: int,
           accepted_us: list[tuple[int, int]]) -> pd.DataFrame:
-    """One row per bin and scale with its period, events and strongest evidence.
-    A scored bin that overlaps an accepted interval is in the training period."""
+    """Return one row per bin and scale with its period, events and strongest
+    evidence. A scored bin that overlaps an accepted interval is in the training
+    period."""
     width = counts.bin_seconds * linkcounts.MICROS
     num_bins = int((last_us - scores.origin_us) // width) + 1
     events = con.execute(f"""
@@ -211,8 +215,8 @@ def _bins(con, source: str, scores: linkcounts.CountScores,
 
 def _accepted_records(accepted: pd.DataFrame, bins: pd.DataFrame,
                       scale: int) -> list[dict]:
-    """One record per accepted interval, with the base bins of it now in the
-    reference (0 when it lies outside the run's data), as `apply_accepted` keeps."""
+    """Return one record per accepted interval with its base bins now in the
+    reference (0 when it lies outside the run's data), as `apply_accepted` does."""
     base = bins[(bins["scale"] == scale) & (bins["period"] == "train")]
     records = []
     for row in accepted.itertuples(index=False):
@@ -232,7 +236,8 @@ def _scored_days(scores: linkcounts.CountScores, counts: linkcounts.CountConfig,
 
 def describe(scores: linkcounts.CountScores, devices: pd.DataFrame,
              counts: linkcounts.CountConfig, days: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The incidents table and their members, in the layout of the model's runs."""
+    """Return the incidents table and their members, in the layout of the model's
+    runs."""
     from core.pipeline import summarize
 
     criticality = dict(zip(devices["device"], devices["criticality"].astype(float)))
@@ -293,9 +298,10 @@ def _members(identifier: str, incident, inside: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def _element_table(elements: pd.DataFrame) -> pd.DataFrame:
-    """Elements in the run's layout: a host's sent and received counts are device
-    elements named by their sensor column."""
+def _element_table(elements: pd.DataFrame, calibration: str | None = None) -> pd.DataFrame:
+    """Return the elements in the run's layout. A host's sent and received counts
+    are device elements, named by their sensor column. The calibration column
+    names the law (own or newcomer), or is `calibration` when given."""
     pair = elements["kind"] == "pair"
     return pd.DataFrame({
         "kind": np.where(pair, "pair", "device"),
@@ -309,7 +315,8 @@ def _element_table(elements: pd.DataFrame) -> pd.DataFrame:
         "residual": (elements["count"] - elements["expected"]).to_numpy(np.float64),
         "score": -np.log10(elements["p_raw"].clip(lower=1e-300)).to_numpy(np.float64),
         "p_value": elements["p_value"].to_numpy(np.float64),
-        "calibration": np.where(elements["novel"], "newcomer law", "own law"),
+        "calibration": (calibration if calibration is not None
+                        else np.where(elements["novel"], "newcomer law", "own law")),
     })
 
 

@@ -8,8 +8,8 @@ that exist, and every later step works on those rows.
 Elements, per bin: a pair (src, dst) with its number of events, a host's sent
 events (`out`) and its received events (`in`). Each element has a count law fitted
 to the reference bins where it was active: the count minus one is Poisson, or
-negative binomial where it varies more, with its mean and second moment drawn
-towards its kind's law by `prior_bins` pseudo-bins, so an element seen in two
+negative binomial where it varies more. Its mean and second moment are drawn
+towards its kind's law by `prior_bins` pseudo-bins. So an element seen in two
 reference bins does not get a tail as narrow as one seen in two thousand. An
 element never active in the reference (a new host, a new pair) takes its kind's
 law of newcomers: the counts of elements in the first bin they were seen, after the
@@ -58,7 +58,7 @@ class CountConfig:
     Attributes:
         bin_seconds: width of a base bin.
         scales: bin widths scored, in base bins. A slow sweep that sends a few
-            events a minute stands out over an hour.
+            events a minute is visible over an hour.
         holdout_share: share of the reference bins, at its end, held out to
             calibrate the p-values.
         prior_bins: pseudo-bins of the kind's law mixed into each element's law.
@@ -87,10 +87,13 @@ class CountScores:
     Attributes:
         origin_us: epoch microseconds of the start of bin 0.
         reference_bins: bins before this one are the reference.
-        elements: one row per scored element: scale, kind, src, dst (NULL unless a
-            pair, because a host element names its host in src), bin (at its scale),
-            start and stop (base bins), count, expected (the law's mean count),
-            novel, p_raw, p_value (calibrated).
+        elements: one row per scored element: scale, kind, src, dst, bin (at its
+            scale), start and stop (base bins), count, expected (the law's mean
+            count), novel, p_raw, p_value (calibrated). A host element names its
+            host in src, and its dst is NULL.
+        held_out: the elements of the held-out end of the reference, in the layout
+            of `elements`, with `p_raw` from the laws fitted before it (their
+            `p_value` is `p_raw`: these p-values are what the calibration maps).
         tests: number of element tests in the scored bins.
         limit: the calibrated p-value at or below which an element is flagged.
         incidents: one row per incident: incident, start_bin, stop_bin, devices,
@@ -102,6 +105,7 @@ class CountScores:
     origin_us: int
     reference_bins: int
     elements: pd.DataFrame
+    held_out: pd.DataFrame
     tests: int
     limit: float
     incidents: pd.DataFrame
@@ -286,14 +290,16 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
     limit = config.level / max(tests, 1)
     incidents = gather_incidents(scored, limit, tests, config.merge_gap)
     incidents["targets"] = reached_hosts(con, scored, incidents, limit)
-    return CountScores(origin, reference_bins, scored, tests, limit, incidents)
+    held_out["p_value"] = held_out["p_raw"]
+    return CountScores(origin, reference_bins, scored, held_out, tests, limit, incidents)
 
 
 def reached_hosts(con: duckdb.DuckDBPyConnection, scored: pd.DataFrame,
                   incidents: pd.DataFrame, limit: float) -> list[list[str]]:
-    """Per incident, the hosts that its devices' flagged sent or received events
-    reached in their bins, other than its devices: the hosts a sweep touched, or the
-    sources of a flood, none of whose pairs needs to be abnormal on its own."""
+    """Return, per incident, the hosts that its devices' flagged sent or received
+    events reached in their bins, other than its devices. These are the hosts a
+    sweep touched, or the sources of a flood. None of their pairs needs to be
+    abnormal on its own."""
     if incidents.empty:
         return []
     flagged = scored[(scored["p_value"] <= limit) & (scored["kind"] != "pair")]

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import model_views, plots
+from core.countrun import METHOD as COUNT_METHOD
 from pages.common import ui, window
 
 st.set_page_config(page_title="tgloc · Model", layout="wide")
@@ -18,7 +19,13 @@ def main() -> None:
         ui.no_run_message()
         return
 
+    info = ui.load("run_info", context)
+    counts = info.get("method") == COUNT_METHOD
     st.subheader("Training loss")
+    if counts:
+        st.caption("No model was trained: this run tested each link's and host's event "
+                   "counts against their reference count laws (the count path for "
+                   "large link streams).")
     loss = ui.load("training_loss", context)
     if not loss.empty:
         last = loss.iloc[-1]
@@ -30,18 +37,24 @@ def main() -> None:
     summary = ui.load("run_summary", context)
     scale = window.scale_picker(summary["scales"])
     histogram = ui.load("reference_p_values", context, scale)
-    st.caption(
-        "p-values of the elements in the calibration bins. With a valid calibration "
-        "they are uniform, so the histogram is flat; a peak near 0 means the "
-        "reference looked anomalous."
-    )
+    if counts:
+        st.caption(
+            "p-values of the elements in the held-out end of the reference, under the "
+            "count laws fitted before it. Where the laws fit, they are uniform and the "
+            "histogram is flat. A peak near 0 means counts vary more than the laws "
+            "allow, and the run's calibration maps these p-values for that reason.")
+    else:
+        st.caption(
+            "p-values of the elements in the calibration bins. With a valid calibration "
+            "they are uniform, so the histogram is flat; a peak near 0 means the "
+            "reference looked anomalous."
+        )
     if histogram.empty:
         st.info("The run has no calibration bins at this scale. Pick scale 1.")
     else:
         st.metric("Reference elements", f"{int(histogram['elements'].sum()):,}")
     st.plotly_chart(plots.p_value_histogram_figure(histogram), key="p_values")
 
-    info = ui.load("run_info", context)
     st.subheader("Input")
     notes = model_views.run_notes(info)
     if notes:
@@ -61,7 +74,8 @@ def main() -> None:
     st.text(f"Run {context.run_id}, created {info.get('created', 'unknown')}")
     st.json(info.get("config", {}), expanded=2)
     details = {key: value for key, value in info.items()
-               if key in ("periods", "versions", "origin", "model_checksum")}
+               if key in ("periods", "versions", "origin", "model_checksum", "method",
+                          "count_path")}
     with st.expander("Periods, versions and checksum"):
         st.json(details)
 

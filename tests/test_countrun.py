@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import countrun, darpa, pipeline, store
+from core import countrun, darpa, model_views, pipeline, store
 from core.accepted import accept_incident
 from core.cli import main
 from core.config import RunConfig
@@ -43,7 +43,7 @@ def run_table(workspace: store.Workspace, run_id: str, sql: str) -> pd.DataFrame
         return con.execute(sql).df()
 
 
-def test_count_run_publishes_flood_and_sweep(stream_workspace, count_run) -> None:
+def test_count_run_flood_and_sweep(stream_workspace, count_run) -> None:
     assert count_run.info["method"] == countrun.METHOD
     incidents = run_table(stream_workspace, "counts", "SELECT * FROM incidents ORDER BY start")
     assert len(incidents) == 2
@@ -64,7 +64,7 @@ def test_count_run_publishes_flood_and_sweep(stream_workspace, count_run) -> Non
     assert incidents.loc[0, "end"] == pd.Timestamp("1998-06-15 09:04", tz="UTC")
 
 
-def test_count_run_tables_cover_hosts_and_bins(stream_workspace, count_run) -> None:
+def test_count_run_hosts_and_bins(stream_workspace, count_run) -> None:
     devices = run_table(stream_workspace, "counts", "SELECT * FROM devices")
     # 8 clients polling 8 servers, the flood's source, the sweeper and the swept hosts.
     assert len(devices) == 8 + 8 + 1 + 1 + len(SWEPT)
@@ -82,9 +82,15 @@ def test_count_run_tables_cover_hosts_and_bins(stream_workspace, count_run) -> N
     assert evidence.loc[0, "top"] > 10
     assert run_table(stream_workspace, "counts",
                      "SELECT count(*) AS n FROM training_loss").loc[0, "n"] == 0
+    # The held-out end of the reference feeds the Model page's calibration check.
+    reference = model_views.reference_p_values(stream_workspace, "counts", 1)
+    held_out = run_table(stream_workspace, "counts", """
+        SELECT count(*) AS n FROM elements WHERE calibration = 'held out' AND scale = 1""")
+    assert reference["elements"].sum() == held_out.loc[0, "n"] > 1000
+    assert reference["bucket"].nunique() == model_views.P_VALUE_BUCKETS
 
 
-def test_auto_takes_counts_only_beyond_the_dense_limit(stream_workspace,
+def test_auto_counts_beyond_dense_limit(stream_workspace,
                                                        monkeypatch) -> None:
     config = RunConfig(reference_end=REFERENCE_END)
     bins, devices, measured = countrun.dense_cells(stream_workspace, 60)
@@ -95,7 +101,7 @@ def test_auto_takes_counts_only_beyond_the_dense_limit(stream_workspace,
     assert not countrun.wants_counts(stream_workspace, RunConfig(method="model"))
 
 
-def test_counts_reject_a_store_with_readings(tmp_path, monkeypatch) -> None:
+def test_counts_reject_sensor_readings(tmp_path, monkeypatch) -> None:
     workspace = store.Workspace.create(tmp_path)
     with store.connect(workspace.store_path) as con:
         con.execute("INSERT INTO events VALUES ('2024-01-01 00:00:00+00', 'a', 'b', 1, "
@@ -109,7 +115,7 @@ def test_counts_reject_a_store_with_readings(tmp_path, monkeypatch) -> None:
         countrun.wants_counts(workspace, RunConfig())
 
 
-def test_accepted_flood_is_reference_in_the_next_run(tmp_path) -> None:
+def test_accepted_flood_joins_reference(tmp_path) -> None:
     darpa_file(tmp_path / "darpa.zip")
     workspace = store.Workspace.create(tmp_path / "workspace")
     darpa.ingest_darpa(workspace, tmp_path / "darpa.zip")
@@ -131,7 +137,7 @@ def test_accepted_flood_is_reference_in_the_next_run(tmp_path) -> None:
     assert set(periods["period"]) == {"train"}
 
 
-def test_cli_run_counts_prints_its_incidents(stream_workspace, capsys) -> None:
+def test_cli_run_counts(stream_workspace, capsys) -> None:
     code = main(["run", "--workspace", str(stream_workspace.root), "--run-id", "cli",
                  "--reference-end", REFERENCE_END, "--method", "counts",
                  "--scales", "1,10,60"])
@@ -146,7 +152,7 @@ def test_cli_run_counts_prints_its_incidents(stream_workspace, capsys) -> None:
     assert "invalid scales '1,x'" in capsys.readouterr().err
 
 
-def test_incident_page_lists_count_run_members(stream_workspace, count_run,
+def test_incident_page_count_members(stream_workspace, count_run,
                                                monkeypatch) -> None:
     monkeypatch.setenv("TGLOC_WORKSPACE", str(stream_workspace.root))
     monkeypatch.chdir(REPOSITORY)
@@ -164,3 +170,23 @@ def test_incident_page_lists_count_run_members(stream_workspace, count_run,
     assert (members["role"] == "target").sum() == 20  # the table's strongest 20
     assert any(f"+{len(SWEPT) - 20} more targets" in caption.value
                for caption in app.caption)
+
+
+def test_model_page_count_run(stream_workspace, count_run, monkeypatch) -> None:
+    monkeypatch.setenv("TGLOC_WORKSPACE", str(stream_workspace.root))
+    monkeypatch.chdir(REPOSITORY)
+    app = AppTest.from_file(str(REPOSITORY / "app.py"), default_timeout=60)
+    app.query_params["run"] = "counts"
+    app.run()
+    app.switch_page("pages/5_Model.py").run()
+
+    assert not app.exception
+    assert not app.error
+    captions = " ".join(caption.value for caption in app.caption)
+    assert "No model was trained" in captions
+    assert "held-out end of the reference" in captions
+    held_out = run_table(stream_workspace, "counts", """
+        SELECT count(*) AS n FROM elements e JOIN bins b USING (scale, bin)
+        WHERE b.period = 'calibration' AND e.scale = 1""").loc[0, "n"]
+    assert [m.value for m in app.metric if m.label == "Reference elements"] == [
+        f"{held_out:,}"]

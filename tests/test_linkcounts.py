@@ -51,7 +51,7 @@ def score(events: pd.DataFrame) -> linkcounts.CountScores:
     return linkcounts.score_stream(load(events), "events", REFERENCE_END.value // 1000)
 
 
-def test_stream_with_nothing_planted_has_no_incident() -> None:
+def test_null_stream_no_incident() -> None:
     for seed in range(3):
         scores = score(normal_events(seed))
         assert scores.incidents.empty, scores.incidents.to_string()
@@ -64,7 +64,7 @@ def test_stream_with_nothing_planted_has_no_incident() -> None:
         assert sorted(set(hourly["bin"])) == list(range(36, 48))
 
 
-def test_flood_on_a_known_pair_is_an_incident_of_its_two_hosts() -> None:
+def test_flood_names_both_hosts() -> None:
     events = normal_events(0)
     onset = minute_of(40)
     flood = pd.DataFrame([(onset + m, HOSTS[3], HOSTS[4]) for m in range(3)
@@ -82,7 +82,7 @@ def test_flood_on_a_known_pair_is_an_incident_of_its_two_hosts() -> None:
     assert incident["significance"] <= 0.05
 
 
-def test_sweep_from_a_new_host_names_the_hosts_it_reached() -> None:
+def test_sweep_names_reached_hosts() -> None:
     events = normal_events(1)
     onset = minute_of(42)
     swept = [f"192.168.7.{i}" for i in range(1, 61)]
@@ -100,7 +100,7 @@ def test_sweep_from_a_new_host_names_the_hosts_it_reached() -> None:
     assert (swept_pairs["p_value"] > scores.limit).all()
 
 
-def test_new_host_at_a_normal_rate_is_not_flagged() -> None:
+def test_new_host_normal_rate_unflagged() -> None:
     events = normal_events(2)
     rng = np.random.default_rng(5)
     later = np.arange(minute_of(38), minute_of(48))
@@ -116,7 +116,7 @@ def test_new_host_at_a_normal_rate_is_not_flagged() -> None:
     assert len(own) > 100
 
 
-def test_counts_above_the_law_get_smaller_p_values() -> None:
+def test_larger_count_smaller_p_value() -> None:
     rng = np.random.default_rng(0)
     counts = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
     p = linkcounts.upper_p(counts, np.full(5, 0.5), np.full(5, 0.75), rng)
@@ -126,7 +126,7 @@ def test_counts_above_the_law_get_smaller_p_values() -> None:
     assert np.all(wide[2:] > p[2:])
 
 
-def test_reference_that_cannot_be_split_is_refused() -> None:
+def test_unsplittable_reference_rejected() -> None:
     events = normal_events(0)
     con = load(events)
     with pytest.raises(ValueError, match="reference contains 1 bins"):

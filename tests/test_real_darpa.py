@@ -48,7 +48,7 @@ def darpa_folder(tmp_path):
     return tmp_path / "data"
 
 
-def test_generated_zip_scores_records_and_finds_both_attacks(darpa_folder) -> None:
+def test_generated_zip_finds_both_attacks(darpa_folder) -> None:
     outcome = real_darpa.measure(darpa_folder / real_darpa.FOLDER / real_darpa.ARCHIVE,
                                  quick=False)
 
@@ -70,7 +70,7 @@ def test_generated_zip_scores_records_and_finds_both_attacks(darpa_folder) -> No
         "ingest", "scoring", "localization", "publishing", "evaluate"]
 
 
-def test_bench_real_runs_darpa_and_prints_its_figures(darpa_folder, capsys) -> None:
+def test_bench_real_prints_darpa(darpa_folder, capsys) -> None:
     code = real.main(["--data", str(darpa_folder), "--only", "darpa"])
 
     assert code == 0
@@ -84,7 +84,7 @@ def test_bench_real_runs_darpa_and_prints_its_figures(darpa_folder, capsys) -> N
 
 
 @pytest.mark.data
-def test_real_zip_beats_midas_r_per_record() -> None:
+def test_real_zip_beats_midas_r() -> None:
     folder = data_folder(real_darpa.FOLDER)
 
     outcome = real_darpa.measure(folder / real_darpa.ARCHIVE, quick=False)
