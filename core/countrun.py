@@ -264,13 +264,18 @@ def describe(scores: linkcounts.CountScores, devices: pd.DataFrame,
             "false_alarms_per_day": incident.p_min * scores.tests / days,
             "summary": summarize("communication", list(incident.devices),
                                  len(incident.targets), 0, begin, end),
+            "evidence": float(-np.log10(inside["p_value"].clip(lower=1e-300)).sum()),
         })
         member_rows += _members(identifier, incident, inside)
     table = pd.DataFrame(rows, columns=[
         "incident_id", "start", "end", "type", "score", "threshold", "alpha", "scale",
-        "severity", "p_value", "false_alarms_per_day", "summary"])
-    table = table.sort_values(["severity", "score"], ascending=False, kind="stable")
-    table = table.drop_duplicates("incident_id").reset_index(drop=True)
+        "severity", "p_value", "false_alarms_per_day", "summary", "evidence"])
+    # Most attacks reach the p-value floor, so their severities tie. The summed
+    # evidence of the flagged elements ranks a long flood above a one-minute burst.
+    table = table.sort_values(["severity", "score", "evidence"], ascending=False,
+                              kind="stable")
+    table = table.drop_duplicates("incident_id").drop(columns="evidence").reset_index(
+        drop=True)
     table.insert(1, "rank", np.arange(1, len(table) + 1))
     members = pd.DataFrame(member_rows, columns=[
         "incident_id", "role", "device", "peer", "sensor", "evidence", "p_value"])

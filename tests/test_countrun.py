@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import countrun, darpa, model_views, pipeline, store
+from core import countrun, darpa, linkcounts, model_views, pipeline, store
 from core.accepted import accept_incident
 from core.cli import main
 from core.config import RunConfig
@@ -190,3 +190,27 @@ def test_model_page_count_run(stream_workspace, count_run, monkeypatch) -> None:
         WHERE b.period = 'calibration' AND e.scale = 1""").loc[0, "n"]
     assert [m.value for m in app.metric if m.label == "Reference elements"] == [
         f"{held_out:,}"]
+
+
+def test_tied_incidents_rank_by_evidence() -> None:
+    def element(host: str, minute: int) -> dict:
+        return {"scale": 1, "kind": "out", "src": host, "dst": None, "bin": minute,
+                "start": minute, "stop": minute + 1, "count": 90.0, "expected": 2.0,
+                "novel": False, "p_raw": 1e-12, "p_value": 1e-12}
+
+    # A one-minute burst first, then a three-minute flood; both reach the floor.
+    elements = pd.DataFrame([element("a", 10)] + [element("b", m) for m in (50, 51, 52)])
+    incidents = pd.DataFrame({
+        "incident": [0, 1], "start_bin": [10, 50], "stop_bin": [11, 53],
+        "devices": [["a"], ["b"]], "pairs": [[], []], "elements": [1, 3],
+        "p_min": [1e-12, 1e-12], "significance": [4e-12, 4e-12], "targets": [[], []]})
+    scores = linkcounts.CountScores(0, 5, elements, elements.iloc[:0], 4, 1e-3, incidents)
+    devices = pd.DataFrame({"device": ["a", "b"], "criticality": [0.5, 0.5]})
+
+    table, members = countrun.describe(scores, devices, linkcounts.CountConfig(), 1.0)
+
+    assert list(table["severity"].diff().dropna()) == [0.0]
+    assert list(table["start"]) == [pd.Timestamp(50 * 60, unit="s", tz="UTC"),
+                                    pd.Timestamp(10 * 60, unit="s", tz="UTC")]
+    assert list(table["rank"]) == [1, 2]
+    assert sorted(members["device"]) == ["a", "b"]
