@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import logging
 import platform
 
 import numpy as np
@@ -28,13 +29,19 @@ from core.config import RunConfig
 from core.errors import DataError
 from core.stages import StageTimer
 
+log = logging.getLogger(__name__)
+
 KEPT_P = 0.2
 HOST_KIND = "host"
 METHOD = "link counts"
 # Dense arrays above this many (bin, device) cells do not fit the model's path on a
 # machine of 8 GB, because each cell has 6 communication features and a mask.
 DENSE_CELL_LIMIT = 150_000_000
-ELEMENT_NAMES = {"out": "sent events", "in": "received events"}
+# A host's elements are device elements of the run, named in its sensor column.
+ELEMENT_NAMES = {kind: linkcounts.ELEMENT_NAMES[kind] for kind in ("out", "in")}
+# The bins table has a row per bin and scale, so a count run caps the base bins:
+# 5 million is 58 days of one-second bins.
+MAX_BASE_BINS = 5_000_000
 
 
 def dense_cells(workspace: store.Workspace, bin_seconds: int) -> tuple[int, int, bool]:
@@ -90,13 +97,15 @@ def run_counts(workspace: store.Workspace, config: RunConfig, run_id: str,
         level=config.search.level, seed=config.model.seed)
     report("scoring", 0.0)
     with timer.stage("scoring"), store.connect(workspace.store_path, read_only=True) as con:
-        first_us, last_us = con.execute(
-            "SELECT min(epoch_us(t)), max(epoch_us(t)) FROM events").fetchall()[0]
-        if first_us is None:
-            raise DataError("the store contains no events",
-                            "Load a link stream with `tgloc ingest` first.")
-        reference_end = _reference_end(config, first_us, last_us)
         source = _scored_source(con, config)
+        first_us, last_us = con.execute(
+            f"SELECT min(epoch_us(t)), max(epoch_us(t)) FROM {source}").fetchall()[0]
+        if first_us is None:
+            raise DataError("no events between the reference start and the score end",
+                            "Load a link stream with `tgloc ingest`, or widen "
+                            "--reference-start and --score-end.")
+        reference_end = _reference_end(config, first_us, last_us)
+        _check_window(reference_end, first_us, last_us, counts.bin_seconds)
         accepted = list_accepted(workspace)
         intervals = [(row.start.value // 1000, row.end.value // 1000)
                      for row in accepted.itertuples(index=False)]
@@ -107,6 +116,8 @@ def run_counts(workspace: store.Workspace, config: RunConfig, run_id: str,
     with timer.stage("localization"):
         days = _scored_days(scores, counts, last_us)
         incidents, members = describe(scores, devices, counts, days)
+        for note in scores.notes:
+            log.warning("run %s: %s", run_id, note)
     report("publishing", 0.0)
     with timer.stage("publishing"):
         kept = scores.elements[scores.elements["p_value"] <= KEPT_P]
@@ -118,6 +129,7 @@ def run_counts(workspace: store.Workspace, config: RunConfig, run_id: str,
 
         info = _run_info(run_id, config, scores, counts, devices, bins, days)
         info["accepted"] = _accepted_records(accepted, bins, counts.scales[0])
+        info["count_notes"] = scores.notes
         tables = {
             "devices": devices, "bins": bins, "elements": elements,
             "device_evidence": device_evidence(elements),
@@ -130,11 +142,41 @@ def run_counts(workspace: store.Workspace, config: RunConfig, run_id: str,
 
 
 def _reference_end(config: RunConfig, first_us: int, last_us: int) -> int:
+    """Return the reference end in epoch microseconds: the configured one, or the
+    `reference_share` of the events the run reads."""
     if config.reference_end is not None:
-        stamp = pd.Timestamp(config.reference_end)
-        stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-        return int(stamp.value // 1000)
+        return _micros(config.reference_end)
     return int(first_us + (last_us - first_us) * config.reference_share)
+
+
+def _micros(text: str) -> int:
+    stamp = pd.Timestamp(text)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return int(stamp.value // 1000)
+
+
+def _stamp(micros: int) -> str:
+    return f"{pd.Timestamp(micros, unit='us', tz='UTC'):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _check_window(reference_end: int, first_us: int, last_us: int, bin_seconds: int) -> None:
+    """Raise DataError unless events lie on both sides of the reference end and the
+    span fits `MAX_BASE_BINS` bins."""
+    span = f"the events run from {_stamp(first_us)} to {_stamp(last_us)}"
+    if reference_end > last_us:
+        raise DataError(f"no events after the reference end {_stamp(reference_end)}: {span}",
+                        "Choose an earlier --reference-end or a later --score-end, or "
+                        "load the data to score.")
+    if reference_end <= first_us:
+        raise DataError(f"no events before the reference end {_stamp(reference_end)}: {span}",
+                        "Choose a later --reference-end.")
+    bins = (last_us - first_us) // (bin_seconds * linkcounts.MICROS) + 1
+    if bins > MAX_BASE_BINS:
+        raise DataError(
+            f"{bins:,} bins of {bin_seconds} s ({span}) is more than the "
+            f"{MAX_BASE_BINS:,} bins a count run holds",
+            "Use wider bins (--bin-seconds) or a shorter window (--reference-start, "
+            "--score-end).")
 
 
 def _scored_source(con, config: RunConfig) -> str:
@@ -243,7 +285,6 @@ def describe(scores: linkcounts.CountScores, devices: pd.DataFrame,
     criticality = dict(zip(devices["device"], devices["criticality"].astype(float)))
     origin = pd.Timestamp(scores.origin_us, unit="us", tz="UTC")
     threshold = -np.log10(scores.limit)
-    flagged = scores.elements[scores.elements["p_value"] <= scores.limit]
     rows, member_rows = [], []
     for incident in scores.incidents.itertuples():
         begin = origin + pd.Timedelta(seconds=incident.start_bin * counts.bin_seconds)
@@ -253,8 +294,7 @@ def describe(scores: linkcounts.CountScores, devices: pd.DataFrame,
         ratio = score / max(threshold, 1e-9)
         significance = 1.0 - np.exp(-2.0 * max(ratio - 1.0, 0.0))
         weight = max(criticality.get(device, 0.5) for device in incident.devices)
-        inside = flagged[(flagged["stop"] > incident.start_bin)
-                         & (flagged["start"] < incident.stop_bin)]
+        inside = scores.flagged[scores.flagged["incident"] == incident.incident]
         rows.append({
             "incident_id": identifier, "start": begin, "end": end, "type": "communication",
             "score": score, "threshold": threshold, "alpha": scores.limit,

@@ -46,8 +46,10 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from core import scoring
+from core.errors import DataError
 
 KINDS = ("pair", "out", "in")
+ELEMENT_NAMES = {"pair": "pair events", "out": "sent events", "in": "received events"}
 MICROS = 1_000_000
 
 
@@ -100,6 +102,10 @@ class CountScores:
             pairs (lists), elements (flagged), p_min, significance (p_min times the
             tests, at most 1), targets (list: the hosts its devices' flagged events
             reached).
+        flagged: the flagged elements, in the layout of `elements`, with the
+            `incident` each belongs to.
+        notes: what the run could not do as configured (a scale without reference
+            bins, a kind whose held-out p-values are too few to calibrate).
     """
 
     origin_us: int
@@ -109,12 +115,15 @@ class CountScores:
     tests: int
     limit: float
     incidents: pd.DataFrame
+    flagged: pd.DataFrame
+    notes: list[str]
 
 
 def build_elements(con: duckdb.DuckDBPyConnection, source: str, config: CountConfig) -> int:
-    """Aggregate the events of `source` (a table or view with t, src, dst, weight)
-    into the temporary table `count_elements` (scale, kind, src, dst, bin, count),
-    where `bin` counts bins of `scale` base bins.
+    """Aggregate the events of `source` (a table or view with t, src and dst) into
+    the temporary table `count_elements` (scale, kind, src, dst, bin, count), where
+    `bin` counts bins of `scale` base bins and `count` counts events. Event weights
+    are not read: a law of counts does not fit bytes or packets.
 
     Returns the origin of bin 0 in epoch microseconds: the first event's time,
     floored to the bin width.
@@ -122,12 +131,13 @@ def build_elements(con: duckdb.DuckDBPyConnection, source: str, config: CountCon
     width = config.bin_seconds * MICROS
     first = con.execute(f"SELECT min(epoch_us(t)) FROM {source}").fetchall()[0][0]
     if first is None:
-        raise ValueError(f"no events found in {source}; ingest a stream before scoring it")
+        raise DataError("no events to score",
+                        "Ingest a link stream, or widen the scored window.")
     origin = int(first) // width * width
     con.execute(f"""
         CREATE OR REPLACE TEMP TABLE count_pairs AS
         SELECT src, dst, CAST((epoch_us(t) - {origin}) // {width} AS INTEGER) AS bin,
-               sum(weight) AS count
+               count(*) AS count
         FROM {source} GROUP BY ALL""")
     parts = []
     for scale in config.scales:
@@ -269,10 +279,13 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
     reference_bins = int((reference_end_us - origin) // (config.bin_seconds * MICROS))
     split = int(reference_bins * (1.0 - config.holdout_share))
     if split <= 0 or split >= reference_bins:
-        raise ValueError(
-            f"the reference contains {reference_bins} bins of {config.bin_seconds} s; it "
-            f"needs at least 2 so that {config.holdout_share:.0%} of them calibrate; "
-            "choose a later reference end")
+        first = pd.Timestamp(origin, unit="us", tz="UTC")
+        raise DataError(
+            f"the reference holds {max(reference_bins, 0)} bin(s) of "
+            f"{config.bin_seconds} s from the first event at {first:%Y-%m-%d %H:%M:%S} "
+            "UTC; it needs at least 2, so that the laws fit on one part and are "
+            "calibrated on the rest",
+            "Choose a later reference end, or narrower bins (--bin-seconds).")
     width = config.bin_seconds * MICROS
     accepted = [((start - origin) // width, -(-(stop - origin) // width))
                 for start, stop in accepted_us]
@@ -281,57 +294,61 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
     laws, kinds = fit_laws(con, reference_bins, config, accepted)
     scored = element_p(con, reference_bins, None, laws, kinds, config, rng, accepted)
     scored["p_value"] = scored["p_raw"]
-    for (scale, kind), null in held_out.groupby(["scale", "kind"]):
-        mapping = scoring.null_mapping(null["p_raw"].to_numpy(np.float64))
+    notes = [f"scale {scale}: no complete bin in the reference, so this scale is not "
+             "scored" for scale in config.scales if scale not in set(kinds["scale"])]
+    for scale, kind in kinds[["scale", "kind"]].itertuples(index=False):
+        null = held_out.loc[(held_out["scale"] == scale) & (held_out["kind"] == kind),
+                            "p_raw"].to_numpy(np.float64)
+        mapping = scoring.null_mapping(null)
         here = ((scored["scale"] == scale) & (scored["kind"] == kind)).to_numpy()
-        if mapping is not None and here.any():
+        if mapping is None:
+            notes.append(f"scale {scale}, {ELEMENT_NAMES[kind]}: {len(null)} held-out "
+                         f"p-value(s), fewer than {scoring.MIN_NULL}, so its p-values are "
+                         "the laws' own, not calibrated")
+        elif here.any():
             scored.loc[here, "p_value"] = mapping(scored.loc[here, "p_raw"].to_numpy())
     tests = len(scored)
     limit = config.level / max(tests, 1)
-    incidents = gather_incidents(scored, limit, tests, config.merge_gap)
-    incidents["targets"] = reached_hosts(con, scored, incidents, limit)
+    incidents, flagged = gather_incidents(scored, limit, tests, config.merge_gap)
+    incidents["targets"] = reached_hosts(con, flagged, incidents)
     held_out["p_value"] = held_out["p_raw"]
-    return CountScores(origin, reference_bins, scored, held_out, tests, limit, incidents)
+    return CountScores(origin, reference_bins, scored, held_out, tests, limit, incidents,
+                       flagged, notes)
 
 
-def reached_hosts(con: duckdb.DuckDBPyConnection, scored: pd.DataFrame,
-                  incidents: pd.DataFrame, limit: float) -> list[list[str]]:
+def reached_hosts(con: duckdb.DuckDBPyConnection, flagged: pd.DataFrame,
+                  incidents: pd.DataFrame) -> list[list[str]]:
     """Return, per incident, the hosts that its devices' flagged sent or received
     events reached in their bins, other than its devices. These are the hosts a
     sweep touched, or the sources of a flood. None of their pairs needs to be
     abnormal on its own."""
     if incidents.empty:
         return []
-    flagged = scored[(scored["p_value"] <= limit) & (scored["kind"] != "pair")]
-    owners = incidents[["incident", "start_bin", "stop_bin", "devices"]].explode("devices")
-    owners = owners.rename(columns={"devices": "host"}).astype(
-        {"incident": "int64", "host": "object", "start_bin": "int64", "stop_bin": "int64"})
-    con.register("count_flagged", flagged[["scale", "kind", "src", "bin", "start"]])
-    con.register("count_owners", owners)
+    hosts = flagged[flagged["kind"] != "pair"]
+    con.register("count_flagged", hosts[["incident", "scale", "kind", "src", "bin"]])
     reached = con.execute("""
-        SELECT DISTINCT o.incident,
+        SELECT DISTINCT f.incident,
                CASE WHEN f.kind = 'out' THEN e.dst ELSE e.src END AS host
         FROM count_flagged f
-        JOIN count_owners o ON o.host = f.src AND f.start >= o.start_bin
-                           AND f.start < o.stop_bin
         JOIN count_elements e ON e.scale = f.scale AND e.kind = 'pair' AND e.bin = f.bin
          AND ((f.kind = 'out' AND e.src = f.src) OR (f.kind = 'in' AND e.dst = f.src))
         """).df()
     con.unregister("count_flagged")
-    con.unregister("count_owners")
     by_incident = reached.groupby("incident")["host"].agg(set)
     return [sorted(by_incident.get(number, set()) - set(devices))
             for number, devices in zip(incidents["incident"], incidents["devices"])]
 
 
 def gather_incidents(elements: pd.DataFrame, limit: float, tests: int,
-                     gap: int) -> pd.DataFrame:
-    """Join the flagged elements that share a host within `gap` bins into incidents."""
+                     gap: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Join the flagged elements that share a host within `gap` bins into incidents.
+
+    Returns the incidents and the flagged elements with the incident of each."""
     columns = ["incident", "start_bin", "stop_bin", "devices", "pairs", "elements",
                "p_min", "significance"]
     flagged = elements[elements["p_value"] <= limit].reset_index(drop=True)
     if flagged.empty:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=columns), flagged.assign(incident=pd.Series(dtype="int64"))
     # Each flagged element mentions its host, or both ends of its pair.
     ids = np.arange(len(flagged))
     is_pair = (flagged["kind"] == "pair").to_numpy()
@@ -372,5 +389,7 @@ def gather_incidents(elements: pd.DataFrame, limit: float, tests: int,
             "significance": min(1.0, p_min * tests)})
     table = pd.DataFrame(rows, columns=columns)
     table = table.sort_values(["significance", "start_bin"]).reset_index(drop=True)
+    number = dict(zip(table["incident"], range(len(table))))
     table["incident"] = np.arange(len(table))
-    return table
+    flagged["incident"] = flagged["incident"].map(number)
+    return table, flagged

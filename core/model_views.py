@@ -83,6 +83,7 @@ def run_notes(info: dict) -> list[str]:
         limit = fill.get("limit")
         rule = fill["policy"] if limit is None else f"{fill['policy']}, limit {limit}"
         notes.append(f"{count:,} cell{plural(count)} imputed ({rule})")
+    notes += info.get("count_notes") or []
     return notes
 
 

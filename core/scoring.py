@@ -756,6 +756,10 @@ def recalibrate(p_value: np.ndarray, null_p: np.ndarray) -> tuple[np.ndarray, np
     return mapped(p_value), mapped(null_p)
 
 
+# Fewer held-out null p-values than this give no recalibration map.
+MIN_NULL = 100
+
+
 def null_mapping(null_p: np.ndarray):
     """Return the map of `recalibrate` fitted to `null_p` (a function from an array
     of p-values to recalibrated ones, NaN kept), or None with fewer than 100 null
@@ -775,7 +779,7 @@ def null_mapping(null_p: np.ndarray):
     sample plants, 30 had an incident against 23 with the fitted shape.
     """
     null = null_p[~np.isnan(null_p)]
-    if len(null) < 100:
+    if len(null) < MIN_NULL:
         return None
     depth = np.sort(-np.log10(np.clip(null, 1e-300, 1.0)))
     count = len(depth)

@@ -204,7 +204,9 @@ def test_tied_incidents_rank_by_evidence() -> None:
         "incident": [0, 1], "start_bin": [10, 50], "stop_bin": [11, 53],
         "devices": [["a"], ["b"]], "pairs": [[], []], "elements": [1, 3],
         "p_min": [1e-12, 1e-12], "significance": [4e-12, 4e-12], "targets": [[], []]})
-    scores = linkcounts.CountScores(0, 5, elements, elements.iloc[:0], 4, 1e-3, incidents)
+    flagged = elements.assign(incident=[0, 1, 1, 1])
+    scores = linkcounts.CountScores(0, 5, elements, elements.iloc[:0], 4, 1e-3, incidents,
+                                    flagged, [])
     devices = pd.DataFrame({"device": ["a", "b"], "criticality": [0.5, 0.5]})
 
     table, members = countrun.describe(scores, devices, linkcounts.CountConfig(), 1.0)
@@ -214,3 +216,71 @@ def test_tied_incidents_rank_by_evidence() -> None:
                                     pd.Timestamp(10 * 60, unit="s", tz="UTC")]
     assert list(table["rank"]) == [1, 2]
     assert sorted(members["device"]) == ["a", "b"]
+
+
+def test_members_take_only_their_incident_evidence() -> None:
+    def element(kind: str, src: str, dst, p: float) -> dict:
+        return {"scale": 1, "kind": kind, "src": src, "dst": dst, "bin": 20, "start": 20,
+                "stop": 21, "count": 50.0, "expected": 2.0, "novel": True, "p_raw": p,
+                "p_value": p}
+
+    # Two incidents in the same minute: a flood at the floor and a weaker sweep.
+    elements = pd.DataFrame([element("out", "flooder", None, 1e-12),
+                             element("pair", "flooder", "server", 1e-12),
+                             element("out", "sweeper", None, 1e-7)])
+    incidents = pd.DataFrame({
+        "incident": [0, 1], "start_bin": [20, 20], "stop_bin": [21, 21],
+        "devices": [["flooder"], ["sweeper"]], "pairs": [[("flooder", "server")], []],
+        "elements": [2, 1], "p_min": [1e-12, 1e-7], "significance": [4e-12, 4e-7],
+        "targets": [["server"], ["h1", "h2"]]})
+    scores = linkcounts.CountScores(0, 5, elements, elements.iloc[:0], 4, 1e-3, incidents,
+                                    elements.assign(incident=[0, 0, 1]), [])
+    devices = pd.DataFrame({"device": ["flooder", "server", "sweeper", "h1", "h2"],
+                            "criticality": [0.5] * 5})
+
+    table, members = countrun.describe(scores, devices, linkcounts.CountConfig(), 1.0)
+
+    sweep = table.loc[table["score"] < 12, "incident_id"].item()
+    rows = members[members["incident_id"] == sweep].set_index(["role", "device"])
+    assert rows.loc[("device", "sweeper"), "p_value"] == pytest.approx(1e-7)
+    assert list(rows.loc["target", "p_value"]) == [pytest.approx(1e-7)] * 2
+
+
+def test_score_end_bounds_bins_and_days(stream_workspace) -> None:
+    config = RunConfig(reference_end=REFERENCE_END, score_end="1998-06-15T12:00:00Z",
+                       method="counts")
+    result = pipeline.run_pipeline(stream_workspace, config, run_id="half-day")
+
+    bins = run_table(stream_workspace, "half-day",
+                     "SELECT count(*) AS n FROM bins WHERE scale = 1 AND period = 'score'")
+    assert bins.loc[0, "n"] == 12 * 60
+    assert result.info["count_path"]["scored_days"] == 0.5
+    assert result.info["periods"]["score"]["end"] == "1998-06-15T12:00:00+00:00"
+    # The sweep at 14:00 lies after the score end.
+    assert list(result.incidents["start"]) == [pd.Timestamp("1998-06-15 09:00", tz="UTC")]
+
+
+@pytest.mark.parametrize("window, message", [
+    ({"reference_end": REFERENCE_END, "score_end": "1998-06-14T00:00:00Z"},
+     "no events after the reference end 1998-06-15 00:00:00 UTC: the events run from "
+     "1998-06-13 12:00:00 UTC to 1998-06-13 23:59:00 UTC"),
+    ({"reference_end": "1998-07-01T00:00:00Z"},
+     "no events after the reference end 1998-07-01 00:00:00 UTC"),
+    ({"reference_end": "1998-06-01T00:00:00Z"},
+     "no events before the reference end 1998-06-01 00:00:00 UTC"),
+    ({"reference_start": "1998-06-17T00:00:00Z"},
+     "no events between the reference start and the score end"),
+])
+def test_count_run_rejects_empty_windows(stream_workspace, window, message) -> None:
+    config = RunConfig(method="counts", **window)
+    with pytest.raises(DataError) as raised:
+        pipeline.run_pipeline(stream_workspace, config, run_id="rejected")
+    assert raised.value.headline.startswith(message)
+    assert not stream_workspace.run_path("rejected").exists()
+
+
+def test_count_run_caps_its_bins(stream_workspace, monkeypatch) -> None:
+    monkeypatch.setattr(countrun, "MAX_BASE_BINS", 1000)
+    config = RunConfig(reference_end=REFERENCE_END, method="counts")
+    with pytest.raises(DataError, match="3,600 bins of 60 s .* more than the 1,000 bins"):
+        pipeline.run_pipeline(stream_workspace, config, run_id="capped")

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from core import linkcounts
+from core.errors import DataError
 
 START = pd.Timestamp("2024-03-01", tz="UTC")
 REFERENCE_END = START + pd.Timedelta(hours=36)
@@ -129,10 +130,44 @@ def test_larger_count_smaller_p_value() -> None:
 def test_unsplittable_reference_rejected() -> None:
     events = normal_events(0)
     con = load(events)
-    with pytest.raises(ValueError, match="reference contains 1 bins"):
+    with pytest.raises(DataError, match="reference holds 1 bin.s. of 60 s from the first "
+                                        "event at 2024-03-01 00:00:00 UTC"):
         linkcounts.score_stream(con, "events", (START + pd.Timedelta(minutes=1)).value // 1000)
     empty = duckdb.connect()
     empty.execute("CREATE TABLE events (t TIMESTAMPTZ, src VARCHAR, dst VARCHAR, "
                   "weight DOUBLE)")
-    with pytest.raises(ValueError, match="no events found in events"):
+    with pytest.raises(DataError, match="no events to score"):
         linkcounts.score_stream(empty, "events", REFERENCE_END.value // 1000)
+
+
+def test_weights_do_not_change_counts() -> None:
+    events = normal_events(0)
+    plain = score(events)
+    heavy = load(events)
+    heavy.execute("UPDATE events SET weight = 1.7e308")
+
+    weighted = linkcounts.score_stream(heavy, "events", REFERENCE_END.value // 1000)
+
+    assert np.isfinite(weighted.elements["p_value"]).all()
+    assert weighted.elements["count"].equals(plain.elements["count"])
+    assert weighted.elements["p_value"].equals(plain.elements["p_value"])
+
+
+def test_scales_without_reference_are_noted() -> None:
+    events = normal_events(0)
+    config = linkcounts.CountConfig(scales=(1, 10, 3000))
+    scores = linkcounts.score_stream(load(events), "events", REFERENCE_END.value // 1000,
+                                     config)
+    assert set(scores.elements["scale"]) == {1, 10}
+    assert scores.notes[0] == ("scale 3000: no complete bin in the reference, so this "
+                               "scale is not scored")
+    # The held-out last 30 of 100 reference minutes are 3 bins of 10 minutes, so 20
+    # hosts give 60 held-out sent-event p-values, fewer than the 100 a map needs.
+    short = linkcounts.score_stream(load(events), "events",
+                                    (START + pd.Timedelta(minutes=100)).value // 1000,
+                                    linkcounts.CountConfig(scales=(1, 10)))
+    assert any(note.startswith("scale 10, sent events: ") and "not calibrated" in note
+               for note in short.notes)
+    uncalibrated = short.elements[(short.elements["scale"] == 10)
+                                  & (short.elements["kind"] == "out")]
+    assert uncalibrated["p_value"].equals(uncalibrated["p_raw"])
