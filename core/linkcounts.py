@@ -20,7 +20,10 @@ Calibration: the laws are fitted again on the reference without its last
 `holdout_share` of bins, and the held-out bins are scored with them. Those out of
 sample p-values are each kind's null, mapped as in `core.scoring.null_mapping`, so
 a law that fits real traffic badly does not make its p-values look stronger than
-the held-out bins show.
+the held-out bins show. A held-out p-value that is significant among the held-out
+ones (below the level over their number) is an anomaly of the reference, and it is
+left out of the null: otherwise one attack in the reference would make every later
+one of its size look common.
 
 Incidents: an element whose calibrated p-value, times the number of element tests
 in the scored bins, is at most the level (Bonferroni, a family-wise level over the
@@ -299,6 +302,8 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
     for scale, kind in kinds[["scale", "kind"]].itertuples(index=False):
         null = held_out.loc[(held_out["scale"] == scale) & (held_out["kind"] == kind),
                             "p_raw"].to_numpy(np.float64)
+        # The reference's own anomalies would make every later one look common.
+        null = null[null > config.level / max(len(null), 1)]
         mapping = scoring.null_mapping(null)
         here = ((scored["scale"] == scale) & (scored["kind"] == kind)).to_numpy()
         if mapping is None:

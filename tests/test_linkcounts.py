@@ -171,3 +171,20 @@ def test_scales_without_reference_are_noted() -> None:
     uncalibrated = short.elements[(short.elements["scale"] == 10)
                                   & (short.elements["kind"] == "out")]
     assert uncalibrated["p_value"].equals(uncalibrated["p_raw"])
+
+
+def test_reference_burst_does_not_mask_later_one() -> None:
+    events = normal_events(3)
+    # The same burst on one pair: once in the held-out end of the reference, once
+    # in the scored bins.
+    held_out, scored = minute_of(32), minute_of(44)
+    bursts = pd.DataFrame([(start + m, HOSTS[5], HOSTS[6]) for start in (held_out, scored)
+                           for m in range(3) for _ in range(40)],
+                          columns=["minute", "src", "dst"])
+
+    scores = score(pd.concat([events, bursts]))
+
+    assert len(scores.incidents) == 1, scores.incidents.to_string()
+    incident = scores.incidents.iloc[0]
+    assert incident["start_bin"] == scored
+    assert (HOSTS[5], HOSTS[6]) in incident["pairs"]
