@@ -21,8 +21,8 @@ Calibration: the laws are fitted again on the reference without its last
 sample p-values are each kind's null, mapped as in `core.scoring.null_mapping`, so
 a law that fits real traffic badly does not make its p-values look stronger than
 the held-out bins show. A held-out p-value that is significant among the held-out
-ones (below the level over their number) is an anomaly of the reference, and it is
-left out of the null: otherwise one attack in the reference would make every later
+ones (below the level over their number) is an anomaly of the reference, so it is
+left out of the null. Kept in, one attack in the reference would make every later
 one of its size look common.
 
 Incidents: an element whose calibrated p-value, times the number of element tests
@@ -284,7 +284,7 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
     if split <= 0 or split >= reference_bins:
         first = pd.Timestamp(origin, unit="us", tz="UTC")
         raise DataError(
-            f"the reference holds {max(reference_bins, 0)} bin(s) of "
+            f"the reference contains {max(reference_bins, 0)} bin(s) of "
             f"{config.bin_seconds} s from the first event at {first:%Y-%m-%d %H:%M:%S} "
             "UTC; it needs at least 2, so that the laws fit on one part and are "
             "calibrated on the rest",

@@ -152,16 +152,21 @@ def test_cli_run_counts(stream_workspace, capsys) -> None:
     assert "invalid scales '1,x'" in capsys.readouterr().err
 
 
-def test_incident_page_count_members(stream_workspace, count_run,
-                                               monkeypatch) -> None:
-    monkeypatch.setenv("TGLOC_WORKSPACE", str(stream_workspace.root))
+def open_page(workspace: store.Workspace, page: str, monkeypatch, **params) -> AppTest:
+    """Run the dashboard on `workspace` with `params` in the URL, then open `page`."""
+    monkeypatch.setenv("TGLOC_WORKSPACE", str(workspace.root))
     monkeypatch.chdir(REPOSITORY)
-    sweep = count_run.incidents.sort_values("start").iloc[1]["incident_id"]
     app = AppTest.from_file(str(REPOSITORY / "app.py"), default_timeout=60)
-    app.query_params["run"] = "counts"
-    app.query_params["incident"] = sweep
+    for key, value in params.items():
+        app.query_params[key] = value
     app.run()
-    app.switch_page("pages/2_Incident.py").run()
+    return app.switch_page(page).run()
+
+
+def test_incident_page_count_members(stream_workspace, count_run, monkeypatch) -> None:
+    sweep = count_run.incidents.sort_values("start").iloc[1]["incident_id"]
+    app = open_page(stream_workspace, "pages/2_Incident.py", monkeypatch, run="counts",
+                    incident=sweep)
 
     assert not app.exception
     assert not app.error
@@ -173,12 +178,7 @@ def test_incident_page_count_members(stream_workspace, count_run,
 
 
 def test_model_page_count_run(stream_workspace, count_run, monkeypatch) -> None:
-    monkeypatch.setenv("TGLOC_WORKSPACE", str(stream_workspace.root))
-    monkeypatch.chdir(REPOSITORY)
-    app = AppTest.from_file(str(REPOSITORY / "app.py"), default_timeout=60)
-    app.query_params["run"] = "counts"
-    app.run()
-    app.switch_page("pages/5_Model.py").run()
+    app = open_page(stream_workspace, "pages/5_Model.py", monkeypatch, run="counts")
 
     assert not app.exception
     assert not app.error

@@ -130,7 +130,7 @@ def test_larger_count_smaller_p_value() -> None:
 def test_unsplittable_reference_rejected() -> None:
     events = normal_events(0)
     con = load(events)
-    with pytest.raises(DataError, match="reference holds 1 bin.s. of 60 s from the first "
+    with pytest.raises(DataError, match="reference contains 1 bin.s. of 60 s from the first "
                                         "event at 2024-03-01 00:00:00 UTC"):
         linkcounts.score_stream(con, "events", (START + pd.Timedelta(minutes=1)).value // 1000)
     empty = duckdb.connect()
@@ -166,8 +166,9 @@ def test_scales_without_reference_are_noted() -> None:
     short = linkcounts.score_stream(load(events), "events",
                                     (START + pd.Timedelta(minutes=100)).value // 1000,
                                     linkcounts.CountConfig(scales=(1, 10)))
-    assert any(note.startswith("scale 10, sent events: ") and "not calibrated" in note
-               for note in short.notes)
+    noted = [note for note in short.notes if note.startswith("scale 10, sent events: ")]
+    assert len(noted) == 1
+    assert noted[0].endswith("so its p-values are the laws' own, not calibrated")
     uncalibrated = short.elements[(short.elements["scale"] == 10)
                                   & (short.elements["kind"] == "out")]
     assert uncalibrated["p_value"].equals(uncalibrated["p_raw"])
