@@ -27,7 +27,8 @@ Measures:
   15 June. An instance is one attack name at one victim host (the destination),
   its records joined where they are at most 10 minutes apart. It is found when an
   incident names the victim, as a device, an end of a pair or a target, and
-  overlaps the instance in time.
+  overlaps the instance in time. The table also counts the instances found without
+  targets, whose victim the incident names as a device or an end of a pair.
 - Incidents, and those that name no host of an attack record in their interval. An
   incident's hosts are its devices, the ends of its pairs and its targets.
 - Seconds and peak memory (resident set size) of each stage; records and distinct
@@ -196,9 +197,11 @@ def record_scores(con: duckdb.DuckDBPyConnection, source: str, bins: Bins,
 
 INCIDENT_HOSTS = """
     WITH hosts AS (
-        SELECT incident_id, device AS host FROM run.incident_members
-        UNION SELECT incident_id, peer FROM run.incident_members WHERE peer IS NOT NULL)
-    SELECT h.incident_id, h.host, i.start, i."end"
+        SELECT incident_id, device AS host, role = 'target' AS target
+        FROM run.incident_members
+        UNION SELECT incident_id, peer, false FROM run.incident_members
+        WHERE peer IS NOT NULL)
+    SELECT h.incident_id, h.host, h.target, i.start, i."end"
     FROM hosts h JOIN run.incidents i USING (incident_id)"""
 
 
@@ -228,11 +231,13 @@ def attack_instances(con: duckdb.DuckDBPyConnection, source: str, bins: Bins) ->
             FROM numbered GROUP BY ALL),
         incident_hosts AS ({INCIDENT_HOSTS}),
         found AS (
-            SELECT DISTINCT i.attack, i.victim, i.instance FROM instances i
+            SELECT i.attack, i.victim, i.instance, bool_or(NOT h.target) AS named
+            FROM instances i
             JOIN incident_hosts h ON h.host = i.victim
-             AND h.start < i.stop AND i.first < h."end")
+             AND h.start < i.stop AND i.first < h."end"
+            GROUP BY ALL)
         SELECT i.attack, sum(i.records) AS records, count(*) AS instances,
-               count(f.instance) AS found
+               count(f.instance) AS found, count(f.instance) FILTER (f.named) AS named
         FROM instances i LEFT JOIN found f USING (attack, victim, instance)
         GROUP BY i.attack ORDER BY records DESC, i.attack""").df()
 
@@ -279,11 +284,12 @@ def table(outcome: Outcome, quick: bool) -> str:
     for name, (auc, ap) in REFERENCES.items():
         lines.append(f"| {name} (reference) | {auc:.3f} | {ap:.3f} |")
     lines += ["", f"Attack instances of the {LARGEST_ATTACKS} largest attack names:", "",
-              "| attack | records | instances | found | recall |",
-              "| --- | ---: | ---: | ---: | ---: |"]
+              "| attack | records | instances | found | recall | found as device or pair |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for row in outcome.instances.itertuples():
-        lines.append(f"| {row.attack} | {int(row.records):,} | {int(row.instances)} | "
-                     f"{int(row.found)} | {row.found / row.instances:.2f} |")
+        lines.append(f"| {row.attack} | {int(row.records):,} | {int(row.instances):,} | "
+                     f"{int(row.found):,} | {row.found / row.instances:.2f} | "
+                     f"{int(row.named):,} |")
     lines += ["", f"Incidents: {outcome.incidents}, of which {outcome.unmatched_incidents} "
               "name no host of an attack record in their interval.", "",
               "| stage | seconds | peak MB |", "| --- | ---: | ---: |"]

@@ -92,9 +92,11 @@ def run_counts(workspace: store.Workspace, config: RunConfig, run_id: str,
                timer: StageTimer, report) -> tuple[str, pd.DataFrame, pd.DataFrame, dict]:
     """Score the link stream of `workspace`, take out its incidents and publish
     the run. Returns (path, incidents, members, info)."""
+    _check_settings(config)
     counts = linkcounts.CountConfig(
         bin_seconds=config.stream.bin_seconds, scales=tuple(config.stream.scales),
-        level=config.search.level, seed=config.model.seed)
+        holdout_share=1.0 - config.train_share, level=config.search.level,
+        seed=config.model.seed)
     report("scoring", 0.0)
     with timer.stage("scoring"), store.connect(workspace.store_path, read_only=True) as con:
         source = _scored_source(con, config)
@@ -120,11 +122,12 @@ def run_counts(workspace: store.Workspace, config: RunConfig, run_id: str,
             log.warning("run %s: %s", run_id, note)
     report("publishing", 0.0)
     with timer.stage("publishing"):
-        kept = scores.elements[scores.elements["p_value"] <= KEPT_P]
+        kept = _element_table(scores.elements[scores.elements["p_value"] <= KEPT_P])
         # Every held-out element is kept, so the Model page's calibration check
-        # shows the laws' p-values over the whole of [0, 1].
-        elements = pd.concat([_element_table(scores.held_out, "held out"),
-                              _element_table(kept)], ignore_index=True)
+        # shows the laws' p-values over the whole of [0, 1]. Their p-values are the
+        # laws' own, not calibrated, so they stay out of the heatmap's evidence.
+        elements = pd.concat([_element_table(scores.held_out, "held out"), kept],
+                             ignore_index=True)
         from core.pipeline import device_evidence
 
         info = _run_info(run_id, config, scores, counts, devices, bins, days)
@@ -132,13 +135,27 @@ def run_counts(workspace: store.Workspace, config: RunConfig, run_id: str,
         info["count_notes"] = scores.notes
         tables = {
             "devices": devices, "bins": bins, "elements": elements,
-            "device_evidence": device_evidence(elements),
+            "device_evidence": device_evidence(kept),
             "incidents": incidents, "incident_members": members,
             "calibration_fallback": _fallback(scores),
         }
         path = store.publish_run(workspace, run_id, tables, info)
     report("done", 1.0)
     return str(path), incidents, members, info
+
+
+def _check_settings(config: RunConfig) -> None:
+    """Raise DataError for run settings that the count path does not apply."""
+    if config.score_start is not None:
+        raise DataError(
+            f"the count path scores from the reference end on, and --score-start "
+            f"{config.score_start} asks for a later start",
+            "Drop --score-start, or set --reference-end to where scoring starts.")
+    if config.search.calibrate_on_scored:
+        raise DataError(
+            "the count path calibrates on the held-out end of the reference only, so "
+            "--calibrate-on-scored does not apply to it",
+            "Drop --calibrate-on-scored, or run with --method model.")
 
 
 def _reference_end(config: RunConfig, first_us: int, last_us: int) -> int:
@@ -336,8 +353,7 @@ def _members(identifier: str, incident, inside: pd.DataFrame) -> list[dict]:
         rows.append(row("device", device, None,
                         float(own["p_value"].min()) if len(own) else 1.0))
     for (src, dst), group in pairs.groupby(["src", "dst"]):
-        if (src, dst) in set(incident.pairs):
-            rows.append(row("pair", src, dst, float(group["p_value"].min())))
+        rows.append(row("pair", src, dst, float(group["p_value"].min())))
     strongest = float(hosts["p_value"].min()) if len(hosts) else 1.0
     rows += [row("target", target, None, strongest) for target in incident.targets]
     return rows

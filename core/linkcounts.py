@@ -1,7 +1,7 @@
 """Element p-values and incidents of a large link stream, without dense arrays.
 
 A stream of tens of thousands of hosts over tens of thousands of minutes (DARPA 1998:
-25,524 hosts, 86,400 minutes) has billions of (host, bin) cells, nearly all empty.
+25,524 hosts, 87,726 minutes) has billions of (host, bin) cells, nearly all empty.
 This path never builds one of them: DuckDB aggregates the events into the elements
 that exist, and every later step works on those rows.
 
@@ -13,17 +13,14 @@ towards its kind's law by `prior_bins` pseudo-bins. So an element seen in two
 reference bins does not get a tail as narrow as one seen in two thousand. An
 element never active in the reference (a new host, a new pair) takes its kind's
 law of newcomers: the counts of elements in the first bin they were seen, after the
-first tenth of the reference. The p-value is the upper tail at the observed count,
+first tenth of the reference, drawn towards the kind's law in the same way. The p-value is the upper tail at the observed count,
 with ties broken at random.
 
 Calibration: the laws are fitted again on the reference without its last
 `holdout_share` of bins, and the held-out bins are scored with them. Those out of
 sample p-values are each kind's null, mapped as in `core.scoring.null_mapping`, so
 a law that fits real traffic badly does not make its p-values look stronger than
-the held-out bins show. A held-out p-value that is significant among the held-out
-ones (below the level over their number) is an anomaly of the reference, so it is
-left out of the null. Kept in, one attack in the reference would make every later
-one of its size look common.
+the held-out bins show.
 
 Incidents: an element whose calibrated p-value, times the number of element tests
 in the scored bins, is at most the level (Bonferroni, a family-wise level over the
@@ -33,8 +30,13 @@ that of its flagged elements at the finest scale among them. Its devices are the
 with a flagged element of their own, or both ends of its pairs when none has.
 
 Known weaknesses: only elements with events are scored, so a pair or host that goes
-quiet raises nothing here; and each bin is judged alone, without the interval scan of
-`core.localize`, whose evidence arrays are dense over devices and bins.
+quiet raises nothing here. Each bin is judged alone, without the interval scan of
+`core.localize`, whose evidence arrays are dense over devices and bins. An anomaly
+in the held-out end of the reference is part of the null, so a later one of its size
+maps to about one over the number of held-out elements (on DARPA, the 'back' attack
+of 12 June caps later sent-event p-values near 1e-3). A count's p-value breaks ties
+at random, so an element close to the limit can be flagged with one seed and not
+another.
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ class CountConfig:
     Attributes:
         bin_seconds: width of a base bin.
         scales: bin widths scored, in base bins. A slow sweep that sends a few
-            events a minute is visible over an hour.
+            events a minute is visible over an hour. `tgloc run` passes the run's
+            scales (`StreamConfig.scales`, 1, 4 and 16 unless set).
         holdout_share: share of the reference bins, at its end, held out to
             calibrate the p-values.
         prior_bins: pseudo-bins of the kind's law mixed into each element's law.
@@ -169,9 +172,11 @@ def _overlapping(ranges: list[tuple[int, int]], table: str = "") -> str:
 def fit_laws(con: duckdb.DuckDBPyConnection, stop_bin: int, config: CountConfig,
              accepted: list[tuple[int, int]] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit each element's law on the bins that end by base bin `stop_bin`, and on
-    those that overlap an `accepted` range of base bins. The kinds' laws come from
-    the former only: accepting one host's burst makes it normal for that host, not
-    for every newcomer.
+    those that overlap an `accepted` range of base bins. An accepted range is a
+    time interval, so every element active in it learns its counts there, as on the
+    model's path, where a bin is one snapshot of the whole graph. The kinds' laws
+    come from the reference only, so an accepted burst does not widen the law of
+    every newcomer.
 
     Returns:
         laws: scale, kind, src, dst, n (active bins), m1 and m2 (mean of count - 1 and of
@@ -201,9 +206,14 @@ def fit_laws(con: duckdb.DuckDBPyConnection, stop_bin: int, config: CountConfig,
                    avg((count - 1) * (count - 1)) AS new_m2, count(*) AS newcomers
             FROM firsts WHERE bin * scale >= {settle} GROUP BY scale, kind)
         SELECT * FROM everything LEFT JOIN newcomers USING (scale, kind)""").df()
-    missing = kinds["newcomers"].isna()
-    kinds.loc[missing, "new_m1"] = kinds.loc[missing, "all_m1"]
-    kinds.loc[missing, "new_m2"] = kinds.loc[missing, "all_m2"]
+    # Like an element's law, the newcomers' law is drawn towards the kind's by
+    # `prior_bins` pseudo-newcomers, so a handful of newcomers does not fix it.
+    seen = kinds["newcomers"].fillna(0).to_numpy(np.float64)
+    weight = config.prior_bins
+    for moment in ("m1", "m2"):
+        new = kinds[f"new_{moment}"].fillna(0).to_numpy(np.float64)
+        kinds[f"new_{moment}"] = ((seen * new + weight * kinds[f"all_{moment}"])
+                                  / (seen + weight))
     return laws, kinds
 
 
@@ -292,7 +302,9 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
     width = config.bin_seconds * MICROS
     accepted = [((start - origin) // width, -(-(stop - origin) // width))
                 for start, stop in accepted_us]
-    laws, kinds = fit_laws(con, split, config, accepted)
+    # The laws that score the held-out bins learn nothing at or after them.
+    before_split = [(start, min(stop, split)) for start, stop in accepted if start < split]
+    laws, kinds = fit_laws(con, split, config, before_split)
     held_out = element_p(con, split, reference_bins, laws, kinds, config, rng)
     laws, kinds = fit_laws(con, reference_bins, config, accepted)
     scored = element_p(con, reference_bins, None, laws, kinds, config, rng, accepted)
@@ -302,8 +314,6 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
     for scale, kind in kinds[["scale", "kind"]].itertuples(index=False):
         null = held_out.loc[(held_out["scale"] == scale) & (held_out["kind"] == kind),
                             "p_raw"].to_numpy(np.float64)
-        # The reference's own anomalies would make every later one look common.
-        null = null[null > config.level / max(len(null), 1)]
         mapping = scoring.null_mapping(null)
         here = ((scored["scale"] == scale) & (scored["kind"] == kind)).to_numpy()
         if mapping is None:
@@ -324,12 +334,17 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
 def reached_hosts(con: duckdb.DuckDBPyConnection, flagged: pd.DataFrame,
                   incidents: pd.DataFrame) -> list[list[str]]:
     """Return, per incident, the hosts that its devices' flagged sent or received
-    events reached in their bins, other than its devices. These are the hosts a
+    events reached in their bins at the incident's finest flagged scale, other than
+    its devices. These are the hosts a
     sweep touched, or the sources of a flood. None of their pairs needs to be
     abnormal on its own."""
     if incidents.empty:
         return []
     hosts = flagged[flagged["kind"] != "pair"]
+    # An hour flagged at a busy server holds all of its ordinary clients too, so the
+    # targets come from the incident's finest flagged scale.
+    finest = hosts.groupby("incident")["scale"].transform("min")
+    hosts = hosts[hosts["scale"] == finest]
     con.register("count_flagged", hosts[["incident", "scale", "kind", "src", "bin"]])
     reached = con.execute("""
         SELECT DISTINCT f.incident,

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from core import countrun, darpa, linkcounts, model_views, pipeline, store
 from core.accepted import accept_incident
 from core.cli import main
-from core.config import RunConfig
+from core.config import RunConfig, SearchConfig
 from core.errors import DataError
 from tests.test_real_darpa import SWEPT, darpa_file
 
@@ -73,8 +73,10 @@ def test_count_run_hosts_and_bins(stream_workspace, count_run) -> None:
     bins = run_table(stream_workspace, "counts",
                      "SELECT period, count(*) AS n FROM bins WHERE scale = 1 GROUP BY 1")
     periods = dict(zip(bins["period"], bins["n"]))
-    # 13 June 12:00 to 15 June: 36 hours of reference, 30% held out to calibrate.
+    # 13 June 12:00 to 15 June: 36 hours of reference, of which the last 40% (one
+    # minus the run's train share) is held out to calibrate.
     assert periods["train"] + periods["calibration"] == 36 * 60
+    assert periods["calibration"] == 36 * 60 * 0.4
     assert periods["score"] == 24 * 60
     evidence = run_table(stream_workspace, "counts",
                          "SELECT max(evidence) AS top FROM device_evidence "
@@ -270,6 +272,11 @@ def test_score_end_bounds_bins_and_days(stream_workspace) -> None:
      "no events before the reference end 1998-06-01 00:00:00 UTC"),
     ({"reference_start": "1998-06-17T00:00:00Z"},
      "no events between the reference start and the score end"),
+    ({"reference_end": REFERENCE_END, "score_start": "1998-06-15T06:00:00Z"},
+     "the count path scores from the reference end on, and --score-start "
+     "1998-06-15T06:00:00Z asks for a later start"),
+    ({"reference_end": REFERENCE_END, "search": SearchConfig(calibrate_on_scored=True)},
+     "the count path calibrates on the held-out end of the reference only"),
 ])
 def test_count_run_rejects_empty_windows(stream_workspace, window, message) -> None:
     config = RunConfig(method="counts", **window)

@@ -174,18 +174,22 @@ def test_scales_without_reference_are_noted() -> None:
     assert uncalibrated["p_value"].equals(uncalibrated["p_raw"])
 
 
-def test_reference_burst_does_not_mask_later_one() -> None:
-    events = normal_events(3)
-    # The same burst on one pair: once in the held-out end of the reference, once
-    # in the scored bins.
-    held_out, scored = minute_of(32), minute_of(44)
-    bursts = pd.DataFrame([(start + m, HOSTS[5], HOSTS[6]) for start in (held_out, scored)
-                           for m in range(3) for _ in range(40)],
-                          columns=["minute", "src", "dst"])
 
-    scores = score(pd.concat([events, bursts]))
+def test_one_newcomer_does_not_fix_their_law() -> None:
+    events = normal_events(4)
+    # The reference's only newcomer after its first tenth sends one event, then a
+    # new pair between two known hosts carries 4 events in one minute.
+    newcomer = pd.DataFrame([(minute_of(20), "10.9.9.9", HOSTS[0])],
+                            columns=["minute", "src", "dst"])
+    new_pair = pd.DataFrame([(minute_of(40), HOSTS[0], HOSTS[10])] * 4,
+                            columns=["minute", "src", "dst"])
 
-    assert len(scores.incidents) == 1, scores.incidents.to_string()
-    incident = scores.incidents.iloc[0]
-    assert incident["start_bin"] == scored
-    assert (HOSTS[5], HOSTS[6]) in incident["pairs"]
+    scores = score(pd.concat([events, newcomer, new_pair]))
+
+    assert scores.incidents.empty, scores.incidents.to_string()
+    pair = scores.elements[(scores.elements["kind"] == "pair")
+                           & (scores.elements["src"] == HOSTS[0])
+                           & (scores.elements["dst"] == HOSTS[10])
+                           & (scores.elements["scale"] == 1)]
+    assert pair["novel"].all()
+    assert pair["p_value"].min() > 1e-3

@@ -76,7 +76,8 @@ def test_bench_real_prints_darpa(darpa_folder, capsys) -> None:
     assert code == 0
     printed = capsys.readouterr().out
     assert "| MIDAS-R (reference) | 0.952 | 0.973 |" in printed
-    assert "| neptune | 240 | 1 | 1 | 1.00 |" in printed
+    assert "| neptune | 240 | 1 | 1 | 1.00 | 1 |" in printed
+    assert "| ipsweep | 40 | 40 | 40 | 1.00 | 0 |" in printed
     assert "zip to incidents" in printed
     headline = json.loads(printed.strip().splitlines()[-1])
     assert headline["darpa_instance_recall"] == 1.0
