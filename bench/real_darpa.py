@@ -9,9 +9,9 @@ The run is tgloc's own, as a user gets it from the zip. The DARPA import
 (`core.darpa`) stores the records. `tgloc run --method counts`, the path that
 `--method auto` takes for a link stream this large, scores them without a dense
 array (`core.countrun`, `core.linkcounts`). DuckDB aggregates the records into
-(pair, bin) and (host, bin) elements at bins of 1, 10 and 60 minutes; each
-element's count is tested against its reference count law (or its kind's law of
-newcomers) and calibrated on the held-out end of the reference; flagged elements
+(pair, bin) and (host, bin) elements at bins of 1, 10 and 60 minutes. Each
+element's count is tested against its reference count law, or its kind's law of
+newcomers, and calibrated on the held-out end of the reference. Flagged elements
 that share a host join into incidents.
 
 Measures:

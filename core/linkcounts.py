@@ -341,7 +341,7 @@ def reached_hosts(con: duckdb.DuckDBPyConnection, flagged: pd.DataFrame,
     if incidents.empty:
         return []
     hosts = flagged[flagged["kind"] != "pair"]
-    # An hour flagged at a busy server holds all of its ordinary clients too, so the
+    # An hour flagged at a busy server contains all of its ordinary clients too, so the
     # targets come from the incident's finest flagged scale.
     finest = hosts.groupby("incident")["scale"].transform("min")
     hosts = hosts[hosts["scale"] == finest]
