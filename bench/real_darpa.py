@@ -55,6 +55,7 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core import darpa, pipeline, store
+from core.linkcounts import KINDS, MICROS
 from core.config import RunConfig, StreamConfig
 from core.countrun import ELEMENT_NAMES
 from core.stages import StageTimer
@@ -72,7 +73,6 @@ TARGET_AUC, TARGET_AP = REFERENCES["MIDAS-R"]
 TARGET_SECONDS = 600.0
 TARGET_PEAK_MB = 8192.0
 SCALES = (1, 10, 60)
-KINDS = ("pair", "out", "in")
 SENT, RECEIVED = ELEMENT_NAMES["out"], ELEMENT_NAMES["in"]
 
 
@@ -144,7 +144,7 @@ class Bins:
     bin_seconds: int
 
     def sql(self, column: str = "t") -> str:
-        width = self.bin_seconds * 1_000_000
+        width = self.bin_seconds * MICROS
         return f"CAST((epoch_us({column}) - {self.origin_us}) // {width} AS BIGINT)"
 
 
@@ -206,7 +206,8 @@ INCIDENT_HOSTS = """
 
 
 def attack_instances(con: duckdb.DuckDBPyConnection, source: str, bins: Bins) -> pd.DataFrame:
-    """Per attack name among the largest: records, instances and instances found."""
+    """Return, per attack name among the largest, its records, its instances and the
+    instances found (with and without targets)."""
     gap = INSTANCE_GAP_MINUTES * 60 // bins.bin_seconds
     return con.execute(f"""
         WITH attacks AS (
@@ -243,7 +244,8 @@ def attack_instances(con: duckdb.DuckDBPyConnection, source: str, bins: Bins) ->
 
 
 def unmatched_incidents(con: duckdb.DuckDBPyConnection, source: str, bins: Bins) -> int:
-    """Incidents none of whose hosts is an end of an attack record in their interval."""
+    """Return the number of incidents none of whose hosts is an end of an attack
+    record in their interval."""
     return int(con.execute(f"""
         WITH incident_hosts AS ({INCIDENT_HOSTS}),
         attack_hosts AS (
@@ -256,16 +258,12 @@ def unmatched_incidents(con: duckdb.DuckDBPyConnection, source: str, bins: Bins)
         WHERE incident_id NOT IN (SELECT incident_id FROM matched)""").fetchall()[0][0])
 
 
-def _seconds(outcome: Outcome) -> float:
-    return sum(record.seconds for record in outcome.stages)
-
-
 def _peak(outcome: Outcome) -> float:
     return max((record.peak_mb for record in outcome.stages), default=0.0)
 
 
 def _path_seconds(outcome: Outcome) -> float:
-    """Seconds from the zip to incidents (the evaluation is not part of it)."""
+    """Return the seconds from the zip to incidents, the evaluation left out."""
     return sum(record.seconds for record in outcome.stages if record.stage != "evaluate")
 
 

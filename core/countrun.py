@@ -16,9 +16,7 @@ pair is a `pair`, and a host that a device's flagged events reached is a `target
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import logging
-import platform
 
 import numpy as np
 import pandas as pd
@@ -60,8 +58,8 @@ def dense_cells(workspace: store.Workspace, bin_seconds: int) -> tuple[int, int,
 
 
 def wants_counts(workspace: store.Workspace, config: RunConfig) -> bool:
-    """True when the run goes through the count path: asked for, or a link stream
-    too large for dense arrays.
+    """Return whether the run goes through the count path: asked for, or a link
+    stream too large for dense arrays.
 
     Raises:
         DataError: the store has sensor readings and is too large for dense arrays,
@@ -128,6 +126,7 @@ def run_counts(workspace: store.Workspace, config: RunConfig, run_id: str,
         # laws' own, not calibrated, so they stay out of the heatmap's evidence.
         elements = pd.concat([_element_table(scores.held_out, "held out"), kept],
                              ignore_index=True)
+        # core.pipeline imports this module, so its helpers are imported here.
         from core.pipeline import device_evidence
 
         info = _run_info(run_id, config, scores, counts, devices, bins, days)
@@ -376,8 +375,8 @@ def _element_table(elements: pd.DataFrame, calibration: str | None = None) -> pd
         "residual": (elements["count"] - elements["expected"]).to_numpy(np.float64),
         "score": -np.log10(elements["p_raw"].clip(lower=1e-300)).to_numpy(np.float64),
         "p_value": elements["p_value"].to_numpy(np.float64),
-        "calibration": (calibration if calibration is not None
-                        else np.where(elements["novel"], "newcomer law", "own law")),
+        "calibration": calibration or np.where(elements["novel"], "newcomer law",
+                                               "own law"),
     })
 
 
@@ -393,9 +392,8 @@ def _fallback(scores: linkcounts.CountScores) -> pd.DataFrame:
 def _run_info(run_id: str, config: RunConfig, scores: linkcounts.CountScores,
               counts: linkcounts.CountConfig, devices: pd.DataFrame, bins: pd.DataFrame,
               days: float) -> dict:
-    versions = {"python": platform.python_version()}
-    for name in ("duckdb", "numpy", "pandas", "scipy"):
-        versions[name] = importlib.metadata.version(name)
+    from core.pipeline import package_versions
+
     base = bins[bins["scale"] == counts.scales[0]]
     periods = {}
     for name in ("train", "calibration", "score"):
@@ -410,7 +408,7 @@ def _run_info(run_id: str, config: RunConfig, scores: linkcounts.CountScores,
         "origin": pd.Timestamp(scores.origin_us, unit="us", tz="UTC").isoformat(),
         "origin_us": scores.origin_us, "bin_seconds": counts.bin_seconds,
         "num_bins": int(len(base)), "num_devices": int(len(devices)), "periods": periods,
-        "versions": versions,
+        "versions": package_versions(),
         "count_path": {"tests": scores.tests, "element_limit": scores.limit,
                        "scored_days": round(days, 3), "kept_p": KEPT_P,
                        "holdout_share": counts.holdout_share,

@@ -12,8 +12,9 @@ negative binomial where it varies more. Its mean and second moment are drawn
 towards its kind's law by `prior_bins` pseudo-bins. So an element seen in two
 reference bins does not get a tail as narrow as one seen in two thousand. An
 element never active in the reference (a new host, a new pair) takes its kind's
-law of newcomers: the counts of elements in the first bin they were seen, after the
-first tenth of the reference, drawn towards the kind's law in the same way. The p-value is the upper tail at the observed count,
+law of newcomers. That law is fitted on the counts of elements in the first bin
+they were seen, after the first tenth of the reference, and drawn towards the
+kind's law in the same way. The p-value is the upper tail at the observed count,
 with ties broken at random.
 
 Calibration: the laws are fitted again on the reference without its last
@@ -32,9 +33,9 @@ with a flagged element of their own, or both ends of its pairs when none has.
 Known weaknesses: only elements with events are scored, so a pair or host that goes
 quiet raises nothing here. Each bin is judged alone, without the interval scan of
 `core.localize`, whose evidence arrays are dense over devices and bins. An anomaly
-in the held-out end of the reference is part of the null, so a later one of its size
-maps to about one over the number of held-out elements (on DARPA, the 'back' attack
-of 12 June caps later sent-event p-values near 1e-3). A count's p-value breaks ties
+in the held-out end of the reference is part of the null. So a later one of its size
+maps to about one over the number of held-out elements: on DARPA, the 'back' attack
+of 12 June caps later sent-event p-values near 1e-3. A count's p-value breaks ties
 at random, so an element close to the limit can be flagged with one seed and not
 another.
 """
@@ -73,8 +74,8 @@ class CountConfig:
         newcomer_share: share of the reference, at its start, whose first sightings
             are not counted as newcomers (everything is new when a capture starts).
         level: family-wise false-alarm level of the flagged elements.
-        merge_gap: flagged elements of one host at most this many bins apart join
-            one incident.
+        merge_gap: flagged elements of one host at most this many base bins apart
+            join one incident.
         seed: seed of the random tie-breaking.
     """
 
@@ -209,12 +210,17 @@ def fit_laws(con: duckdb.DuckDBPyConnection, stop_bin: int, config: CountConfig,
     # Like an element's law, the newcomers' law is drawn towards the kind's by
     # `prior_bins` pseudo-newcomers, so a handful of newcomers does not fix it.
     seen = kinds["newcomers"].fillna(0).to_numpy(np.float64)
-    weight = config.prior_bins
     for moment in ("m1", "m2"):
-        new = kinds[f"new_{moment}"].fillna(0).to_numpy(np.float64)
-        kinds[f"new_{moment}"] = ((seen * new + weight * kinds[f"all_{moment}"])
-                                  / (seen + weight))
+        kinds[f"new_{moment}"] = shrunk(seen, kinds[f"new_{moment}"].fillna(0).to_numpy(),
+                                        kinds[f"all_{moment}"].to_numpy(), config.prior_bins)
     return laws, kinds
+
+
+def shrunk(seen: np.ndarray, own: np.ndarray, prior: np.ndarray,
+           weight: float) -> np.ndarray:
+    """Return the mean of `seen` values averaging `own`, mixed with `weight`
+    pseudo-values averaging `prior`."""
+    return (seen * own + weight * prior) / (seen + weight)
 
 
 def upper_p(counts: np.ndarray, m1: np.ndarray, m2: np.ndarray,
@@ -266,10 +272,9 @@ def element_p(con: duckdb.DuckDBPyConnection, start_bin: int, stop_bin: int | No
     con.unregister("count_laws")
     con.unregister("count_kinds")
     n = rows["n"].to_numpy(np.float64)
-    weight = config.prior_bins
     new = n == 0
-    m1 = (n * rows["m1"].to_numpy() + weight * rows["all_m1"].to_numpy()) / (n + weight)
-    m2 = (n * rows["m2"].to_numpy() + weight * rows["all_m2"].to_numpy()) / (n + weight)
+    m1 = shrunk(n, rows["m1"].to_numpy(), rows["all_m1"].to_numpy(), config.prior_bins)
+    m2 = shrunk(n, rows["m2"].to_numpy(), rows["all_m2"].to_numpy(), config.prior_bins)
     m1[new] = rows.loc[new, "new_m1"].to_numpy(np.float64)
     m2[new] = rows.loc[new, "new_m2"].to_numpy(np.float64)
     rows["expected"] = m1 + 1.0
@@ -289,7 +294,8 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
     """
     rng = np.random.default_rng(config.seed)
     origin = build_elements(con, source, config)
-    reference_bins = int((reference_end_us - origin) // (config.bin_seconds * MICROS))
+    width = config.bin_seconds * MICROS
+    reference_bins = int((reference_end_us - origin) // width)
     split = int(reference_bins * (1.0 - config.holdout_share))
     if split <= 0 or split >= reference_bins:
         first = pd.Timestamp(origin, unit="us", tz="UTC")
@@ -299,7 +305,6 @@ def score_stream(con: duckdb.DuckDBPyConnection, source: str, reference_end_us: 
             "UTC; it needs at least 2, so that the laws fit on one part and are "
             "calibrated on the rest",
             "Choose a later reference end, or narrower bins (--bin-seconds).")
-    width = config.bin_seconds * MICROS
     accepted = [((start - origin) // width, -(-(stop - origin) // width))
                 for start, stop in accepted_us]
     # The laws that score the held-out bins learn nothing at or after them.
@@ -335,9 +340,8 @@ def reached_hosts(con: duckdb.DuckDBPyConnection, flagged: pd.DataFrame,
                   incidents: pd.DataFrame) -> list[list[str]]:
     """Return, per incident, the hosts that its devices' flagged sent or received
     events reached in their bins at the incident's finest flagged scale, other than
-    its devices. These are the hosts a
-    sweep touched, or the sources of a flood. None of their pairs needs to be
-    abnormal on its own."""
+    its devices. These are the hosts a sweep touched, or the sources of a flood.
+    None of their pairs needs to be abnormal on its own."""
     if incidents.empty:
         return []
     hosts = flagged[flagged["kind"] != "pair"]
@@ -370,17 +374,12 @@ def gather_incidents(elements: pd.DataFrame, limit: float, tests: int,
     if flagged.empty:
         return pd.DataFrame(columns=columns), flagged.assign(incident=pd.Series(dtype="int64"))
     # Each flagged element mentions its host, or both ends of its pair.
-    ids = np.arange(len(flagged))
+    spans = flagged[["start", "stop"]].rename_axis("element").reset_index()
     is_pair = (flagged["kind"] == "pair").to_numpy()
-    mentions = pd.DataFrame({
-        "element": np.concatenate([ids, ids[is_pair]]),
-        "host": np.concatenate([flagged["src"].to_numpy(object),
-                                flagged.loc[is_pair, "dst"].to_numpy(object)]),
-        "start": np.concatenate([flagged["start"].to_numpy(),
-                                 flagged.loc[is_pair, "start"].to_numpy()]),
-        "stop": np.concatenate([flagged["stop"].to_numpy(),
-                                flagged.loc[is_pair, "stop"].to_numpy()]),
-    }).sort_values(["host", "start"], kind="stable")
+    ends = flagged.loc[is_pair, "dst"].to_numpy(object)
+    mentions = pd.concat([spans.assign(host=flagged["src"].to_numpy(object)),
+                          spans[is_pair].assign(host=ends)],
+                         ignore_index=True).sort_values(["host", "start"], kind="stable")
     host = mentions["host"].to_numpy(object)
     # Each mention chains to the one before it of the same host when it starts at
     # most `gap` base bins after the latest end among the earlier ones.

@@ -626,14 +626,20 @@ def member_table(identifier: str, chosen: dict, names: np.ndarray,
     return rows
 
 
-def run_info(workspace, run_id, config, snapshots, periods, checkpoint, fitted,
-             prepared, thresholds) -> dict:
+def package_versions() -> dict[str, str | None]:
+    """Return the versions of Python and of the packages a run depends on."""
     versions = {"python": platform.python_version()}
     for name in VERSIONED:
         try:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
+    return versions
+
+
+def run_info(workspace, run_id, config, snapshots, periods, checkpoint, fitted,
+             prepared, thresholds) -> dict:
+    versions = package_versions()
     period_spans = {}
     for name in ("train", "calibration", "score", "gap"):
         chosen = np.flatnonzero(periods == name)

@@ -220,7 +220,7 @@ def test_tied_incidents_rank_by_evidence() -> None:
     assert sorted(members["device"]) == ["a", "b"]
 
 
-def test_members_take_only_their_incident_evidence() -> None:
+def test_members_own_evidence_only() -> None:
     def element(kind: str, src: str, dst, p: float) -> dict:
         return {"scale": 1, "kind": kind, "src": src, "dst": dst, "bin": 20, "start": 20,
                 "stop": 21, "count": 50.0, "expected": 2.0, "novel": True, "p_raw": p,

@@ -175,7 +175,7 @@ def test_scales_without_reference_are_noted() -> None:
 
 
 
-def test_one_newcomer_does_not_fix_their_law() -> None:
+def test_newcomer_law_shrunk_to_kind() -> None:
     events = normal_events(4)
     # The reference's only newcomer after its first tenth sends one event, then a
     # new pair between two known hosts carries 4 events in one minute.
