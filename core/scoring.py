@@ -252,6 +252,20 @@ def families_with_stats(
         reported_in_train = reported[in_train].any(axis=0) if stats is None else stats.reported
         exists = (reported | reported_in_train[None, :]) & present[:, device_idx]
         ms = ms * exists[..., None]
+        # The time since the value last changed and the count of readings describe
+        # the sampling, not the value. A stuck sensor's time since change grows for
+        # as long as it is stuck, and a sensor that always reported two readings a
+        # bin and now reports none lies far below its usual count. The input clip
+        # caps both at INPUT_CLIP: a freeze of an hour would score as one of a few
+        # minutes, and a sensor that stopped reporting as one that reports a little
+        # less. The model reads them clipped; their residuals read them unclipped.
+        for name in ("stale", "count"):
+            column = SENSOR_FEATURES.index(name)
+            unclipped = ((snapshots.sensor_values[..., column]
+                          - prepared.center[device_idx, starts + column])
+                         / prepared.scale[device_idx, starts + column])
+            keep = (ms[..., column] > 0) & np.isfinite(unclipped)
+            xs[..., column] = np.where(keep, unclipped, xs[..., column])
         # A sensor constant in training is expected to keep its constant, which is
         # 0 once standardized. The model's output for it only echoes its
         # neighbours. Its time since change grew through all of training, so it

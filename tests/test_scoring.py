@@ -440,3 +440,70 @@ def test_stretch_pvalues_keep_short_stretch():
                                      min_outside=20)
 
     np.testing.assert_array_equal(result, p_value)
+
+
+def _frozen_and_lost(tmp_path):
+    """Build a store of 3 sensors read every 30 s for 60 minutes; the first 30
+    minutes are the training bins. From minute 40 `frozen` repeats its last value,
+    and from minute 45 `lost` reports nothing."""
+    seconds = np.arange(0, 3600, 30)
+    minutes = seconds / 60.0
+    frozen = np.sin(minutes / 2.0) + 0.1 * np.cos(seconds)
+    frozen[seconds >= 2400] = frozen[seconds < 2400][-1]
+    lost = np.cos(minutes / 3.0)
+    lost[seconds >= 2700] = np.nan
+    frame = pd.DataFrame({
+        "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(seconds, unit="s"),
+        "a": np.sin(minutes / 5.0), "frozen": frozen, "lost": lost,
+    })
+    workspace = store.Workspace.create(tmp_path / "ws")
+    ingest_frame(workspace, frame, IngestOptions(target="measurements", layout="wide"),
+                 "two readings per bin")
+    snapshots = build_snapshots(workspace.store_path, 60)
+    train_bins = np.arange(30)
+    prepared = train.prepare(snapshots, train_bins, [(0, snapshots.num_bins)])
+    # A model that expects every feature at its training centre.
+    x_hat = np.zeros(prepared.x.shape, np.float32)
+    found, stats = scoring.families_with_stats(snapshots, prepared, x_hat,
+                                               np.zeros((60, 0, 2)),
+                                               pd.DataFrame({"column": []}), train_bins)
+    sensor = next(f for f in found if f.kind == "sensor")
+    return snapshots, prepared, sensor, stats
+
+
+def _standardized(snapshots, prepared, name: str, feature: str) -> np.ndarray:
+    """The sensor's feature over every bin, standardized without the input clip."""
+    row = list(snapshots.sensors["sensor"]).index(name)
+    device = int(snapshots.sensors["device_idx"].iloc[row])
+    column = (len(COMM_FEATURES) + len(SENSOR_FEATURES) * int(snapshots.sensors["slot"].iloc[row])
+              + SENSOR_FEATURES.index(feature))
+    raw = snapshots.sensor_values[:, row, SENSOR_FEATURES.index(feature)]
+    return (raw - prepared.center[device, column]) / prepared.scale[device, column]
+
+
+def test_families_stuck_sensor_scores_beyond_input_clip(tmp_path):
+    snapshots, prepared, sensor, stats = _frozen_and_lost(tmp_path)
+    stale = SENSOR_FEATURES.index("stale")
+    column = list(sensor.ids["sensor"]).index("frozen")
+    unclipped = _standardized(snapshots, prepared, "frozen", "stale")
+    # The freeze runs far past the clip, and the model input stays clipped.
+    assert unclipped[59] > 2 * train.INPUT_CLIP
+    assert prepared.x.numpy().max() <= train.INPUT_CLIP
+    residual = sensor.residual[:, column, stale]
+    np.testing.assert_allclose(residual[40:], unclipped[40:] / stats.sensor_scales[stale],
+                               rtol=1e-5)
+    # A longer freeze scores higher all the way through.
+    assert (np.diff(residual[41:]) > 0).all()
+
+
+def test_families_lost_sensor_count_beyond_input_clip(tmp_path):
+    snapshots, prepared, sensor, stats = _frozen_and_lost(tmp_path)
+    count = SENSOR_FEATURES.index("count")
+    column = list(sensor.ids["sensor"]).index("lost")
+    unclipped = _standardized(snapshots, prepared, "lost", "count")
+    assert unclipped[50] < -train.INPUT_CLIP
+    residual = sensor.residual[:, column, count]
+    np.testing.assert_allclose(residual[45:], unclipped[45:] / stats.sensor_scales[count],
+                               rtol=1e-5)
+    # Bins with readings never score their count.
+    assert np.abs(residual[:45]).max() == 0.0
