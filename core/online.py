@@ -173,11 +173,15 @@ class Calibrator:
         greater = np.zeros(len(columns), np.int64)
         equal = np.zeros(len(columns), np.int64)
         pool_max = np.full(len(columns), np.inf)
+        # A bin's scores here are summed over a short window and the pools' over the
+        # whole run. A score equal to a pool's usual one can then lie a rounding
+        # error above it. `scoring.tie_bounds` makes them tie, as in the batch run.
+        low, high = scoring.tie_bounds(values)
         if has_own.any():
             own_rows = rows[columns][has_own]
             pools = self.own[own_rows]
-            below = (pools < values[has_own, None]).sum(axis=1)
-            at_most = (pools <= values[has_own, None]).sum(axis=1)
+            below = (pools < low[has_own, None]).sum(axis=1)
+            at_most = (pools <= high[has_own, None]).sum(axis=1)
             size[has_own] = self.own_count[own_rows]
             greater[has_own] = size[has_own] - at_most
             equal[has_own] = at_most - below
@@ -185,8 +189,8 @@ class Calibrator:
         for group in np.unique(group_of[~has_own]):
             chosen = ~has_own & (group_of == group)
             pool = self._pool(str(group))
-            left = np.searchsorted(pool, values[chosen], side="left")
-            right = np.searchsorted(pool, values[chosen], side="right")
+            left = np.searchsorted(pool, low[chosen], side="left")
+            right = np.searchsorted(pool, high[chosen], side="right")
             size[chosen] = len(pool)
             greater[chosen] = len(pool) - right
             equal[chosen] = right - left
@@ -203,7 +207,7 @@ class Calibrator:
         value[empirical] = np.clip(
             (greater[empirical] + uniform[empirical] * (equal[empirical] + 1))
             / (size[empirical] + 1), scoring.P_FLOOR, 1.0)
-        for position in np.flatnonzero(empirical & (values > pool_max)):
+        for position in np.flatnonzero(empirical & (low > pool_max)):
             # Beyond the pool's max, `tail_pvalues` uses its fitted tail.
             column = columns[position]
             group = str(group_of[position])

@@ -46,6 +46,10 @@ BALANCE_QUANTILE = 0.99
 COUNT_KINDS = ("device", "pair")
 MIN_TAIL = 15
 P_FLOOR = 1e-12
+# Scores this close tie: the same score summed in another order (a window of a few
+# bins online against the whole run in batch) differs in its last float32 digits.
+TIE_RELATIVE = 1e-5
+TIE_ABSOLUTE = 1e-6
 PAIR_DECODE_ROWS = 65_536
 
 
@@ -666,13 +670,14 @@ def tail_pvalues(
     n = len(reference)
     if n == 0:
         return np.ones_like(scores, dtype=np.float64)
-    left = np.searchsorted(reference, scores, side="left")
-    right = np.searchsorted(reference, scores, side="right")
+    low, high = tie_bounds(scores)
+    left = np.searchsorted(reference, low, side="left")
+    right = np.searchsorted(reference, high, side="right")
     greater = n - right
     equal = right - left
     p = (greater + rng.random(len(scores)) * (equal + 1)) / (n + 1)
 
-    beyond = scores > reference[-1]
+    beyond = low > reference[-1]
     if not beyond.any():
         return np.clip(p, P_FLOOR, 1.0)
     threshold = reference[int(TAIL_QUANTILE * (n - 1))]
@@ -686,6 +691,14 @@ def tail_pvalues(
     elif pooled is not None and len(pooled) >= MIN_TAIL:
         p[beyond] = _pooled_ratio(pooled, reference[-1], scores[beyond]) / (n + 1)
     return np.clip(p, P_FLOOR, 1.0)
+
+
+def tie_bounds(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return the lowest and highest score that ties with each of `scores`, within
+    `TIE_RELATIVE` of it or `TIE_ABSOLUTE`, whichever is larger."""
+    scores = np.asarray(scores, dtype=np.float64)
+    slack = np.maximum(TIE_ABSOLUTE, TIE_RELATIVE * np.abs(scores))
+    return scores - slack, scores + slack
 
 
 def _pooled_ratio(pooled: np.ndarray, own_max: float, scores: np.ndarray) -> np.ndarray:
@@ -805,9 +818,12 @@ def null_mapping(null_p: np.ndarray):
         result = values.copy()
         finite = ~np.isnan(values)
         y = -np.log10(np.clip(values[finite], 1e-300, 1.0))
-        deeper = count - np.searchsorted(depth, y, side="left")
+        # A count law's p-value is one value for many null bins. The same p-value
+        # computed from an expected count a rounding error away must count them all.
+        low, _ = tie_bounds(y)
+        deeper = count - np.searchsorted(depth, low, side="left")
         share = (deeper + 1) / (count + 1)
-        beyond = y > depth[-1]
+        beyond = low > depth[-1]
         if beyond.any() and mean_excess > 0:
             fitted = top / (count + 1) * np.exp(-(y[beyond] - base) / mean_excess)
             own = 10.0 ** -y[beyond]

@@ -507,3 +507,32 @@ def test_families_lost_sensor_count_beyond_input_clip(tmp_path):
                                rtol=1e-5)
     # Bins with readings never score their count.
     assert np.abs(residual[:45]).max() == 0.0
+
+
+def test_tail_pvalues_rounding_error_ties():
+    # A polling pair's usual score, summed in another order, differs in its last
+    # float32 digits; it must tie with the reference's copies of that score.
+    usual = np.float32(0.14384103)
+    reference = np.sort(np.concatenate([np.full(60, usual), np.linspace(0.2, 0.5, 20),
+                                        np.linspace(0.01, 0.1, 20)]).astype(np.float64))
+    rounded = np.array([float(usual) * (1 + 2e-7)])
+    assert rounded[0] > reference[79]
+    tied = tail_pvalues(reference, rounded, np.random.default_rng(3))
+    exact = tail_pvalues(reference, np.array([float(usual)]), np.random.default_rng(3))
+    assert tied[0] == exact[0]
+    # Above all 60 copies, a score would get (20 + U) / 101, below 21 / 101.
+    assert tied[0] > 21 / 101
+
+
+def test_null_mapping_rounding_error_ties():
+    # A count law gives one p-value to many null bins. The same p-value computed
+    # from an expected count a rounding error away must count that whole atom.
+    rng = np.random.default_rng(5)
+    atom = 0.56675148
+    null = np.concatenate([np.full(600, atom), rng.uniform(0.6, 1.0, 3000),
+                           rng.uniform(0.0, 0.5, 400)])
+    mapped = null_mapping(null)
+    nearby = mapped(np.array([atom * (1 - 1e-12)]))[0]
+    assert nearby == mapped(np.array([atom]))[0]
+    # 400 null p-values lie below the atom and 600 in it.
+    assert nearby > 1000 / 4001
