@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 
 ONLINE_DIR = "online"
 EVIDENCE_BINS = 720
+# Bins of input kept beyond the model's window, over which the devices of a process
+# incident are checked with their sensor inputs hidden (`pipeline.explain_away`).
+EXPLAIN_BINS = 60
 MIN_HORIZON_BINS = 64
 
 
@@ -520,6 +523,9 @@ class Tracked:
     members: pd.DataFrame
     version_devices: int = 0
     version_length: int = 0
+    # Devices of its hits that look normal with their sensor inputs hidden
+    # (`pipeline.explain_away`): not members, but hits on them still join it.
+    explained: list[str] = field(default_factory=list)
 
 
 INCIDENT_COLUMNS = ["incident_id", "rank", "start", "end", "type", "score", "threshold",
@@ -533,6 +539,14 @@ def _overlaps(a: Tracked, start: int, stop: int, gap: int) -> bool:
 
 def _jaccard(a: set, b: set) -> float:
     return len(a & b) / max(len(a | b), 1)
+
+
+def _without(members: pd.DataFrame, devices: set[str]) -> pd.DataFrame:
+    """Return `members` without the device and sensor rows of `devices`."""
+    if not devices:
+        return members
+    dropped = members["role"].isin(["device", "sensor"]) & members["device"].astype(str).isin(devices)
+    return members[~dropped]
 
 
 # --------------------------------------------------------------------------- scan state
@@ -843,7 +857,7 @@ class OnlineScorer:
         return result
 
     def _forget(self, bin_index: int) -> None:
-        for old in [b for b in self.rows if b <= bin_index - self.window]:
+        for old in [b for b in self.rows if b <= bin_index - self.window - EXPLAIN_BINS]:
             del self.rows[old]
         oldest = self.scan_origin if self.scan_origin is not None else bin_index + 1
         for old in [b for b in self.novel_log if b < oldest]:
@@ -1091,6 +1105,35 @@ class OnlineScorer:
                   for row, inc in zip(table.itertuples(), _ordered(incidents, table, frame))}
         self._track(table, members, starts, bin_index, aftermath, result)
 
+    def _explain_away(self, names: set[str], start: int, stop: int) -> set[str]:
+        """Return the devices of a process incident over base bins [start, stop) that
+        stay abnormal with their sensor inputs hidden, as the batch run checks them.
+
+        The check reads the kept inputs: the model's window and `EXPLAIN_BINS` more,
+        so a longer incident is checked over its last bins."""
+        online = self.online
+        index = self.feed.index
+        devices = sorted(int(index[name]) for name in names if name in index.index)
+        if len(devices) <= 1:
+            return names
+        reach = online.receptive
+        begin = max(start, min(self.rows) + reach)
+        if begin >= stop:
+            return names
+        first = begin - reach
+        inputs = [self._inputs(self.rows.get(b) or self._empty_rows(), b)
+                  for b in range(first, stop)]
+        prepared = dataclasses.replace(
+            online.prepared, x=torch.stack([x for x, _ in inputs]),
+            mask=torch.stack([mask for _, mask in inputs]), segments=[(0, stop - first)])
+        snapshots = self._window_snapshots(stop - 1, stop - first)
+        abnormal = pipeline.explain_away(online.model, prepared, snapshots, devices,
+                                     begin - first, stop - first,
+                                     online.config.search.member_min_share)
+        device_names = online.reference.devices["device"].astype(str).to_numpy()
+        return {str(device_names[d]) for d in abnormal} | (names - {str(device_names[d])
+                                                                for d in devices})
+
     def _track(self, table: pd.DataFrame, members: pd.DataFrame,
                spans: dict[str, tuple[int, int]], bin_index: int, gap: int,
                result: BinResult) -> None:
@@ -1102,8 +1145,9 @@ class OnlineScorer:
             for tracked in self.tracked.values():
                 if not _overlaps(tracked, start, stop, gap):
                     continue
-                share = _jaccard(devices, set(tracked.devices))
-                if devices <= set(tracked.devices) or set(tracked.devices) <= devices:
+                known = set(tracked.devices) | set(tracked.explained)
+                share = _jaccard(devices, known)
+                if devices <= known or set(tracked.devices) <= devices:
                     share = max(share, 0.5)
                 if share >= 0.5 and share > best_share:
                     best, best_share = tracked, share
@@ -1111,19 +1155,31 @@ class OnlineScorer:
                 identifier = row["incident_id"]
                 if identifier in self.tracked:
                     identifier = f"{identifier}-{bin_index}"
+                kept = self._explain_away(devices, start, stop) \
+                    if row["type"] == "process" else devices
                 tracked = Tracked(identifier, 1, bin_index, bin_index, start, stop,
-                                  sorted(devices), row, own.assign(incident_id=identifier),
-                                  len(devices), stop - start)
+                                  sorted(kept), row,
+                                  _without(own, devices - kept).assign(incident_id=identifier),
+                                  len(kept), stop - start, sorted(devices - kept))
                 self.tracked[identifier] = tracked
                 result.new.append(identifier)
                 continue
             before = set(best.devices)
             best.start_bin = min(best.start_bin, start)
             best.stop_bin = max(best.stop_bin, stop)
-            best.devices = sorted(before | devices)
+            joined = before | devices
+            if "process" in (row["type"], best.row["type"]):
+                # As the batch run checks a process incident over its interval, the
+                # devices of all its hits are checked together, so a neighbour that
+                # only echoes the faulty device is dropped once both are in.
+                candidates = joined | set(best.explained)
+                joined = self._explain_away(candidates, best.start_bin, best.stop_bin)
+                best.explained = sorted(candidates - joined)
+            best.devices = sorted(joined)
             if row["score"] >= best.row["score"]:
                 best.row = row
             merged = pd.concat([best.members, own.assign(incident_id=best.incident_id)])
+            merged = _without(merged, set(best.explained))
             best.members = merged.sort_values("evidence", ascending=False).drop_duplicates(
                 ["role", "device", "peer", "sensor"]).reset_index(drop=True)
             best.updated_bin = bin_index
@@ -1152,6 +1208,7 @@ class OnlineScorer:
                 "start_bin": tracked.start_bin, "stop_bin": tracked.stop_bin,
                 "start": pd.Timestamp(online.origin_us + tracked.start_bin * width, unit="us", tz="UTC"),
                 "end": pd.Timestamp(online.origin_us + tracked.stop_bin * width, unit="us", tz="UTC"),
+                "summary": self._summary(tracked),
             })
             rows.append(row)
         table = pd.DataFrame(rows, columns=[c for c in INCIDENT_COLUMNS if c != "rank"])
@@ -1161,6 +1218,23 @@ class OnlineScorer:
             if self.tracked else pd.DataFrame(columns=["incident_id", "role", "device", "peer",
                                                          "sensor", "evidence", "p_value"])
         return table.reset_index(drop=True), members
+
+    def _summary(self, tracked: Tracked) -> str:
+        """The sentence of `pipeline.summarize` for the incident now: its
+        devices, targets and sensors over its whole interval, not those of the hit
+        that scored highest."""
+        width = self.online.bin_seconds * MICROS
+        origin = self.online.origin_us
+        members = tracked.members
+        role = members["role"]
+        devices = members[role == "device"].sort_values("evidence", ascending=False)
+        names = list(dict.fromkeys(devices["device"].astype(str))) or list(tracked.devices)
+        targets = members.loc[role == "target", "device"].nunique()
+        sensors = len(members.loc[role == "sensor", ["device", "sensor"]].drop_duplicates())
+        return pipeline.summarize(
+            str(tracked.row["type"]), names, int(targets), int(sensors),
+            pd.Timestamp(origin + tracked.start_bin * width, unit="us", tz="UTC"),
+            pd.Timestamp(origin + tracked.stop_bin * width, unit="us", tz="UTC"))
 
     def payload(self, incident_id: str) -> dict:
         """The alert body of an incident's current version."""
@@ -1176,7 +1250,7 @@ class OnlineScorer:
             "score": float(row["score"]),
             "start": pd.Timestamp(origin + tracked.start_bin * width, unit="us", tz="UTC").isoformat(),
             "end": pd.Timestamp(origin + tracked.stop_bin * width, unit="us", tz="UTC").isoformat(),
-            "devices": tracked.devices, "summary": row["summary"],
+            "devices": tracked.devices, "summary": self._summary(tracked),
             "run_id": self.online.run_id, "workspace": str(self.workspace.root),
         }
 

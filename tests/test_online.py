@@ -286,6 +286,23 @@ def test_online_pvalues_match_per_element(trained, tmp_path, monkeypatch):
     assert checked["beyond"] > 0
 
 
+def test_online_summary_names_whole_incident(trained, tmp_path):
+    # An incident grows over many bins. Its sentence must give its whole interval and
+    # its own devices, not those of the hit that scored highest.
+    root = copy_workspace(trained, tmp_path)
+    ingest_rest(root, trained[1], trained[2])
+    scorer = replay_bins(root, "summary", 60)
+    table, members = scorer.incident_table()
+    devices = members[members["role"] == "device"]
+    assert (table["stop_bin"] - table["start_bin"] > 1).any(), "no incident grew"
+    for row in table.itertuples():
+        assert f"from {row.start:%Y-%m-%d %H:%M} to {row.end:%Y-%m-%d %H:%M} UTC" in row.summary
+        listed = row.summary.split(" anomaly on ")[1].split(" from ")[0]
+        own = set(devices.loc[devices["incident_id"] == row.incident_id, "device"])
+        for name in listed.split(" and ")[0].split(", "):
+            assert name in own, (name, row.summary)
+
+
 def test_online_scan_new_intervals_only(trained, tmp_path, monkeypatch):
     # Each closed bin scans only the intervals that end with it, at the scales whose
     # bin closed with it, so no interval is scanned in two bins. Rescanning every
