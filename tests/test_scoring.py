@@ -326,9 +326,15 @@ def _one_reading_per_bin(tmp_path, step: float = 2.0):
         "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(minutes, unit="min"),
         "a": np.sin(minutes / 3.0), "b": np.cos(minutes / 4.0), "flat": flat,
     })
+    return _trained_on_first_30(tmp_path, frame)
+
+
+def _trained_on_first_30(tmp_path, frame: pd.DataFrame):
+    """Store wide readings in a new workspace, bin them by minute and standardize
+    them on the first 30 bins."""
     workspace = store.Workspace.create(tmp_path / "ws")
     ingest_frame(workspace, frame, IngestOptions(target="measurements", layout="wide"),
-                 "one reading per bin")
+                 "wide readings")
     snapshots = build_snapshots(workspace.store_path, 60)
     train_bins = np.arange(30)
     prepared = train.prepare(snapshots, train_bins, [(0, snapshots.num_bins)])
@@ -456,12 +462,7 @@ def _frozen_and_lost(tmp_path):
         "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(seconds, unit="s"),
         "a": np.sin(minutes / 5.0), "frozen": frozen, "lost": lost,
     })
-    workspace = store.Workspace.create(tmp_path / "ws")
-    ingest_frame(workspace, frame, IngestOptions(target="measurements", layout="wide"),
-                 "two readings per bin")
-    snapshots = build_snapshots(workspace.store_path, 60)
-    train_bins = np.arange(30)
-    prepared = train.prepare(snapshots, train_bins, [(0, snapshots.num_bins)])
+    snapshots, prepared, train_bins = _trained_on_first_30(tmp_path, frame)
     # A model that expects every feature at its training centre.
     x_hat = np.zeros(prepared.x.shape, np.float32)
     found, stats = scoring.families_with_stats(snapshots, prepared, x_hat,
