@@ -1172,6 +1172,8 @@ class OnlineScorer:
                 # As the batch run checks a process incident over its interval, the
                 # devices of all its hits are checked together, so a neighbour that
                 # only echoes the faulty device is dropped once both are in.
+                # The check runs again at each hit: a fault that reaches more
+                # devices later changes which of them stay abnormal.
                 candidates = joined | set(best.explained)
                 joined = self._explain_away(candidates, best.start_bin, best.stop_bin)
                 best.explained = sorted(candidates - joined)
