@@ -1128,11 +1128,11 @@ class OnlineScorer:
             mask=torch.stack([mask for _, mask in inputs]), segments=[(0, stop - first)])
         snapshots = self._window_snapshots(stop - 1, stop - first)
         abnormal = pipeline.explain_away(online.model, prepared, snapshots, devices,
-                                     begin - first, stop - first,
-                                     online.config.search.member_min_share)
+                                         begin - first, stop - first,
+                                         online.config.search.member_min_share)
         device_names = online.reference.devices["device"].astype(str).to_numpy()
-        return {str(device_names[d]) for d in abnormal} | (names - {str(device_names[d])
-                                                                for d in devices})
+        checked = {str(device_names[d]) for d in devices}
+        return {str(device_names[d]) for d in abnormal} | (names - checked)
 
     def _track(self, table: pd.DataFrame, members: pd.DataFrame,
                spans: dict[str, tuple[int, int]], bin_index: int, gap: int,
@@ -1155,12 +1155,13 @@ class OnlineScorer:
                 identifier = row["incident_id"]
                 if identifier in self.tracked:
                     identifier = f"{identifier}-{bin_index}"
-                kept = self._explain_away(devices, start, stop) \
-                    if row["type"] == "process" else devices
+                abnormal = devices
+                if row["type"] == "process":
+                    abnormal = self._explain_away(devices, start, stop)
                 tracked = Tracked(identifier, 1, bin_index, bin_index, start, stop,
-                                  sorted(kept), row,
-                                  _without(own, devices - kept).assign(incident_id=identifier),
-                                  len(kept), stop - start, sorted(devices - kept))
+                                  sorted(abnormal), row,
+                                  _without(own, devices - abnormal).assign(incident_id=identifier),
+                                  len(abnormal), stop - start, sorted(devices - abnormal))
                 self.tracked[identifier] = tracked
                 result.new.append(identifier)
                 continue
@@ -1222,9 +1223,8 @@ class OnlineScorer:
         return table.reset_index(drop=True), members
 
     def _summary(self, tracked: Tracked) -> str:
-        """The sentence of `pipeline.summarize` for the incident now: its
-        devices, targets and sensors over its whole interval, not those of the hit
-        that scored highest."""
+        """Return the incident's sentence from `pipeline.summarize`, with its devices,
+        targets and sensors over its whole interval, not those of its strongest hit."""
         width = self.online.bin_seconds * MICROS
         origin = self.online.origin_us
         members = tracked.members

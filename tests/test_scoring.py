@@ -482,7 +482,7 @@ def _standardized(snapshots, prepared, name: str, feature: str) -> np.ndarray:
     return (raw - prepared.center[device, column]) / prepared.scale[device, column]
 
 
-def test_families_stuck_sensor_scores_beyond_input_clip(tmp_path):
+def test_stuck_sensor_beyond_input_clip(tmp_path):
     snapshots, prepared, sensor, stats = _frozen_and_lost(tmp_path)
     stale = SENSOR_FEATURES.index("stale")
     column = list(sensor.ids["sensor"]).index("frozen")
@@ -497,7 +497,7 @@ def test_families_stuck_sensor_scores_beyond_input_clip(tmp_path):
     assert (np.diff(residual[41:]) > 0).all()
 
 
-def test_families_lost_sensor_count_beyond_input_clip(tmp_path):
+def test_lost_sensor_beyond_input_clip(tmp_path):
     snapshots, prepared, sensor, stats = _frozen_and_lost(tmp_path)
     count = SENSOR_FEATURES.index("count")
     column = list(sensor.ids["sensor"]).index("lost")
