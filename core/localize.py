@@ -1216,6 +1216,11 @@ def detect(
             base_start, base_stop = _split_quiet(fine, hit.devices, base_start, base_stop,
                                                  alpha, config, aftermath, min_stop)
             start, stop = base_start // state.scale, -(-base_stop // state.scale)
+            removed = (base_start, base_stop)
+            base_start, base_stop = _place_ends(fine, hit.devices, base_start, base_stop,
+                                                state.scale, alpha, config)
+        else:
+            removed = (base_start, base_stop)
         base_start, base_stop = _widen(states, hit, base_start, base_stop, num_bins, config,
                                        aftermath)
         incidents.append(Incident(base_start, base_stop, state.scale, alpha, hit.score,
@@ -1237,7 +1242,8 @@ def detect(
             incidents[-1].devices = devices
         reached = devices + state.targets(devices, start, stop, alpha)
         for other in states:
-            other.remove(reached, base_start, base_stop, config.alphas)
+            other.remove(reached, min(base_start, removed[0]), max(base_stop, removed[1]),
+                         config.alphas)
     return incidents
 
 
@@ -1344,6 +1350,37 @@ def _absorb(
         if len(components(together, matrix, hubs)) == 1:
             return incident
     return None
+
+
+def _place_ends(
+    fine: ScaleState, devices: list[int], start: int, stop: int, scale: int,
+    alpha: float, config: SearchConfig,
+) -> tuple[int, int]:
+    """Move the ends of a coarse interval, base bins [start, stop), to the base bins
+    where the devices' evidence begins and ends.
+
+    A coarse bin of `scale` base bins shows only that an anomaly began or ended
+    somewhere inside it. Within the first and the last of them, the interval is
+    narrowed to the base bins of `fine` (scale 1) in which the devices have more
+    p-values at most `alpha` than `alpha` times their elements. An end coarse bin
+    without such a base bin is kept whole, since a weak anomaly may show at the
+    coarse scale only.
+    """
+    if alpha not in config.alphas or stop - start < 1:
+        return start, stop
+    a = config.alphas.index(alpha)
+    chosen = np.asarray(devices)
+    counts = fine.counts[start:stop, chosen, a].sum(axis=1).astype(np.float64)
+    totals = fine.totals[start:stop, chosen].sum(axis=1).astype(np.float64)
+    excess = np.flatnonzero(counts - alpha * totals > 1e-9)
+    if len(excess) == 0:
+        return start, stop
+    first, last = start + int(excess[0]), start + int(excess[-1]) + 1
+    if first < start + scale:
+        start = first
+    if last > stop - scale:
+        stop = last
+    return start, stop
 
 
 def _widen(

@@ -500,7 +500,7 @@ def test_detect_cuts_coarse_hit_at_fine_quiet_stretch():
     joined = run(aftermath=0)
     split = run(aftermath=10)
 
-    assert [(i.start, i.stop) for i in joined] == [(8, 40)]
+    assert [(i.start, i.stop) for i in joined] == [(10, 40)]
     first, second = sorted((i.start, i.stop) for i in split)
     # Each incident covers one burst and none of the other.
     assert first[0] <= 10
@@ -856,3 +856,36 @@ def test_grow_connected_shared_moves_match_reference():
         shared_steps += len(shared)
     # Steps stored once and reused by a later growth.
     assert separate_steps - shared_steps >= 50
+
+
+@pytest.mark.parametrize("first, last", [(6, 17), (4, 19), (9, 10)])
+def test_coarse_hit_ends_at_base_bins(first, last):
+    """Device 2 is abnormal in base bins first..last. Only the coarse scale (4 base
+    bins a bin) passes its threshold, and the incident still starts and ends at the
+    base bins of the anomaly, not at the edges of the coarse bins around it."""
+    rng = np.random.default_rng(11)
+
+    def rows(scale, bins):
+        out = []
+        for t in range(bins):
+            abnormal = any(first <= b <= last for b in range(t * scale, (t + 1) * scale))
+            for device in range(4):
+                for base in range(scale):
+                    inside = first <= t * scale + base <= last
+                    p = 0.004 if device == 2 and abnormal and (scale > 1 or inside) \
+                        else rng.uniform(0.02, 1)
+                    out.append(("sensor", device, -1, t, p))
+        return _elements(out)
+
+    def state(scale, bins, threshold):
+        elements = ScaleElements(scale=scale, num_bins=bins, elements=rows(scale, bins),
+                                 runs=[(0, bins)])
+        return ScaleState.build(elements, 4, SearchConfig().alphas,
+                                {2 ** k: threshold for k in range(6)}, {"sensor": 1e-12})
+
+    states = [state(1, 32, 1e6), state(4, 8, 5.0)]
+    incidents = detect(states, num_devices=4, num_bins=32, links=np.array([[0, 1], [1, 2]]),
+                       kinds=np.array(["rtu", "plc", "rtu", "rtu"]),
+                       config=SearchConfig(max_incidents=5))
+
+    assert [(i.start, i.stop, i.devices) for i in incidents] == [(first, last + 1, [2])]
