@@ -192,7 +192,7 @@ def run_plant(settings: Settings, size: int, seed: int, planted: bool) -> PlantR
         x_hat, pair_hat, candidates, _ = scoring.reconstruct(model, prepared, snapshots)
         families = scoring.families(snapshots, prepared, x_hat, pair_hat, candidates,
                                     train_bins)
-        scored = pipeline.score_scales(families, periods, config, rng)
+        scored = pipeline.score_scales(families, periods, config)
         incidents, members, _, _ = pipeline.localize_run(
             snapshots, scored, periods, prepared, config, rng, lambda *_: None, model)
     truth = store.query(workspace.store_path, "SELECT * FROM ground_truth")

@@ -174,7 +174,7 @@ def null_seed(cache: Path, seed: int, args: argparse.Namespace) -> dict:
                         snapshots.bin_start(scored_bins[-1] + 1)[0].isoformat()])
         rng = np.random.default_rng(config.model.seed)
         with train.deterministic():
-            scored = pipeline.score_scales(families, periods, config, rng)
+            scored = pipeline.score_scales(families, periods, config)
             incidents, _, _, _ = pipeline.localize_run(
                 snapshots, scored, periods, prepared, config, rng, lambda *_: None, model)
         counts.append(int(len(incidents)))

@@ -478,7 +478,7 @@ def search_file(trained: Trained, name: str, attacks: list[Attack],
                                                      calibrate_on_scored), span)
         rng = np.random.default_rng(config.model.seed)
         with train.deterministic():
-            scored = pipeline.score_scales(trained.families, periods, config, rng)
+            scored = pipeline.score_scales(trained.families, periods, config)
         state = rng.bit_generator.state
         for level in levels:
             setting = Setting(level, calibrate_on_scored)

@@ -171,7 +171,7 @@ def score_tgloc(folder: Path, machine: str, scratch: Path,
                                                              snapshots)
     families = scoring.families(snapshots, prepared, x_hat, pair_hat, candidates,
                                 train_bins)
-    scored = pipeline.score_scales(families, periods, config, rng)[0]
+    scored = pipeline.score_scales(families, periods, config)[0]
     position = next(i for i, f in enumerate(scored.families) if f.kind == "sensor")
     family = scored.families[position]
     order = [list(family.ids["sensor"]).index(m) for m in data.metrics]

@@ -119,7 +119,7 @@ class Calibrator:
 
     @classmethod
     def fit(cls, scaled: scoring.ScaledFamily, reference_bins: np.ndarray,
-            min_reference: int, null_p: np.ndarray, rng: np.random.Generator) -> "Calibrator":
+            min_reference: int, null_p: np.ndarray) -> "Calibrator":
         score, exists = scaled.score, scaled.exists
         reference = score[reference_bins]
         reference_exists = exists[reference_bins]
@@ -153,9 +153,11 @@ class Calibrator:
                    {str(k): v for k, v in novelty.items()}, min_reference,
                    scoring.null_mapping(null_p), laws)
 
-    def pvalues(self, scaled: scoring.ScaledFamily, rng: np.random.Generator) -> np.ndarray:
+    def pvalues(self, scaled: scoring.ScaledFamily, coarse_bin: int, seed: int) -> np.ndarray:
         """Return the p-values of the single bin of `scaled`, shape [J], NaN where
-        an element does not exist."""
+        an element does not exist. `coarse_bin` is the bin's index at its scale
+        from the run's origin, which with `seed` breaks ties as the batch run does
+        (`scoring.tie_uniforms`)."""
         score = scaled.score[0]
         exists = scaled.exists[0] & np.isfinite(score)
         p = np.full(len(score), np.nan)
@@ -198,13 +200,9 @@ class Calibrator:
             greater[chosen] = len(pool) - right
             equal[chosen] = right - left
             pool_max[chosen] = pool[-1] if len(pool) else np.inf
-        # `scoring.tail_pvalues` and the novelty rate draw one uniform number per
-        # element, in column order, and none for an empty pool. One draw of them all
-        # in that order gives the same numbers, so the p-values stay the same.
         novel_here = novel[columns]
-        drawing = novel_here | (size > 0)
-        uniform = np.zeros(len(columns))
-        uniform[drawing] = rng.random(int(drawing.sum()))
+        uniform = scoring.tie_uniforms(scaled.ids.iloc[columns], self.kind, self.scale,
+                                       np.array([coarse_bin]), seed)[0]
         value = np.ones(len(columns))
         empirical = ~novel_here & (size > 0)
         value[empirical] = np.clip(
@@ -221,7 +219,7 @@ class Calibrator:
             law = self.laws.get(int(rows[column])) if has_own[position] else None
             events = scaled.observed[0, column:column + 1] * scaled.scale
             value[position] = scoring.tail_pvalues(pool, values[position:position + 1],
-                                                   _Drawn(uniform[position]), tail,
+                                                   uniform[position:position + 1], tail,
                                                    law, events)[0]
         if novel_here.any():
             rates = np.array([self.novelty.get(str(g), 1.0) for g in group_of[novel_here]])
@@ -248,24 +246,7 @@ class Calibrator:
         return self.keys.reindex(element_keys(ids)).fillna(-1).to_numpy(dtype=np.int64)
 
 
-@dataclass
-class _Drawn:
-    """Stand-in for a random generator that returns one number drawn earlier."""
-
-    value: float
-
-    def random(self, size: int) -> np.ndarray:
-        return np.full(size, self.value)
-
-
-def element_keys(ids: pd.DataFrame) -> pd.Index:
-    """Return the identity of each element across windows: device, peer and sensor."""
-    # pandas' string dtype keeps a missing peer or sensor missing through astype(str),
-    # and one missing part makes the whole key missing, so they become "" first.
-    parts = [ids[column].astype(object).fillna("").astype(str)
-             for column in ("device", "peer", "sensor")]
-    text = parts[0] + "\x1f" + parts[1] + "\x1f" + parts[2]
-    return pd.Index(text.to_numpy(dtype=object))
+element_keys = scoring.element_keys
 
 
 @dataclass
@@ -341,7 +322,6 @@ class OnlineModel:
             x_hat, pair_hat, candidates, _ = scoring.reconstruct(model, prepared, reference)
             families, stats = scoring.families_with_stats(
                 reference, prepared, x_hat, pair_hat, candidates, train_bins)
-        rng = np.random.default_rng(config.model.seed)
         calibrators = {}
         for scale in config.stream.scales:
             coarse = scoring.coarse_periods(periods, scale)
@@ -355,10 +335,10 @@ class OnlineModel:
                         continue
                     rest = np.setdiff1d(calibration, fold)
                     fold_p, _, _ = scoring.calibrate(
-                        scaled, rest, fold, config.search.min_reference, rng)
+                        scaled, rest, fold, config.search.min_reference, config.model.seed)
                     null_p[fold] = fold_p[fold]
                 calibrators[(scale, family.kind)] = Calibrator.fit(
-                    scaled, calibration, config.search.min_reference, null_p, rng)
+                    scaled, calibration, config.search.min_reference, null_p)
         thresholds, singleton, weights = {}, {}, {}
         for scale, value in info.get("thresholds", {}).items():
             if "weights" in value:
@@ -754,7 +734,6 @@ class OnlineScorer:
         self.bins: list[dict] = []
         self.last_bin: int | None = None
         self.late_rows = 0
-        self.rng = np.random.default_rng(online.config.model.seed)
         self.sensor_ids: pd.DataFrame | None = None
         self.novel_log: dict[int, set[int]] = {}
         reference = online.prepared.reference_pairs
@@ -1003,7 +982,7 @@ class OnlineScorer:
                 if calibrator is None:
                     continue
                 scaled = scoring.aggregate(_last_bins(family, scale), scale)
-                p = calibrator.pvalues(scaled, self.rng)
+                p = calibrator.pvalues(scaled, coarse, online.config.model.seed)
                 if family.kind == "sensor":
                     self.sensor_ids = family.ids
                 columns = np.flatnonzero(~np.isnan(p))

@@ -123,7 +123,7 @@ def run_pipeline(
                                                                  snapshots)
             families = scoring.families(snapshots, prepared, x_hat, pair_hat, candidates,
                                         train_bins)
-            scored = score_scales(families, periods, config, rng)
+            scored = score_scales(families, periods, config)
 
         report("localization", 0.0)
         with timer.stage("localization"):
@@ -265,7 +265,6 @@ class Scored:
 
 def score_scales(
     families: list[scoring.Family], periods: np.ndarray, config: RunConfig,
-    rng: np.random.Generator,
 ) -> list[Scored]:
     """Aggregate each family to every scale and compute its p-values.
 
@@ -284,14 +283,14 @@ def score_scales(
         for family in families:
             scaled = scoring.aggregate(family, scale)
             p, level, counts = scoring.calibrate(
-                scaled, calibration, target, config.search.min_reference, rng)
+                scaled, calibration, target, config.search.min_reference, config.model.seed)
             null_p = np.full(scaled.score.shape, np.nan)
             for fold in folds:
                 if len(fold) == 0:
                     continue
                 rest = np.setdiff1d(calibration, fold)
                 fold_p, _, _ = scoring.calibrate(
-                    scaled, rest, fold, config.search.min_reference, rng)
+                    scaled, rest, fold, config.search.min_reference, config.model.seed)
                 null_p[fold] = fold_p[fold]
             p, null_p = scoring.recalibrate(p, null_p)
             if config.search.calibrate_on_scored:

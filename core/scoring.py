@@ -9,8 +9,9 @@ its base residuals, so a small but steady deviation (a drift) adds up while nois
 averages out.
 
 A p-value says where a score falls among the same element's scores on held-out
-reference bins (the calibration bins): the body of that distribution is empirical with
-random tie-breaking; above its 90th percentile the tail is a generalized Pareto fit
+reference bins (the calibration bins): the body of that distribution is empirical,
+ties broken by a hash of the element, bin and seed (`tie_uniforms`); above its 90th
+percentile the tail is a generalized Pareto fit
 (method of moments), so a score far beyond anything seen gets a p-value far below
 1/(n+1). Elements with fewer than `min_reference` reference scores fall back to the
 pool of their device kind, then to the whole family; the run records which.
@@ -23,6 +24,7 @@ and cost power.
 from __future__ import annotations
 
 import logging
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -475,9 +477,12 @@ def coarse_periods(periods: np.ndarray, scale: int) -> np.ndarray:
 
 def calibrate(
     scaled: ScaledFamily, reference_bins: np.ndarray, target_bins: np.ndarray,
-    min_reference: int, rng: np.random.Generator,
+    min_reference: int, seed: int,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """Compute p-values of the elements in `target_bins` against `reference_bins`.
+
+    Ties are broken by `tie_uniforms` with `seed`, so an element's p-value in a bin
+    does not depend on which other bins or elements are calibrated with it.
 
     Returns:
         p_value: shape [T_scale, J], NaN outside `target_bins` or where the element
@@ -495,6 +500,7 @@ def calibrate(
     novel = scaled.ids["novel"].to_numpy() if "novel" in scaled.ids else np.zeros(len(groups), bool)
     novelty = _novelty_rates(scaled, reference_bins, groups, novel)
     own_values = [reference[reference_exists[:, j], j] for j in range(score.shape[1])]
+    uniform = tie_uniforms(scaled.ids, scaled.kind, scaled.scale, target_bins, seed)
     pools: dict[str, np.ndarray] = {}
     whole = np.sort(reference[reference_exists])
     for column in range(score.shape[1]):
@@ -510,21 +516,22 @@ def calibrate(
         else:
             pool, level[column] = whole, "graph"
         tail = pools[group] if len(pools[group]) >= min_reference else whole
-        targets = target_bins[exists[target_bins, column]]
+        present = exists[target_bins, column]
+        targets = target_bins[present]
         if len(targets) == 0:
             continue
         if novel[column]:
             # A pair the training bins never saw: as surprising as novelty was in
             # the reference bins for senders of this kind (randomized, so exact).
             level[column] = "novelty"
-            p_value[targets, column] = novelty[groups[column]] * rng.random(len(targets))
+            p_value[targets, column] = novelty[groups[column]] * uniform[present, column]
             continue
         law = events = None
         if scaled.kind == "pair" and level[column] == "element":
             law = CountLaw.of_column(scaled, reference_bins, column)
             events = scaled.observed[targets, column] * scaled.scale
-        p_value[targets, column] = tail_pvalues(pool, score[targets, column], rng, tail,
-                                                law, events)
+        p_value[targets, column] = tail_pvalues(pool, score[targets, column],
+                                                uniform[present, column], tail, law, events)
         if scaled.kind in COUNT_KINDS:
             p_value[targets, column] = np.maximum(p_value[targets, column], count_pvalues(
                 scaled.observed[targets, column] * scaled.scale,
@@ -648,14 +655,15 @@ class CountLaw:
 
 
 def tail_pvalues(
-    reference: np.ndarray, scores: np.ndarray, rng: np.random.Generator,
+    reference: np.ndarray, scores: np.ndarray, uniform: np.ndarray,
     pooled: np.ndarray | None = None, law: CountLaw | None = None,
     counts: np.ndarray | None = None,
 ) -> np.ndarray:
     """Upper-tail p-values of `scores` among sorted `reference` scores.
 
-    The body is empirical, (greater + U * (equal + 1)) / (n + 1) with U uniform, so
-    ties (empty bins, constant signals) give uniform p-values. Beyond the largest
+    The body is empirical, (greater + U * (equal + 1)) / (n + 1) with U from
+    `uniform` (one per score, uniform on [0, 1)), so ties (empty bins, constant
+    signals) give uniform p-values. Beyond the largest
     reference score the tail is a generalized Pareto fit to the exceedances over the
     90th percentile, with a scale of at least `BODY_SCALE` times the distance from
     the median to the 90th percentile: a recurring pattern can put a tight cluster of
@@ -675,7 +683,7 @@ def tail_pvalues(
     right = np.searchsorted(reference, high, side="right")
     greater = n - right
     equal = right - left
-    p = (greater + rng.random(len(scores)) * (equal + 1)) / (n + 1)
+    p = (greater + np.asarray(uniform, dtype=np.float64) * (equal + 1)) / (n + 1)
 
     beyond = low > reference[-1]
     if not beyond.any():
@@ -691,6 +699,39 @@ def tail_pvalues(
     elif pooled is not None and len(pooled) >= MIN_TAIL:
         p[beyond] = _pooled_ratio(pooled, reference[-1], scores[beyond]) / (n + 1)
     return np.clip(p, P_FLOOR, 1.0)
+
+
+def element_keys(ids: pd.DataFrame) -> pd.Index:
+    """Return the identity of each element across windows: device, peer and sensor."""
+    # pandas' string dtype keeps a missing peer or sensor missing through astype(str),
+    # and one missing part makes the whole key missing, so they become "" first.
+    parts = [ids[column].astype(object).fillna("").astype(str)
+             for column in ("device", "peer", "sensor")]
+    text = parts[0] + "\x1f" + parts[1] + "\x1f" + parts[2]
+    return pd.Index(text.to_numpy(dtype=object))
+
+
+def tie_uniforms(ids: pd.DataFrame, kind: str, scale: int, bins: np.ndarray,
+                 seed: int) -> np.ndarray:
+    """Return numbers uniform on [0, 1), shape [len(bins), J], one per coarse bin of
+    `bins` and element of `ids`, for breaking ties among scores.
+
+    Each number is a hash of the element's kind and names (`element_keys`), the
+    bin, the scale and `seed`. So an element gets the same number in a bin whether
+    the batch run calibrates the whole day or the online path one bin, and a run
+    gives the same p-values again.
+    """
+    names = element_keys(ids)
+    keys = np.fromiter((zlib.crc32(f"{kind}\x1f{name}".encode()) for name in names),
+                       dtype=np.uint64, count=len(names))
+    bins = np.asarray(bins, dtype=np.int64).astype(np.uint64)
+    state = (keys[None, :] << np.uint64(32)) ^ (bins[:, None] * np.uint64(0x9E3779B97F4A7C15))
+    state = state ^ np.uint64((int(scale) * 0x94D049BB133111EB + int(seed)) % (1 << 64))
+    # The finalizer of splitmix64 spreads every input bit over the output.
+    state = (state ^ (state >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    state = (state ^ (state >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    state = state ^ (state >> np.uint64(31))
+    return (state >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 def tie_bounds(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -81,7 +81,6 @@ def score_stream(
         raise DataError(f"the stream has {num_bins} bins; at least 16 are needed",
                         "Use a shorter bin or a longer stream.")
     bins = np.arange(num_bins)
-    rng = np.random.default_rng(config.model.seed)
     with train.deterministic():
         prepared = train.prepare(snapshots, bins, [(0, num_bins)])
         fitted = train.fit(prepared, snapshots, bins, config.model)
@@ -101,7 +100,7 @@ def score_stream(
             scaled = scoring.aggregate(family, scale)
             coarse = np.arange(scaled.score.shape[0])
             p, _, _ = scoring.calibrate(scaled, coarse, coarse,
-                                        config.search.min_reference, rng)
+                                        config.search.min_reference, config.model.seed)
             base = np.repeat(p, scale, axis=0)[:num_bins]
             all_p.append(base)
             exists = ~np.isnan(base)
