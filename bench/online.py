@@ -84,29 +84,54 @@ def replay(workspace: store.Workspace, truth: pd.DataFrame) -> tuple[dict, pd.Da
         for row in match.truth.itertuples():
             if pd.notna(row.incident_id) and row.anomaly_id not in found:
                 found[row.anomaly_id] = bin_index
+    scorer.settle_open()
     incidents, members = scorer.incident_table()
     scorer.publish()
     return found, incidents, members, seconds, scorer
 
 
 def same_incidents(batch: pd.DataFrame, batch_members: pd.DataFrame,
-                   live: pd.DataFrame, live_members: pd.DataFrame, width: pd.Timedelta) -> int:
+                   live: pd.DataFrame, live_members: pd.DataFrame,
+                   bin_of) -> tuple[int, list[str]]:
     """Count batch incidents with an online incident of the same devices whose start
-    and end are each within one bin."""
+    and end are each within one bin, and return a line per batch incident: its bins
+    and devices, and those of the closest online incident (most devices shared)."""
     def devices(members: pd.DataFrame) -> dict[str, frozenset]:
         chosen = members[members["role"] == "device"]
         return chosen.groupby("incident_id")["device"].apply(frozenset).to_dict()
 
+    def shown(ids: frozenset) -> str:
+        names = sorted(ids)
+        return ",".join(names[:4]) + (f" +{len(names) - 4}" if len(names) > 4 else "")
+
     batch_devices, live_devices = devices(batch_members), devices(live_members)
     count = 0
-    for row in batch.itertuples():
+    lines = []
+    for row in batch.sort_values("start").itertuples():
+        own = batch_devices.get(row.incident_id, frozenset())
+        same = closest = None
         for other in live.itertuples():
-            if (live_devices.get(other.incident_id) == batch_devices.get(row.incident_id)
-                    and abs(other.start - row.start) <= width
-                    and abs(other.end - row.end) <= width):
-                count += 1
+            theirs = live_devices.get(other.incident_id, frozenset())
+            if (theirs == own and abs(bin_of(other.start) - bin_of(row.start)) <= 1
+                    and abs(bin_of(other.end) - bin_of(row.end)) <= 1):
+                same = other
                 break
-    return count
+            shared = len(theirs & own)
+            if shared and (closest is None or shared > closest[0]):
+                closest = (shared, other)
+        count += same is not None
+        other = same
+        if other is None and closest is not None:
+            other = closest[1]
+        line = f"{bin_of(row.start):>6} {bin_of(row.end):>6}  {shown(own):<34}"
+        if other is None:
+            line += "  -"
+        else:
+            line += (f"  {bin_of(other.start):>6} {bin_of(other.end):>6}  "
+                     f"{shown(live_devices.get(other.incident_id, frozenset())):<34} "
+                     f"{'yes' if same is not None else 'no'}")
+        lines.append(line)
+    return count, lines
 
 
 class PrefixRuns:
@@ -145,7 +170,7 @@ class PrefixRuns:
         periods[last + 1:] = "gap"
         rng = np.random.default_rng(self.config.model.seed)
         with train.deterministic():
-            scored = pipeline.score_scales(self.families, periods, self.config, rng)
+            scored = pipeline.score_scales(self.families, periods, self.config)
             incidents, members, _, _ = pipeline.localize_run(
                 self.snapshots, scored, periods, self.prepared, self.config, rng,
                 lambda stage, fraction: None, self.model)
@@ -300,7 +325,12 @@ def replay_report(args: argparse.Namespace) -> None:
     print("'so far': the first bin after which a batch run over the data up to that "
           f"bin finds the anomaly ('-': none up to {PREFIX_MARGIN} bins after the online "
           "path's)")
-    same = same_incidents(batch, batch_members, live, live_members, width)
+    same, lines = same_incidents(batch, batch_members, live, live_members, bin_of)
+    print(f"\n{'start':>6} {'end':>6}  {'batch incident':<34}  {'start':>6} {'end':>6}  "
+          f"{'closest online incident':<34} same")
+    for line in lines:
+        print(line)
+    print()
     print(f"batch incidents: {len(batch)}; online incidents: {len(live)}; batch incidents "
           f"with an online incident of the same devices, start and end within one bin: "
           f"{same}")

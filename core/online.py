@@ -506,6 +506,8 @@ class Tracked:
     # Devices of its hits that look normal with their sensor inputs hidden
     # (`pipeline.explain_away`): not members, but hits on them still join it.
     explained: list[str] = field(default_factory=list)
+    # Whether its interval has been set by the batch search (`OnlineScorer._settle`).
+    settled: bool = False
 
 
 INCIDENT_COLUMNS = ["incident_id", "rank", "start", "end", "type", "score", "threshold",
@@ -825,6 +827,7 @@ class OnlineScorer:
         self._rebase(bin_index)
         result = BinResult(bin_index, 0.0)
         self._localize(bin_index, result)
+        self._settle(bin_index)
         self._forget(bin_index)
         self.last_bin = bin_index
         result.seconds = time.perf_counter() - started
@@ -1084,6 +1087,120 @@ class OnlineScorer:
                   for row, inc in zip(table.itertuples(), _ordered(incidents, table, frame))}
         self._track(table, members, starts, bin_index, aftermath, result)
 
+    def _settle(self, bin_index: int) -> None:
+        """Set the interval of each incident that the model's reach has passed since
+        its last hit to the one the batch search gives it.
+
+        The online scan takes an incident's elements out as it finds them, so an
+        incident grows only while the bins since its last hit pass on their own. The
+        batch search scans the whole interval at once, and its best interval can end
+        a little earlier or later (after an anomaly ends, the model reads it for
+        `receptive` more bins, and its devices' residuals carry that echo). Once no
+        bin can still add to the incident, `localize.detect` runs over the kept
+        bins, with all their elements as scored, on its devices, those of the
+        incidents that overlap it and the devices linked to them. Where it finds the
+        incident's devices, the incident takes that interval (`_settle_one`).
+        """
+        if not self.scan:
+            return
+        reach = self.online.receptive
+        for tracked in self.tracked.values():
+            if tracked.settled or bin_index + 1 < tracked.stop_bin + reach:
+                continue
+            self._settle_one(tracked, bin_index)
+
+    def settle_open(self) -> None:
+        """Settle every incident not settled yet, with the bins closed so far: the
+        stream has ended, so no later bin can add to them."""
+        if self.last_bin is None or not self.scan:
+            return
+        for tracked in self.tracked.values():
+            if not tracked.settled:
+                self._settle_one(tracked, self.last_bin)
+
+    def _settle_one(self, tracked: Tracked, bin_index: int) -> None:
+        """Give the incident the interval of the batch search when that search finds
+        the same devices on it (after the hidden-input check of a process
+        incident); otherwise the online interval stays."""
+        tracked.settled = True
+        found = self._batch_interval(tracked, bin_index)
+        if found is None:
+            return
+        start, stop, names = found
+        if tracked.row["type"] == "process" and len(names) > 1:
+            names = self._explain_away(names, start, stop)
+        if names == set(tracked.devices):
+            tracked.start_bin, tracked.stop_bin = start, stop
+
+    def _batch_interval(self, tracked: Tracked,
+                        bin_index: int) -> tuple[int, int, set[str]] | None:
+        """Base bins [start, stop) and device names of the incident that
+        `localize.detect` finds on the tracked incident's devices and those linked to
+        them, over the kept bins up to `bin_index`, or None."""
+        online = self.online
+        index = self.feed.index
+        names = [n for n in dict.fromkeys(tracked.devices + tracked.explained)
+                 if n in index.index]
+        if not names:
+            return None
+        own = np.array(sorted(int(index[n]) for n in names), dtype=np.int64)
+        # The devices of the incidents that overlap it are scanned too, so that the
+        # search separates them as the batch run does, and so are the devices linked
+        # to any of them: connected subsets of field devices join through their
+        # controller.
+        reach = online.receptive
+        nearby = [n for other in self.tracked.values()
+                  if _overlaps(other, tracked.start_bin, tracked.stop_bin, reach)
+                  for n in other.devices + other.explained if n in index.index]
+        scanned = np.union1d(own, np.array([int(index[n]) for n in nearby], dtype=np.int64))
+        pairs = np.asarray(self.feed.pairs, dtype=np.int64).reshape(-1, 2)
+        links = np.concatenate([pairs, online.reference.links]) \
+            if len(online.reference.links) else pairs
+        touching = np.isin(links, scanned).any(axis=1)
+        devices = np.union1d(scanned, links[touching].ravel())
+        local = np.full(online.reference.num_devices, -1, dtype=np.int64)
+        local[devices] = np.arange(len(devices))
+        config = online.config.search
+        states = []
+        num_base = bin_index + 1 - self.scan_origin
+        for scale, live in self.scan.items():
+            frame = live.elements
+            source = local[frame["device_idx"].to_numpy()]
+            peer = frame["peer_idx"].to_numpy()
+            target = np.where(peer >= 0, local[np.maximum(peer, 0)], -1)
+            keep = (source >= 0) | (target >= 0)
+            # An element between a scanned device and one outside counts at the
+            # scanned end only, as the other device is not scanned.
+            first = np.where(source[keep] >= 0, source[keep], target[keep])
+            second = np.where(source[keep] >= 0, target[keep], -1)
+            elements = frame[keep].assign(device_idx=first, peer_idx=second)
+            bins = live.num_bins
+            weights = None if live.weights is None else live.weights[devices]
+            states.append(localize.ScaleState.build(
+                localize.ScaleElements(scale, bins, elements, [(0, bins)]), len(devices),
+                config.alphas, live.thresholds, live.singleton_limits, weights))
+        links = local[links]
+        links = links[(links >= 0).all(axis=1)]
+        kinds = online.reference.devices["kind"].astype(str).to_numpy()[devices]
+        aftermath = online.receptive
+        incidents = localize.detect(states, len(devices), num_base, links, kinds, config,
+                                    aftermath)
+        incidents = localize.merge_fragments(incidents, aftermath)
+        start = tracked.start_bin - self.scan_origin
+        stop = tracked.stop_bin - self.scan_origin
+        expected = set(local[own].tolist())
+        best, best_key = None, (0.0, 0)
+        for incident in incidents:
+            overlap = min(stop, incident.stop) - max(start, incident.start)
+            key = (_jaccard(expected, set(incident.devices)), overlap)
+            if overlap > 0 and key > best_key:
+                best, best_key = incident, key
+        if best is None:
+            return None
+        names = self.feed.index.index.to_numpy()[devices[best.devices]]
+        return (best.start + self.scan_origin, best.stop + self.scan_origin,
+                {str(name) for name in names})
+
     def _explain_away(self, names: set[str], start: int, stop: int) -> set[str]:
         """Return the devices of a process incident over base bins [start, stop) that
         stay abnormal with their sensor inputs hidden, as the batch run checks them.
@@ -1281,7 +1398,9 @@ class OnlineScorer:
                 row["incident_id"], int(row["version"]), int(row["raised_bin"]),
                 int(row["updated_bin"]), int(row["start_bin"]), int(row["stop_bin"]),
                 devices, base, own, len(devices),
-                int(row["stop_bin"]) - int(row["start_bin"]))
+                int(row["stop_bin"]) - int(row["start_bin"]),
+                settled=self.last_bin is not None
+                and self.last_bin + 1 >= int(row["stop_bin"]) + self.online.receptive)
         bins = store.query(self.path, "SELECT * FROM bins ORDER BY bin")
         self.bins = bins.to_dict("records")
         return True

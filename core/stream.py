@@ -275,5 +275,7 @@ def replay(workspace: store.Workspace, session: OnlineSession, speed: float | No
         due = began + (bin_index + 1 - first) * model.bin_seconds / speed
         stop.wait(max(0.0, due - time.monotonic()))
 
-    session.close_bins(int(last), limits, stop, pace)
+    if not session.close_bins(int(last), limits, stop, pace):
+        # The stored stream ends here, so its open incidents are settled now.
+        scorer.settle_open()
     scorer.publish()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core import evaluate, ingest, pipeline, store, synth
+from core import evaluate, ingest, online, pipeline, store, synth
 from core.cli import demo_config
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -22,6 +22,19 @@ MAX_UNMATCHED = 2
 
 
 def run_plant(root, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Build, run and read back the sample plant of `seed` (`RUNS` keeps the result,
+    so each plant is trained once per test session)."""
+    if seed in RUNS:
+        return RUNS[seed][1:]
+    result = _run_plant(root, seed)
+    RUNS[seed] = (root, *result)
+    return result
+
+
+RUNS: dict[int, tuple] = {}
+
+
+def _run_plant(root, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     workspace = store.Workspace.create(root)
     plant = synth.generate_plant(synth.PlantConfig(seed=seed))
     files = synth.write_plant(plant, workspace.root / "input")
@@ -53,3 +66,40 @@ def test_sample_plant_anomalies_found(tmp_path, seed):
     assert len(truth) == len(synth.DEFAULT_ANOMALIES)
     assert match.found == len(truth)
     assert len(match.unmatched) <= MAX_UNMATCHED
+
+
+@pytest.mark.slow
+def test_sample_plant_online_matches_batch(tmp_path):
+    # The scored bins of the sample plant, replayed through the online path, give
+    # the batch run's incidents: the same devices, and both ends within one bin.
+    incidents, members, _ = run_plant(tmp_path / "ws", 0)
+    workspace = store.Workspace.create(RUNS[0][0])
+    model = online.OnlineModel.load(workspace)
+    scorer = online.OnlineScorer(model, workspace, name="acceptance")
+    width = model.bin_seconds * 1_000_000
+    first = (online.micros(model.info["periods"]["score"]["start"]) - model.origin_us) // width
+    scorer.warm_up(first)
+    for bin_index in range(first, int(model.info["num_bins"])):
+        scorer.close_bin(bin_index)
+    scorer.settle_open()
+    live, live_members = scorer.incident_table()
+
+    def devices(table: pd.DataFrame) -> dict[str, frozenset]:
+        chosen = table[table["role"] == "device"]
+        return chosen.groupby("incident_id")["device"].apply(frozenset).to_dict()
+
+    origin = pd.Timestamp(model.origin_us, unit="us", tz="UTC")
+    step = pd.Timedelta(seconds=model.bin_seconds)
+    online_spans = [(devices(live_members).get(row.incident_id), row.start_bin, row.stop_bin)
+                    for row in live.itertuples()]
+    batch_devices = devices(members)
+    missing = []
+    for row in incidents.itertuples():
+        start = (pd.Timestamp(row.start) - origin) // step
+        stop = (pd.Timestamp(row.end) - origin) // step
+        names = batch_devices.get(row.incident_id)
+        if not any(names == other and abs(start - a) <= 1 and abs(stop - b) <= 1
+                   for other, a, b in online_spans):
+            missing.append((sorted(names), start, stop))
+    assert len(live) == len(incidents), online_spans
+    assert not missing, (missing, online_spans)
