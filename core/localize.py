@@ -581,13 +581,24 @@ def _linked_components(members: np.ndarray, linked: np.ndarray) -> list[np.ndarr
 
     Both relations join the same pairs of distinct devices, so the components and
     their order are the same. This reads only the members' block of `linked`.
+    Each member takes the smallest label among itself and its neighbours until no
+    label changes, so a component's label is the position of its first member.
+    That takes one pass per link of the longest shortest path in a component,
+    without the sparse matrix that costs more than the search for a hit's members.
     """
     members = np.asarray(members)
     if len(members) == 0:
         return []
-    _, labels = connected_components(csr_matrix(linked[np.ix_(members, members)]),
-                                     directed=False)
-    return [members[labels == label] for label in range(int(labels.max()) + 1)]
+    block = linked[np.ix_(members, members)]
+    block = block | block.T
+    labels = np.arange(len(members))
+    while True:
+        reached = np.where(block, labels[None, :], len(members)).min(axis=1)
+        updated = np.minimum(labels, reached)
+        if np.array_equal(updated, labels):
+            break
+        labels = updated
+    return [members[labels == label] for label in np.unique(labels)]
 
 
 def connected_best(

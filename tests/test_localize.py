@@ -746,6 +746,12 @@ def test_linked_components_match_components():
         found = _linked_components(members, linked_devices(matrix, hubs))
 
         assert [part.tolist() for part in found] == [part.tolist() for part in expected], case
+        # `connected_best` passes members ranked by priority, not sorted.
+        shuffled = rng.permutation(members)
+        expected = components(shuffled, matrix, hubs)
+        found = _linked_components(shuffled, linked_devices(matrix, hubs))
+
+        assert [part.tolist() for part in found] == [part.tolist() for part in expected], case
 
 
 def _random_scan_states(
