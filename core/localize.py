@@ -1065,8 +1065,9 @@ def best_hit(
 
     `floor` is the best ratio the caller already has from another scale. The
     connected search is skipped for every interval whose bound stays below it
-    (`_below`). The result is therefore exact whenever its ratio is at least
-    `floor`. Below `floor`, a weaker hit or None may be returned instead.
+    (`_below`) or below the strongest single-element hit, which is found first.
+    The result is therefore exact whenever its ratio is at least `floor`. Below
+    `floor`, a weaker hit or None may be returned instead.
 
     The connected search of an interval runs at each level alpha whose
     unconstrained score could still beat the best hit so far, strongest first. The
@@ -1081,6 +1082,11 @@ def best_hit(
         evidence, state.runs,
         replace(config, max_interval_bins=max(1, min(config.max_interval_bins, longest))),
         min_stop)
+    # An interval's hit is kept over the single-element hit unless that one scores
+    # higher, so an interval whose bound stays below it needs no connected search.
+    single = _single_hit(state, min_stop)
+    if single is not None:
+        floor = max(floor, single[0])
     result: tuple[float, Hit] | None = None
     if len(intervals) and longest:
         limit = np.array([threshold_for(state.thresholds, int(b - a)) for a, b in intervals])
@@ -1106,11 +1112,20 @@ def best_hit(
                                      hubs, config, linked)
                 if hit is not None and (result is None or hit[0] > result[0]):
                     result = hit
+    if single is not None and (result is None or single[0] > result[0]):
+        result = single
+    return result
 
+
+def _single_hit(state: ScaleState, min_stop: int | None) -> tuple[float, Hit] | None:
+    """Return the strongest remaining single-element hit of one scale, as (score /
+    threshold, hit), or None. Among equal ratios the first kind of
+    `state.singleton_limits` wins."""
     live_rows = state.active
     if min_stop is not None:
         live_rows = live_rows & (state.elements["bin"].to_numpy() >= min_stop - 1)
     live = state.elements[live_rows]
+    result: tuple[float, Hit] | None = None
     for kind, limit_p in state.singleton_limits.items():
         rows = live[(live["kind"] == kind) & (live["p_value"] < limit_p)]
         if rows.empty:
