@@ -1051,6 +1051,43 @@ def prune_members(
     return kept if len(kept) else members[[int(own.argmax())]]
 
 
+def pruned_bounds(counts: np.ndarray, totals: np.ndarray, config: SearchConfig) -> np.ndarray:
+    """Return, per level of `config.alphas`, an upper bound on the score of any set
+    that `prune_members` returns for an interval (with `all_counts`).
+
+    `prune_members` returns either one device or devices that each reach
+    `config.member_min_score` on their own and whose share of p-values at most
+    alpha is at least twice alpha. So the bound at a level is the larger of the best
+    single device and the best subset of those qualified devices, found as in
+    `prefix_scan` (linear-time subset scanning). A connected set is not needed for
+    the bound, so it is valid for whatever set `connected_best` finds. Devices within a
+    relative `BOUND_MARGIN` of either floor count as qualified, so per-device
+    rounding cannot leave out a device that `prune_members` keeps.
+
+    Args:
+        counts: shape [N, A], the interval's counts at every level.
+        totals: shape [N], the interval's elements per device.
+    """
+    function = STATISTICS[config.statistic]
+    own = np.max([function(counts[:, k], totals, level)
+                  for k, level in enumerate(config.alphas)], axis=0)
+    strong = own * (1 + BOUND_MARGIN) >= config.member_min_score
+    bounds = np.zeros(len(config.alphas))
+    for a, alpha in enumerate(config.alphas):
+        single = function(counts[:, a], totals, alpha)
+        bounds[a] = single.max() if len(single) else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(totals > 0, counts[:, a] / totals, 0.0)
+        qualified = np.flatnonzero(strong & (share * (1 + BOUND_MARGIN) >= 2 * alpha)
+                                   & (totals > 0))
+        if len(qualified):
+            priority = counts[qualified, a] / totals[qualified]
+            ranked = qualified[np.argsort(-priority, kind="stable")]
+            values = function(np.cumsum(counts[ranked, a]), np.cumsum(totals[ranked]), alpha)
+            bounds[a] = max(bounds[a], float(values.max()))
+    return bounds
+
+
 def best_hit(
     state: ScaleState, matrix: np.ndarray, hubs: np.ndarray, config: SearchConfig,
     candidates: int = 64, min_stop: int | None = None, linked: np.ndarray | None = None,
@@ -1066,6 +1103,8 @@ def best_hit(
     `floor` is the best ratio the caller already has from another scale. The
     connected search is skipped for every interval whose bound stays below it
     (`_below`) or below the strongest single-element hit, which is found first.
+    At each level, it is also skipped where `pruned_bounds` stays below 1, the
+    floor or the best hit so far.
     The result is therefore exact whenever its ratio is at least `floor`. Below
     `floor`, a weaker hit or None may be returned instead.
 
@@ -1101,11 +1140,18 @@ def best_hit(
             counts, totals = evidence.interval(np.array([start]), np.array([stop]))
             level_scores, sizes, orders = prefix_scan(counts, totals, config.alphas,
                                                       config.statistic)
+            pruned = None
             for a in np.argsort(-level_scores[0], kind="stable"):
                 bound = level_scores[0, a] / limit[row]
                 if bound <= 1 or _below(bound, max(
                         floor, result[0] if result else -np.inf)):
                     break
+                if pruned is None:
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        pruned = pruned_bounds(counts[0], totals[0], config) / limit[row]
+                # A hit needs a ratio above 1 (`_connected_hit`).
+                if _below(pruned[a], max(1.0, floor, result[0] if result else -np.inf)):
+                    continue
                 chosen = members[row] if a == alpha_index[row] else orders[0, a, :sizes[0, a]]
                 hit = _connected_hit(state, int(start), int(stop), int(a), chosen,
                                      counts[0], totals[0], float(limit[row]), matrix,
