@@ -581,13 +581,24 @@ def _linked_components(members: np.ndarray, linked: np.ndarray) -> list[np.ndarr
 
     Both relations join the same pairs of distinct devices, so the components and
     their order are the same. This reads only the members' block of `linked`.
+    Each member takes the smallest label among itself and its neighbours until no
+    label changes, so a component's label is the position of its first member.
+    That takes one pass per link of the longest shortest path in a component,
+    without the sparse matrix that costs more than the search for a hit's members.
     """
     members = np.asarray(members)
     if len(members) == 0:
         return []
-    _, labels = connected_components(csr_matrix(linked[np.ix_(members, members)]),
-                                     directed=False)
-    return [members[labels == label] for label in range(int(labels.max()) + 1)]
+    block = linked[np.ix_(members, members)]
+    block = block | block.T
+    labels = np.arange(len(members))
+    while True:
+        reached = np.where(block, labels[None, :], len(members)).min(axis=1)
+        updated = np.minimum(labels, reached)
+        if np.array_equal(updated, labels):
+            break
+        labels = updated
+    return [members[labels == label] for label in np.unique(labels)]
 
 
 def connected_best(
@@ -1040,6 +1051,43 @@ def prune_members(
     return kept if len(kept) else members[[int(own.argmax())]]
 
 
+def pruned_bounds(counts: np.ndarray, totals: np.ndarray, config: SearchConfig) -> np.ndarray:
+    """Return, per level of `config.alphas`, an upper bound on the score of any set
+    that `prune_members` returns for an interval (with `all_counts`).
+
+    `prune_members` returns either one device or devices that each reach
+    `config.member_min_score` on their own and whose share of p-values at most
+    alpha is at least twice alpha. So the bound at a level is the larger of the best
+    single device and the best subset of those qualified devices, found as in
+    `prefix_scan` (linear-time subset scanning). A connected set is not needed for
+    the bound, so it is valid for whatever set `connected_best` finds. Devices within a
+    relative `BOUND_MARGIN` of either floor count as qualified, so per-device
+    rounding cannot leave out a device that `prune_members` keeps.
+
+    Args:
+        counts: shape [N, A], the interval's counts at every level.
+        totals: shape [N], the interval's elements per device.
+    """
+    function = STATISTICS[config.statistic]
+    own = np.max([function(counts[:, k], totals, level)
+                  for k, level in enumerate(config.alphas)], axis=0)
+    strong = own * (1 + BOUND_MARGIN) >= config.member_min_score
+    bounds = np.zeros(len(config.alphas))
+    for a, alpha in enumerate(config.alphas):
+        single = function(counts[:, a], totals, alpha)
+        bounds[a] = single.max() if len(single) else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(totals > 0, counts[:, a] / totals, 0.0)
+        qualified = np.flatnonzero(strong & (share * (1 + BOUND_MARGIN) >= 2 * alpha)
+                                   & (totals > 0))
+        if len(qualified):
+            priority = counts[qualified, a] / totals[qualified]
+            ranked = qualified[np.argsort(-priority, kind="stable")]
+            values = function(np.cumsum(counts[ranked, a]), np.cumsum(totals[ranked]), alpha)
+            bounds[a] = max(bounds[a], float(values.max()))
+    return bounds
+
+
 def best_hit(
     state: ScaleState, matrix: np.ndarray, hubs: np.ndarray, config: SearchConfig,
     candidates: int = 64, min_stop: int | None = None, linked: np.ndarray | None = None,
@@ -1054,8 +1102,11 @@ def best_hit(
 
     `floor` is the best ratio the caller already has from another scale. The
     connected search is skipped for every interval whose bound stays below it
-    (`_below`). The result is therefore exact whenever its ratio is at least
-    `floor`. Below `floor`, a weaker hit or None may be returned instead.
+    (`_below`) or below the strongest single-element hit, which is found first.
+    At each level, it is also skipped where `pruned_bounds` stays below 1, the
+    floor or the best hit so far.
+    The result is therefore exact whenever its ratio is at least `floor`. Below
+    `floor`, a weaker hit or None may be returned instead.
 
     The connected search of an interval runs at each level alpha whose
     unconstrained score could still beat the best hit so far, strongest first. The
@@ -1070,6 +1121,11 @@ def best_hit(
         evidence, state.runs,
         replace(config, max_interval_bins=max(1, min(config.max_interval_bins, longest))),
         min_stop)
+    # An interval's hit is kept over the single-element hit unless that one scores
+    # higher, so an interval whose bound stays below it needs no connected search.
+    single = _single_hit(state, min_stop)
+    if single is not None:
+        floor = max(floor, single[0])
     result: tuple[float, Hit] | None = None
     if len(intervals) and longest:
         limit = np.array([threshold_for(state.thresholds, int(b - a)) for a, b in intervals])
@@ -1084,22 +1140,38 @@ def best_hit(
             counts, totals = evidence.interval(np.array([start]), np.array([stop]))
             level_scores, sizes, orders = prefix_scan(counts, totals, config.alphas,
                                                       config.statistic)
+            pruned = None
             for a in np.argsort(-level_scores[0], kind="stable"):
                 bound = level_scores[0, a] / limit[row]
                 if bound <= 1 or _below(bound, max(
                         floor, result[0] if result else -np.inf)):
                     break
+                if pruned is None:
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        pruned = pruned_bounds(counts[0], totals[0], config) / limit[row]
+                # A hit needs a ratio above 1 (`_connected_hit`).
+                if _below(pruned[a], max(1.0, floor, result[0] if result else -np.inf)):
+                    continue
                 chosen = members[row] if a == alpha_index[row] else orders[0, a, :sizes[0, a]]
                 hit = _connected_hit(state, int(start), int(stop), int(a), chosen,
                                      counts[0], totals[0], float(limit[row]), matrix,
                                      hubs, config, linked)
                 if hit is not None and (result is None or hit[0] > result[0]):
                     result = hit
+    if single is not None and (result is None or single[0] > result[0]):
+        result = single
+    return result
 
+
+def _single_hit(state: ScaleState, min_stop: int | None) -> tuple[float, Hit] | None:
+    """Return the strongest remaining single-element hit of one scale, as (score /
+    threshold, hit), or None. Among equal ratios the first kind of
+    `state.singleton_limits` wins."""
     live_rows = state.active
     if min_stop is not None:
         live_rows = live_rows & (state.elements["bin"].to_numpy() >= min_stop - 1)
     live = state.elements[live_rows]
+    result: tuple[float, Hit] | None = None
     for kind, limit_p in state.singleton_limits.items():
         rows = live[(live["kind"] == kind) & (live["p_value"] < limit_p)]
         if rows.empty:

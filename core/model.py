@@ -35,6 +35,11 @@ from torch import Tensor, nn
 from torch_geometric.nn import MessagePassing
 
 
+# A device's latent reads the inputs of devices at most this many links away,
+# because the second round of message passing reads its neighbours' first-round sums.
+SPATIAL_HOPS = 2
+
+
 class NeighbourMean(MessagePassing):
     """Weighted mean of neighbour messages, over the node dimension of [T, N, H]."""
 

@@ -116,6 +116,10 @@ class Calibrator:
     min_reference: int
     mapping: Any
     laws: dict[int, scoring.CountLaw]
+    # The fitted tails of the pools (`scoring.PoolTail`), by pool, filled as
+    # elements need them. The pools do not change after `fit`.
+    tails: dict[tuple[str, Any], scoring.PoolTail] = field(
+        default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def fit(cls, scaled: scoring.ScaledFamily, reference_bins: np.ndarray,
@@ -218,9 +222,13 @@ class Calibrator:
             tail = pool_group if len(pool_group) >= self.min_reference else self.whole
             law = self.laws.get(int(rows[column])) if has_own[position] else None
             events = scaled.observed[0, column:column + 1] * scaled.scale
+            key = ("own", int(rows[column])) if has_own[position] else ("group", group)
+            own_tail = self._tail(key, pool, scoring.PoolTail.own)
+            pooled_tail = self._tail(("pooled", group), tail, scoring.PoolTail.pooled) \
+                if len(tail) >= scoring.MIN_TAIL else None
             value[position] = scoring.tail_pvalues(pool, values[position:position + 1],
                                                    uniform[position:position + 1], tail,
-                                                   law, events)[0]
+                                                   law, events, own_tail, pooled_tail)[0]
         if novel_here.any():
             rates = np.array([self.novelty.get(str(g), 1.0) for g in group_of[novel_here]])
             value[novel_here] = rates * uniform[novel_here]
@@ -234,6 +242,14 @@ class Calibrator:
             p = self.mapping(p)
         return p
 
+
+    def _tail(self, key: tuple[str, Any], pool: np.ndarray, fit) -> scoring.PoolTail:
+        """Return `fit(pool)`, the tail of the pool stored under `key`, fitting it on
+        first use."""
+        tail = self.tails.get(key)
+        if tail is None:
+            tail = self.tails[key] = fit(pool)
+        return tail
 
     def _pool(self, group: str) -> np.ndarray:
         """Return the pool of an element with too few reference scores of its own."""

@@ -399,10 +399,15 @@ def explain_away(
     sensors = snapshots.sensors
     if len(sensors) == 0 or len(devices) <= 1:
         return devices
-    x_hat = train.hidden_reconstruction(model, prepared, devices, start, stop).numpy()
+    # Row i of x_hat, x and mask is device devices[i], and only the sensors of
+    # `devices` are read.
+    x_hat = train.hidden_reconstruction_of(model, prepared, devices, start, stop).numpy()
     stop = start + x_hat.shape[0]
-    x = prepared.x[start:stop].numpy().copy()
-    mask = prepared.mask[start:stop].numpy()
+    index = np.asarray(devices, dtype=np.int64)
+    x = prepared.x[start:stop].numpy()[:, index]
+    mask = prepared.mask[start:stop].numpy()[:, index]
+    row_of = {int(device): row for row, device in enumerate(devices)}
+    sensors = sensors[sensors["device_idx"].isin(list(row_of))]
     column = (len(COMM_FEATURES) + len(SENSOR_FEATURES) * sensors["slot"].to_numpy()
               + SENSOR_FEATURES.index("mean"))
     owner = sensors["device_idx"].to_numpy()
@@ -414,7 +419,8 @@ def explain_away(
                       for device, name in zip(sensors["device"], sensors["sensor"])],
                      dtype=bool)
     if fixed.any():
-        rows, columns = owner[fixed], column[fixed]
+        rows = np.array([row_of[int(device)] for device in owner[fixed]], dtype=np.int64)
+        columns = column[fixed]
         x[:, rows, columns] = scoring.constant_departure(x[:, rows, columns])
         x_hat[:, rows, columns] = 0.0
     strength = {}
@@ -422,8 +428,9 @@ def explain_away(
         own = column[owner == device]
         if len(own) == 0:
             continue
-        seen = mask[:, device, own]
-        residual = (x[:, device, own] - x_hat[:, device, own]) * seen
+        row = row_of[int(device)]
+        seen = mask[:, row, own]
+        residual = (x[:, row, own] - x_hat[:, row, own]) * seen
         mean = np.abs(residual.sum(axis=0) / np.maximum(seen.sum(axis=0), 1))
         strength[device] = float(mean.max())
     if not strength:

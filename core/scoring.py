@@ -572,10 +572,10 @@ def _novelty_rates(scaled, reference_bins, groups, novel) -> dict[str, float]:
     return rates
 
 
-def _gpd_survival(excess: np.ndarray, y: np.ndarray, min_scale: float = 0.0) -> np.ndarray | None:
-    """Survival of a generalized Pareto fitted to `excess` by the method of moments,
-    at `y` >= 0; None when the excesses cannot support a fit. The scale is at least
-    `min_scale`."""
+def _gpd_fit(excess: np.ndarray, min_scale: float) -> tuple[float, float] | None:
+    """Fit a generalized Pareto to `excess` by the method of moments and return its
+    (shape, scale), or None when the excesses cannot support a fit. The scale is at
+    least `min_scale`."""
     if len(excess) < MIN_TAIL:
         return None
     mean, variance = excess.mean(), excess.var()
@@ -585,10 +585,56 @@ def _gpd_survival(excess: np.ndarray, y: np.ndarray, min_scale: float = 0.0) -> 
     # endpoint; clipping at 0 keeps at least an exponential tail.
     shape = float(np.clip(0.5 * (1 - mean ** 2 / variance), 0.0, 0.5))
     sigma = max(0.5 * mean * (mean ** 2 / variance + 1), min_scale)
+    return shape, sigma
+
+
+def _gpd_apply(fit: tuple[float, float], y: np.ndarray) -> np.ndarray:
+    """Return the survival at `y` >= 0 of a generalized Pareto with `fit` (shape,
+    scale)."""
+    shape, sigma = fit
     scaled = np.maximum(y, 0) / sigma
     if shape < 1e-6:
         return np.exp(-scaled)
     return (1 + shape * scaled) ** (-1 / shape)
+
+
+@dataclass(frozen=True)
+class PoolTail:
+    """The generalized Pareto tail of a sorted pool of scores beyond its 90th
+    percentile, as `tail_pvalues` and `_pooled_ratio` fit it.
+
+    It depends on the pool alone, so a caller that scores against the same pool
+    many times can fit it once (`own` for the pool of the scores themselves,
+    `pooled` for a kind's pooled scores).
+    """
+
+    threshold: float
+    exceedances: int
+    # (shape, scale), or None where the exceedances cannot support a fit.
+    fit: tuple[float, float] | None
+
+    @classmethod
+    def own(cls, reference: np.ndarray) -> PoolTail:
+        """Fit the tail of `tail_pvalues` to a non-empty sorted `reference`, with a
+        scale of at least `BODY_SCALE` times the distance from its median to its
+        90th percentile."""
+        n = len(reference)
+        threshold = reference[int(TAIL_QUANTILE * (n - 1))]
+        excess = reference[reference > threshold] - threshold
+        body = BODY_SCALE * (threshold - reference[(n - 1) // 2])
+        return cls(threshold, len(excess), _gpd_fit(excess, body))
+
+    @classmethod
+    def pooled(cls, pooled: np.ndarray) -> PoolTail:
+        """Fit the tail of `_pooled_ratio` to a non-empty sorted `pooled`."""
+        threshold = pooled[int(TAIL_QUANTILE * (len(pooled) - 1))]
+        excess = pooled[pooled > threshold] - threshold
+        return cls(threshold, len(excess), _gpd_fit(excess, 0.0))
+
+    def survival(self, y: np.ndarray) -> np.ndarray | None:
+        """Return the fitted survival at distances `y` >= 0 above the threshold, or
+        None without a fit."""
+        return None if self.fit is None else _gpd_apply(self.fit, y)
 
 
 def _column_medians(values: np.ndarray, width: int) -> np.ndarray:
@@ -657,7 +703,8 @@ class CountLaw:
 def tail_pvalues(
     reference: np.ndarray, scores: np.ndarray, uniform: np.ndarray,
     pooled: np.ndarray | None = None, law: CountLaw | None = None,
-    counts: np.ndarray | None = None,
+    counts: np.ndarray | None = None, own_tail: PoolTail | None = None,
+    pooled_tail: PoolTail | None = None,
 ) -> np.ndarray:
     """Upper-tail p-values of `scores` among sorted `reference` scores.
 
@@ -673,7 +720,9 @@ def tail_pvalues(
     (`pooled`, sorted): its p-value beyond its own maximum is 1 / (n + 1) times how
     much rarer the score is than that maximum among the pooled scores. An event
     count with its own count law (`law`, with the `counts` behind `scores`) uses
-    that law instead of the pool (see `CountLaw`).
+    that law instead of the pool (see `CountLaw`). `own_tail` and `pooled_tail` are
+    `PoolTail.own(reference)` and `PoolTail.pooled(pooled)`, fitted here when not
+    given.
     """
     n = len(reference)
     if n == 0:
@@ -688,16 +737,15 @@ def tail_pvalues(
     beyond = low > reference[-1]
     if not beyond.any():
         return np.clip(p, P_FLOOR, 1.0)
-    threshold = reference[int(TAIL_QUANTILE * (n - 1))]
-    excess = reference[reference > threshold] - threshold
-    body = BODY_SCALE * (threshold - reference[(n - 1) // 2])
-    survival = _gpd_survival(excess, scores[beyond] - threshold, body)
+    own = own_tail if own_tail is not None else PoolTail.own(reference)
+    survival = own.survival(scores[beyond] - own.threshold)
     if survival is not None:
-        p[beyond] = len(excess) / (n + 1) * survival
+        p[beyond] = own.exceedances / (n + 1) * survival
     elif law is not None and counts is not None:
         p[beyond] = law.ratio(counts[beyond]) / (n + 1)
     elif pooled is not None and len(pooled) >= MIN_TAIL:
-        p[beyond] = _pooled_ratio(pooled, reference[-1], scores[beyond]) / (n + 1)
+        p[beyond] = _pooled_ratio(pooled, reference[-1], scores[beyond],
+                                  pooled_tail) / (n + 1)
     return np.clip(p, P_FLOOR, 1.0)
 
 
@@ -742,19 +790,21 @@ def tie_bounds(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scores - slack, scores + slack
 
 
-def _pooled_ratio(pooled: np.ndarray, own_max: float, scores: np.ndarray) -> np.ndarray:
+def _pooled_ratio(pooled: np.ndarray, own_max: float, scores: np.ndarray,
+                  tail: PoolTail | None = None) -> np.ndarray:
     """P(pooled > score) / P(pooled > own_max): empirical inside the pool, with a
-    generalized Pareto tail beyond its 90th percentile."""
+    generalized Pareto tail beyond its 90th percentile (`tail`, which is
+    `PoolTail.pooled(pooled)`, fitted here when not given)."""
     m = len(pooled)
+    if tail is None:
+        tail = PoolTail.pooled(pooled)
 
     def survival(values: np.ndarray) -> np.ndarray:
         empirical = (m - np.searchsorted(pooled, values, side="right") + 0.5) / (m + 1)
-        threshold = pooled[int(TAIL_QUANTILE * (m - 1))]
-        excess = pooled[pooled > threshold] - threshold
-        above = values > threshold
-        fitted = _gpd_survival(excess, values[above] - threshold)
+        above = values > tail.threshold
+        fitted = tail.survival(values[above] - tail.threshold)
         if fitted is not None:
-            empirical[above] = len(excess) / (m + 1) * fitted
+            empirical[above] = tail.exceedances / (m + 1) * fitted
         return np.maximum(empirical, 1e-300)
 
     at_max = survival(np.array([own_max]))[0]

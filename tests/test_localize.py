@@ -746,6 +746,12 @@ def test_linked_components_match_components():
         found = _linked_components(members, linked_devices(matrix, hubs))
 
         assert [part.tolist() for part in found] == [part.tolist() for part in expected], case
+        # `connected_best` passes members ranked by priority, not sorted.
+        shuffled = rng.permutation(members)
+        expected = components(shuffled, matrix, hubs)
+        found = _linked_components(shuffled, linked_devices(matrix, hubs))
+
+        assert [part.tolist() for part in found] == [part.tolist() for part in expected], case
 
 
 def _random_scan_states(
@@ -819,6 +825,41 @@ def test_detect_bound_skips_keep_incidents(monkeypatch):
         incidents_found += len(full)
     assert incidents_found >= 20
     assert saved >= 100
+
+
+def test_pruned_bounds_cover_pruned_sets():
+    """No set that `prune_members` returns from any subset of devices scores above
+    `pruned_bounds` at its level. The check tries every subset of 9 devices on 30
+    random intervals, with integer and weighted counts, for both statistics."""
+    rng = np.random.default_rng(20261208)
+    subsets = [np.flatnonzero(mask) for mask in np.indices((2,) * 9).reshape(9, -1).T
+               if mask.any()]
+    skippable = 0
+    for case in range(30):
+        statistic = "bj" if case % 2 == 0 else "hc"
+        config = SearchConfig(statistic=statistic, member_min_score=float(rng.choice([0, 3, 8])))
+        totals = rng.integers(0, 40, 9).astype(np.float64)
+        if case % 3 == 0:
+            totals = totals * rng.choice([1.0, 0.4, 0.05], 9)
+        shares = rng.choice([0.0, 1e-3, 0.02, 0.3, 0.9], (9, len(config.alphas)))
+        counts = np.minimum(np.sort(shares, axis=1) * totals[:, None], totals[:, None])
+        counts = np.maximum.accumulate(counts, axis=1)
+        if case % 3 != 0:
+            counts = np.floor(counts)
+        bounds = localize.pruned_bounds(counts, totals, config)
+        function = STATISTICS[statistic]
+        for a, alpha in enumerate(config.alphas):
+            best = 0.0
+            for members in subsets:
+                pruned = localize.prune_members(members, counts[:, a], totals, alpha,
+                                                config, counts)
+                value = function(counts[pruned, a].sum(), totals[pruned].sum(), alpha)
+                best = max(best, float(value))
+            assert best <= bounds[a] * (1 + 1e-12), (case, a)
+            unconstrained = prefix_scan(counts[None], totals[None], config.alphas,
+                                        statistic)[0][0, a]
+            skippable += bounds[a] < unconstrained
+    assert skippable >= 10
 
 
 def test_grow_connected_shared_moves_match_reference():

@@ -538,3 +538,22 @@ def test_null_mapping_rounding_error_ties():
     assert nearby == mapped(np.array([atom]))[0]
     # 400 null p-values lie below the atom and 600 in it.
     assert nearby > 1000 / 4001
+
+
+def test_tail_pvalues_given_tails_match():
+    """P-values beyond the pool's max are the same with the tails fitted once
+    (`PoolTail`) as with the tails that `tail_pvalues` fits itself, for a pool with
+    a fitted tail and for one that borrows its kind's pooled scores."""
+    from core.scoring import PoolTail
+    rng = np.random.default_rng(5)
+    pooled = np.sort(rng.exponential(2.0, 4000))
+    smooth = np.sort(rng.exponential(1.0, 500))
+    polling = np.repeat([5.0, 6.0, 7.0], 40)
+    for reference in (smooth, polling):
+        scores = reference[-1] + np.array([0.5, 2.0, 9.0])
+        uniform = np.random.default_rng(1).random(len(scores))
+        fitted_here = tail_pvalues(reference, scores, uniform, pooled)
+        prefitted = tail_pvalues(reference, scores, uniform, pooled,
+                                 own_tail=PoolTail.own(reference),
+                                 pooled_tail=PoolTail.pooled(pooled))
+        assert np.array_equal(fitted_here, prefitted)

@@ -323,3 +323,28 @@ def test_fit_windows_per_epoch_budget(tmp_path, monkeypatch):
 def test_windows_per_epoch_rejects_zero():
     with pytest.raises(ConfigError, match="windows_per_epoch"):
         ModelConfig(windows_per_epoch=0)
+
+
+def test_hidden_reconstruction_of_matches_whole_plant(tmp_path):
+    from core import synth
+
+    plant = synth.generate_plant(synth.PlantConfig(seed=1, field_devices=40, hours=1.0,
+                                                   anomalies=()))
+    workspace = _workspace(tmp_path, plant.events[["t", "src", "dst", "weight", "protocol"]],
+                           plant.measurements[["t", "device", "sensor", "value"]])
+    snapshots = build_snapshots(workspace.store_path, 60)
+    prepared = prepare(snapshots, np.arange(40), _segments(snapshots))
+    torch.manual_seed(0)
+    model = build_model(prepared, ModelConfig(hidden=8, dilations=(1, 2), own_lag=2))
+    model.eval()
+    # Three devices with sensors, as in a process incident, out of order.
+    owners = np.unique(snapshots.sensors["device_idx"].to_numpy())
+    devices = [int(owners[3]), int(owners[0]), int(owners[17])]
+    nodes, _, _ = train_module._neighbourhood(prepared, devices)
+    assert len(nodes) < snapshots.num_devices
+
+    whole = hidden_reconstruction(model, prepared, devices, 30, 50)
+    rows = train_module.hidden_reconstruction_of(model, prepared, devices, 30, 50)
+
+    assert rows.shape == (20, len(devices), prepared.x.shape[-1])
+    assert torch.equal(rows, whole[:, devices])
