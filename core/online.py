@@ -168,7 +168,8 @@ class Calibrator:
         groups = scaled.ids["group"].astype(str).to_numpy()
         novel = scaled.ids["novel"].to_numpy() if "novel" in scaled.ids \
             else np.zeros(len(groups), bool)
-        rows = self._rows(scaled.ids)
+        names = element_keys(scaled.ids)
+        rows = self._rows(scaled.ids, names)
         columns = np.flatnonzero(exists)
         values = score[columns]
         group_of = groups[columns]
@@ -206,7 +207,7 @@ class Calibrator:
             pool_max[chosen] = pool[-1] if len(pool) else np.inf
         novel_here = novel[columns]
         uniform = scoring.tie_uniforms(scaled.ids.iloc[columns], self.kind, self.scale,
-                                       np.array([coarse_bin]), seed)[0]
+                                       np.array([coarse_bin]), seed, names[columns])[0]
         value = np.ones(len(columns))
         empirical = ~novel_here & (size > 0)
         value[empirical] = np.clip(
@@ -256,10 +257,12 @@ class Calibrator:
         pool_group = self.group_pools.get(group, np.zeros(0))
         return pool_group if len(pool_group) >= self.min_reference else self.whole
 
-    def _rows(self, ids: pd.DataFrame) -> np.ndarray:
-        """Return the calibration row of each element of `ids`, or -1 for elements
-        the calibration bins never had."""
-        return self.keys.reindex(element_keys(ids)).fillna(-1).to_numpy(dtype=np.int64)
+    def _rows(self, ids: pd.DataFrame, names: pd.Index | None = None) -> np.ndarray:
+        """Return the calibration row of each element of `ids` (whose `element_keys`
+        are `names` where given), or -1 for elements the calibration bins never had."""
+        if names is None:
+            names = element_keys(ids)
+        return self.keys.reindex(names).fillna(-1).to_numpy(dtype=np.int64)
 
 
 element_keys = scoring.element_keys

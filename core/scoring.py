@@ -760,16 +760,17 @@ def element_keys(ids: pd.DataFrame) -> pd.Index:
 
 
 def tie_uniforms(ids: pd.DataFrame, kind: str, scale: int, bins: np.ndarray,
-                 seed: int) -> np.ndarray:
+                 seed: int, names: pd.Index | None = None) -> np.ndarray:
     """Return numbers uniform on [0, 1), shape [len(bins), J], one per coarse bin of
     `bins` and element of `ids`, for breaking ties among scores.
 
-    Each number is a hash of the element's kind and names (`element_keys`), the
-    bin, the scale and `seed`. So an element gets the same number in a bin whether
-    the batch run calibrates the whole day or the online path one bin, and a run
-    gives the same p-values again.
+    Each number is a hash of the element's kind and names (`element_keys`, or
+    `names` where the caller has them), the bin, the scale and `seed`. So an
+    element gets the same number in a bin whether the batch run calibrates the
+    whole day or the online path one bin, and a run gives the same p-values again.
     """
-    names = element_keys(ids)
+    if names is None:
+        names = element_keys(ids)
     keys = np.fromiter((zlib.crc32(f"{kind}\x1f{name}".encode()) for name in names),
                        dtype=np.uint64, count=len(names))
     bins = np.asarray(bins, dtype=np.int64).astype(np.uint64)
