@@ -15,7 +15,9 @@ t matches the anomaly (the run's model, with the bins after t left unscored). Th
 batch run's start bin dates an anomaly from the whole day's data, which no run
 has at the time, so the count of targets met against it is printed too.
 Then how many batch incidents have an online incident with the same devices and
-start and end within one bin, and the seconds to score one bin after it closes.
+start and end within one bin, and the seconds to score one bin after it closes
+(without settling older incidents, which runs after the bin's results are out and
+is timed on its own).
 With --timing-devices N it builds a plant of about N devices, trains it for
 one epoch to keep the build short and times bins on it. A bin scans only the
 intervals that end with it, so its time does not grow with the bins scored before.
@@ -77,6 +79,7 @@ def replay(workspace: store.Workspace, truth: pd.DataFrame) -> tuple[dict, pd.Da
     for bin_index in range(first, int(model.info["num_bins"])):
         result = scorer.close_bin(bin_index)
         seconds.append(result.seconds)
+        scorer.settle_due(bin_index)
         if not (result.new or result.grown) or len(found) == len(truth):
             continue
         incidents, members = scorer.incident_table()
@@ -208,10 +211,19 @@ def timing_plant(devices: int, bins: int) -> list[float]:
         width = model.bin_seconds * 1_000_000
         first = (online.micros(model.info["periods"]["score"]["start"]) - model.origin_us) // width
         scorer.warm_up(first)
-        seconds = []
+        seconds, settling = [], []
         for bin_index in range(first, min(first + bins, int(model.info["num_bins"]))):
             seconds.append(scorer.close_bin(bin_index).seconds)
-            print(f"  bin {bin_index}: {seconds[-1]:.3f} s", flush=True)
+            started = time.perf_counter()
+            settled = scorer.settle_due(bin_index)
+            line = f"  bin {bin_index}: {seconds[-1]:.3f} s"
+            if settled:
+                settling.append(time.perf_counter() - started)
+                line += f", then {settled} incident(s) settled in {settling[-1]:.3f} s"
+            print(line, flush=True)
+        if settling:
+            print(f"settling after a bin: {len(settling)} times, "
+                  f"{describe(settling).replace('bins', 'settlings')}")
         return seconds
 
 

@@ -525,7 +525,7 @@ class Tracked:
     # Devices of its hits that look normal with their sensor inputs hidden
     # (`pipeline.explain_away`): not members, but hits on them still join it.
     explained: list[str] = field(default_factory=list)
-    # Whether its interval has been set by the batch search (`OnlineScorer._settle`).
+    # Whether its interval has been set by the batch search (`OnlineScorer.settle_due`).
     settled: bool = False
 
 
@@ -752,6 +752,9 @@ class OnlineScorer:
         self.rows: dict[int, BinRows] = {}
         self.evidence: list[pd.DataFrame] = []
         self.tracked: dict[str, Tracked] = {}
+        # The last search of `_window_detect`, with its bin and devices: incidents
+        # settled together usually share it.
+        self.window_search: tuple | None = None
         self.bins: list[dict] = []
         self.last_bin: int | None = None
         self.late_rows = 0
@@ -846,7 +849,6 @@ class OnlineScorer:
         self._rebase(bin_index)
         result = BinResult(bin_index, 0.0)
         self._localize(bin_index, result)
-        self._settle(bin_index)
         self._forget(bin_index)
         self.last_bin = bin_index
         result.seconds = time.perf_counter() - started
@@ -1106,9 +1108,15 @@ class OnlineScorer:
                   for row, inc in zip(table.itertuples(), _ordered(incidents, table, frame))}
         self._track(table, members, starts, bin_index, aftermath, result)
 
-    def _settle(self, bin_index: int) -> None:
+    def settle_due(self, bin_index: int) -> int:
         """Set the interval of each incident that the model's reach has passed since
-        its last hit to the one the batch search gives it.
+        its last hit, as of base bin `bin_index`, to the one the batch search gives
+        it; return how many incidents were settled.
+
+        The caller runs it after `close_bin` has scored the bin and its alerts are
+        out: it changes no incident's devices and raises none, and it costs a batch
+        search over the kept bins (about a second on the 1,133-device timing plant
+        of `bench/online.py`).
 
         The online scan takes an incident's elements out as it finds them, so an
         incident grows only while the bins since its last hit pass on their own. The
@@ -1121,12 +1129,13 @@ class OnlineScorer:
         incident's devices, the incident takes that interval (`_settle_one`).
         """
         if not self.scan:
-            return
+            return 0
         reach = self.online.receptive
-        for tracked in self.tracked.values():
-            if tracked.settled or bin_index + 1 < tracked.stop_bin + reach:
-                continue
+        due = [tracked for tracked in self.tracked.values()
+               if not tracked.settled and bin_index + 1 >= tracked.stop_bin + reach]
+        for tracked in due:
             self._settle_one(tracked, bin_index)
+        return len(due)
 
     def settle_open(self) -> None:
         """Settle every incident not settled yet, with the bins closed so far: the
@@ -1164,8 +1173,8 @@ class OnlineScorer:
             return None
         own = np.array(sorted(int(index[n]) for n in names), dtype=np.int64)
         # The devices of the incidents that overlap it are scanned too, so that the
-        # search separates them as the batch run does, and so are the devices linked
-        # to any of them: connected subsets of field devices join through their
+        # search separates them as the batch run does, and so are the hubs linked to
+        # any of them: connected subsets of field devices join through their
         # controller.
         reach = online.receptive
         nearby = [n for other in self.tracked.values()
@@ -1175,10 +1184,37 @@ class OnlineScorer:
         pairs = np.asarray(self.feed.pairs, dtype=np.int64).reshape(-1, 2)
         links = np.concatenate([pairs, online.reference.links]) \
             if len(online.reference.links) else pairs
-        touching = np.isin(links, scanned).any(axis=1)
-        devices = np.union1d(scanned, links[touching].ravel())
+        config = online.config.search
+        kinds = online.reference.devices["kind"].astype(str).to_numpy()
+        linked = links[np.isin(links, scanned).any(axis=1)].ravel()
+        devices = np.union1d(scanned, linked[np.isin(kinds[linked], config.hub_kinds)])
         local = np.full(online.reference.num_devices, -1, dtype=np.int64)
         local[devices] = np.arange(len(devices))
+        search_key = (bin_index, tuple(devices.tolist()))
+        if self.window_search is None or self.window_search[0] != search_key:
+            self.window_search = (search_key, self._window_detect(devices, local, links,
+                                                                  kinds, bin_index))
+        incidents = self.window_search[1]
+        start = tracked.start_bin - self.scan_origin
+        stop = tracked.stop_bin - self.scan_origin
+        expected = set(local[own].tolist())
+        best, best_key = None, (0.0, 0)
+        for incident in incidents:
+            overlap = min(stop, incident.stop) - max(start, incident.start)
+            key = (_jaccard(expected, set(incident.devices)), overlap)
+            if overlap > 0 and key > best_key:
+                best, best_key = incident, key
+        if best is None:
+            return None
+        names = self.feed.index.index.to_numpy()[devices[best.devices]]
+        return (best.start + self.scan_origin, best.stop + self.scan_origin,
+                {str(name) for name in names})
+
+    def _window_detect(self, devices: np.ndarray, local: np.ndarray, links: np.ndarray,
+                       kinds: np.ndarray, bin_index: int) -> list[localize.Incident]:
+        """Run `localize.detect` over the kept bins up to `bin_index` on `devices`
+        (whose index there is `local`), with every element as scored."""
+        online = self.online
         config = online.config.search
         states = []
         num_base = bin_index + 1 - self.scan_origin
@@ -1200,25 +1236,10 @@ class OnlineScorer:
                 config.alphas, live.thresholds, live.singleton_limits, weights))
         links = local[links]
         links = links[(links >= 0).all(axis=1)]
-        kinds = online.reference.devices["kind"].astype(str).to_numpy()[devices]
         aftermath = online.receptive
-        incidents = localize.detect(states, len(devices), num_base, links, kinds, config,
-                                    aftermath)
-        incidents = localize.merge_fragments(incidents, aftermath)
-        start = tracked.start_bin - self.scan_origin
-        stop = tracked.stop_bin - self.scan_origin
-        expected = set(local[own].tolist())
-        best, best_key = None, (0.0, 0)
-        for incident in incidents:
-            overlap = min(stop, incident.stop) - max(start, incident.start)
-            key = (_jaccard(expected, set(incident.devices)), overlap)
-            if overlap > 0 and key > best_key:
-                best, best_key = incident, key
-        if best is None:
-            return None
-        names = self.feed.index.index.to_numpy()[devices[best.devices]]
-        return (best.start + self.scan_origin, best.stop + self.scan_origin,
-                {str(name) for name in names})
+        incidents = localize.detect(states, len(devices), num_base, links, kinds[devices],
+                                    config, aftermath)
+        return localize.merge_fragments(incidents, aftermath)
 
     def _explain_away(self, names: set[str], start: int, stop: int) -> set[str]:
         """Return the devices of a process incident over base bins [start, stop) that

@@ -98,6 +98,8 @@ class OnlineSession:
             if result.new or result.grown or time.monotonic() - self.published >= PUBLISH_SECONDS:
                 scorer.publish()
                 self.published = time.monotonic()
+            # Settling refines older incidents after the bin's own results are out.
+            scorer.settle_due(bin_index)
             self.closed += 1
             if limits.max_bins is not None and self.closed >= limits.max_bins:
                 return True

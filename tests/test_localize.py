@@ -467,6 +467,16 @@ def test_detect_cuts_quiet_stretch_between_bursts():
     assert all(i.devices == [2] for i in split)
 
 
+def _four_device_state(scale: int, bins: int, elements: pd.DataFrame, threshold: float,
+                       lengths: int) -> ScaleState:
+    """Build a state of 4 devices at `scale` with `threshold` for interval lengths 1,
+    2, 4, ... (`lengths` of them) and no single element passing alone."""
+    scale_elements = ScaleElements(scale=scale, num_bins=bins, elements=elements,
+                                   runs=[(0, bins)])
+    return ScaleState.build(scale_elements, 4, SearchConfig().alphas,
+                            {2 ** k: threshold for k in range(lengths)}, {"sensor": 1e-12})
+
+
 def test_detect_cuts_coarse_hit_at_fine_quiet_stretch():
     """Device 2 is abnormal in base bins 10-19 and 30-39. At 4 base bins a bin the
     quiet stretch between them is 2 bins, shorter than the aftermath of 10 base
@@ -485,14 +495,9 @@ def test_detect_cuts_coarse_hit_at_fine_quiet_stretch():
                                 0.005 if abnormal else rng.uniform(0.02, 1)))
         return _elements(out)
 
-    def state(scale, bins, threshold):
-        elements = ScaleElements(scale=scale, num_bins=bins, elements=rows(scale, bins),
-                                 runs=[(0, bins)])
-        return ScaleState.build(elements, 4, SearchConfig().alphas,
-                                {2 ** k: threshold for k in range(5)}, {"sensor": 1e-12})
-
     def run(aftermath):
-        states = [state(1, 64, 1e6), state(4, 16, 15.0)]
+        states = [_four_device_state(1, 64, rows(1, 64), 1e6, 5),
+                  _four_device_state(4, 16, rows(4, 16), 15.0, 5)]
         return detect(states, num_devices=4, num_bins=64, links=np.array([[0, 1], [1, 2]]),
                       kinds=np.array(["rtu", "plc", "rtu", "rtu"]),
                       config=SearchConfig(max_incidents=5), aftermath=aftermath)
@@ -918,13 +923,8 @@ def test_coarse_hit_ends_at_base_bins(first, last):
                     out.append(("sensor", device, -1, t, p))
         return _elements(out)
 
-    def state(scale, bins, threshold):
-        elements = ScaleElements(scale=scale, num_bins=bins, elements=rows(scale, bins),
-                                 runs=[(0, bins)])
-        return ScaleState.build(elements, 4, SearchConfig().alphas,
-                                {2 ** k: threshold for k in range(6)}, {"sensor": 1e-12})
-
-    states = [state(1, 32, 1e6), state(4, 8, 5.0)]
+    states = [_four_device_state(1, 32, rows(1, 32), 1e6, 6),
+              _four_device_state(4, 8, rows(4, 8), 5.0, 6)]
     incidents = detect(states, num_devices=4, num_bins=32, links=np.array([[0, 1], [1, 2]]),
                        kinds=np.array(["rtu", "plc", "rtu", "rtu"]),
                        config=SearchConfig(max_incidents=5))

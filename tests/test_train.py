@@ -264,14 +264,19 @@ def test_hidden_reconstruction_ignores_hidden_inputs(tmp_path):
     assert not torch.allclose(plain_after[10:, 1], plain_before[10:, 1])
 
 
-def test_fit_repeats_bit_for_bit_when_deterministic(tmp_path):
+def _quiet_plant_snapshots(tmp_path, hours: float):
+    """One-minute snapshots of a 40-device sample plant without anomalies."""
     from core import synth
 
-    plant = synth.generate_plant(synth.PlantConfig(seed=1, field_devices=40, hours=3.0,
+    plant = synth.generate_plant(synth.PlantConfig(seed=1, field_devices=40, hours=hours,
                                                    anomalies=()))
     workspace = _workspace(tmp_path, plant.events[["t", "src", "dst", "weight", "protocol"]],
                            plant.measurements[["t", "device", "sensor", "value"]])
-    snapshots = build_snapshots(workspace.store_path, 60)
+    return build_snapshots(workspace.store_path, 60)
+
+
+def test_fit_repeats_bit_for_bit_when_deterministic(tmp_path):
+    snapshots = _quiet_plant_snapshots(tmp_path, hours=3.0)
     train_bins = np.arange(120)
     prepared = prepare(snapshots, train_bins, _segments(snapshots))
     config = ModelConfig(epochs=3, patience=5)
@@ -326,13 +331,7 @@ def test_windows_per_epoch_rejects_zero():
 
 
 def test_hidden_reconstruction_of_matches_whole_plant(tmp_path):
-    from core import synth
-
-    plant = synth.generate_plant(synth.PlantConfig(seed=1, field_devices=40, hours=1.0,
-                                                   anomalies=()))
-    workspace = _workspace(tmp_path, plant.events[["t", "src", "dst", "weight", "protocol"]],
-                           plant.measurements[["t", "device", "sensor", "value"]])
-    snapshots = build_snapshots(workspace.store_path, 60)
+    snapshots = _quiet_plant_snapshots(tmp_path, hours=1.0)
     prepared = prepare(snapshots, np.arange(40), _segments(snapshots))
     torch.manual_seed(0)
     model = build_model(prepared, ModelConfig(hidden=8, dilations=(1, 2), own_lag=2))
