@@ -1109,14 +1109,13 @@ class OnlineScorer:
         self._track(table, members, starts, bin_index, aftermath, result)
 
     def settle_due(self, bin_index: int) -> int:
-        """Set the interval of each incident that the model's reach has passed since
-        its last hit, as of base bin `bin_index`, to the one the batch search gives
-        it; return how many incidents were settled.
+        """Settle each incident that the model's reach has passed since its last hit,
+        as of base bin `bin_index`, and return how many were settled.
 
         The caller runs it after `close_bin` has scored the bin and its alerts are
-        out: it changes no incident's devices and raises none, and it costs a batch
-        search over the kept bins (about a second on the 1,133-device timing plant
-        of `bench/online.py`).
+        out. It changes no incident's devices and raises none. It costs a batch
+        search over the kept bins, about a second on the 1,133-device timing plant
+        of `bench/online.py`.
 
         The online scan takes an incident's elements out as it finds them, so an
         incident grows only while the bins since its last hit pass on their own. The
@@ -1147,9 +1146,9 @@ class OnlineScorer:
                 self._settle_one(tracked, self.last_bin)
 
     def _settle_one(self, tracked: Tracked, bin_index: int) -> None:
-        """Give the incident the interval of the batch search when that search finds
-        the same devices on it (after the hidden-input check of a process
-        incident); otherwise the online interval stays."""
+        """Give the incident the interval of the batch search where that search finds
+        the same devices on it, after the hidden-input check of a process incident.
+        Otherwise the online interval stays."""
         tracked.settled = True
         found = self._batch_interval(tracked, bin_index)
         if found is None:
@@ -1162,9 +1161,9 @@ class OnlineScorer:
 
     def _batch_interval(self, tracked: Tracked,
                         bin_index: int) -> tuple[int, int, set[str]] | None:
-        """Base bins [start, stop) and device names of the incident that
-        `localize.detect` finds on the tracked incident's devices and those linked to
-        them, over the kept bins up to `bin_index`, or None."""
+        """Return base bins [start, stop) and device names of the incident that
+        `localize.detect` finds on the tracked incident's devices, over the kept bins
+        up to `bin_index`, or None."""
         online = self.online
         index = self.feed.index
         names = [n for n in dict.fromkeys(tracked.devices + tracked.explained)
@@ -1173,9 +1172,8 @@ class OnlineScorer:
             return None
         own = np.array(sorted(int(index[n]) for n in names), dtype=np.int64)
         # The devices of the incidents that overlap it are scanned too, so that the
-        # search separates them as the batch run does, and so are the hubs linked to
-        # any of them: connected subsets of field devices join through their
-        # controller.
+        # search separates them as the batch run does. The hubs linked to any of
+        # them are scanned because connected field devices join through them.
         reach = online.receptive
         nearby = [n for other in self.tracked.values()
                   if _overlaps(other, tracked.start_bin, tracked.stop_bin, reach)
