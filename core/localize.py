@@ -303,6 +303,8 @@ class Tail:
         sigma, shape: the fitted distribution of the excess over `base`.
         share: the share of null scores above `base`.
         largest: the largest null score.
+        count: how many null scores were fitted (0 in tails stored before it was
+            kept).
     """
 
     base: float
@@ -310,16 +312,19 @@ class Tail:
     shape: float
     share: float
     largest: float
+    count: float = 0.0
 
     @classmethod
     def fit(cls, values: np.ndarray) -> "Tail":
         values = np.sort(np.asarray(values, dtype=float))[::-1]
         if len(values) == 0:
             return cls(0.0, 0.0, 0.0, 0.0, 0.0)
+        count = float(len(values))
         top = min(len(values) - 1, max(TAIL_MIN, min(TAIL_MAX, len(values) // 20)))
         if top < TAIL_MIN // 2:
             # Too few scores to fit: the largest stands for the whole tail.
-            return cls(float(values[0]), 0.0, 0.0, 1.0 / len(values), float(values[0]))
+            return cls(float(values[0]), 0.0, 0.0, 1.0 / len(values), float(values[0]),
+                       count)
         base = float(values[top])
         # Probability-weighted moments (Hosking and Wallis, 1987), steadier than
         # plain moments for heavy tails: a0 = E[X], a1 = E[X (1 - F(X))].
@@ -329,11 +334,11 @@ class Tail:
         a1 = float(np.sum((n - 1 - np.arange(n)) / (n - 1) * excess) / n)
         if not (a0 > 0 and a0 > 2 * a1 > 0):
             return cls(base, 0.0, 0.0, top / len(values),
-                       float(values[0]))
+                       float(values[0]), count)
         shape = float(np.clip(2 - a0 / (a0 - 2 * a1), 0.0, 0.9))
         # With the shape clipped, the scale that keeps the fitted mean.
         sigma = a0 * (1 - shape)
-        return cls(base, float(sigma), shape, top / len(values), float(values[0]))
+        return cls(base, float(sigma), shape, top / len(values), float(values[0]), count)
 
     def quantile(self, probability: float) -> float:
         """Return the score that one null test exceeds with `probability`."""
@@ -348,23 +353,32 @@ class Tail:
 
     def survival(self, score: float) -> float:
         """Return the probability that one null test exceeds `score`. Below `base`,
-        where only the fitted tail is kept, it is 1."""
+        where only the fitted tail is kept, it is 1.
+
+        It is never 0: beyond the largest null score without a spread to extrapolate
+        with, it is 1 / (count + 1), what a sample of `count` scores can show, and an
+        extrapolated tail stops at `SURVIVAL_FLOOR`."""
         if score <= self.base:
             return 1.0
         if self.sigma <= 0:
-            return 0.0 if score > self.largest else self.share
+            if score <= self.largest:
+                return self.share
+            return 1.0 / (self.count + 1) if self.count > 0 else self.share
         excess = (score - self.base) / self.sigma
         if self.shape < 1e-6:
-            return self.share * float(np.exp(-excess))
-        return self.share * float((1 + self.shape * excess) ** (-1 / self.shape))
+            return max(SURVIVAL_FLOOR, self.share * float(np.exp(-excess)))
+        return max(SURVIVAL_FLOOR,
+                   self.share * float((1 + self.shape * excess) ** (-1 / self.shape)))
 
     def to_dict(self) -> dict[str, float]:
         return {"base": self.base, "sigma": self.sigma, "shape": self.shape,
-                "share": self.share, "largest": self.largest}
+                "share": self.share, "largest": self.largest, "count": self.count}
 
 
 # Scores fitted in a tail: a twentieth of the sample, within these bounds.
 TAIL_MIN, TAIL_MAX = 20, 500
+# The smallest survival `Tail` gives; smaller ones are not told apart.
+SURVIVAL_FLOOR = 1e-300
 
 
 @dataclass

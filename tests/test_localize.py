@@ -930,3 +930,12 @@ def test_coarse_hit_ends_at_base_bins(first, last):
                        config=SearchConfig(max_incidents=5))
 
     assert [(i.start, i.stop, i.devices) for i in incidents] == [(first, last + 1, [2])]
+
+
+def test_tail_survival_never_zero():
+    """A score beyond every null score still gets a positive chance: 1 / (n + 1)
+    without a spread to extrapolate with, and at least the floor with one."""
+    flat = Tail.fit(np.full(400, 2.0))
+    assert flat.survival(50.0) == pytest.approx(1 / 401)
+    spread = Tail.fit(np.random.default_rng(2).exponential(size=4000))
+    assert spread.survival(1e6) > 0
