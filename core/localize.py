@@ -377,7 +377,7 @@ class Tail:
 
 # Scores fitted in a tail: a twentieth of the sample, within these bounds.
 TAIL_MIN, TAIL_MAX = 20, 500
-# The smallest survival `Tail` gives; smaller ones are not told apart.
+# The smallest survival `Tail` returns. Smaller values are not distinguished.
 SURVIVAL_FLOOR = 1e-300
 
 

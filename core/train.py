@@ -500,9 +500,9 @@ def _neighbourhood(prepared: Prepared, devices: list[int]) -> tuple[Tensor, Tens
         inner = reached
         reached = reached.clone()
         reached[source[reached[target]]] = True
-    kept = inner[target]
-    return (torch.nonzero(reached).flatten(), prepared.edge_index[:, kept],
-            prepared.edge_weight[kept])
+    into_inner = inner[target]
+    return (torch.nonzero(reached).flatten(), prepared.edge_index[:, into_inner],
+            prepared.edge_weight[into_inner])
 
 
 def _window_loss(model, prepared, window, pair_rows, config, hidden=None) -> Tensor:
