@@ -60,7 +60,7 @@ def main() -> None:
     event = st.plotly_chart(figure, key="heatmap", on_select="rerun",
                             selection_mode="points", config={"displaylogo": False})
     st.caption("Outlined: incidents. Click a cell to open the incident that covers it.")
-    _follow_click(context, event, scale)
+    _follow_click(context, event, matrix, cells, scale)
     _incident_picker(context, in_window, scale)
     if not zoom and page < pages:
         # The next page goes into the cache after this one is sent, so moving on to
@@ -69,18 +69,18 @@ def main() -> None:
                 offset=offset + views.MAX_HEATMAP_ROWS, kinds=kinds, zones=zones)
 
 
-def _follow_click(context: ui.RunContext, event, scale: int) -> None:
+def _follow_click(context: ui.RunContext, event, matrix: views.HeatmapMatrix,
+                  cells: pd.DataFrame, scale: int) -> None:
     points = event.selection.points if event is not None else []
     if not points:
         return
-    customdata = points[0].get("customdata") or []
-    if len(customdata) < 4:
+    cell = plots.clicked_cell(matrix, cells, points[0])
+    if cell is None:
         return
-    device, start, end, incident_id = customdata[:4]
-    if incident_id:
-        ui.open_incident(context.run_id, incident_id, scale)
+    if cell.incident_id:
+        ui.open_incident(context.run_id, cell.incident_id, scale)
     st.info("No incident covers the selected cell:")
-    st.text(f"{device}, {start} to {end}")
+    st.text(f"{cell.device}, {cell.start:%Y-%m-%d %H:%M} to {cell.end:%Y-%m-%d %H:%M} UTC")
 
 
 def _incident_picker(context: ui.RunContext, incidents: pd.DataFrame,

@@ -227,7 +227,7 @@ def _click_incident_marker(page, incident_id: str) -> None:
     """
     position = page.evaluate(
         "(id) => { const plot = document.querySelector('.js-plotly-plot'); "
-        "const index = plot.data[1].customdata.findIndex((row) => row[3] === id); "
+        "const index = plot.data[1].text.findIndex((text) => text.endsWith(`<br>incident ${id}`)); "
         "if (index < 0) return null; "
         "const point = plot.calcdata[1][index], layout = plot._fullLayout; "
         "return {x: layout.xaxis.c2p(point.x), y: layout.yaxis.c2p(point.y)}; }",

@@ -102,7 +102,8 @@ def test_heatmap_labels_escaped(hostile_workspace):
     figure = plots.heatmap_figure(matrix, views.member_cells(hostile_workspace, "run"),
                                   views.incidents(hostile_workspace, "run"))
     rows = list(figure.layout.yaxis.categoryarray)
-    hover = " ".join(figure.data[1].hovertext)
+    markers = figure.data[1]
+    hover = " ".join(list(markers.y) + list(markers.text))
 
     assert "&lt;b&gt;pump&lt;/b&gt;" in rows
     assert MARKDOWN in rows

@@ -232,8 +232,13 @@ def test_heatmap_figure_click_layer(workspace, run_id):
     assert heatmap.type == "heatmap"
     assert markers.type == "scatter"
     assert len(markers.customdata) == 12 * NUM_BINS
-    flagged = {row[3] for row in markers.customdata if row[3]}
+    clicked = [plots.clicked_cell(matrix, cells, {"customdata": int(key)})
+               for key in markers.customdata]
+    flagged = {cell.incident_id for cell in clicked if cell.incident_id}
     assert flagged == {planted["incident_id"] for planted in INCIDENTS}
+    # Each marker names its own cell: the device of its row and its column.
+    assert {(cell.device, cell.start) for cell in clicked} == {
+        (device, start) for device in matrix.devices for start in matrix.starts}
     assert "&lt;b&gt;plc-07&lt;/b&gt;" in figure.layout.yaxis.categoryarray
     assert len(figure.layout.shapes) >= len(INCIDENTS)
 
@@ -300,8 +305,25 @@ def test_click_layer_groups_many_columns():
     markers = figure.data[1]
     # Row a has 120 groups of 5 columns; row b only the 60 groups with evidence.
     assert len(markers.customdata) == 120 + 60
-    flagged = [row for row in markers.customdata if row[3] == "inc-1"]
-    assert len(flagged) == 2
+    clicked = [plots.clicked_cell(matrix, cells, {"customdata": int(key)},
+                                  max_click_columns=120)
+               for key in markers.customdata]
+    flagged = [cell for cell in clicked if cell.incident_id == "inc-1"]
+    assert {(cell.device, cell.start, cell.end) for cell in flagged} == {
+        ("b", origin + pd.Timedelta(minutes=m), origin + pd.Timedelta(minutes=m + 5))
+        for m in (400, 405)}
     # Incident markers are drawn last, so they win a click between markers.
-    assert markers.customdata[-1][3] == "inc-1"
+    assert clicked[-1].incident_id == "inc-1"
     assert markers.marker.size == plots.CLICK_MARKER_SIZE
+    # One integer a marker, which Plotly sends as packed binary.
+    assert np.asarray(markers.customdata).dtype.kind == "i"
+
+    last = int(markers.customdata[-1])
+    assert plots.clicked_cell(matrix, cells, {"customdata": last, "y": "b"},
+                              max_click_columns=120) == clicked[-1]
+    # A selection left over from another figure names another row label.
+    assert plots.clicked_cell(matrix, cells, {"customdata": last, "y": "a"},
+                              max_click_columns=120) is None
+    for point in ({}, {"customdata": -1}, {"customdata": "b"},
+                  {"customdata": 2 * 120}):
+        assert plots.clicked_cell(matrix, cells, point, max_click_columns=120) is None
