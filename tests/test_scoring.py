@@ -459,22 +459,12 @@ def _frozen_and_lost(tmp_path):
     frozen[seconds >= 2400] = frozen[seconds < 2400][-1]
     lost = np.cos(minutes / 3.0)
     lost[seconds >= 2700] = np.nan
-    return _sensors_against_centre(tmp_path, seconds, {
-        "a": np.sin(minutes / 5.0), "frozen": frozen, "lost": lost})
-
-
-def _sensors_against_centre(tmp_path, seconds: np.ndarray, columns: dict):
-    """Store sensors read at `seconds` over 60 minutes, train on the first 30, and
-    score them against a model that expects every feature at its training centre.
-
-    Returns:
-        snapshots, prepared, the sensor family and the training statistics.
-    """
     frame = pd.DataFrame({
         "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(seconds, unit="s"),
-        **columns,
+        "a": np.sin(minutes / 5.0), "frozen": frozen, "lost": lost,
     })
     snapshots, prepared, train_bins = _trained_on_first_30(tmp_path, frame)
+    # A model that expects every feature at its training centre.
     x_hat = np.zeros(prepared.x.shape, np.float32)
     found, stats = scoring.families_with_stats(snapshots, prepared, x_hat,
                                                np.zeros((60, 0, 2)),
@@ -533,9 +523,17 @@ def test_late_reading_within_stale_floor(tmp_path):
     frozen = np.cos(minutes / 3.0) + 0.1 * np.sin(seconds)
     frozen[seconds == 2461] = np.nan
     frozen[seconds >= 2700] = frozen[seconds < 2700][-1]
-    snapshots, prepared, sensor, stats = _sensors_against_centre(
-        tmp_path, seconds, {"late": late, "frozen": frozen})
+    frame = pd.DataFrame({
+        "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(seconds, unit="s"),
+        "late": late, "frozen": frozen,
+    })
+    snapshots, prepared, train_bins = _trained_on_first_30(tmp_path, frame)
+    x_hat = np.zeros(prepared.x.shape, np.float32)
+    found, stats = scoring.families_with_stats(snapshots, prepared, x_hat,
+                                               np.zeros((60, 0, 2)),
+                                               pd.DataFrame({"column": []}), train_bins)
 
+    sensor = next(f for f in found if f.kind == "sensor")
     stale = SENSOR_FEATURES.index("stale")
     names = list(sensor.ids["sensor"])
     # Two readings a bin: one missed change moves the time since change by
