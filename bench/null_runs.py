@@ -19,10 +19,9 @@ at 95%.
 
 Results are kept per seed in the cache folder, under a digest of the `core`
 source, so a rerun of the same code after an interruption goes on with the next
-seed. Each seed's trained model is kept too, under a digest of the modules that
-produce it, so a change to the scoring or the search reruns in seconds per seed.
-`train_s` is the training time when the model was trained. The last line printed
-is one JSON object.
+seed. Each seed's trained model and reconstruction are kept too, under a digest
+of the modules that produce them, so a change to the search alone reruns in
+seconds per seed. `train_s` is the training time when the model was trained. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -104,13 +103,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# The modules that generate, ingest, bin and train a plant, with everything they
-# import from `core` except the scoring and the search (`scoring`, `localize`,
-# `scan`). The kept file contains no residuals, so a change to the scoring reruns
-# without training.
+# The modules that generate, ingest, bin, train and reconstruct a plant, with
+# everything they import from `core` except the search (`localize`, `scan`).
 TRAINING_MODULES = ("__init__", "accepted", "allocation", "binning", "columnar",
                     "config", "errors", "ingest", "model", "pipeline", "reading",
-                    "snapshots", "stages", "store", "synth", "train")
+                    "scoring", "snapshots", "stages", "store", "synth", "train")
 
 
 def code_version(only: tuple[str, ...] | None = None) -> str:
@@ -147,32 +144,27 @@ def null_seed(cache: Path, seed: int, args: argparse.Namespace) -> dict:
 
     model_file = cache / (f"trained{seed}-f{args.field_devices}-e{args.epochs}"
                     f"-{code_version(TRAINING_MODULES)}.pickle")
-    base = config_for(None)
     if model_file.exists():
         with model_file.open("rb") as handle:
-            saved = pickle.load(handle)
-        # Older files also contain the residuals, fourth of five.
-        snapshots, prepared, model, train_s = *saved[:3], saved[-1]
-        periods, _ = pipeline.assign_periods(snapshots, base)
-        train_bins = np.flatnonzero(periods == "train")
+            snapshots, prepared, model, families, train_s = pickle.load(handle)
     else:
         began = time.perf_counter()
+        base = config_for(None)
         snapshots = build_snapshots(workspace.store_path, base.stream.bin_seconds)
         periods, segments = pipeline.assign_periods(snapshots, base)
         train_bins = np.flatnonzero(periods == "train")
         with train.deterministic():
             prepared = train.prepare(snapshots, train_bins, segments)
             model = train.fit(prepared, snapshots, train_bins, base.model).model
+            x_hat, pair_hat, candidates, _ = scoring.reconstruct(model, prepared, snapshots)
+            families = scoring.families(snapshots, prepared, x_hat, pair_hat, candidates,
+                                        train_bins)
         train_s = time.perf_counter() - began
         partial = model_file.with_suffix(".partial")
         with partial.open("wb") as handle:
-            pickle.dump((snapshots, prepared, model, train_s), handle)
+            pickle.dump((snapshots, prepared, model, families, train_s), handle)
         partial.replace(model_file)
     trained = time.perf_counter()
-    with train.deterministic():
-        x_hat, pair_hat, candidates, _ = scoring.reconstruct(model, prepared, snapshots)
-        families = scoring.families(snapshots, prepared, x_hat, pair_hat, candidates,
-                                    train_bins)
     counts, summaries, windows = [], [], []
     for period in range(args.periods):
         config = config_for(period)

@@ -157,8 +157,6 @@ class TrainingStats:
         reported: shape [S], bool, the sensor reported in a training bin.
         sensor_scales: shape [7], `balance` divisors of the sensor residuals.
         typical_range: shape [S], median within-bin range in the training bins.
-        stale_floor: shape [S], smallest unit of the residual of the time since
-            change (`stale_floor`).
         pair_median: shape [P], median events per training bin of each candidate
             pair, in the order of the candidates.
     """
@@ -169,7 +167,6 @@ class TrainingStats:
     sensor_scales: np.ndarray | None
     typical_range: np.ndarray
     pair_median: np.ndarray
-    stale_floor: np.ndarray
 
 
 def families(
@@ -293,16 +290,6 @@ def families_with_stats(
                 hats[:, fixed, column] = 0.0
                 xs[:, fixed, column] = constant_departure(xs[:, fixed, column])
             ms[:, fixed, SENSOR_FEATURES.index("stale")] = 0.0
-        # A reading that lands just past a bin's end, or a value that repeats once
-        # at the sensor's resolution, moves the time since change by one reading
-        # interval. That is sampling, not a stuck sensor, so the residual of the time
-        # since change is in units no smaller than that step (`stale_floor`).
-        at_stale = SENSOR_FEATURES.index("stale")
-        floor = stale_floor(snapshots, train_bins) if stats is None else stats.stale_floor
-        stale_scale = prepared.scale[device_idx, starts + at_stale]
-        shrink = (stale_scale / np.maximum(stale_scale, floor)).astype(np.float32)
-        xs[..., at_stale] *= shrink
-        hats[..., at_stale] *= shrink
         # The score reads the value features (mean, min, max, time since change).
         # It reads the count only where a bin has no reading, and never the
         # within-bin standard deviation of two or three samples, whose noise would
@@ -407,28 +394,8 @@ def families_with_stats(
             sensor_scales=sensor_scales if len(sensors) else None,
             typical_range=np.asarray(typical) if len(sensors) else empty,
             pair_median=np.asarray(median) if len(candidates) else empty,
-            stale_floor=floor if len(sensors) else empty,
         )
     return result, stats
-
-
-def stale_floor(snapshots: Snapshots, train_bins: np.ndarray) -> np.ndarray:
-    """Return, per sensor, how far one missed change moves its time since change.
-
-    The time since change is log1p of bins. A sensor that reads every `interval`
-    bins (the training bins over its readings in them) and misses one change reads
-    about log1p(interval) where it would read about 0. A sensor polled at a fixed
-    phase has a time since change that barely varies in training, so without this
-    floor one reading a second late would score as a stuck sensor.
-
-    Returns:
-        shape [S], log1p(interval), or 0 for a sensor without a training reading.
-    """
-    counts = snapshots.sensor_values[train_bins, :, SENSOR_FEATURES.index("count")]
-    readings = np.nansum(counts, axis=0) if len(train_bins) else np.zeros(counts.shape[1])
-    interval = np.divide(float(len(train_bins)), readings,
-                         out=np.zeros(len(readings)), where=readings > 0)
-    return np.log1p(interval)
 
 
 def balance(residual: np.ndarray, observed: np.ndarray, in_train: np.ndarray,
