@@ -481,12 +481,16 @@ def _click_groups(
         The maximum evidence per row and group (NaN where no column has any), and
         each group's start and end.
     """
-    columns = len(matrix.starts)
-    size = max(1, math.ceil(columns / max(1, max_click_columns)))
-    firsts = np.arange(0, columns, size)
-    lasts = np.minimum(firsts + size, columns) - 1
+    firsts, lasts = _group_columns(len(matrix.starts), max_click_columns)
     evidence = np.fmax.reduceat(matrix.evidence, firsts, axis=1)
     return evidence, matrix.starts[firsts], matrix.ends[lasts]
+
+
+def _group_columns(columns: int, max_click_columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the first and last column of each group of `_click_groups`."""
+    size = max(1, math.ceil(columns / max(1, max_click_columns)))
+    firsts = np.arange(0, columns, size)
+    return firsts, np.minimum(firsts + size, columns) - 1
 
 
 def _click_layer(
@@ -519,7 +523,8 @@ def _click_layer(
     incident_ids = incident_of[rows, columns].astype(str)
     start_text = np.char.replace(np.datetime_as_string(starts, unit="m"), "T", " ")
     end_text = np.datetime_as_string(ends, unit="m")
-    # The device comes from the y label, so the text holds only what varies per cell.
+    # The device comes from the y label, so the text contains only what varies per
+    # cell.
     text = np.array([
         f"{start} to {end[-5:]} UTC<br>evidence {value:.2f}"
         + (f"<br>incident {escape_label(incident_id)}" if incident_id else "")
@@ -572,16 +577,17 @@ def clicked_cell(
         key = key[0] if len(key) == 1 else None
     if isinstance(key, bool) or not isinstance(key, int | float) or key < 0:
         return None
-    _, group_starts, group_ends = _click_groups(matrix, max_click_columns)
-    row, group = divmod(int(key), len(group_starts))
+    firsts, lasts = _group_columns(len(matrix.starts), max_click_columns)
+    row, group = divmod(int(key), len(firsts))
     if row >= len(matrix.devices):
         return None
     device = matrix.devices[row]
     if point.get("y") not in (None, escape_label(device)):
         return None
-    incident_of = _cell_incidents([device], group_starts[group:group + 1],
-                                  group_ends[group:group + 1], member_cells)
-    return ClickedCell(device=device, start=group_starts[group], end=group_ends[group],
+    start = matrix.starts[firsts[group : group + 1]]
+    end = matrix.ends[lasts[group : group + 1]]
+    incident_of = _cell_incidents([device], start, end, member_cells)
+    return ClickedCell(device=device, start=start[0], end=end[0],
                        incident_id=str(incident_of[0, 0]))
 
 
