@@ -1341,9 +1341,14 @@ def _coarse_stop(base_stop: int | None, scale: int) -> int | None:
 
 def merge_fragments(incidents: list[Incident], gap: int) -> list[Incident]:
     """Join an incident to another of the same kind (process or communication) that
-    contains all its devices and lies within `gap` base bins of it. The joined
-    interval is their union. Removing a strong hit's elements can leave a few bins at its edges
-    that the scan finds again on their own."""
+    contains all its devices, scores at least as high and lies within `gap` base
+    bins of it. The joined interval is their union.
+
+    Removing a strong hit's elements can leave a few bins at its edges that the scan
+    finds again on their own. Such a fragment is weaker than the hit it comes from.
+    An incident that outscores the one around it is an event of its own (a second
+    attack on the same controller a day later, say) and stays apart.
+    """
     merged: set[int] = set()
     for position, incident in enumerate(incidents):
         if position in merged:
@@ -1352,7 +1357,9 @@ def merge_fragments(incidents: list[Incident], gap: int) -> list[Incident]:
             if (other_position == position or other_position in merged
                     or other.process != incident.process
                     or not set(other.devices) <= set(incident.devices)
-                    or len(other.devices) == len(incident.devices) and other_position < position
+                    or other.score > incident.score
+                    or len(other.devices) == len(incident.devices)
+                    and other.score == incident.score and other_position < position
                     or other.start > incident.stop + gap or incident.start > other.stop + gap):
                 continue
             merged.add(other_position)

@@ -514,10 +514,10 @@ def test_detect_cuts_coarse_hit_at_fine_quiet_stretch():
     assert second[1] >= 40
 
 
-def _incident(start, stop, devices, process=False):
+def _incident(start, stop, devices, process=False, score=10.0):
     from core.localize import Incident
 
-    return Incident(start, stop, scale=1, alpha=1e-3, score=10.0, threshold=5.0,
+    return Incident(start, stop, scale=1, alpha=1e-3, score=score, threshold=5.0,
                     devices=list(devices), process=process)
 
 
@@ -562,6 +562,24 @@ def test_merge_fragments_joins_edge_pieces_of_one_incident():
 
     assert [(i.start, i.stop, i.devices) for i in result] == [
         (96, 170, [1, 2]), (100, 110, [2]), (300, 310, [1]), (120, 125, [3])]
+
+
+def test_merge_fragments_keeps_a_stronger_incident_apart():
+    """Two attacks on one controller a day apart: the stronger one, on fewer
+    devices, is not a fragment of the weaker one around it."""
+    from core.localize import merge_fragments
+
+    incidents = [
+        _incident(200, 240, [1], process=True, score=100.0),
+        _incident(150, 190, [1, 2], process=True, score=30.0),
+        _incident(192, 194, [2], process=True, score=6.0),   # a weak edge piece
+        _incident(242, 245, [1], process=True, score=8.0),   # a weak edge piece
+    ]
+
+    result = merge_fragments(incidents, gap=35)
+
+    assert [(i.start, i.stop, i.devices, i.score) for i in result] == [
+        (200, 245, [1], 100.0), (150, 194, [1, 2], 30.0)]
 
 
 @pytest.mark.parametrize("aftermath, expected", [(0, 2), (10, 1)])
