@@ -53,15 +53,26 @@ def test_tail_pvalues_ordered_beyond_reference():
 
 def test_tail_pvalues_ties_spread():
     rng = np.random.default_rng(9)
-    reference = np.zeros(100)
+    reference = np.full(100, 0.5)
 
-    p = tail_pvalues(reference, np.zeros(5_000), rng.random(5_000))
+    p = tail_pvalues(reference, np.full(5_000, 0.5), rng.random(5_000))
 
     assert (p > 0).all()
     assert (p <= 1).all()
     assert p.min() < 0.01
     assert p.max() > 0.99
     assert stats.kstest(p, "uniform").pvalue > 0.01
+
+
+def test_tail_pvalues_zero_score_one():
+    rng = np.random.default_rng(9)
+    reference = np.concatenate([np.zeros(90), rng.exponential(size=10)])
+
+    p = tail_pvalues(np.sort(reference), np.array([0.0, 0.0, 1e-9]),
+                     np.array([0.0, 0.5, 0.0]))
+
+    assert p[:2].tolist() == [1.0, 1.0]
+    assert p[2] < 1.0
 
 
 def test_tail_pvalues_empty_reference():
@@ -557,3 +568,38 @@ def test_tail_pvalues_given_tails_match():
                                  own_tail=PoolTail.own(reference),
                                  pooled_tail=PoolTail.pooled(pooled))
         assert np.array_equal(fitted_here, prefitted)
+
+
+def _zeros_and_evidence() -> tuple[scoring.ScaledFamily, np.ndarray, np.ndarray]:
+    """A sensor family of 3 elements over 60 bins, about half of their scores 0;
+    bins 0-49 are the reference and 50-59 the targets."""
+    rng = np.random.default_rng(3)
+    shape = (60, 3)
+    score = np.where(rng.random(shape) < 0.5, 0.0, rng.exponential(size=shape))
+    ids = pd.DataFrame({"device": ["d0", "d1", "d2"], "peer": None, "sensor": "s",
+                        "device_idx": [0, 1, 2], "peer_idx": -1, "group": "pump"})
+    scaled = scoring.ScaledFamily("sensor", 1, ids, score, np.ones(shape, bool),
+                                  np.zeros(shape), np.zeros(shape))
+    return scaled, np.arange(50), np.arange(50, 60)
+
+
+def test_zero_score_batch_and_online():
+    from core import online
+
+    scaled, reference, target = _zeros_and_evidence()
+    p, _, _ = scoring.calibrate(scaled, reference, target, 10, seed=0)
+    zero = scaled.score[target] == 0
+    assert zero.sum() > 5
+    assert (~zero).sum() > 5
+    assert (p[target][zero] == 1.0).all()
+    assert (p[target][~zero] < 1.0).all()
+
+    calibrator = online.Calibrator.fit(scaled, reference, 10, np.full(scaled.score.shape, np.nan))
+    for bin_index in target:
+        single = scoring.ScaledFamily("sensor", 1, scaled.ids,
+                                   scaled.score[bin_index:bin_index + 1],
+                                   scaled.exists[bin_index:bin_index + 1],
+                                   scaled.observed[bin_index:bin_index + 1],
+                                   scaled.expected[bin_index:bin_index + 1])
+        np.testing.assert_array_equal(calibrator.pvalues(single, bin_index, 0), p[bin_index])
+
