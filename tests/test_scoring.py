@@ -684,3 +684,53 @@ def test_dead_zone_near_constant_sensor(tmp_path):
     # At minute 35 the reading lies 9 steps away, beyond the input clip.
     assert abs(residual[35, row, mean]) > 0
 
+
+def _stretches(tmp_path):
+    """Build a store of 3 sensors read once a minute for 40 minutes; the first 30
+    are the training bins. `settled` moves until minute 19 and then keeps its
+    value to the end; `stuck` moves until minute 34 and then keeps its value."""
+    minutes = np.arange(40)
+    settled = np.sin(minutes / 3.0)
+    settled[20:] = settled[19]
+    stuck = np.cos(minutes / 2.0)
+    stuck[35:] = stuck[34]
+    frame = pd.DataFrame({
+        "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(minutes, unit="min"),
+        "a": np.sin(minutes / 5.0), "settled": settled, "stuck": stuck,
+    })
+    return _trained_on_first_30(tmp_path, frame)
+
+
+def test_unended_stretch_not_scored(tmp_path):
+    snapshots, prepared, train_bins = _stretches(tmp_path)
+    x_hat = np.zeros(prepared.x.shape, np.float32)
+    sensor = _sensor_family(snapshots, prepared, x_hat, train_bins)
+    stale = SENSOR_FEATURES.index("stale")
+    settled = list(sensor.ids["sensor"]).index("settled")
+    stuck = list(sensor.ids["sensor"]).index("stuck")
+    # Constant from minute 19 through the end of training and after it.
+    assert ("settled", "settled") not in prepared.constant
+    assert sensor.weight[19:, settled, stale].max() == 0.0
+    assert sensor.residual[19:, settled, stale].max() == 0.0
+    assert sensor.weight[:19, settled, stale].min() == 1.0
+    # A stretch that began after training is scored, and grows. Minute 29, the
+    # last of training, begins the stretch that was going when training ended.
+    assert sensor.weight[29, stuck, stale] == 0.0
+    assert np.delete(sensor.weight[:, stuck, stale], 29).min() == 1.0
+    assert (np.diff(sensor.residual[35:, stuck, stale]) > 0).all()
+
+
+def test_unended_stretch_same_in_a_window(tmp_path):
+    import dataclasses
+
+    snapshots, prepared, train_bins = _stretches(tmp_path)
+    whole = scoring.in_unended_stretch(snapshots, prepared.unended)
+    first = 32
+    window = dataclasses.replace(
+        snapshots, num_bins=snapshots.num_bins - first,
+        origin_us=snapshots.origin_us + first * snapshots.bin_seconds * 1_000_000,
+        sensor_values=snapshots.sensor_values[first:])
+    np.testing.assert_array_equal(scoring.in_unended_stretch(window, prepared.unended),
+                                  whole[first:])
+    assert whole[first:].any()
+    assert not whole[first:].all()
