@@ -317,21 +317,6 @@ def families_with_stats(
         several = snapshots.sensor_values[..., 4] >= 2
         spread_weight = ms[..., at_max] * ms[..., at_min] * several
         residual = np.concatenate([(xs - hats) * ms, (spread * spread_weight)[..., None]], -1)
-        # A value residual smaller than one reading step is no evidence. Its size
-        # is judged on the unclipped reading, so a departure beyond the input clip
-        # still counts.
-        steps = prepared.steps if len(prepared.steps) == len(sensors) \
-            else np.zeros(len(sensors))
-        zone = np.where(fixed, 0.0, steps / mean_scale)
-        unclipped = (snapshots.sensor_values[..., [0, at_min, at_max]]
-                     - mean_center[None, :, None]) / mean_scale[None, :, None]
-        value_columns = [SENSOR_FEATURES.index(name) for name in ("mean", "min", "max")]
-        sizes = np.concatenate([
-            unclipped - hats[..., value_columns],
-            ((unclipped[..., 2] - unclipped[..., 1])
-             - (hats[..., at_max] - hats[..., at_min]))[..., None]], -1)
-        zoned = value_columns + [residual.shape[-1] - 1]
-        residual[..., zoned] = dead_zone(residual[..., zoned], sizes, zone[None, :, None])
         weight = np.concatenate([ms, spread_weight[..., None]], -1)
         sensor_scales = stats.sensor_scales if stats is not None else \
             balance_scales(residual, weight > 0, in_train)
@@ -1036,25 +1021,6 @@ def sensor_deviations(
     frame = frame.sort_values(["bin", "_flagged", "_size"], ascending=[True, False, False],
                               kind="stable")
     return frame[columns].reset_index(drop=True)
-
-
-def dead_zone(residual: np.ndarray, size: np.ndarray, zone: np.ndarray) -> np.ndarray:
-    """Return `residual` with 0 where `size` is smaller than `zone`.
-
-    A metric reported at a fixed resolution moves by whole reading steps
-    (`train.reading_steps`). A reconstruction that misses a reading by less than
-    one step, such as a near-constant metric's output echoing its drifting
-    neighbours, is no evidence about the metric, so its residual scores 0 (and gets
-    p-value 1, see `tail_pvalues`).
-
-    Args:
-        residual: the scored residuals, any shape.
-        size: broadcastable to it, the same residuals before clipping, in the same
-            standardized units; NaN counts as outside the zone.
-        zone: broadcastable to it, one reading step in standardized units.
-    """
-    inside = np.abs(size) < zone
-    return np.where(inside, 0.0, residual).astype(residual.dtype)
 
 
 def in_unended_stretch(snapshots: Snapshots, unended: np.ndarray) -> np.ndarray:

@@ -58,7 +58,6 @@ class Prepared:
         constant: (device, sensor) pairs constant in the training bins.
         reference_pairs: shape [P, 2], pairs with an event in a training bin.
         segments: (start, stop) bin ranges encoded independently (gaps split them).
-        steps: shape [S], each sensor's reading step (`reading_steps`).
         unended: shape [S], epoch microseconds at which each sensor's stretch of
             equal readings still going at the end of the training bins began
             (`unended_stretches`).
@@ -76,7 +75,6 @@ class Prepared:
     constant: list[tuple[str, str]]
     reference_pairs: np.ndarray
     segments: list[tuple[int, int]] = field(default_factory=list)
-    steps: np.ndarray = field(default_factory=lambda: np.zeros(0))
     unended: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
@@ -139,39 +137,8 @@ def prepare(
         edge_index=edge_index, edge_weight=edge_weight, slots=slots,
         center=center.astype(np.float32), scale=scale.astype(np.float32),
         constant=constant, reference_pairs=reference_pairs, segments=list(segments),
-        steps=reading_steps(snapshots, train_bins),
         unended=unended_stretches(snapshots, train_bins),
     )
-
-
-def reading_steps(snapshots: Snapshots, train_bins: np.ndarray) -> np.ndarray:
-    """Return each sensor's reading step: the smallest positive change between
-    consecutive readings in the training bins, in the sensor's units.
-
-    A metric reported at a fixed resolution never moves by less than that
-    resolution, so a reconstruction that misses it by less carries no evidence
-    (`core.scoring.dead_zone`). The changes are read from consecutive bins with a
-    reading and, where a bin has several readings, from its range (max - min).
-    With one reading per bin this is exact. With several it is an estimate: a bin
-    mean averages readings and can move by less than a step, and a bin's range
-    can span several steps.
-
-    Returns:
-        shape [S], float64; 0 for a sensor whose training readings never change.
-    """
-    values = snapshots.sensor_values[np.sort(np.asarray(train_bins, dtype=np.int64))]
-    mean = SENSOR_FEATURES.index("mean")
-    at_min, at_max = SENSOR_FEATURES.index("min"), SENSOR_FEATURES.index("max")
-    count = SENSOR_FEATURES.index("count")
-    steps = np.zeros(values.shape[1])
-    for row in range(values.shape[1]):
-        seen = values[:, row, count] > 0
-        means = values[seen, row, mean].astype(np.float64)
-        ranges = (values[seen, row, at_max] - values[seen, row, at_min]).astype(np.float64)
-        changes = np.concatenate([np.abs(np.diff(means)), ranges])
-        changes = changes[np.isfinite(changes) & (changes > 0)]
-        steps[row] = changes.min() if len(changes) else 0.0
-    return steps
 
 
 def unended_stretches(snapshots: Snapshots, train_bins: np.ndarray) -> np.ndarray:

@@ -604,86 +604,11 @@ def test_zero_score_batch_and_online():
         np.testing.assert_array_equal(calibrator.pvalues(single, bin_index, 0), p[bin_index])
 
 
-def _quantized(tmp_path):
-    """Build a store of 3 sensors read once a minute for 40 minutes; the first 30
-    are the training bins. `level` moves in whole steps of 0.5, and `rare` is 0
-    but for 1.0 at minutes 5 and 20 and 9.0 at minute 35."""
-    minutes = np.arange(40)
-    rare = np.zeros(40)
-    rare[[5, 20]] = 1.0
-    rare[35] = 9.0
-    frame = pd.DataFrame({
-        "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(minutes, unit="min"),
-        "a": np.sin(minutes / 3.0), "level": 0.5 * np.round(4 * np.sin(minutes / 4.0)),
-        "rare": rare,
-    })
-    return _trained_on_first_30(tmp_path, frame)
-
-
 def _sensor_family(snapshots, prepared, x_hat, train_bins) -> Family:
     return next(f for f in families(snapshots, prepared, x_hat,
                                     np.zeros((snapshots.num_bins, 0, 2)),
                                     pd.DataFrame({"column": []}), train_bins)
                 if f.kind == "sensor")
-
-
-def _value_column(snapshots, name: str) -> int:
-    row = list(snapshots.sensors["sensor"]).index(name)
-    slot = int(snapshots.sensors["slot"].iloc[row])
-    return len(COMM_FEATURES) + len(SENSOR_FEATURES) * slot + SENSOR_FEATURES.index("mean")
-
-
-def test_reading_steps_smallest_change():
-    values = np.full((5, 2, len(SENSOR_FEATURES)), np.nan, np.float32)
-    values[..., SENSOR_FEATURES.index("count")] = 1.0
-    for feature in ("mean", "min", "max"):
-        values[:, 0, SENSOR_FEATURES.index(feature)] = [0.0, 0.5, 0.5, 2.0, 1.0]
-        values[:, 1, SENSOR_FEATURES.index(feature)] = 3.0
-
-    class Binned:
-        sensor_values = values
-
-    steps = train.reading_steps(Binned, np.arange(5))
-    np.testing.assert_array_equal(steps, [0.5, 0.0])
-    # A bin of several readings with a range of 0.25 sets the step.
-    values[2, 0, SENSOR_FEATURES.index("max")] = 0.75
-    values[2, 0, SENSOR_FEATURES.index("min")] = 0.5
-    values[2, 0, SENSOR_FEATURES.index("count")] = 2.0
-    assert train.reading_steps(Binned, np.arange(5))[0] == 0.25
-
-
-def test_dead_zone_one_reading_step(tmp_path):
-    snapshots, prepared, train_bins = _quantized(tmp_path)
-    row = list(snapshots.sensors["sensor"]).index("level")
-    assert prepared.steps[row] == pytest.approx(0.5)
-    device = int(snapshots.sensors["device_idx"].iloc[row])
-    column = _value_column(snapshots, "level")
-    step = 0.5 / prepared.scale[device, column]
-    mean = SENSOR_FEATURES.index("mean")
-    for miss, scored in ((0.9 * step, False), (1.1 * step, True)):
-        x_hat = prepared.x.numpy().copy()
-        x_hat[:, device, column] += miss
-        residual = _sensor_family(snapshots, prepared, x_hat, train_bins).residual
-        assert (np.abs(residual[:, row, mean]) > 0).all() == scored
-        assert (residual[:, row, mean] == 0).all() != scored
-
-
-def test_dead_zone_near_constant_sensor(tmp_path):
-    snapshots, prepared, train_bins = _quantized(tmp_path)
-    row = list(snapshots.sensors["sensor"]).index("rare")
-    assert ("rare", "rare") not in prepared.constant
-    device = int(snapshots.sensors["device_idx"].iloc[row])
-    column = _value_column(snapshots, "rare")
-    # The output echoes neighbours 3 standard units off, less than the step of
-    # 1.0 in this sensor's standard units (about 4.0).
-    x_hat = prepared.x.numpy().copy()
-    x_hat[:, device, column] += 3.0
-    residual = _sensor_family(snapshots, prepared, x_hat, train_bins).residual
-    mean = SENSOR_FEATURES.index("mean")
-    assert np.abs(np.delete(residual[:, row, mean], [5, 20, 35])).max() == 0.0
-    # At minute 35 the reading lies 9 steps away, beyond the input clip.
-    assert abs(residual[35, row, mean]) > 0
-
 
 def _stretches(tmp_path):
     """Build a store of 3 sensors read once a minute for 40 minutes; the first 30
