@@ -10,7 +10,8 @@ averages out.
 
 A p-value says where a score falls among the same element's scores on held-out
 reference bins (the calibration bins): the body of that distribution is empirical,
-ties broken by a hash of the element, bin and seed (`tie_uniforms`); above its 90th
+ties broken by a hash of the element, bin and seed (`tie_uniforms`), except that a
+score of exactly 0, no evidence at all, gets p-value 1; above its 90th
 percentile the tail is a generalized Pareto fit
 (method of moments), so a score far beyond anything seen gets a p-value far below
 1/(n+1). Elements with fewer than `min_reference` reference scores fall back to the
@@ -32,9 +33,10 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from core.binning import MICROS
 from core.model import TemporalGraphAutoEncoder
 from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, Snapshots
-from core.train import INPUT_CLIP, STD_FLOOR, Prepared, encode_segments
+from core.train import INPUT_CLIP, STD_FLOOR, Prepared, encode_segments, stretch_start
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ P_FLOOR = 1e-12
 TIE_RELATIVE = 1e-5
 TIE_ABSOLUTE = 1e-6
 PAIR_DECODE_ROWS = 65_536
+# A bound on the relative error of a time since change read back from its float32
+# log1p: 6e-8 times the log1p, under 1e-6 for a stretch shorter than 1e7 bins.
+STALE_ROUNDING = 1e-5
 
 
 @dataclass
@@ -290,6 +295,11 @@ def families_with_stats(
                 hats[:, fixed, column] = 0.0
                 xs[:, fixed, column] = constant_departure(xs[:, fixed, column])
             ms[:, fixed, SENSOR_FEATURES.index("stale")] = 0.0
+        # A stretch of equal readings that was still going when training ended
+        # is not scored by its time since change while it goes on
+        # (`train.unended_stretches`).
+        ongoing = in_unended_stretch(snapshots, prepared.unended)
+        ms[..., SENSOR_FEATURES.index("stale")] *= ~ongoing
         # The score reads the value features (mean, min, max, time since change).
         # It reads the count only where a bin has no reading, and never the
         # within-bin standard deviation of two or three samples, whose noise would
@@ -710,7 +720,8 @@ def tail_pvalues(
 
     The body is empirical, (greater + U * (equal + 1)) / (n + 1) with U from
     `uniform` (one per score, uniform on [0, 1)), so ties (empty bins, constant
-    signals) give uniform p-values. Beyond the largest
+    signals) give uniform p-values, except a score of exactly 0: no evidence at
+    all gets p-value 1 (as in `core.online.Calibrator.pvalues`). Beyond the largest
     reference score the tail is a generalized Pareto fit to the exceedances over the
     90th percentile, with a scale of at least `BODY_SCALE` times the distance from
     the median to the 90th percentile: a recurring pattern can put a tight cluster of
@@ -734,6 +745,9 @@ def tail_pvalues(
     equal = right - left
     p = (greater + np.asarray(uniform, dtype=np.float64) * (equal + 1)) / (n + 1)
 
+    # A score of exactly 0 carries no evidence at all, however many reference
+    # scores it ties with, so it gets p-value 1 rather than a tie-broken one.
+    p = np.where(np.asarray(scores) == 0, 1.0, p)
     beyond = low > reference[-1]
     if not beyond.any():
         return np.clip(p, P_FLOOR, 1.0)
@@ -1007,6 +1021,29 @@ def sensor_deviations(
     frame = frame.sort_values(["bin", "_flagged", "_size"], ascending=[True, False, False],
                               kind="stable")
     return frame[columns].reset_index(drop=True)
+
+
+def in_unended_stretch(snapshots: Snapshots, unended: np.ndarray) -> np.ndarray:
+    """Return shape [T, S], bool: the sensor's readings in the bin still belong to
+    the stretch of equal readings that had not ended when training did.
+
+    The start of a bin's stretch is read back from its time since change (log1p
+    of bins, float32), and matches `unended` (`train.unended_stretches`) within
+    half a bin plus the rounding of that feature. With `unended` empty or NaN no
+    bin is in such a stretch.
+    """
+    values = snapshots.sensor_values
+    result = np.zeros(values.shape[:2], dtype=bool)
+    if len(unended) != values.shape[1] or values.shape[0] == 0:
+        return result
+    width = snapshots.bin_seconds * MICROS
+    since = np.expm1(values[..., SENSOR_FEATURES.index("stale")].astype(np.float64))
+    bins = np.arange(values.shape[0])[:, None]
+    start = stretch_start(snapshots.origin_us, width, bins, since)
+    slack = width * (0.5 + STALE_ROUNDING * since)
+    with np.errstate(invalid="ignore"):
+        result = np.abs(start - unended[None, :]) <= slack
+    return result & (values[..., SENSOR_FEATURES.index("count")] > 0)
 
 
 def constant_departure(x: np.ndarray) -> np.ndarray:

@@ -53,15 +53,26 @@ def test_tail_pvalues_ordered_beyond_reference():
 
 def test_tail_pvalues_ties_spread():
     rng = np.random.default_rng(9)
-    reference = np.zeros(100)
+    reference = np.full(100, 0.5)
 
-    p = tail_pvalues(reference, np.zeros(5_000), rng.random(5_000))
+    p = tail_pvalues(reference, np.full(5_000, 0.5), rng.random(5_000))
 
     assert (p > 0).all()
     assert (p <= 1).all()
     assert p.min() < 0.01
     assert p.max() > 0.99
     assert stats.kstest(p, "uniform").pvalue > 0.01
+
+
+def test_tail_pvalues_zero_score_one():
+    rng = np.random.default_rng(9)
+    reference = np.concatenate([np.zeros(90), rng.exponential(size=10)])
+
+    p = tail_pvalues(np.sort(reference), np.array([0.0, 0.0, 1e-9]),
+                     np.array([0.0, 0.5, 0.0]))
+
+    assert p[:2].tolist() == [1.0, 1.0]
+    assert p[2] < 1.0
 
 
 def test_tail_pvalues_empty_reference():
@@ -557,3 +568,94 @@ def test_tail_pvalues_given_tails_match():
                                  own_tail=PoolTail.own(reference),
                                  pooled_tail=PoolTail.pooled(pooled))
         assert np.array_equal(fitted_here, prefitted)
+
+
+def _zeros_and_evidence() -> tuple[scoring.ScaledFamily, np.ndarray, np.ndarray]:
+    """A sensor family of 3 elements over 60 bins, about half of their scores 0;
+    bins 0-49 are the reference and 50-59 the targets."""
+    rng = np.random.default_rng(3)
+    shape = (60, 3)
+    score = np.where(rng.random(shape) < 0.5, 0.0, rng.exponential(size=shape))
+    ids = pd.DataFrame({"device": ["d0", "d1", "d2"], "peer": None, "sensor": "s",
+                        "device_idx": [0, 1, 2], "peer_idx": -1, "group": "pump"})
+    scaled = scoring.ScaledFamily("sensor", 1, ids, score, np.ones(shape, bool),
+                                  np.zeros(shape), np.zeros(shape))
+    return scaled, np.arange(50), np.arange(50, 60)
+
+
+def test_zero_score_batch_and_online():
+    from core import online
+
+    scaled, reference, target = _zeros_and_evidence()
+    p, _, _ = scoring.calibrate(scaled, reference, target, 10, seed=0)
+    zero = scaled.score[target] == 0
+    assert zero.sum() > 5
+    assert (~zero).sum() > 5
+    assert (p[target][zero] == 1.0).all()
+    assert (p[target][~zero] < 1.0).all()
+
+    calibrator = online.Calibrator.fit(scaled, reference, 10, np.full(scaled.score.shape, np.nan))
+    for bin_index in target:
+        single = scoring.ScaledFamily("sensor", 1, scaled.ids,
+                                   scaled.score[bin_index:bin_index + 1],
+                                   scaled.exists[bin_index:bin_index + 1],
+                                   scaled.observed[bin_index:bin_index + 1],
+                                   scaled.expected[bin_index:bin_index + 1])
+        np.testing.assert_array_equal(calibrator.pvalues(single, bin_index, 0), p[bin_index])
+
+
+def _sensor_family(snapshots, prepared, x_hat, train_bins) -> Family:
+    return next(f for f in families(snapshots, prepared, x_hat,
+                                    np.zeros((snapshots.num_bins, 0, 2)),
+                                    pd.DataFrame({"column": []}), train_bins)
+                if f.kind == "sensor")
+
+def _stretches(tmp_path):
+    """Build a store of 3 sensors read once a minute for 40 minutes; the first 30
+    are the training bins. `settled` moves until minute 19 and then keeps its
+    value to the end; `stuck` moves until minute 34 and then keeps its value."""
+    minutes = np.arange(40)
+    settled = np.sin(minutes / 3.0)
+    settled[20:] = settled[19]
+    stuck = np.cos(minutes / 2.0)
+    stuck[35:] = stuck[34]
+    frame = pd.DataFrame({
+        "time": pd.Timestamp("2024-01-01T00:00:00Z") + pd.to_timedelta(minutes, unit="min"),
+        "a": np.sin(minutes / 5.0), "settled": settled, "stuck": stuck,
+    })
+    return _trained_on_first_30(tmp_path, frame)
+
+
+def test_unended_stretch_not_scored(tmp_path):
+    snapshots, prepared, train_bins = _stretches(tmp_path)
+    x_hat = np.zeros(prepared.x.shape, np.float32)
+    sensor = _sensor_family(snapshots, prepared, x_hat, train_bins)
+    stale = SENSOR_FEATURES.index("stale")
+    settled = list(sensor.ids["sensor"]).index("settled")
+    stuck = list(sensor.ids["sensor"]).index("stuck")
+    # Constant from minute 19 through the end of training and after it.
+    assert ("settled", "settled") not in prepared.constant
+    assert sensor.weight[19:, settled, stale].max() == 0.0
+    assert sensor.residual[19:, settled, stale].max() == 0.0
+    assert sensor.weight[:19, settled, stale].min() == 1.0
+    # A stretch that began after training is scored, and grows. Minute 29, the
+    # last of training, begins the stretch that was going when training ended.
+    assert sensor.weight[29, stuck, stale] == 0.0
+    assert np.delete(sensor.weight[:, stuck, stale], 29).min() == 1.0
+    assert (np.diff(sensor.residual[35:, stuck, stale]) > 0).all()
+
+
+def test_unended_stretch_same_in_a_window(tmp_path):
+    import dataclasses
+
+    snapshots, prepared, train_bins = _stretches(tmp_path)
+    whole = scoring.in_unended_stretch(snapshots, prepared.unended)
+    first = 32
+    window = dataclasses.replace(
+        snapshots, num_bins=snapshots.num_bins - first,
+        origin_us=snapshots.origin_us + first * snapshots.bin_seconds * 1_000_000,
+        sensor_values=snapshots.sensor_values[first:])
+    np.testing.assert_array_equal(scoring.in_unended_stretch(window, prepared.unended),
+                                  whole[first:])
+    assert whole[first:].any()
+    assert not whole[first:].all()
