@@ -33,10 +33,9 @@ import pandas as pd
 import torch
 from scipy import stats
 
-from core.binning import MICROS
 from core.model import TemporalGraphAutoEncoder
 from core.snapshots import COMM_FEATURES, SENSOR_FEATURES, Snapshots
-from core.train import INPUT_CLIP, STD_FLOOR, Prepared, encode_segments, stretch_start
+from core.train import INPUT_CLIP, STD_FLOOR, Prepared, encode_segments
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +54,6 @@ P_FLOOR = 1e-12
 TIE_RELATIVE = 1e-5
 TIE_ABSOLUTE = 1e-6
 PAIR_DECODE_ROWS = 65_536
-# A bound on the relative error of a time since change read back from its float32
-# log1p: 6e-8 times the log1p, under 1e-6 for a stretch shorter than 1e7 bins.
-STALE_ROUNDING = 1e-5
 
 
 @dataclass
@@ -295,11 +291,6 @@ def families_with_stats(
                 hats[:, fixed, column] = 0.0
                 xs[:, fixed, column] = constant_departure(xs[:, fixed, column])
             ms[:, fixed, SENSOR_FEATURES.index("stale")] = 0.0
-        # A stretch of equal readings that was still going when training ended
-        # is not scored by its time since change while it goes on
-        # (`train.unended_stretches`).
-        ongoing = in_unended_stretch(snapshots, prepared.unended)
-        ms[..., SENSOR_FEATURES.index("stale")] *= ~ongoing
         # The score reads the value features (mean, min, max, time since change).
         # It reads the count only where a bin has no reading, and never the
         # within-bin standard deviation of two or three samples, whose noise would
@@ -1021,29 +1012,6 @@ def sensor_deviations(
     frame = frame.sort_values(["bin", "_flagged", "_size"], ascending=[True, False, False],
                               kind="stable")
     return frame[columns].reset_index(drop=True)
-
-
-def in_unended_stretch(snapshots: Snapshots, unended: np.ndarray) -> np.ndarray:
-    """Return shape [T, S], bool: the sensor's readings in the bin still belong to
-    the stretch of equal readings that had not ended when training did.
-
-    The start of a bin's stretch is read back from its time since change (log1p
-    of bins, float32), and matches `unended` (`train.unended_stretches`) within
-    half a bin plus the rounding of that feature. With `unended` empty or NaN no
-    bin is in such a stretch.
-    """
-    values = snapshots.sensor_values
-    result = np.zeros(values.shape[:2], dtype=bool)
-    if len(unended) != values.shape[1] or values.shape[0] == 0:
-        return result
-    width = snapshots.bin_seconds * MICROS
-    since = np.expm1(values[..., SENSOR_FEATURES.index("stale")].astype(np.float64))
-    bins = np.arange(values.shape[0])[:, None]
-    start = stretch_start(snapshots.origin_us, width, bins, since)
-    slack = width * (0.5 + STALE_ROUNDING * since)
-    with np.errstate(invalid="ignore"):
-        result = np.abs(start - unended[None, :]) <= slack
-    return result & (values[..., SENSOR_FEATURES.index("count")] > 0)
 
 
 def constant_departure(x: np.ndarray) -> np.ndarray:

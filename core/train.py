@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core.binning import MICROS
 from core.config import ModelConfig
 from core.errors import DataError
 from core.model import SPATIAL_HOPS, TemporalGraphAutoEncoder
@@ -58,9 +57,6 @@ class Prepared:
         constant: (device, sensor) pairs constant in the training bins.
         reference_pairs: shape [P, 2], pairs with an event in a training bin.
         segments: (start, stop) bin ranges encoded independently (gaps split them).
-        unended: shape [S], epoch microseconds at which each sensor's stretch of
-            equal readings still going at the end of the training bins began
-            (`unended_stretches`).
     """
 
     x: Tensor
@@ -75,7 +71,6 @@ class Prepared:
     constant: list[tuple[str, str]]
     reference_pairs: np.ndarray
     segments: list[tuple[int, int]] = field(default_factory=list)
-    unended: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def num_features(self) -> int:
@@ -137,45 +132,7 @@ def prepare(
         edge_index=edge_index, edge_weight=edge_weight, slots=slots,
         center=center.astype(np.float32), scale=scale.astype(np.float32),
         constant=constant, reference_pairs=reference_pairs, segments=list(segments),
-        unended=unended_stretches(snapshots, train_bins),
     )
-
-
-def unended_stretches(snapshots: Snapshots, train_bins: np.ndarray) -> np.ndarray:
-    """Return when each sensor's last stretch of equal readings in the training
-    bins began, in epoch microseconds, NaN for a sensor without a training reading.
-
-    That stretch had not ended when training did, so training never saw how long
-    such a stretch lasts: a metric that was constant at the end of training and
-    stays constant is not departing from it. `core.scoring.families_with_stats`
-    leaves the time since change of a bin unscored while that stretch goes on.
-    The start is read back from the time since change of the sensor's last
-    training bin with a reading.
-
-    NOTE: a sensor that freezes at its last training reading is read as that
-    unended stretch, so its time since change does not flag it. Its value
-    features still score it against the model's expectation.
-    """
-    bins = np.sort(np.asarray(train_bins, dtype=np.int64))
-    count = SENSOR_FEATURES.index("count")
-    stale = SENSOR_FEATURES.index("stale")
-    width = snapshots.bin_seconds * MICROS
-    starts = np.full(snapshots.sensor_values.shape[1], np.nan)
-    if len(bins) == 0:
-        return starts
-    seen = snapshots.sensor_values[bins, :, count] > 0
-    for row in np.flatnonzero(seen.any(axis=0)):
-        last = bins[np.flatnonzero(seen[:, row])[-1]]
-        since = np.expm1(float(snapshots.sensor_values[last, row, stale]))
-        starts[row] = stretch_start(snapshots.origin_us, width, last, since)
-    return starts
-
-
-def stretch_start(origin_us: float, width_us: float, bins, since) -> np.ndarray:
-    """Return the epoch microseconds at which the readings of `bins` (indices from
-    `origin_us`) last changed, given their time since change `since` in bins."""
-    bins = np.asarray(bins, dtype=np.float64)
-    return float(origin_us) + (bins + 1.0) * float(width_us) - np.asarray(since) * width_us
 
 
 def raw_inputs(snapshots: Snapshots, slots: int) -> tuple[np.ndarray, np.ndarray]:
