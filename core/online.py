@@ -213,7 +213,7 @@ class Calibrator:
         value[empirical] = np.clip(
             (greater[empirical] + uniform[empirical] * (equal[empirical] + 1))
             / (size[empirical] + 1), scoring.P_FLOOR, 1.0)
-        # A score of exactly 0 is no evidence: p-value 1, as in `tail_pvalues`.
+        # A score of exactly 0 is no evidence, so its p-value is 1 (`tail_pvalues`).
         value[empirical & (values == 0)] = 1.0
         for position in np.flatnonzero(empirical & (low > pool_max)):
             # Beyond the pool's max, `tail_pvalues` uses its fitted tail.

@@ -10,8 +10,8 @@ averages out.
 
 A p-value says where a score falls among the same element's scores on held-out
 reference bins (the calibration bins): the body of that distribution is empirical,
-ties broken by a hash of the element, bin and seed (`tie_uniforms`), except that a
-score of exactly 0, no evidence at all, gets p-value 1; above its 90th
+ties broken by a hash of the element, bin and seed (`tie_uniforms`). A score of
+exactly 0, no evidence at all, gets p-value 1. Above its 90th
 percentile the tail is a generalized Pareto fit
 (method of moments), so a score far beyond anything seen gets a p-value far below
 1/(n+1). Elements with fewer than `min_reference` reference scores fall back to the
@@ -711,8 +711,8 @@ def tail_pvalues(
 
     The body is empirical, (greater + U * (equal + 1)) / (n + 1) with U from
     `uniform` (one per score, uniform on [0, 1)), so ties (empty bins, constant
-    signals) give uniform p-values, except a score of exactly 0: no evidence at
-    all gets p-value 1 (as in `core.online.Calibrator.pvalues`). Beyond the largest
+    signals) give uniform p-values, except that a score of exactly 0 (no evidence
+    at all) gets p-value 1, as in `core.online.Calibrator.pvalues`. Beyond the largest
     reference score the tail is a generalized Pareto fit to the exceedances over the
     90th percentile, with a scale of at least `BODY_SCALE` times the distance from
     the median to the 90th percentile: a recurring pattern can put a tight cluster of
@@ -736,8 +736,8 @@ def tail_pvalues(
     equal = right - left
     p = (greater + np.asarray(uniform, dtype=np.float64) * (equal + 1)) / (n + 1)
 
-    # A score of exactly 0 carries no evidence at all, however many reference
-    # scores it ties with, so it gets p-value 1 rather than a tie-broken one.
+    # A score of exactly 0 is no evidence, however many reference scores it ties
+    # with, so its p-value is 1 rather than a tie-broken one.
     p = np.where(np.asarray(scores) == 0, 1.0, p)
     beyond = low > reference[-1]
     if not beyond.any():

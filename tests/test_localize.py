@@ -564,7 +564,7 @@ def test_merge_fragments_joins_edge_pieces_of_one_incident():
         (96, 170, [1, 2]), (100, 110, [2]), (300, 310, [1]), (120, 125, [3])]
 
 
-def test_merge_fragments_keeps_a_stronger_incident_apart():
+def test_merge_keeps_stronger_incident_apart():
     """Two attacks on one controller a day apart: the stronger one, on fewer
     devices, is not a fragment of the weaker one around it."""
     from core.localize import merge_fragments

@@ -571,8 +571,8 @@ def test_tail_pvalues_given_tails_match():
 
 
 def _zeros_and_evidence() -> tuple[scoring.ScaledFamily, np.ndarray, np.ndarray]:
-    """A sensor family of 3 elements over 60 bins, about half of their scores 0;
-    bins 0-49 are the reference and 50-59 the targets."""
+    """Return a sensor family of 3 elements over 60 bins, about half of their
+    scores 0. Bins 0-49 are the reference and bins 50-59 the targets."""
     rng = np.random.default_rng(3)
     shape = (60, 3)
     score = np.where(rng.random(shape) < 0.5, 0.0, rng.exponential(size=shape))
